@@ -1,0 +1,13 @@
+//! `kit`: the one library every talos-ha stage and the xtask share.
+//!
+//! - [`config`]: `cluster.yaml` → a validated [`config::ClusterConfig`].
+//! - [`stage`]: the stage contract (`check | plan | apply | verify | render | explain`) and its CLI.
+//! - [`check`]: named checks with a status, a reason and a fix.
+//! - [`lab`]: what the local lab needs from the model (its kwok nodes).
+
+pub mod check;
+pub mod config;
+pub mod fsutil;
+pub mod lab;
+pub mod logging;
+pub mod stage;

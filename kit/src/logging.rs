@@ -1,0 +1,20 @@
+//! Logs go to stderr through `tracing`, so stdout carries only data (`--output json`).
+
+use tracing_subscriber::EnvFilter;
+
+/// `-v` shows debug, `-vv` trace; `RUST_LOG` overrides both.
+pub fn init(verbosity: u8) {
+    let default = match verbosity {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // A second init (tests run many commands in one process) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}

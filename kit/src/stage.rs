@@ -1,0 +1,294 @@
+//! The stage contract. Every stage binary (`metallb`, `traefik`, …) is a [`Stage`] handed to
+//! [`main`], so all of them share one CLI: a learner who knows one stage knows them all.
+//!
+//! ```text
+//! <stage> check     preconditions, each named, with a fix hint
+//! <stage> plan      what apply would change; changes nothing
+//! <stage> apply     converge: idempotent, safe to interrupt and re-run
+//! <stage> verify    postconditions: what now holds
+//! <stage> render --out DIR   every manifest/config it would apply; no cluster needed
+//! <stage> explain   the lesson: what this step does and why
+//! ```
+//! The shape follows k0sctl's phases and kubeadm's `init phase`: each step runs alone, and the
+//! full install is the steps in order.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use crate::check::{Check, none_failed};
+use crate::config::ClusterConfig;
+
+/// One step of the build (the seed's 01–08 and 100 folders).
+pub trait Stage {
+    /// The binary's name and the stage's id, e.g. `metallb`.
+    const NAME: &'static str;
+    /// The seed's folder for this stage, e.g. `02-metallb`.
+    const FOLDER: &'static str;
+    /// One line: what the stage does (shown in `--help`).
+    const TITLE: &'static str;
+    /// The lesson `explain` prints: the crate's README.md.
+    const LESSON: &'static str;
+
+    fn check(&self, ctx: &Context) -> impl Future<Output = anyhow::Result<Vec<Check>>>;
+    fn plan(&self, ctx: &Context) -> impl Future<Output = anyhow::Result<Vec<Change>>>;
+    fn apply(&self, ctx: &Context) -> impl Future<Output = anyhow::Result<Vec<Change>>>;
+    fn verify(&self, ctx: &Context) -> impl Future<Output = anyhow::Result<Vec<Check>>>;
+    /// Writes every file the stage would apply under `out`; returns the paths written.
+    fn render(&self, config: &ClusterConfig, out: &Path) -> anyhow::Result<Vec<PathBuf>>;
+}
+
+/// Which cluster a stage talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The real Talos cluster described by `cluster.yaml`.
+    Talos,
+    /// The local lab: a real control plane on 127.0.0.1 (`cargo xtask lab up`).
+    Lab,
+}
+
+/// What a stage is given: the validated model and where the cluster is.
+#[derive(Debug)]
+pub struct Context {
+    pub config: ClusterConfig,
+    pub target: Target,
+    pub kubeconfig: PathBuf,
+    /// Where upstream artifacts are read from instead of their official URLs.
+    pub mirror: Option<PathBuf>,
+}
+
+impl Context {
+    /// A client for the target's API server, from the kubeconfig.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        crate::lab::client_from_kubeconfig(&self.kubeconfig).await
+    }
+}
+
+/// The kubeconfig a target uses unless `--kubeconfig` says otherwise.
+pub fn default_kubeconfig(state_dir: &Path, target: Target) -> PathBuf {
+    match target {
+        Target::Talos => state_dir.join("kubeconfig"),
+        Target::Lab => crate::lab::kubeconfig_path(state_dir),
+    }
+}
+
+/// One object a stage would change (plan) or did change (apply).
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// `Kind namespace/name`, or `Kind name` for cluster-scoped objects.
+    pub object: String,
+    pub action: Action,
+    /// A readable field diff, where there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let action = match self.action {
+            Action::Created => "created",
+            Action::Configured => "configured",
+            Action::Unchanged => "unchanged",
+        };
+        write!(f, "{action:<11} {}", self.object)?;
+        if let Some(diff) = &self.diff {
+            for line in diff.lines() {
+                write!(f, "\n            {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Flags every talos-ha command shares.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// The cluster definition (nodes, VIP, MetalLB pool, versions).
+    #[arg(long, global = true, default_value = "cluster.yaml", env = "TALOS_HA_CONFIG")]
+    pub config: PathBuf,
+    /// Target the local lab (a real control plane on 127.0.0.1, `cargo xtask lab up`)
+    /// instead of the Talos nodes in the config.
+    #[arg(long, global = true)]
+    pub lab: bool,
+    /// Kubeconfig to use [default: state/kubeconfig, or state/lab/kubeconfig with --lab].
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Read upstream release manifests from this folder (<component>/<version>/<file> with a
+    /// SHA256SUMS) instead of downloading them: for air-gapped sites.
+    #[arg(long, global = true, env = "TALOS_HA_MIRROR")]
+    pub mirror: Option<PathBuf>,
+    /// `text` for people; `json` for scripts (one JSON object per line, on stdout).
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+    /// More log detail on stderr (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl GlobalArgs {
+    pub fn target(&self) -> Target {
+        if self.lab { Target::Lab } else { Target::Talos }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Parser, Debug)]
+struct StageCli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: StageCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum StageCommand {
+    /// Check preconditions: each check is named, and a failure says how to fix it.
+    Check,
+    /// Show what `apply` would change (a server-side dry run); changes nothing.
+    Plan,
+    /// Converge the cluster to this stage's objects. Idempotent: safe to interrupt and re-run.
+    Apply,
+    /// Check postconditions: what now holds, and so what the next stage may rely on.
+    Verify,
+    /// Write every manifest and config this stage would apply into a folder; needs no cluster.
+    Render {
+        /// The folder to write into (the stage's seed folder is created inside it).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Print the lesson: what this step builds and why.
+    Explain,
+}
+
+/// Exit codes every talos-ha command uses.
+pub mod exit {
+    /// A check failed, or an operation failed at run time.
+    pub const FAILED: u8 = 1;
+    /// The config is invalid or the command line is wrong: nothing was changed.
+    pub const INVALID: u8 = 2;
+}
+
+/// The `main` of every stage binary.
+pub fn main<S: Stage>(stage: S) -> ExitCode {
+    execute(&stage, std::env::args_os(), &mut std::io::stdout())
+}
+
+/// Runs one stage command with `args` (argv, program name first), writing data to `out`.
+pub fn execute<S: Stage>(stage: &S, args: impl IntoIterator<Item = OsString>, out: &mut impl Write) -> ExitCode {
+    let command = StageCli::command().name(S::NAME).about(S::TITLE).long_about(S::TITLE);
+    let cli = match command
+        .try_get_matches_from(args)
+        .and_then(|matches| StageCli::from_arg_matches(&matches))
+    {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version land here too; clap knows which stream and code they get.
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { exit::INVALID } else { 0 });
+        }
+    };
+    crate::logging::init(cli.global.verbose);
+    match run(stage, &cli, out) {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{}: {error:#}", S::NAME);
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+fn run<S: Stage>(stage: &S, cli: &StageCli, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    if let StageCommand::Explain = cli.command {
+        out.write_all(S::LESSON.as_bytes())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let config = match load_config(&cli.global.config, cli.global.output, out)? {
+        Some(config) => config,
+        None => return Ok(ExitCode::from(exit::INVALID)),
+    };
+    if let StageCommand::Render { out: folder } = &cli.command {
+        let written = stage.render(&config, folder)?;
+        for path in written {
+            writeln!(out, "{}", path.display())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let target = cli.global.target();
+    let ctx = Context {
+        kubeconfig: cli.global.kubeconfig.clone().unwrap_or_else(|| default_kubeconfig(&config.state_dir(), target)),
+        config,
+        target,
+        mirror: cli.global.mirror.clone(),
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let output = cli.global.output;
+    runtime.block_on(async {
+        match cli.command {
+            StageCommand::Check => report_checks(stage.check(&ctx).await?, output, out),
+            StageCommand::Verify => report_checks(stage.verify(&ctx).await?, output, out),
+            StageCommand::Plan => report_changes(stage.plan(&ctx).await?, output, out),
+            StageCommand::Apply => report_changes(stage.apply(&ctx).await?, output, out),
+            StageCommand::Render { .. } | StageCommand::Explain => Ok(ExitCode::SUCCESS),
+        }
+    })
+}
+
+/// Loads the config, or reports every problem in it (text or JSON) and returns `None`.
+pub fn load_config(path: &Path, output: Output, out: &mut impl Write) -> anyhow::Result<Option<ClusterConfig>> {
+    match ClusterConfig::load(path) {
+        Ok(config) => Ok(Some(config)),
+        Err(error) => {
+            match output {
+                Output::Text => writeln!(out, "{error}")?,
+                Output::Json => write_json_lines(&error.problems(), out)?,
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn report_checks(checks: Vec<Check>, output: Output, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    match output {
+        Output::Text => checks.iter().try_for_each(|check| writeln!(out, "{check}"))?,
+        Output::Json => write_json_lines(&checks, out)?,
+    }
+    Ok(if none_failed(&checks) { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) })
+}
+
+fn report_changes(changes: Vec<Change>, output: Output, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    match output {
+        Output::Text => changes.iter().try_for_each(|change| writeln!(out, "{change}"))?,
+        Output::Json => write_json_lines(&changes, out)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes one JSON object per line, the form scripts read with `jq -c` or line by line.
+pub fn write_json_lines<T: Serialize>(items: &[T], out: &mut impl Write) -> anyhow::Result<()> {
+    for item in items {
+        serde_json::to_writer(&mut *out, item)?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
