@@ -4,8 +4,10 @@ use tracing_subscriber::EnvFilter;
 
 /// `-v` shows debug, `-vv` trace; `RUST_LOG` overrides both.
 pub fn init(verbosity: u8) {
+    // kube-client logs every failed request at ERROR, even the ones a readiness poll expects;
+    // the callers report what matters, with context. -v shows them.
     let default = match verbosity {
-        0 => "info",
+        0 => "info,kube_client=off",
         1 => "debug",
         _ => "trace",
     };

@@ -1,1 +1,58 @@
-fn main() {}
+//! `cargo xtask …`: talos-ha's task runner (the cargo-xtask convention: plain Rust, no scripts).
+
+mod lab_cmd;
+mod test_cmd;
+mod validate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kit::stage::GlobalArgs;
+
+/// Build and test a highly available Kubernetes cluster on Talos Linux, stage by stage.
+///
+/// Start with `cargo xtask validate` to check cluster.yaml, `cargo xtask lab up` to start a
+/// local control plane to practise on, and `cargo xtask test` to run every test against it.
+#[derive(Parser, Debug)]
+#[command(name = "cargo xtask", version)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check cluster.yaml: prints a summary of a valid config, or every problem with its fix.
+    Validate,
+    /// The lab: a real Kubernetes control plane on 127.0.0.1 (etcd ×3, API server,
+    /// controller-manager, scheduler, kwok nodes) to run every stage against.
+    Lab {
+        #[command(subcommand)]
+        action: lab_cmd::LabAction,
+    },
+    /// Run the whole test suite: bring the lab up, `cargo test --workspace`, take it down.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`), e.g. `-- --nocapture`.
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    kit::logging::init(cli.global.verbose);
+    let result = match cli.command {
+        Command::Validate => validate::run(&cli.global),
+        Command::Lab { action } => lab_cmd::run(&cli.global, action),
+        Command::Test { cargo_args } => test_cmd::run(&cli.global, &cargo_args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            ExitCode::from(kit::stage::exit::FAILED)
+        }
+    }
+}

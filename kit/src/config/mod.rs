@@ -80,11 +80,13 @@ impl Role {
 pub const KUBERNETES_API_PORT: u16 = 6443;
 
 impl ClusterConfig {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. The path is made absolute first, so the state
+    /// folder (and every path written into kubeconfigs) holds wherever a process runs from.
     pub fn load(path: &Path) -> Result<ClusterConfig, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { file: path.to_owned(), source })?;
-        Self::parse(&text, path)
+        let read_error = |source| ConfigError::Read { file: path.to_owned(), source };
+        let absolute = std::path::absolute(path).map_err(read_error)?;
+        let text = std::fs::read_to_string(&absolute).map_err(read_error)?;
+        Self::parse(&text, &absolute)
     }
 
     /// Validates config text; `source` names the file in errors and anchors the state folder.

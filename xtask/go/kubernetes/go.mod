@@ -1,7 +1,8 @@
 // Wrapper module that builds the lab's control plane from k8s.io/kubernetes.
 // Kubernetes's own go.mod replaces its staging modules with ./staging paths, which
 // 'go install' refuses; here each is replaced by its published v0.Y.Z release.
-// Regenerate for another version with: cargo xtask lab gomod --kubernetes vX.Y.Z
+// For another Kubernetes version: change the require line and every v0.Y.Z below to the
+// matching release (v1.35.0 -> v0.35.0), run `go mod tidy`, and set versions.kubernetes.
 module talos-ha/lab/kubernetes
 
 go 1.25.0

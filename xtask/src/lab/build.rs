@@ -1,0 +1,194 @@
+//! The lab's binaries, built from Go modules on first use and cached outside the repository,
+//! keyed by version, so a second `lab up` (or CI with a warm cache) builds nothing.
+//!
+//! - etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl come from the
+//!   wrapper module `xtask/go/kubernetes` (k8s.io/kubernetes cannot be `go install`ed: its
+//!   go.mod replaces staging modules with local paths; the wrapper points them at releases).
+//! - kwok is a plain module: `go install sigs.k8s.io/kwok/cmd/kwok@<version>`.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use kit::config::Version;
+use xshell::{Shell, cmd};
+
+/// The kwok release the lab runs (fake nodes and pods; no containers).
+pub const KWOK_VERSION: &str = "v0.8.0";
+/// kwok's stage definitions, in its module: how fake nodes initialise and heartbeat (with a
+/// Lease, as kubelets do) and how pods become Ready, complete and are deleted. kwokctl embeds
+/// these; the bare kwok binary must be given them in its config.
+const KWOK_STAGES: &[&str] = &[
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+];
+/// The Kubernetes release the committed wrapper module builds.
+const WRAPPER_KUBERNETES: &str = "v1.35.0";
+
+/// Where every lab binary lives once built.
+pub struct Binaries {
+    pub kubernetes_dir: PathBuf,
+    pub kwok_dir: PathBuf,
+}
+
+impl Binaries {
+    /// kwok's stage files, copied from its module at build time.
+    pub fn kwok_stages(&self) -> Vec<PathBuf> {
+        KWOK_STAGES.iter().map(|stage| self.kwok_dir.join("stages").join(file_name(stage))).collect()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        match name {
+            "kwok" => self.kwok_dir.join(name),
+            _ => self.kubernetes_dir.join(name),
+        }
+    }
+}
+
+/// `$TALOS_HA_CACHE`, else `$XDG_CACHE_HOME/talos-ha`, else `~/.cache/talos-ha`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TALOS_HA_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("talos-ha")
+}
+
+pub fn binaries(kubernetes: Version) -> Binaries {
+    let lab = cache_root().join("lab");
+    Binaries { kubernetes_dir: lab.join(format!("kubernetes-{kubernetes}")), kwok_dir: lab.join(format!("kwok-{KWOK_VERSION}")) }
+}
+
+const KUBERNETES_COMMANDS: &[&str] = &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"];
+
+/// Builds whatever is missing from the cache; returns where the binaries are.
+pub fn ensure_binaries(kubernetes: Version, workspace: &Path) -> anyhow::Result<Binaries> {
+    let binaries = binaries(kubernetes);
+    let missing_kubernetes = KUBERNETES_COMMANDS.iter().any(|name| !binaries.path(name).exists());
+    let missing_kwok = !binaries.path("kwok").exists() || binaries.kwok_stages().iter().any(|stage| !stage.exists());
+    if !missing_kubernetes && !missing_kwok {
+        return Ok(binaries);
+    }
+    let go = which::which("go").context(
+        "`go` not found on PATH: the lab builds Kubernetes, etcd and kwok from their Go modules; \
+         install Go 1.25 or newer (apt-get install golang-go, or https://go.dev/dl)",
+    )?;
+    let sh = Shell::new()?;
+    if missing_kubernetes {
+        anyhow::ensure!(
+            kubernetes.to_string() == WRAPPER_KUBERNETES,
+            "versions.kubernetes is {kubernetes}, but the lab's wrapper module (xtask/go/kubernetes/go.mod) builds \
+             {WRAPPER_KUBERNETES}; set versions.kubernetes: {WRAPPER_KUBERNETES}, or update the wrapper as its header says"
+        );
+        build_kubernetes(&sh, &go, kubernetes, &workspace.join("xtask/go/kubernetes"), &binaries.kubernetes_dir)?;
+    }
+    if missing_kwok {
+        build_kwok(&sh, &go, &binaries.kwok_dir)?;
+    }
+    Ok(binaries)
+}
+
+fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out: &Path) -> anyhow::Result<()> {
+    // Unstamped builds say v0.0.0-master, and kubectl refuses to talk to such a server.
+    let mut ldflags = vec!["-s".to_owned(), "-w".to_owned()];
+    for package in ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"] {
+        for (key, value) in [
+            ("gitVersion", version.to_string()),
+            ("gitMajor", version.major.to_string()),
+            ("gitMinor", version.minor.to_string()),
+            ("gitTreeState", "clean".to_owned()),
+        ] {
+            ldflags.push(format!("-X {package}.{key}={value}"));
+        }
+    }
+    let ldflags = ldflags.join(" ");
+    let staging = staging_dir(out)?;
+    let _dir = sh.push_dir(module);
+    let packages = [
+        "go.etcd.io/etcd/server/v3",
+        "k8s.io/kubernetes/cmd/kube-apiserver",
+        "k8s.io/kubernetes/cmd/kube-controller-manager",
+        "k8s.io/kubernetes/cmd/kube-scheduler",
+        "k8s.io/kubernetes/cmd/kubectl",
+    ];
+    let staging_arg = format!("{}/", staging.display());
+    let command = cmd!(sh, "{go} build -trimpath -ldflags {ldflags} -o {staging_arg} {packages...}");
+    with_heartbeat(&format!("building Kubernetes {version} and etcd from Go modules (cold: about 7–10 minutes, once)"), || {
+        command.quiet().run().context("go build of the Kubernetes wrapper module failed (output above)")
+    })?;
+    // `go build` names go.etcd.io/etcd/server/v3 after its parent folder.
+    std::fs::rename(staging.join("server"), staging.join("etcd"))?;
+    publish(&staging, out)
+}
+
+fn build_kwok(sh: &Shell, go: &Path, out: &Path) -> anyhow::Result<()> {
+    let staging = staging_dir(out)?;
+    let command_path = format!("sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}");
+    let module = format!("sigs.k8s.io/kwok@{KWOK_VERSION}");
+    let ldflags = "-s -w";
+    let command = cmd!(sh, "{go} install -trimpath -ldflags {ldflags} {command_path}").env("GOBIN", &staging);
+    with_heartbeat(&format!("building kwok {KWOK_VERSION} (cold: about 3 minutes, once)"), || {
+        command.quiet().run().context("go install of kwok failed (output above)")
+    })?;
+    // The module `go install` just fetched holds the stage files; `go mod download` names its folder.
+    let download = cmd!(sh, "{go} mod download -json {module}").read().context("locating the kwok module")?;
+    let module_dir: ModuleDownload = serde_json::from_str(&download).context("reading `go mod download -json`")?;
+    std::fs::create_dir_all(staging.join("stages"))?;
+    for stage in KWOK_STAGES {
+        let from = module_dir.dir.join(stage);
+        std::fs::copy(&from, staging.join("stages").join(file_name(stage)))
+            .with_context(|| format!("copying kwok's stage {}", from.display()))?;
+    }
+    publish(&staging, out)
+}
+
+#[derive(serde::Deserialize)]
+struct ModuleDownload {
+    #[serde(rename = "Dir")]
+    dir: PathBuf,
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// A fresh folder beside `out` to build into: a half-finished build never looks cached.
+fn staging_dir(out: &Path) -> anyhow::Result<PathBuf> {
+    let staging = out.with_extension("partial");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    Ok(staging)
+}
+
+fn publish(staging: &Path, out: &Path) -> anyhow::Result<()> {
+    if out.exists() {
+        std::fs::remove_dir_all(out)?;
+    }
+    std::fs::rename(staging, out).with_context(|| format!("moving the build into {}", out.display()))
+}
+
+/// Runs a long step, logging how long it has been running every 30 s so it never looks hung.
+fn with_heartbeat<T>(what: &str, step: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    tracing::info!("{what}");
+    let started = Instant::now();
+    let (done, finished) = mpsc::channel::<()>();
+    let ticker = std::thread::spawn(move || {
+        while let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(Duration::from_secs(30)) {
+            tracing::info!("  … still building ({}s)", started.elapsed().as_secs());
+        }
+    });
+    let result = step();
+    drop(done);
+    let _ = ticker.join();
+    tracing::info!("  done in {}s", started.elapsed().as_secs());
+    result
+}

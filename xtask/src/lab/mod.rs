@@ -1,0 +1,478 @@
+//! `cargo xtask lab up | status | down`: a real Kubernetes control plane on 127.0.0.1.
+//!
+//! What a control plane is made of, in start order:
+//! 1. **etcd ×3**: the only stateful part. Three members form a quorum: any two agree on every
+//!    write, so losing one loses nothing (this is Talos's "stacked etcd" on three control planes).
+//! 2. **kube-apiserver**: the front door. It authenticates (client certificates), authorises
+//!    (RBAC), admits (Pod Security, as Talos enforces it) and stores objects in etcd.
+//! 3. **kube-controller-manager**: the loops that turn Deployments into ReplicaSets into Pods,
+//!    evict pods from dead nodes, sign certificates, mint ServiceAccount tokens.
+//! 4. **kube-scheduler**: picks a node for every new pod.
+//! 5. **kwok**: stands in for the kubelets. It keeps the config's six nodes Ready and moves
+//!    scheduled pods to Running, without running containers.
+//!
+//! Nothing leaves this machine: every process listens on 127.0.0.1, and the Service and pod
+//! ranges are inside 127.0.0.0/8.
+
+mod build;
+mod pki;
+pub mod process;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::coordination::v1::Lease;
+use kit::config::ClusterConfig;
+use kube::api::Api;
+use serde::{Deserialize, Serialize};
+
+pub use build::{KWOK_VERSION, cache_root, ensure_binaries};
+use pki::Pki;
+use process::Process;
+
+/// The Service range: the API server hands ClusterIPs from it (inside 127.0.0.0/8, so any
+/// connection to a ClusterIP stays on this machine).
+pub const SERVICE_CIDR: &str = "127.96.0.0/16";
+/// The `kubernetes` Service's ClusterIP: the first address of the range.
+const API_SERVICE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 96, 0, 1);
+/// kwok gives pods addresses from here.
+pub const POD_CIDR: &str = "127.128.0.1/16";
+/// The API server's port unless `--port-base` says otherwise; the other ports follow it.
+pub const DEFAULT_PORT_BASE: u16 = 16443;
+const ETCD_MEMBERS: u16 = 3;
+
+/// The ports of one lab, all derived from one base so two labs can run side by side.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Ports {
+    pub base: u16,
+}
+
+impl Ports {
+    pub fn api(self) -> u16 {
+        self.base
+    }
+    pub fn etcd_client(self, member: u16) -> u16 {
+        self.base + 10 + 2 * member
+    }
+    fn etcd_peer(self, member: u16) -> u16 {
+        self.base + 11 + 2 * member
+    }
+    fn controller_manager(self) -> u16 {
+        self.base + 20
+    }
+    fn scheduler(self) -> u16 {
+        self.base + 21
+    }
+    fn kwok(self) -> u16 {
+        self.base + 22
+    }
+}
+
+/// One lab: its folder (`state/lab` beside the config), its ports and its binaries.
+pub struct Lab {
+    pub dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub ports: Ports,
+    binaries: build::Binaries,
+    config: ClusterConfig,
+}
+
+/// What `lab status` reports for one component.
+#[derive(Debug, Serialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub pid: Option<i32>,
+    pub healthy: bool,
+    pub detail: String,
+    pub resident_bytes: Option<u64>,
+}
+
+impl Lab {
+    /// The lab for `config`. Its ports are the ones it was started with (kept in `lab.json`),
+    /// else `port_base`.
+    pub fn new(config: &ClusterConfig, port_base: u16) -> Lab {
+        let dir = config.state_dir().join("lab");
+        let ports = std::fs::read_to_string(dir.join("lab.json"))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Ports>(&text).ok())
+            .unwrap_or(Ports { base: port_base });
+        Lab {
+            kubeconfig: kit::lab::kubeconfig_path(&config.state_dir()),
+            dir,
+            ports,
+            binaries: build::binaries(config.versions.kubernetes),
+            config: config.clone(),
+        }
+    }
+
+    pub fn api_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.ports.api())
+    }
+
+    fn pki(&self) -> Pki {
+        Pki { dir: self.dir.join("pki") }
+    }
+
+    fn process(&self, name: &str, binary: &str, args: Vec<String>) -> Process {
+        Process {
+            name: name.to_owned(),
+            binary: self.binaries.path(binary),
+            args,
+            run_dir: self.dir.join("run"),
+            log_dir: self.dir.join("logs"),
+        }
+    }
+
+    fn etcd_members(&self) -> Vec<Process> {
+        let ports = self.ports;
+        let initial_cluster = (0..ETCD_MEMBERS)
+            .map(|m| format!("etcd-{m}=http://127.0.0.1:{}", ports.etcd_peer(m)))
+            .collect::<Vec<_>>()
+            .join(",");
+        (0..ETCD_MEMBERS)
+            .map(|m| {
+                let name = format!("etcd-{m}");
+                let client = format!("http://127.0.0.1:{}", ports.etcd_client(m));
+                let peer = format!("http://127.0.0.1:{}", ports.etcd_peer(m));
+                let args = vec![
+                    format!("--name={name}"),
+                    format!("--data-dir={}", self.dir.join("data").join(&name).display()),
+                    format!("--listen-client-urls={client}"),
+                    format!("--advertise-client-urls={client}"),
+                    format!("--listen-peer-urls={peer}"),
+                    format!("--initial-advertise-peer-urls={peer}"),
+                    format!("--initial-cluster={initial_cluster}"),
+                    "--initial-cluster-state=new".into(),
+                    "--initial-cluster-token=talos-ha-lab".into(),
+                    "--log-level=warn".into(),
+                ];
+                self.process(&name, "etcd", args)
+            })
+            .collect()
+    }
+
+    fn apiserver(&self) -> Process {
+        let pki = self.pki();
+        let p = |path: PathBuf| path.display().to_string();
+        let etcd_servers = (0..ETCD_MEMBERS)
+            .map(|m| format!("http://127.0.0.1:{}", self.ports.etcd_client(m)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let args = vec![
+            format!("--etcd-servers={etcd_servers}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            // The `kubernetes` Service cannot have a loopback endpoint (validation refuses
+            // 127.0.0.0/8), and nothing in the lab dials it: kwok runs no pods.
+            "--endpoint-reconciler-type=none".into(),
+            format!("--secure-port={}", self.ports.api()),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--tls-cert-file={}", p(pki.cert("apiserver"))),
+            format!("--tls-private-key-file={}", p(pki.key("apiserver"))),
+            format!("--client-ca-file={}", p(pki.ca_cert())),
+            format!("--service-account-issuer={}", self.api_url()),
+            format!("--service-account-key-file={}", p(pki.service_account_pub())),
+            format!("--service-account-signing-key-file={}", p(pki.service_account_key())),
+            "--authorization-mode=Node,RBAC".into(),
+            // As on Talos: privileged pods are allowed, and Pod Security decides per namespace.
+            "--allow-privileged=true".into(),
+            "--enable-admission-plugins=NodeRestriction".into(),
+            format!("--admission-control-config-file={}", p(self.dir.join("admission.json"))),
+            // Webhooks and aggregated APIs are dialled at their endpoints' IPs (pod IPs in
+            // 127.128.0.0/16) instead of a `<svc>.<ns>.svc` name looked up in this machine's DNS.
+            "--enable-aggregator-routing=true".into(),
+            format!("--requestheader-client-ca-file={}", p(pki.front_proxy_ca_cert())),
+            "--requestheader-allowed-names=front-proxy-client".into(),
+            "--requestheader-username-headers=X-Remote-User".into(),
+            "--requestheader-group-headers=X-Remote-Group".into(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".into(),
+            format!("--proxy-client-cert-file={}", p(pki.cert("front-proxy-client"))),
+            format!("--proxy-client-key-file={}", p(pki.key("front-proxy-client"))),
+            format!("--kubelet-client-certificate={}", p(pki.cert("apiserver-kubelet-client"))),
+            format!("--kubelet-client-key={}", p(pki.key("apiserver-kubelet-client"))),
+            // Nodes carry the config's LAN addresses as data; never dial them from here.
+            "--kubelet-preferred-address-types=Hostname".into(),
+            "--profiling=false".into(),
+        ];
+        self.process("kube-apiserver", "kube-apiserver", args)
+    }
+
+    fn controller_manager(&self) -> Process {
+        let pki = self.pki();
+        let kubeconfig = self.component_kubeconfig("controller-manager");
+        let args = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={}", self.ports.controller_manager()),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+            format!("--root-ca-file={}", pki.ca_cert().display()),
+            format!("--service-account-private-key-file={}", pki.service_account_key().display()),
+            format!("--cluster-signing-cert-file={}", pki.ca_cert().display()),
+            format!("--cluster-signing-key-file={}", pki.ca_key().display()),
+            "--use-service-account-credentials=true".into(),
+            "--leader-elect=true".into(),
+            "--profiling=false".into(),
+        ];
+        self.process("kube-controller-manager", "kube-controller-manager", args)
+    }
+
+    fn scheduler(&self) -> Process {
+        let kubeconfig = self.component_kubeconfig("scheduler");
+        let args = vec![
+            format!("--kubeconfig={kubeconfig}"),
+            format!("--authentication-kubeconfig={kubeconfig}"),
+            format!("--authorization-kubeconfig={kubeconfig}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={}", self.ports.scheduler()),
+            "--leader-elect=true".into(),
+            "--profiling=false".into(),
+        ];
+        self.process("kube-scheduler", "kube-scheduler", args)
+    }
+
+    fn kwok(&self) -> Process {
+        let (key, value) = kit::lab::KWOK_ANNOTATION;
+        let args = vec![
+            format!("--kubeconfig={}", self.component_kubeconfig("kwok")),
+            // An explicit config, so a ~/.kwok/kwok.yaml on this machine changes nothing.
+            format!("--config={}", self.dir.join("kwok.yaml").display()),
+            "--manage-all-nodes=false".into(),
+            format!("--manage-nodes-with-annotation-selector={key}={value}"),
+            format!("--cidr={POD_CIDR}"),
+            "--node-ip=127.0.0.1".into(),
+            format!("--server-address=127.0.0.1:{}", self.ports.kwok()),
+        ];
+        self.process("kwok", "kwok", args)
+    }
+
+    fn component_kubeconfig(&self, client: &str) -> String {
+        self.dir.join("kubeconfigs").join(format!("{client}.kubeconfig")).display().to_string()
+    }
+
+    /// Every process, in start order.
+    fn processes(&self) -> Vec<Process> {
+        let mut all = self.etcd_members();
+        all.extend([self.apiserver(), self.controller_manager(), self.scheduler(), self.kwok()]);
+        all
+    }
+
+    /// Starts whatever is not running (a running lab is left as it is), registers the config's
+    /// nodes, and waits until the nodes are Ready and the controllers hold their leases.
+    pub async fn up(&self, workspace: &Path) -> anyhow::Result<()> {
+        ensure_binaries(self.config.versions.kubernetes, workspace)?;
+        self.write_files()?;
+
+        let etcd = self.etcd_members();
+        for member in &etcd {
+            self.start(member)?;
+        }
+        for (index, member) in (0..ETCD_MEMBERS).zip(&etcd) {
+            let port = self.ports.etcd_client(index);
+            wait_until(member, Duration::from_secs(60), "report healthy", || async move { etcd_healthy(port) }).await?;
+        }
+
+        let apiserver = self.apiserver();
+        self.start(&apiserver)?;
+        wait_until(&apiserver, Duration::from_secs(120), "report ready (/readyz)", || async {
+            self.apiserver_ready().await
+        })
+        .await?;
+        let client = kit::lab::client_from_kubeconfig(&self.kubeconfig).await?;
+
+        let controller_manager = self.controller_manager();
+        let scheduler = self.scheduler();
+        let kwok = self.kwok();
+        for process in [&controller_manager, &scheduler, &kwok] {
+            self.start(process)?;
+        }
+        kit::lab::register_nodes(&client, &self.config).await?;
+        tracing::info!("registered {} nodes as kwok nodes", self.config.nodes.len());
+        for (process, lease) in [(&controller_manager, "kube-controller-manager"), (&scheduler, "kube-scheduler")] {
+            let client = client.clone();
+            wait_until(process, Duration::from_secs(90), "take its leader lease", || {
+                let client = client.clone();
+                async move { lease_holder(&client, lease).await.is_some() }
+            })
+            .await?;
+        }
+        wait_until(&kwok, Duration::from_secs(90), "mark every node Ready", || {
+            let client = client.clone();
+            async move { kit::lab::nodes_not_ready(&client, &self.config).await.is_ok_and(|waiting| waiting.is_empty()) }
+        })
+        .await
+    }
+
+    /// Writes what the processes read: certificates, kubeconfigs, the admission and kwok configs.
+    fn write_files(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        std::fs::write(self.dir.join("lab.json"), serde_json::to_string(&self.ports)?)?;
+        let pki = self.pki();
+        if pki.ensure(API_SERVICE_IP)? {
+            tracing::info!("generated the lab's CA, certificates and service-account key in {}", pki.dir.display());
+        }
+        pki::write_kubeconfigs(&pki, &self.api_url(), &self.dir.join("kubeconfigs"), &self.kubeconfig)?;
+        // Pod Security as Talos configures it: enforce `baseline` everywhere but kube-system,
+        // audit and warn at `restricted`. A namespace that needs more must say so in a label.
+        let admission = serde_json::json!({
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "AdmissionConfiguration",
+            "plugins": [{
+                "name": "PodSecurity",
+                "configuration": {
+                    "apiVersion": "pod-security.admission.config.k8s.io/v1",
+                    "kind": "PodSecurityConfiguration",
+                    "defaults": {
+                        "enforce": "baseline", "enforce-version": "latest",
+                        "audit": "restricted", "audit-version": "latest",
+                        "warn": "restricted", "warn-version": "latest"
+                    },
+                    "exemptions": { "usernames": [], "runtimeClasses": [], "namespaces": ["kube-system"] }
+                }
+            }]
+        });
+        std::fs::write(self.dir.join("admission.json"), serde_json::to_string_pretty(&admission)?)?;
+        // kwok's config: its own stages (from its module, see build.rs) and nothing from ~/.kwok.
+        // Its parallelism options are spelled out: a config file given with --config does not
+        // get the defaults kwokctl would fill in, and a zero stops kwok at start.
+        let mut kwok_config = String::from(
+            "apiVersion: config.kwok.x-k8s.io/v1alpha1\nkind: KwokConfiguration\noptions:\n  \
+             nodeLeaseDurationSeconds: 40\n  nodeLeaseParallelism: 4\n  nodePlayStageParallelism: 4\n  \
+             podPlayStageParallelism: 4\n  podsOnNodeSyncParallelism: 1\n",
+        );
+        for stage in self.binaries.kwok_stages() {
+            kwok_config.push_str("---\n");
+            kwok_config.push_str(&std::fs::read_to_string(&stage).with_context(|| format!("reading {}", stage.display()))?);
+        }
+        std::fs::write(self.dir.join("kwok.yaml"), kwok_config)?;
+        Ok(())
+    }
+
+    fn start(&self, process: &Process) -> anyhow::Result<()> {
+        let (pid, started) = process.ensure_started()?;
+        if started {
+            tracing::info!("started {} (pid {pid}), log: {}", process.name, process.log_file().display());
+        } else {
+            tracing::debug!("{} already running (pid {pid})", process.name);
+        }
+        Ok(())
+    }
+
+    async fn apiserver_ready(&self) -> bool {
+        let Ok(client) = kit::lab::client_from_kubeconfig(&self.kubeconfig).await else { return false };
+        let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else { return false };
+        matches!(client.request_text(request).await.as_deref(), Ok("ok"))
+    }
+
+    /// Each component's PID, health and memory.
+    pub async fn status(&self) -> Vec<ComponentStatus> {
+        let client = kit::lab::client_from_kubeconfig(&self.kubeconfig).await.ok();
+        let mut report = Vec::new();
+        for (index, process) in self.processes().iter().enumerate() {
+            let pid = process.running_pid();
+            let (healthy, detail) = match (pid, process.name.as_str(), &client) {
+                (None, _, _) => (false, "not running".to_owned()),
+                (Some(_), "kube-apiserver", _) if self.apiserver_ready().await => (true, format!("ready on {}", self.api_url())),
+                (Some(_), "kube-apiserver", _) => (false, "running but not ready".to_owned()),
+                (Some(_), name, _) if name.starts_with("etcd-") => {
+                    let port = self.ports.etcd_client(u16::try_from(index).unwrap_or_default());
+                    if etcd_healthy(port) { (true, format!("healthy on 127.0.0.1:{port}")) } else { (false, "running but not healthy".into()) }
+                }
+                (Some(_), _, None) => (false, "running; API unreachable, health unknown".to_owned()),
+                (Some(_), "kwok", Some(client)) => self.kwok_health(client).await,
+                (Some(_), name, Some(client)) => match lease_holder(client, name).await {
+                    Some(holder) => (true, format!("leader ({holder})")),
+                    None => (false, "running but holds no leader lease".to_owned()),
+                },
+            };
+            report.push(ComponentStatus {
+                name: process.name.clone(),
+                pid,
+                healthy,
+                detail,
+                resident_bytes: pid.and_then(process::resident_bytes),
+            });
+        }
+        report
+    }
+
+    async fn kwok_health(&self, client: &kube::Client) -> (bool, String) {
+        match kit::lab::nodes_not_ready(client, &self.config).await {
+            Ok(waiting) if waiting.is_empty() => (true, format!("{} nodes Ready", self.config.nodes.len())),
+            Ok(waiting) => (false, format!("not Ready: {}", waiting.join(", "))),
+            Err(error) => (false, format!("cannot list nodes: {error}")),
+        }
+    }
+
+    /// Stops every process, newest first; with `purge`, deletes the lab's folder too.
+    pub fn down(&self, purge: bool) -> anyhow::Result<Vec<String>> {
+        let mut stopped = Vec::new();
+        for process in self.processes().iter().rev() {
+            if process.stop(Duration::from_secs(10))? {
+                stopped.push(process.name.clone());
+            }
+        }
+        if purge && self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).with_context(|| format!("deleting {}", self.dir.display()))?;
+        }
+        Ok(stopped)
+    }
+
+    /// The PIDs of every process still running (empty after a clean `down`).
+    pub fn running_pids(&self) -> Vec<(String, i32)> {
+        self.processes().iter().filter_map(|p| p.running_pid().map(|pid| (p.name.clone(), pid))).collect()
+    }
+}
+
+/// Polls `probe` until it holds; fails early, with the log tail, if the process dies.
+async fn wait_until<F, Fut>(process: &Process, timeout: Duration, what: &str, mut probe: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if probe().await {
+            return Ok(());
+        }
+        if process.running_pid().is_none() {
+            anyhow::bail!(
+                "{} exited before it could {what} (a port already taken? see {}):\n{}",
+                process.name,
+                process.log_file().display(),
+                process.log_tail(20)
+            );
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{} did not {what} within {}s (see {}):\n{}",
+                process.name,
+                timeout.as_secs(),
+                process.log_file().display(),
+                process.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// etcd's own health endpoint: true once the member is part of a quorum with a leader.
+fn etcd_healthy(port: u16) -> bool {
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(2))).build().into();
+    agent
+        .get(&format!("http://127.0.0.1:{port}/health"))
+        .call()
+        .ok()
+        .and_then(|mut response| response.body_mut().read_to_string().ok())
+        .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
+        .is_some_and(|health| health["health"] == "true")
+}
+
+/// Who holds a control-plane component's leader-election lease in kube-system, if anyone.
+async fn lease_holder(client: &kube::Client, name: &str) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let lease = leases.get_opt(name).await.ok()??;
+    lease.spec?.holder_identity.filter(|holder| !holder.is_empty())
+}

@@ -1,0 +1,79 @@
+//! `cargo xtask lab up | status | down`: the command-line face of `xtask::lab`.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use kit::stage::{GlobalArgs, Output, exit, load_config};
+use xtask::lab::{DEFAULT_PORT_BASE, Lab};
+
+#[derive(Subcommand, Debug)]
+pub enum LabAction {
+    /// Start the lab (building its binaries on first use) and register the config's nodes.
+    /// Re-running it on a running lab changes nothing; on a half-running one it starts what is missing.
+    Up {
+        /// The API server's port; etcd and the controllers use the ports just above it.
+        #[arg(long, default_value_t = DEFAULT_PORT_BASE, env = "TALOS_HA_LAB_PORT_BASE")]
+        port_base: u16,
+    },
+    /// Each component's PID, health and memory.
+    Status,
+    /// Stop every process the lab started.
+    Down {
+        /// Also delete the lab's data, certificates and kubeconfig (state/lab).
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
+        return Ok(ExitCode::from(exit::INVALID));
+    };
+    let port_base = match action {
+        LabAction::Up { port_base } => port_base,
+        _ => DEFAULT_PORT_BASE,
+    };
+    let lab = Lab::new(&config, port_base);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match action {
+        LabAction::Up { .. } => {
+            let started = std::time::Instant::now();
+            runtime.block_on(lab.up(&xtask::workspace_root()))?;
+            tracing::info!("lab up in {:.1}s", started.elapsed().as_secs_f64());
+            println!("The lab is up: a Kubernetes {} control plane on {}.", config.versions.kubernetes, lab.api_url());
+            println!("  export KUBECONFIG={}", lab.kubeconfig.display());
+            println!("  kubectl get nodes -o wide");
+            println!("Stop it with `cargo xtask lab down` (add --purge to delete its data).");
+            Ok(ExitCode::SUCCESS)
+        }
+        LabAction::Status => {
+            let report = runtime.block_on(lab.status());
+            match global.output {
+                Output::Json => kit::stage::write_json_lines(&report, &mut stdout)?,
+                Output::Text => {
+                    let mut total = 0;
+                    for component in &report {
+                        let pid = component.pid.map_or_else(|| "-".to_owned(), |pid| pid.to_string());
+                        let mib = component.resident_bytes.unwrap_or_default() / (1024 * 1024);
+                        total += mib;
+                        let state = if component.healthy { "ok" } else { "DOWN" };
+                        println!("{state:<5} {:<24} pid {pid:<8} {mib:>5} MiB  {}", component.name, component.detail);
+                    }
+                    println!("total resident memory: {total} MiB");
+                }
+            }
+            let healthy = report.iter().all(|c| c.healthy);
+            Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) })
+        }
+        LabAction::Down { purge } => {
+            let stopped = lab.down(purge)?;
+            println!("stopped: {}", if stopped.is_empty() { "nothing was running".to_owned() } else { stopped.join(", ") });
+            if purge {
+                println!("deleted {}", lab.dir.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

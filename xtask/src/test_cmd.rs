@@ -1,0 +1,35 @@
+//! `cargo xtask test`: the one test command (README, CI). The lab tests need a running lab,
+//! so this brings one up, runs `cargo test --workspace`, and stops the lab it started.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use kit::stage::{GlobalArgs, exit, load_config};
+use xshell::{Shell, cmd};
+use xtask::lab::{DEFAULT_PORT_BASE, Lab};
+
+pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
+    let root = xtask::workspace_root();
+    let Some(config) = load_config(&root.join("cluster.yaml"), global.output, &mut std::io::stdout())? else {
+        return Ok(ExitCode::from(exit::INVALID));
+    };
+    let lab = Lab::new(&config, DEFAULT_PORT_BASE);
+    let was_running = !lab.running_pids().is_empty();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let up = runtime.block_on(lab.up(&root));
+    let tests = up.and_then(|()| {
+        let sh = Shell::new()?;
+        sh.change_dir(&root);
+        cmd!(sh, "cargo test --workspace -- {cargo_args...}")
+            .env("TALOS_HA_LAB_KUBECONFIG", &lab.kubeconfig)
+            .run()
+            .context("cargo test failed (its output is above)")
+    });
+    if !was_running {
+        let stopped = lab.down(false)?;
+        tracing::info!("stopped the lab ({} processes)", stopped.len());
+        let left = lab.running_pids();
+        anyhow::ensure!(left.is_empty(), "lab processes left after down: {left:?}");
+    }
+    tests.map(|()| ExitCode::SUCCESS)
+}

@@ -1,0 +1,17 @@
+//! `cargo xtask validate`: read cluster.yaml and say what it describes, or everything wrong with it.
+
+use std::process::ExitCode;
+
+use kit::stage::{GlobalArgs, Output, exit, load_config};
+
+pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
+        return Ok(ExitCode::from(exit::INVALID));
+    };
+    match global.output {
+        Output::Text => print!("{} is valid\n{}", global.config.display(), config.summary()),
+        Output::Json => println!("{}", serde_json::to_string(&config)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
