@@ -130,7 +130,13 @@ fn an_invalid_config_exits_2_listing_every_problem() -> anyhow::Result<()> {
 fn render_and_explain_need_no_cluster() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = config_path();
-    let (code, out) = run(&["render", "--out", dir.path().to_str().unwrap_or_default(), "--config", config.to_str().unwrap_or_default()]);
+    let (code, out) = run(&[
+        "render",
+        "--out",
+        dir.path().to_str().unwrap_or_default(),
+        "--config",
+        config.to_str().unwrap_or_default(),
+    ]);
     assert_eq!(code, ExitCode::SUCCESS);
     let written = dir.path().join("00-fixture/README.md");
     assert_eq!(out.trim(), written.display().to_string());

@@ -1,1 +1,51 @@
-//! Shared helpers for the lab tests in `tests/tests/`: where the running lab is.
+//! What the lab tests in `tests/tests/` share: the running lab's config and a client for it.
+//! `cargo xtask test` starts the lab and points `TALOS_HA_LAB_KUBECONFIG` at it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kit::config::ClusterConfig;
+
+/// The documented config at the repository root, which the lab was started from.
+pub fn config() -> ClusterConfig {
+    let path = xtask::workspace_root().join("cluster.yaml");
+    ClusterConfig::load(&path).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// The running lab's admin kubeconfig.
+pub fn kubeconfig() -> PathBuf {
+    std::env::var_os("TALOS_HA_LAB_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| kit::lab::kubeconfig_path(&config().state_dir()))
+}
+
+/// A client for the running lab; fails with how to start one.
+pub async fn lab_client() -> anyhow::Result<kube::Client> {
+    let path = kubeconfig();
+    anyhow::ensure!(
+        path.exists(),
+        "no lab at {}: run the tests with `cargo xtask test`, or start one with `cargo xtask lab up`",
+        path.display()
+    );
+    kit::lab::client_from_kubeconfig(&path).await
+}
+
+/// Polls `probe` every 250 ms until it returns `Some`, or fails after `timeout` saying `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {}s waiting for {what}",
+            timeout.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

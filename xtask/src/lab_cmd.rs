@@ -9,6 +9,8 @@ use xtask::lab::{DEFAULT_PORT_BASE, Lab};
 
 #[derive(Subcommand, Debug)]
 pub enum LabAction {
+    /// Build the lab's binaries from Go modules into the cache (`up` does this on first use).
+    Build,
     /// Start the lab (building its binaries on first use) and register the config's nodes.
     /// Re-running it on a running lab changes nothing; on a half-running one it starts what is missing.
     Up {
@@ -38,6 +40,14 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
     let lab = Lab::new(&config, port_base);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match action {
+        LabAction::Build => {
+            let binaries = xtask::lab::ensure_binaries(config.versions.kubernetes, &xtask::workspace_root())?;
+            println!(
+                "lab binaries ready in {}",
+                binaries.kubernetes_dir.parent().unwrap_or(&binaries.kubernetes_dir).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         LabAction::Up { .. } => {
             let started = std::time::Instant::now();
             runtime.block_on(lab.up(&xtask::workspace_root()))?;
@@ -69,7 +79,10 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
         }
         LabAction::Down { purge } => {
             let stopped = lab.down(purge)?;
-            println!("stopped: {}", if stopped.is_empty() { "nothing was running".to_owned() } else { stopped.join(", ") });
+            println!(
+                "stopped: {}",
+                if stopped.is_empty() { "nothing was running".to_owned() } else { stopped.join(", ") }
+            );
             if purge {
                 println!("deleted {}", lab.dir.display());
             }

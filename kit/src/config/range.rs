@@ -34,9 +34,7 @@ impl FromStr for IpRange {
     fn from_str(text: &str) -> Result<Self, String> {
         if let Some((first, last)) = text.split_once('-') {
             let parse = |part: &str| {
-                part.trim()
-                    .parse::<Ipv4Addr>()
-                    .map_err(|_| format!("`{}` is not an IPv4 address", part.trim()))
+                part.trim().parse::<Ipv4Addr>().map_err(|_| format!("`{}` is not an IPv4 address", part.trim()))
             };
             let (first, last) = (parse(first)?, parse(last)?);
             if first > last {

@@ -73,9 +73,7 @@ pub(crate) struct RawFixedIp {
 pub(crate) fn key_tree() -> serde_json::Value {
     let mut tree = serde_json::to_value(RawConfig::default()).unwrap_or_default();
     if let Some(nodes) = tree.get_mut("nodes") {
-        *nodes = serde_json::Value::Array(vec![
-            serde_json::to_value(RawNode::default()).unwrap_or_default(),
-        ]);
+        *nodes = serde_json::Value::Array(vec![serde_json::to_value(RawNode::default()).unwrap_or_default()]);
     }
     tree
 }

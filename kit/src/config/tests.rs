@@ -81,7 +81,11 @@ fn unknown_keys_get_a_did_you_mean() {
         "nodes[0].instalDisk",
         "did you mean `installDisk`?",
     );
-    assert_problem(&edited("  vip: 172.16.16.100", "  vip: 172.16.16.100\n  mtu: 1500"), "network.mtu", "known keys here");
+    assert_problem(
+        &edited("  vip: 172.16.16.100", "  vip: 172.16.16.100\n  mtu: 1500"),
+        "network.mtu",
+        "known keys here",
+    );
 }
 
 #[test]
@@ -98,10 +102,22 @@ fn malformed_values_name_their_field() {
     assert_problem(&edited("subnet: 172.16.16.0/24", "subnet: 172.16.16.0/33"), "network.subnet", "not an IPv4 CIDR");
     assert_problem(&edited("subnet: 172.16.16.0/24", "subnet: 172.16.16.5/24"), "network.subnet", "172.16.16.0/24");
     assert_problem(&edited("[1.1.1.1, 8.8.8.8]", "[1.1.1.1, dns.google]"), "network.nameservers[1]", "dns.google");
-    assert_problem(&edited("pool: 172.16.16.101-172.16.16.120", "pool: 172.16.16.120-172.16.16.101"), "metallb.pool", "starts after");
+    assert_problem(
+        &edited("pool: 172.16.16.101-172.16.16.120", "pool: 172.16.16.120-172.16.16.101"),
+        "metallb.pool",
+        "starts after",
+    );
     assert_problem(&edited("pool: 172.16.16.101-172.16.16.120", "pool: lots"), "metallb.pool", "FIRST-LAST");
-    assert_problem(&edited("role: worker, ip: 172.16.16.150", "role: master, ip: 172.16.16.150"), "nodes[3].role", "controlplane");
-    assert_problem(&edited("ip: 172.16.16.152, installDisk: /dev/sda", "ip: 172.16.16.152, installDisk: sda"), "nodes[5].installDisk", "device path");
+    assert_problem(
+        &edited("role: worker, ip: 172.16.16.150", "role: master, ip: 172.16.16.150"),
+        "nodes[3].role",
+        "controlplane",
+    );
+    assert_problem(
+        &edited("ip: 172.16.16.152, installDisk: /dev/sda", "ip: 172.16.16.152, installDisk: sda"),
+        "nodes[5].installDisk",
+        "device path",
+    );
 }
 
 #[test]
@@ -165,10 +181,9 @@ fn control_planes_are_odd_and_workers_exist() {
     assert_problem(&two_cps, "nodes", "no fault tolerance over 1");
     let four_cps = edited("name: wk01, role: worker", "name: wk01, role: controlplane");
     assert_problem(&four_cps, "nodes", "etcd needs a majority (3 of 4)");
-    let no_workers = DEFAULT.replace("role: worker", "role: controlplane").replace(
-        "  - { name: wk03, role: controlplane, ip: 172.16.16.152, installDisk: /dev/sda }\n",
-        "",
-    );
+    let no_workers = DEFAULT
+        .replace("role: worker", "role: controlplane")
+        .replace("  - { name: wk03, role: controlplane, ip: 172.16.16.152, installDisk: /dev/sda }\n", "");
     assert_problem(&no_workers, "nodes", "0 workers");
 }
 
@@ -189,7 +204,11 @@ fn versions_are_tags_and_the_talos_pair_is_supported() {
         "versions.kubernetes",
         "Talos 1.9 runs Kubernetes 1.27–1.32",
     );
-    assert_problem(&edited("  kubernetes: v1.35.0\n", "  kubernetes: v1.35.0\n  traefik: latest\n"), "versions.traefik", "vX.Y.Z");
+    assert_problem(
+        &edited("  kubernetes: v1.35.0\n", "  kubernetes: v1.35.0\n  traefik: latest\n"),
+        "versions.traefik",
+        "vX.Y.Z",
+    );
     let overridden = valid(&edited("  kubernetes: v1.35.0\n", "  kubernetes: v1.35.0\n  traefik: v3.3.6\n"));
     assert_eq!(overridden.versions.traefik.to_string(), "v3.3.6");
 }

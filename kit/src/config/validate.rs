@@ -316,19 +316,34 @@ impl Validator {
                 if disk.starts_with("/dev/") {
                     Some(disk.to_owned())
                 } else {
-                    self.problem(&at("installDisk"), disk, "is not a device path", "name the disk Talos installs to, e.g. /dev/sda or /dev/nvme0n1");
+                    self.problem(
+                        &at("installDisk"),
+                        disk,
+                        "is not a device path",
+                        "name the disk Talos installs to, e.g. /dev/sda or /dev/nvme0n1",
+                    );
                     None
                 }
             });
             if let Some(name) = &name
                 && let Some(first) = names.insert(name.clone(), index)
             {
-                self.problem(&at("name"), name, &format!("is also nodes[{first}].name"), "give every node its own name");
+                self.problem(
+                    &at("name"),
+                    name,
+                    &format!("is also nodes[{first}].name"),
+                    "give every node its own name",
+                );
             }
             if let Some(ip) = ip
                 && let Some(first) = ips.insert(ip, index)
             {
-                self.problem(&at("ip"), &ip.to_string(), &format!("is also nodes[{first}].ip"), "give every node its own address");
+                self.problem(
+                    &at("ip"),
+                    &ip.to_string(),
+                    &format!("is also nodes[{first}].ip"),
+                    "give every node its own address",
+                );
             }
             parsed.push(match (name, role, ip, install_disk) {
                 (Some(name), Some(role), Some(ip), Some(install_disk)) => Some(Node { name, role, ip, install_disk }),
@@ -363,7 +378,12 @@ impl Validator {
             _ => {}
         }
         if workers == 0 {
-            self.problem("nodes", "0 workers", "leave no node for workloads", "add at least one node with `role: worker`");
+            self.problem(
+                "nodes",
+                "0 workers",
+                "leave no node for workloads",
+                "add at least one node with `role: worker`",
+            );
         }
     }
 
@@ -371,8 +391,7 @@ impl Validator {
     fn addresses(&mut self, parsed: &Parsed, nodes: &[Option<Node>]) {
         let Parsed { subnet, gateway, vip, pool, pool_text } = parsed;
         let usable = |ip: &Ipv4Addr| {
-            subnet.contains(ip)
-                && (subnet.prefix_len() >= 31 || (*ip != subnet.network() && *ip != subnet.broadcast()))
+            subnet.contains(ip) && (subnet.prefix_len() >= 31 || (*ip != subnet.network() && *ip != subnet.broadcast()))
         };
         let outside = format!("is not a usable host address in network.subnet ({subnet})");
         let move_inside = "use an address inside the subnet, neither its network nor broadcast address";
@@ -385,7 +404,12 @@ impl Validator {
             self.problem("network.vip", &vip.to_string(), "is network.gateway", "pick a free address for the VIP");
         }
         if !pool.within(subnet) {
-            self.problem("metallb.pool", pool_text, &format!("is not inside network.subnet ({subnet})"), "pick a range of free addresses inside the subnet");
+            self.problem(
+                "metallb.pool",
+                pool_text,
+                &format!("is not inside network.subnet ({subnet})"),
+                "pick a range of free addresses inside the subnet",
+            );
         }
         let mut taken_by = |ip: &Ipv4Addr, what: &str| {
             if pool.contains(*ip) {
@@ -411,7 +435,12 @@ impl Validator {
                 self.problem(&path, &ip, &outside, move_inside);
             }
             if node.ip == *vip {
-                self.problem(&path, &ip, "is the control-plane VIP (network.vip)", "the VIP floats between control planes: give it an address of its own");
+                self.problem(
+                    &path,
+                    &ip,
+                    "is the control-plane VIP (network.vip)",
+                    "the VIP floats between control planes: give it an address of its own",
+                );
             }
             if node.ip == *gateway {
                 self.problem(&path, &ip, "is network.gateway", "give the node its own address");

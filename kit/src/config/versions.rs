@@ -21,13 +21,11 @@ impl FromStr for Version {
         let numbers = text.strip_prefix('v').ok_or(())?;
         let mut parts = numbers.split('.').map(|part| {
             // Reject "+1", "01" and friends: upstream tags never use them.
-            let canonical = !part.is_empty()
-                && part.bytes().all(|b| b.is_ascii_digit())
-                && (part == "0" || !part.starts_with('0'));
+            let canonical =
+                !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) && (part == "0" || !part.starts_with('0'));
             if canonical { part.parse::<u32>().map_err(|_| ()) } else { Err(()) }
         });
-        let (Some(major), Some(minor), Some(patch), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(major), Some(minor), Some(patch), None) = (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(());
         };
@@ -59,9 +57,8 @@ pub fn talos_kubernetes_mismatch(talos: Version, kubernetes: Version) -> Option<
         let last = TALOS_SUPPORTS_KUBERNETES.last().map_or(0, |row| row.0);
         format!("talos-ha knows Talos v1.{first} to v1.{last}")
     };
-    let Some(&(_, oldest, newest)) = TALOS_SUPPORTS_KUBERNETES
-        .iter()
-        .find(|(minor, _, _)| talos.major == 1 && *minor == talos.minor)
+    let Some(&(_, oldest, newest)) =
+        TALOS_SUPPORTS_KUBERNETES.iter().find(|(minor, _, _)| talos.major == 1 && *minor == talos.minor)
     else {
         return Some(format!("is not a Talos release with a known support range ({})", known()));
     };

@@ -63,10 +63,14 @@ pub fn cache_root() -> PathBuf {
 
 pub fn binaries(kubernetes: Version) -> Binaries {
     let lab = cache_root().join("lab");
-    Binaries { kubernetes_dir: lab.join(format!("kubernetes-{kubernetes}")), kwok_dir: lab.join(format!("kwok-{KWOK_VERSION}")) }
+    Binaries {
+        kubernetes_dir: lab.join(format!("kubernetes-{kubernetes}")),
+        kwok_dir: lab.join(format!("kwok-{KWOK_VERSION}")),
+    }
 }
 
-const KUBERNETES_COMMANDS: &[&str] = &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"];
+const KUBERNETES_COMMANDS: &[&str] =
+    &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"];
 
 /// Builds whatever is missing from the cache; returns where the binaries are.
 pub fn ensure_binaries(kubernetes: Version, workspace: &Path) -> anyhow::Result<Binaries> {
@@ -120,9 +124,10 @@ fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out:
     ];
     let staging_arg = format!("{}/", staging.display());
     let command = cmd!(sh, "{go} build -trimpath -ldflags {ldflags} -o {staging_arg} {packages...}");
-    with_heartbeat(&format!("building Kubernetes {version} and etcd from Go modules (cold: about 7–10 minutes, once)"), || {
-        command.quiet().run().context("go build of the Kubernetes wrapper module failed (output above)")
-    })?;
+    with_heartbeat(
+        &format!("building Kubernetes {version} and etcd from Go modules (cold: about 7–10 minutes, once)"),
+        || command.quiet().run().context("go build of the Kubernetes wrapper module failed (output above)"),
+    )?;
     // `go build` names go.etcd.io/etcd/server/v3 after its parent folder.
     std::fs::rename(staging.join("server"), staging.join("etcd"))?;
     publish(&staging, out)

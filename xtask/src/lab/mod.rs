@@ -344,7 +344,8 @@ impl Lab {
         );
         for stage in self.binaries.kwok_stages() {
             kwok_config.push_str("---\n");
-            kwok_config.push_str(&std::fs::read_to_string(&stage).with_context(|| format!("reading {}", stage.display()))?);
+            kwok_config
+                .push_str(&std::fs::read_to_string(&stage).with_context(|| format!("reading {}", stage.display()))?);
         }
         std::fs::write(self.dir.join("kwok.yaml"), kwok_config)?;
         Ok(())
@@ -374,11 +375,17 @@ impl Lab {
             let pid = process.running_pid();
             let (healthy, detail) = match (pid, process.name.as_str(), &client) {
                 (None, _, _) => (false, "not running".to_owned()),
-                (Some(_), "kube-apiserver", _) if self.apiserver_ready().await => (true, format!("ready on {}", self.api_url())),
+                (Some(_), "kube-apiserver", _) if self.apiserver_ready().await => {
+                    (true, format!("ready on {}", self.api_url()))
+                }
                 (Some(_), "kube-apiserver", _) => (false, "running but not ready".to_owned()),
                 (Some(_), name, _) if name.starts_with("etcd-") => {
                     let port = self.ports.etcd_client(u16::try_from(index).unwrap_or_default());
-                    if etcd_healthy(port) { (true, format!("healthy on 127.0.0.1:{port}")) } else { (false, "running but not healthy".into()) }
+                    if etcd_healthy(port) {
+                        (true, format!("healthy on 127.0.0.1:{port}"))
+                    } else {
+                        (false, "running but not healthy".into())
+                    }
                 }
                 (Some(_), _, None) => (false, "running; API unreachable, health unknown".to_owned()),
                 (Some(_), "kwok", Some(client)) => self.kwok_health(client).await,

@@ -35,7 +35,11 @@ pub const CLIENTS: &[ClientIdentity] = &[
     ClientIdentity { name: "scheduler", common_name: "system:kube-scheduler", groups: &[] },
     // kwok plays every node's kubelet; it needs to update any node and pod status.
     ClientIdentity { name: "kwok", common_name: "kwok", groups: &["system:masters"] },
-    ClientIdentity { name: "apiserver-kubelet-client", common_name: "kube-apiserver-kubelet-client", groups: &["system:masters"] },
+    ClientIdentity {
+        name: "apiserver-kubelet-client",
+        common_name: "kube-apiserver-kubelet-client",
+        groups: &["system:masters"],
+    },
 ];
 
 /// File paths under `<lab>/pki`.
@@ -141,7 +145,11 @@ impl Pki {
             }],
             contexts: vec![NamedContext {
                 name: "talos-ha-lab".into(),
-                context: Some(Context { cluster: "talos-ha-lab".into(), user: Some(client.into()), ..Context::default() }),
+                context: Some(Context {
+                    cluster: "talos-ha-lab".into(),
+                    user: Some(client.into()),
+                    ..Context::default()
+                }),
                 other: Default::default(),
             }],
             current_context: Some("talos-ha-lab".into()),

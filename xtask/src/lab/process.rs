@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 /// One supervised process of the lab.
@@ -33,8 +34,11 @@ impl Process {
 
     /// The PID of the running process, if it is ours and alive.
     pub fn running_pid(&self) -> Option<i32> {
-        let pid: i32 = fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()?;
-        is_our_live_process(pid, &self.binary).then_some(pid)
+        self.recorded_pid().filter(|pid| is_our_live_process(*pid, &self.binary))
+    }
+
+    fn recorded_pid(&self) -> Option<i32> {
+        fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()
     }
 
     /// Starts the process unless it is already running; returns its PID and whether it started.
@@ -65,6 +69,10 @@ impl Process {
     /// Stops the process: SIGTERM, then SIGKILL after `grace`. Returns whether one was running.
     pub fn stop(&self, grace: Duration) -> anyhow::Result<bool> {
         let Some(pid) = self.running_pid() else {
+            // It died on its own (or never ran): collect it if it was ours, forget its PID.
+            if let Some(pid) = self.recorded_pid() {
+                reap_if_child(pid);
+            }
             let _ = fs::remove_file(self.pid_file());
             return Ok(false);
         };
@@ -81,6 +89,7 @@ impl Process {
             }
             anyhow::ensure!(!is_our_live_process(pid, &self.binary), "{} (pid {pid}) survived SIGKILL", self.name);
         }
+        reap_if_child(pid);
         fs::remove_file(self.pid_file()).with_context(|| format!("removing {}", self.pid_file().display()))?;
         Ok(true)
     }
@@ -91,6 +100,13 @@ impl Process {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+}
+
+/// Collects the exit status of `pid` if this process started it (`lab up` and `lab down` in one
+/// process, as `cargo xtask test` does), so it leaves no zombie. Called only once the process
+/// is exiting, so the wait is short; for anyone else's child it returns ECHILD at once.
+fn reap_if_child(pid: i32) {
+    let _ = waitpid(Pid::from_raw(pid), None);
 }
 
 /// True when `pid` runs `binary` and is not a zombie (a dead child not yet reaped by its parent).
@@ -110,6 +126,7 @@ pub fn is_our_live_process(pid: i32, binary: &Path) -> bool {
 /// Resident memory of a process in bytes (from /proc), for `lab status`.
 pub fn resident_bytes(pid: i32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    let kib: u64 =
+        status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
     Some(kib * 1024)
 }

@@ -1,0 +1,224 @@
+//! The lab is a real control plane: these tests talk to the one `cargo xtask test` started, and
+//! start their own second labs (other ports, a temporary state folder) for lifecycle tests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, Namespace, Node, Pod, PodSecurityContext, PodSpec, PodTemplateSpec,
+    SeccompProfile, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tests::{config, eventually, lab_client};
+use xtask::lab::Lab;
+
+#[tokio::test]
+async fn the_configs_nodes_are_ready_with_their_roles_and_addresses() -> anyhow::Result<()> {
+    let client = lab_client().await?;
+    let config = config();
+    let nodes: Api<Node> = Api::all(client);
+    for expected in &config.nodes {
+        let node = nodes.get(&expected.name).await?;
+        assert!(kit::lab::is_ready(&node), "{} should be Ready", expected.name);
+        let status = node.status.clone().unwrap_or_default();
+        let internal_ip = status.addresses.unwrap_or_default().into_iter().find(|a| a.type_ == "InternalIP");
+        assert_eq!(internal_ip.map(|a| a.address), Some(expected.ip.to_string()), "{} InternalIP", expected.name);
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let taints = node.spec.clone().unwrap_or_default().taints.unwrap_or_default();
+        let is_control_plane = expected.role == kit::config::Role::ControlPlane;
+        assert_eq!(labels.contains_key(kit::lab::CONTROL_PLANE_ROLE), is_control_plane, "{} role label", expected.name);
+        assert_eq!(
+            taints.iter().any(|t| t.key == kit::lab::CONTROL_PLANE_ROLE && t.effect == "NoSchedule"),
+            is_control_plane,
+            "{} control-plane taint",
+            expected.name
+        );
+    }
+    Ok(())
+}
+
+/// A pod that Pod Security's `restricted` level accepts (the lab enforces `baseline`).
+fn restricted_pod(labels: &BTreeMap<String, String>) -> PodTemplateSpec {
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta { labels: Some(labels.clone()), ..ObjectMeta::default() }),
+        spec: Some(PodSpec {
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+                ..PodSecurityContext::default()
+            }),
+            containers: vec![Container {
+                name: "whoami".into(),
+                image: Some("traefik/whoami:v1.10".into()),
+                security_context: Some(SecurityContext {
+                    allow_privilege_escalation: Some(false),
+                    capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+                    ..SecurityContext::default()
+                }),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_deployment_is_scheduled_onto_workers_and_becomes_available() -> anyhow::Result<()> {
+    let client = lab_client().await?;
+    let namespace = "lab-test-deployment";
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces.delete(namespace, &DeleteParams::default()).await;
+    eventually(Duration::from_secs(60), "the old test namespace to go", || {
+        let namespaces = namespaces.clone();
+        async move { Ok(namespaces.get_opt(namespace).await?.is_none().then_some(())) }
+    })
+    .await?;
+    let ns = Namespace {
+        metadata: ObjectMeta { name: Some(namespace.into()), ..ObjectMeta::default() },
+        ..Namespace::default()
+    };
+    namespaces.create(&PostParams::default(), &ns).await?;
+
+    let labels = BTreeMap::from([("app".to_owned(), "whoami".to_owned())]);
+    let deployment = Deployment {
+        metadata: ObjectMeta { name: Some("whoami".into()), ..ObjectMeta::default() },
+        spec: Some(DeploymentSpec {
+            replicas: Some(3),
+            selector: LabelSelector { match_labels: Some(labels.clone()), ..LabelSelector::default() },
+            template: restricted_pod(&labels),
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    deployments.create(&PostParams::default(), &deployment).await?;
+    eventually(Duration::from_secs(60), "Deployment whoami to be Available with 3 replicas", || {
+        let deployments = deployments.clone();
+        async move {
+            let status = deployments.get("whoami").await?.status.unwrap_or_default();
+            let available =
+                status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Available" && c.status == "True");
+            Ok((available && status.available_replicas == Some(3)).then_some(()))
+        }
+    })
+    .await?;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let workers: Vec<String> = config().workers().map(|n| n.name.clone()).collect();
+    for pod in pods.list(&ListParams::default().labels("app=whoami")).await? {
+        let node = pod.spec.and_then(|s| s.node_name).unwrap_or_default();
+        assert!(workers.contains(&node), "pod scheduled on {node}, which is not a worker");
+        let ip: std::net::Ipv4Addr = pod.status.and_then(|s| s.pod_ip).unwrap_or_default().parse()?;
+        assert!(ip.is_loopback(), "pod IP {ip} must stay inside 127.0.0.0/8");
+    }
+    namespaces.delete(namespace, &DeleteParams::default()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn pod_security_enforces_baseline_outside_kube_system() -> anyhow::Result<()> {
+    let client = lab_client().await?;
+    let privileged = Pod {
+        metadata: ObjectMeta { name: Some("privileged-probe".into()), ..ObjectMeta::default() },
+        spec: Some(PodSpec {
+            containers: vec![Container {
+                name: "probe".into(),
+                image: Some("busybox".into()),
+                security_context: Some(SecurityContext { privileged: Some(true), ..SecurityContext::default() }),
+                ..Container::default()
+            }],
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    };
+    let dry_run = PostParams { dry_run: true, ..PostParams::default() };
+    let refused = Api::<Pod>::namespaced(client.clone(), "default").create(&dry_run, &privileged).await;
+    let message = refused.expect_err("a privileged pod must be refused in `default`").to_string();
+    assert!(message.contains("violates PodSecurity \"baseline"), "{message}");
+    Api::<Pod>::namespaced(client, "kube-system").create(&dry_run, &privileged).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_api_keeps_serving_writes_when_an_etcd_member_dies() -> anyhow::Result<()> {
+    let client = lab_client().await?;
+    let config = config();
+    let lab = Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
+    let (_, pid) = lab.running_pids().into_iter().find(|(name, _)| name == "etcd-2").expect("etcd-2 runs");
+    kill(Pid::from_raw(pid), Signal::SIGKILL)?;
+    eventually(Duration::from_secs(10), "etcd-2 to be gone", || async {
+        Ok(lab.running_pids().iter().all(|(name, _)| name != "etcd-2").then_some(()))
+    })
+    .await?;
+
+    // A write needs a quorum: two of three members still make one.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    let _ = config_maps.delete("quorum-probe", &DeleteParams::default()).await;
+    let probe = ConfigMap {
+        metadata: ObjectMeta { name: Some("quorum-probe".into()), ..ObjectMeta::default() },
+        data: Some(BTreeMap::from([("members".to_owned(), "2 of 3".to_owned())])),
+        ..ConfigMap::default()
+    };
+    config_maps.create(&PostParams::default(), &probe).await?;
+    let read = config_maps.get("quorum-probe").await?;
+    assert_eq!(read.data.unwrap_or_default().get("members").map(String::as_str), Some("2 of 3"));
+    config_maps.delete("quorum-probe", &DeleteParams::default()).await?;
+
+    // `up` on a half-running lab starts only what is missing, and the member rejoins.
+    lab.up(&xtask::workspace_root()).await?;
+    let status = lab.status().await;
+    let member = status.iter().find(|c| c.name == "etcd-2").expect("etcd-2 in status");
+    assert!(member.healthy, "etcd-2 should rejoin healthy: {}", member.detail);
+    Ok(())
+}
+
+/// A second lab beside the main one: a copy of the config in a temporary folder, other ports.
+fn second_lab(port_base: u16) -> anyhow::Result<(tempfile::TempDir, Lab)> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("cluster.yaml");
+    std::fs::copy(xtask::workspace_root().join("cluster.yaml"), &path)?;
+    let config = kit::config::ClusterConfig::load(&path)?;
+    Ok((dir, Lab::new(&config, port_base)))
+}
+
+#[tokio::test]
+async fn up_is_idempotent_and_down_leaves_no_process_behind() -> anyhow::Result<()> {
+    let (_dir, lab) = second_lab(26443)?;
+    let result = async {
+        lab.up(&xtask::workspace_root()).await?;
+        let first = lab.running_pids();
+        assert_eq!(first.len(), 7, "3 etcd, apiserver, controller-manager, scheduler, kwok: {first:?}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&lab.kubeconfig)?.permissions());
+        assert_eq!(mode & 0o777, 0o600, "the kubeconfig holds a client key path: owner only");
+        lab.up(&xtask::workspace_root()).await?;
+        assert_eq!(lab.running_pids(), first, "a second up restarts nothing");
+        anyhow::Ok(first)
+    }
+    .await;
+    let stopped = lab.down(true)?;
+    let first = result?;
+    assert_eq!(stopped.len(), 7, "{stopped:?}");
+    assert!(lab.running_pids().is_empty());
+    for (name, pid) in first {
+        // Stopped and reaped: not even a zombie is left.
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{name} (pid {pid}) is still there");
+    }
+    assert!(!lab.dir.exists(), "--purge deletes the lab's folder");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_taken_port_fails_with_the_components_log_tail() -> anyhow::Result<()> {
+    let (_dir, lab) = second_lab(36443)?;
+    let _squatter = std::net::TcpListener::bind(("127.0.0.1", lab.ports.api()))?;
+    let error = lab.up(&xtask::workspace_root()).await.expect_err("the API server cannot bind its port");
+    lab.down(true)?;
+    let message = format!("{error:#}");
+    assert!(message.contains("kube-apiserver exited before it could report ready"), "{message}");
+    assert!(message.contains("address already in use"), "the log tail says why: {message}");
+    Ok(())
+}
