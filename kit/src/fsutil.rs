@@ -3,9 +3,22 @@
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
+/// Where talos-ha caches what it builds or downloads (lab binaries, upstream artifacts):
+/// `$TALOS_HA_CACHE`, else `$XDG_CACHE_HOME/talos-ha`, else `~/.cache/talos-ha`.
+pub fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TALOS_HA_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("talos-ha")
+}
 
 /// Writes `contents` to `path` readable by the owner only (0600), creating parent folders.
 /// The mode is set at creation and again afterwards, so an older, looser file is tightened.

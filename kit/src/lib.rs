@@ -2,9 +2,11 @@
 //!
 //! - [`config`]: `cluster.yaml` → a validated [`config::ClusterConfig`].
 //! - [`stage`]: the stage contract (`check | plan | apply | verify | render | explain`) and its CLI.
+//! - [`artifacts`]: pinned upstream manifests: download, cache, lock, mirror.
 //! - [`check`]: named checks with a status, a reason and a fix.
 //! - [`lab`]: what the local lab needs from the model (its kwok nodes).
 
+pub mod artifacts;
 pub mod check;
 pub mod config;
 pub mod fsutil;

@@ -1,5 +1,6 @@
 //! `cargo xtask lab up | status | down`: the command-line face of `xtask::lab`.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -42,20 +43,26 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
     match action {
         LabAction::Build => {
             let binaries = xtask::lab::ensure_binaries(config.versions.kubernetes, &xtask::workspace_root())?;
-            println!(
+            writeln!(
+                stdout,
                 "lab binaries ready in {}",
                 binaries.kubernetes_dir.parent().unwrap_or(&binaries.kubernetes_dir).display()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         LabAction::Up { .. } => {
             let started = std::time::Instant::now();
             runtime.block_on(lab.up(&xtask::workspace_root()))?;
             tracing::info!("lab up in {:.1}s", started.elapsed().as_secs_f64());
-            println!("The lab is up: a Kubernetes {} control plane on {}.", config.versions.kubernetes, lab.api_url());
-            println!("  export KUBECONFIG={}", lab.kubeconfig.display());
-            println!("  kubectl get nodes -o wide");
-            println!("Stop it with `cargo xtask lab down` (add --purge to delete its data).");
+            writeln!(
+                stdout,
+                "The lab is up: a Kubernetes {} control plane on {}.",
+                config.versions.kubernetes,
+                lab.api_url()
+            )?;
+            writeln!(stdout, "  export KUBECONFIG={}", lab.kubeconfig.display())?;
+            writeln!(stdout, "  kubectl get nodes -o wide")?;
+            writeln!(stdout, "Stop it with `cargo xtask lab down` (add --purge to delete its data).")?;
             Ok(ExitCode::SUCCESS)
         }
         LabAction::Status => {
@@ -69,9 +76,13 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
                         let mib = component.resident_bytes.unwrap_or_default() / (1024 * 1024);
                         total += mib;
                         let state = if component.healthy { "ok" } else { "DOWN" };
-                        println!("{state:<5} {:<24} pid {pid:<8} {mib:>5} MiB  {}", component.name, component.detail);
+                        writeln!(
+                            stdout,
+                            "{state:<5} {:<24} pid {pid:<8} {mib:>5} MiB  {}",
+                            component.name, component.detail
+                        )?;
                     }
-                    println!("total resident memory: {total} MiB");
+                    writeln!(stdout, "total resident memory: {total} MiB")?;
                 }
             }
             let healthy = report.iter().all(|c| c.healthy);
@@ -79,12 +90,13 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
         }
         LabAction::Down { purge } => {
             let stopped = lab.down(purge)?;
-            println!(
+            writeln!(
+                stdout,
                 "stopped: {}",
                 if stopped.is_empty() { "nothing was running".to_owned() } else { stopped.join(", ") }
-            );
+            )?;
             if purge {
-                println!("deleted {}", lab.dir.display());
+                writeln!(stdout, "deleted {}", lab.dir.display())?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,6 +1,7 @@
 //! `cargo xtask …`: talos-ha's task runner (the cargo-xtask convention: plain Rust, no scripts).
 
 mod lab_cmd;
+mod mirror;
 mod test_cmd;
 mod validate;
 
@@ -32,6 +33,13 @@ enum Command {
         #[command(subcommand)]
         action: lab_cmd::LabAction,
     },
+    /// Fill a folder with every pinned upstream manifest (and a SHA256SUMS) for air-gapped
+    /// sites; then pass `--mirror DIR` to any command.
+    Mirror {
+        /// The folder to fill (laid out <component>/<version>/<file>).
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Run the whole test suite: bring the lab up, `cargo test --workspace`, take it down.
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. `-- --nocapture`.
@@ -46,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate => validate::run(&cli.global),
         Command::Lab { action } => lab_cmd::run(&cli.global, action),
+        Command::Mirror { out } => mirror::run(&cli.global, &out),
         Command::Test { cargo_args } => test_cmd::run(&cli.global, &cargo_args),
     };
     match result {

@@ -1,5 +1,6 @@
 //! `cargo xtask validate`: read cluster.yaml and say what it describes, or everything wrong with it.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use kit::stage::{GlobalArgs, Output, exit, load_config};
@@ -10,8 +11,8 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(exit::INVALID));
     };
     match global.output {
-        Output::Text => print!("{} is valid\n{}", global.config.display(), config.summary()),
-        Output::Json => println!("{}", serde_json::to_string(&config)?),
-    }
+        Output::Text => write!(stdout, "{} is valid\n{}", global.config.display(), config.summary()),
+        Output::Json => writeln!(stdout, "{}", serde_json::to_string(&config)?),
+    }?;
     Ok(ExitCode::SUCCESS)
 }

@@ -49,20 +49,8 @@ impl Binaries {
     }
 }
 
-/// `$TALOS_HA_CACHE`, else `$XDG_CACHE_HOME/talos-ha`, else `~/.cache/talos-ha`.
-pub fn cache_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TALOS_HA_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("talos-ha")
-}
-
 pub fn binaries(kubernetes: Version) -> Binaries {
-    let lab = cache_root().join("lab");
+    let lab = kit::fsutil::cache_root().join("lab");
     Binaries {
         kubernetes_dir: lab.join(format!("kubernetes-{kubernetes}")),
         kwok_dir: lab.join(format!("kwok-{KWOK_VERSION}")),
@@ -123,7 +111,8 @@ fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out:
         "k8s.io/kubernetes/cmd/kubectl",
     ];
     let staging_arg = format!("{}/", staging.display());
-    let command = cmd!(sh, "{go} build -trimpath -ldflags {ldflags} -o {staging_arg} {packages...}");
+    // No VCS stamping: the wrapper sits inside this git checkout, which says nothing about Kubernetes.
+    let command = cmd!(sh, "{go} build -trimpath -buildvcs=false -ldflags {ldflags} -o {staging_arg} {packages...}");
     with_heartbeat(
         &format!("building Kubernetes {version} and etcd from Go modules (cold: about 7–10 minutes, once)"),
         || command.quiet().run().context("go build of the Kubernetes wrapper module failed (output above)"),
@@ -138,7 +127,8 @@ fn build_kwok(sh: &Shell, go: &Path, out: &Path) -> anyhow::Result<()> {
     let command_path = format!("sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}");
     let module = format!("sigs.k8s.io/kwok@{KWOK_VERSION}");
     let ldflags = "-s -w";
-    let command = cmd!(sh, "{go} install -trimpath -ldflags {ldflags} {command_path}").env("GOBIN", &staging);
+    let command =
+        cmd!(sh, "{go} install -trimpath -buildvcs=false -ldflags {ldflags} {command_path}").env("GOBIN", &staging);
     with_heartbeat(&format!("building kwok {KWOK_VERSION} (cold: about 3 minutes, once)"), || {
         command.quiet().run().context("go install of kwok failed (output above)")
     })?;

@@ -27,7 +27,7 @@ use kit::config::ClusterConfig;
 use kube::api::Api;
 use serde::{Deserialize, Serialize};
 
-pub use build::{KWOK_VERSION, cache_root, ensure_binaries};
+pub use build::{KWOK_VERSION, ensure_binaries};
 use pki::Pki;
 use process::Process;
 
