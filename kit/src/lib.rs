@@ -2,10 +2,12 @@
 //!
 //! - [`config`]: `cluster.yaml` → a validated [`config::ClusterConfig`].
 //! - [`stage`]: the stage contract (`check | plan | apply | verify | render | explain`) and its CLI.
+//! - [`apply`]: the apply engine (server-side apply in dependency order, plan, lab transform).
 //! - [`artifacts`]: pinned upstream manifests: download, cache, lock, mirror.
 //! - [`check`]: named checks with a status, a reason and a fix.
 //! - [`lab`]: what the local lab needs from the model (its kwok nodes).
 
+pub mod apply;
 pub mod artifacts;
 pub mod check;
 pub mod config;

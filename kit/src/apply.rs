@@ -1,0 +1,336 @@
+//! The apply engine: converge a bundle of objects with server-side apply, in dependency
+//! order, concurrently, and say per object what changed.
+//!
+//! Order matters on an empty cluster: a custom resource can only be created once its CRD is
+//! Established, and a namespaced object once its Namespace exists. So: CRDs (then wait for
+//! Established and refresh discovery), Namespaces, other cluster-scoped objects, the rest.
+//! Within a step objects are independent and go concurrently, a bounded number at a time.
+//! Discovery runs once (aggregated: one request per API group kind), and again only after
+//! CRDs land.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
+use kube::runtime::wait::{await_condition, conditions};
+use serde_json::Value;
+
+use crate::stage::{Action, Change};
+
+/// How many objects are applied at once.
+const CONCURRENCY: usize = 16;
+/// How long a CRD may take to become Established.
+const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Parses a multi-document YAML manifest. Empty documents are skipped; a document that does
+/// not parse, or is not a Kubernetes object, is an error naming `source` and its index.
+pub fn parse_manifest(source: &str, text: &str) -> anyhow::Result<Vec<DynamicObject>> {
+    let mut objects = Vec::new();
+    // A document marker always starts at column 0, so splitting on it is exact for manifests.
+    let mut documents = vec![String::new()];
+    for line in text.lines() {
+        if line == "---" || line.starts_with("--- ") || line.starts_with("---\t") {
+            documents.push(String::new());
+        } else if let Some(current) = documents.last_mut() {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    for (index, document) in documents.iter().enumerate() {
+        let value: Value = serde_saphyr::from_str(document)
+            .map_err(|error| anyhow::anyhow!("{source}, document {index}: not valid YAML: {error}"))?;
+        if value.is_null() {
+            continue;
+        }
+        let object: DynamicObject = serde_json::from_value(value)
+            .with_context(|| format!("{source}, document {index}: not a Kubernetes object"))?;
+        anyhow::ensure!(
+            object.types.is_some() && object.metadata.name.is_some(),
+            "{source}, document {index}: an object needs apiVersion, kind and metadata.name"
+        );
+        objects.push(object);
+    }
+    Ok(objects)
+}
+
+/// Turns a typed object (k8s-openapi or our own CRD structs) into a bundle entry.
+pub fn to_dynamic(object: &impl serde::Serialize) -> anyhow::Result<DynamicObject> {
+    serde_json::from_value(serde_json::to_value(object)?).context("converting a typed object")
+}
+
+/// `Kind namespace/name`, or `Kind name` for cluster-scoped objects: how results name objects.
+pub fn describe(object: &DynamicObject) -> String {
+    let kind = object.types.as_ref().map_or("?", |t| t.kind.as_str());
+    let name = object.metadata.name.as_deref().unwrap_or("?");
+    match &object.metadata.namespace {
+        Some(namespace) => format!("{kind} {namespace}/{name}"),
+        None => format!("{kind} {name}"),
+    }
+}
+
+fn kind_of(object: &DynamicObject) -> &str {
+    object.types.as_ref().map_or("", |t| t.kind.as_str())
+}
+
+/// What the lab transform changed, for `verify` to report as not checked.
+pub type LabNotes = Vec<String>;
+
+/// **The lab transform** (used only with `--lab`, never on a real cluster). kwok runs no
+/// containers, so nothing answers upstream admission webhooks, CRD conversion webhooks or
+/// aggregated APIs, and a `failurePolicy: Fail` webhook would refuse every matching write.
+/// This removes webhook configurations and aggregated APIServices, and turns CRD conversion
+/// webhooks into `None` (the versions share one schema in the lab). Each change is logged and
+/// returned, so `verify` can say what the lab leaves unchecked.
+pub fn lab_transform(objects: &mut Vec<DynamicObject>) -> LabNotes {
+    let mut notes = Vec::new();
+    objects.retain(|object| {
+        let kind = kind_of(object);
+        let served_by_pods = matches!(kind, "ValidatingWebhookConfiguration" | "MutatingWebhookConfiguration")
+            || (kind == "APIService" && object.data.pointer("/spec/service").is_some_and(|s| !s.is_null()));
+        if served_by_pods {
+            notes.push(format!("{} not installed: no pod can serve it in the lab", describe(object)));
+        }
+        !served_by_pods
+    });
+    for object in objects.iter_mut().filter(|o| kind_of(o) == "CustomResourceDefinition") {
+        if object.data.pointer("/spec/conversion/strategy").and_then(Value::as_str) == Some("Webhook") {
+            object.data["spec"]["conversion"] = serde_json::json!({ "strategy": "None" });
+            notes.push(format!("{}: conversion webhook replaced by None", describe(object)));
+        }
+    }
+    for note in &notes {
+        tracing::info!("lab transform: {note}");
+    }
+    notes
+}
+
+/// Applies bundles for one stage (one field manager, `talos-ha-<stage>`).
+pub struct Engine {
+    client: kube::Client,
+    discovery: Discovery,
+    field_manager: String,
+}
+
+impl Engine {
+    /// Runs discovery once; every apply and plan reuses it.
+    pub async fn new(client: kube::Client, stage: &str) -> anyhow::Result<Engine> {
+        let discovery = Discovery::new(client.clone()).run_aggregated().await.context("API discovery")?;
+        Ok(Engine { client, discovery, field_manager: format!("talos-ha-{stage}") })
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    /// Server-side applies every object, in dependency order; returns what happened to each.
+    pub async fn apply(&mut self, objects: &[DynamicObject]) -> anyhow::Result<Vec<Change>> {
+        self.converge(objects, false).await
+    }
+
+    /// What `apply` would change (server-side dry run); changes nothing.
+    pub async fn plan(&mut self, objects: &[DynamicObject]) -> anyhow::Result<Vec<Change>> {
+        self.converge(objects, true).await
+    }
+
+    async fn converge(&mut self, objects: &[DynamicObject], dry_run: bool) -> anyhow::Result<Vec<Change>> {
+        let (crds, rest): (Vec<_>, Vec<_>) = objects.iter().partition(|o| kind_of(o) == "CustomResourceDefinition");
+        let mut changes = self.apply_all(&crds, dry_run).await?;
+        if !dry_run && !crds.is_empty() {
+            for crd in &crds {
+                self.wait_crd_established(crd.metadata.name.as_deref().unwrap_or_default()).await?;
+            }
+            if changes.iter().any(|c| c.action != Action::Unchanged) {
+                self.discovery =
+                    Discovery::new(self.client.clone()).run_aggregated().await.context("API discovery after CRDs")?;
+            }
+        }
+        let (namespaces, rest): (Vec<_>, Vec<_>) = rest.into_iter().partition(|o| kind_of(o) == "Namespace");
+        changes.extend(self.apply_all(&namespaces, dry_run).await?);
+        let (cluster_scoped, namespaced): (Vec<_>, Vec<_>) =
+            rest.into_iter().partition(|o| self.resolve(o).is_some_and(|(_, caps)| caps.scope == Scope::Cluster));
+        changes.extend(self.apply_all(&cluster_scoped, dry_run).await?);
+        changes.extend(self.apply_all(&namespaced, dry_run).await?);
+        Ok(changes)
+    }
+
+    fn resolve(&self, object: &DynamicObject) -> Option<(ApiResource, ApiCapabilities)> {
+        let types = object.types.as_ref()?;
+        let gvk = GroupVersionKind::try_from(types).ok()?;
+        self.discovery.resolve_gvk(&gvk)
+    }
+
+    async fn apply_all(&self, objects: &[&DynamicObject], dry_run: bool) -> anyhow::Result<Vec<Change>> {
+        stream::iter(objects.iter().map(|object| self.apply_one(object, dry_run)))
+            .buffered(CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    async fn apply_one(&self, object: &DynamicObject, dry_run: bool) -> anyhow::Result<Change> {
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let described = describe(object);
+        let Some((resource, caps)) = self.resolve(object) else {
+            // In a plan, a custom resource whose CRD the same plan creates is not served yet.
+            anyhow::ensure!(dry_run, "{described}: the API server does not serve this kind; is its CRD installed?");
+            return Ok(Change {
+                object: described,
+                action: Action::Created,
+                diff: Some("(its CRD is created first)".into()),
+            });
+        };
+        let api: Api<DynamicObject> = match caps.scope {
+            Scope::Cluster => Api::all_with(self.client.clone(), &resource),
+            Scope::Namespaced => {
+                let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
+                Api::namespaced_with(self.client.clone(), namespace, &resource)
+            }
+        };
+        let before = api.get_opt(&name).await.with_context(|| format!("reading {described}"))?;
+        let mut params = PatchParams::apply(&self.field_manager).force();
+        if dry_run {
+            params = params.dry_run();
+        }
+        let after = match api.patch(&name, &params, &Patch::Apply(object)).await {
+            Ok(after) => after,
+            // A dry run of an object in a namespace the same plan creates cannot be checked yet.
+            Err(kube::Error::Api(status)) if dry_run && before.is_none() && status.code == 404 => {
+                return Ok(Change { object: described, action: Action::Created, diff: None });
+            }
+            Err(error) => return Err(error).with_context(|| format!("applying {described}")),
+        };
+        let action = match &before {
+            None => Action::Created,
+            Some(before) if comparable(before) == comparable(&after) => Action::Unchanged,
+            Some(_) => Action::Configured,
+        };
+        let diff = match (&before, action) {
+            (Some(before), Action::Configured) => Some(field_diff(&comparable(before), &comparable(&after))),
+            _ => None,
+        };
+        Ok(Change { object: described, action, diff })
+    }
+
+    async fn wait_crd_established(&self, name: &str) -> anyhow::Result<()> {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let established = await_condition(crds, name, conditions::is_crd_established());
+        match tokio::time::timeout(CRD_ESTABLISHED_TIMEOUT, established).await {
+            Ok(result) => result.map(|_| ()).with_context(|| format!("watching CRD {name}")),
+            Err(_) => anyhow::bail!(
+                "CRD {name} was not Established within {}s; look at its status.conditions \
+                 (kubectl get crd {name} -o yaml): a NamesAccepted=False condition names the clash",
+                CRD_ESTABLISHED_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+/// An object as it is compared: its content without what the server changes on every write.
+fn comparable(object: &DynamicObject) -> Value {
+    let mut value = serde_json::to_value(object).unwrap_or_default();
+    if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        for volatile in ["managedFields", "resourceVersion", "generation", "creationTimestamp", "uid"] {
+            metadata.remove(volatile);
+        }
+    }
+    if let Some(object) = value.as_object_mut() {
+        object.remove("status");
+    }
+    value
+}
+
+/// A readable diff: one line per changed field path, `path: old → new`.
+pub fn field_diff(before: &Value, after: &Value) -> String {
+    let (mut old, mut new) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", before, &mut old);
+    flatten("", after, &mut new);
+    let mut lines = Vec::new();
+    for (path, value) in &new {
+        match old.get(path) {
+            None => lines.push(format!("+ {path}: {value}")),
+            Some(previous) if previous != value => lines.push(format!("~ {path}: {previous} → {value}")),
+            Some(_) => {}
+        }
+    }
+    lines.extend(old.keys().filter(|path| !new.contains_key(*path)).map(|path| format!("- {path}")));
+    lines.join("\n")
+}
+
+fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
+    match value {
+        Value::Object(fields) if !fields.is_empty() => {
+            for (key, child) in fields {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                flatten(&path, child, out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for (index, child) in items.iter().enumerate() {
+                flatten(&format!("{prefix}[{index}]"), child, out);
+            }
+        }
+        leaf => {
+            out.insert(prefix.to_owned(), leaf.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_documents_and_names_a_broken_one() {
+        let text = "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n# only a comment\n---\n\
+                    apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b, namespace: a}\n";
+        let objects = parse_manifest("two.yaml", text).expect("parses");
+        assert_eq!(objects.iter().map(describe).collect::<Vec<_>>(), ["Namespace a", "ConfigMap a/b"]);
+        let broken = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: [unclosed\n";
+        let error = parse_manifest("broken.yaml", broken).expect_err("must fail").to_string();
+        assert!(error.starts_with("broken.yaml, document 1: not valid YAML"), "{error}");
+        let nameless = parse_manifest("nameless.yaml", "apiVersion: v1\nkind: Namespace\n").expect_err("no name");
+        assert!(nameless.to_string().contains("document 0"), "{nameless}");
+    }
+
+    #[test]
+    fn every_upstream_manifest_parses() {
+        let upstream = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream");
+        for artifact in crate::artifacts::ARTIFACTS {
+            let dir = upstream.join(artifact.component.dir());
+            let Some(version_dir) = std::fs::read_dir(&dir).ok().and_then(|mut d| d.next()).and_then(Result::ok) else {
+                panic!("{} missing from the test mirror", dir.display());
+            };
+            let path = version_dir.path().join(artifact.file);
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let objects = parse_manifest(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e:#}"));
+            assert!(!objects.is_empty(), "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn the_lab_transform_removes_webhooks_and_conversion() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/upstream/metallb/v0.15.3/metallb-native.yaml"),
+        )
+        .expect("metallb manifest");
+        let mut objects = parse_manifest("metallb-native.yaml", &text).expect("parses");
+        let before = objects.len();
+        let notes = lab_transform(&mut objects);
+        assert_eq!(objects.len(), before - 1, "the one ValidatingWebhookConfiguration goes");
+        assert!(notes.iter().any(|n| n.contains("ValidatingWebhookConfiguration metallb-webhook-configuration")));
+        assert!(notes.iter().any(|n| n.contains("bgppeers.metallb.io: conversion webhook replaced by None")));
+        assert!(!objects.iter().any(|o| o.data.pointer("/spec/conversion/strategy") == Some(&"Webhook".into())));
+    }
+
+    #[test]
+    fn field_diff_lists_changed_added_and_removed_paths() {
+        let before = serde_json::json!({"spec": {"replicas": 2, "old": true, "ports": [80]}});
+        let after = serde_json::json!({"spec": {"replicas": 3, "ports": [80, 443]}});
+        assert_eq!(field_diff(&before, &after), "+ spec.ports[1]: 443\n~ spec.replicas: 2 → 3\n- spec.old");
+    }
+}
