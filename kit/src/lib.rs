@@ -15,3 +15,4 @@ pub mod fsutil;
 pub mod lab;
 pub mod logging;
 pub mod stage;
+pub mod wait;

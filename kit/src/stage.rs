@@ -42,7 +42,8 @@ pub trait Stage {
     fn apply(&self, ctx: &Context) -> impl Future<Output = anyhow::Result<Vec<Change>>>;
     fn verify(&self, ctx: &Context) -> impl Future<Output = anyhow::Result<Vec<Check>>>;
     /// Writes every file the stage would apply under `out`; returns the paths written.
-    fn render(&self, config: &ClusterConfig, out: &Path) -> anyhow::Result<Vec<PathBuf>>;
+    /// Needs no cluster: only the model and the artifacts (`ctx.artifacts()`).
+    fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>>;
 }
 
 /// Which cluster a stage talks to.
@@ -69,6 +70,11 @@ impl Context {
     /// A client for the target's API server, from the kubeconfig.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
         crate::lab::client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// The pinned upstream artifacts, from the mirror if one was given.
+    pub fn artifacts(&self) -> crate::artifacts::ArtifactStore {
+        crate::artifacts::ArtifactStore::new(&self.config, self.mirror.as_deref(), &crate::fsutil::cache_root())
     }
 }
 
@@ -224,13 +230,6 @@ fn run<S: Stage>(stage: &S, cli: &StageCli, out: &mut impl Write) -> anyhow::Res
         Some(config) => config,
         None => return Ok(ExitCode::from(exit::INVALID)),
     };
-    if let StageCommand::Render { out: folder } = &cli.command {
-        let written = stage.render(&config, folder)?;
-        for path in written {
-            writeln!(out, "{}", path.display())?;
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
     let target = cli.global.target();
     let ctx = Context {
         kubeconfig: cli.global.kubeconfig.clone().unwrap_or_else(|| default_kubeconfig(&config.state_dir(), target)),
@@ -238,6 +237,13 @@ fn run<S: Stage>(stage: &S, cli: &StageCli, out: &mut impl Write) -> anyhow::Res
         target,
         mirror: cli.global.mirror.clone(),
     };
+    if let StageCommand::Render { out: folder } = &cli.command {
+        let written = stage.render(&ctx, folder)?;
+        for path in written {
+            writeln!(out, "{}", path.display())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let output = cli.global.output;
     runtime.block_on(async {

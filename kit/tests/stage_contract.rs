@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use kit::check::Check;
-use kit::config::ClusterConfig;
 use kit::stage::{self, Action, Change, Context, Stage};
 
 struct FixtureStage;
@@ -46,10 +45,10 @@ impl Stage for FixtureStage {
         )])
     }
 
-    fn render(&self, config: &ClusterConfig, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let path = out.join(Self::FOLDER).join("README.md");
         std::fs::create_dir_all(path.parent().unwrap_or(out))?;
-        std::fs::write(&path, format!("VIP {}\n", config.network.vip))?;
+        std::fs::write(&path, format!("VIP {}\n", ctx.config.network.vip))?;
         Ok(vec![path])
     }
 }

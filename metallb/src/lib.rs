@@ -1,0 +1,338 @@
+//! Stage 02: MetalLB. The pinned upstream manifest, then our two address pools and the L2
+//! advertisement, typed and derived from `cluster.yaml`. The lesson is in README.md.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use kit::apply::{Engine, LabNotes, lab_transform, parse_manifest, to_dynamic};
+use kit::artifacts::{Artifact, Component};
+use kit::check::Check;
+use kit::config::{ClusterConfig, IpRange};
+use kit::stage::{Change, Context, Stage, Target};
+use kube::api::{Api, DynamicObject, ObjectMeta};
+use kube::discovery::ApiResource;
+use serde::Serialize;
+
+pub const NAMESPACE: &str = "metallb-system";
+/// The pool holding the fixed entry-point addresses, assigned only when asked for by name.
+pub const ENTRYPOINT_POOL: &str = "talos-ha-entrypoints";
+/// The pool any other LoadBalancer Service draws from.
+pub const GENERAL_POOL: &str = "talos-ha-pool";
+pub const ADVERTISEMENT: &str = "talos-ha-l2";
+const MANIFEST: &str = "metallb-native.yaml";
+const CONTROLLER: &str = "controller";
+const SPEAKER: &str = "speaker";
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct Metallb;
+
+/// metallb.io/v1beta1 IPAddressPool: the fields talos-ha sets.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpAddressPool {
+    api_version: &'static str,
+    kind: &'static str,
+    pub metadata: ObjectMeta,
+    pub spec: IpAddressPoolSpec,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpAddressPoolSpec {
+    pub addresses: Vec<String>,
+    pub auto_assign: bool,
+}
+
+/// metallb.io/v1beta1 L2Advertisement: which pools the speakers announce over ARP.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L2Advertisement {
+    api_version: &'static str,
+    kind: &'static str,
+    pub metadata: ObjectMeta,
+    pub spec: L2AdvertisementSpec,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L2AdvertisementSpec {
+    pub ip_address_pools: Vec<String>,
+}
+
+fn metadata(name: &str) -> ObjectMeta {
+    ObjectMeta { name: Some(name.into()), namespace: Some(NAMESPACE.into()), ..ObjectMeta::default() }
+}
+
+fn pool(name: &str, addresses: Vec<String>, auto_assign: bool) -> IpAddressPool {
+    IpAddressPool {
+        api_version: "metallb.io/v1beta1",
+        kind: "IPAddressPool",
+        metadata: metadata(name),
+        spec: IpAddressPoolSpec { addresses, auto_assign },
+    }
+}
+
+/// The pools: the entry points as single addresses, and the rest of `metallb.pool` as ranges
+/// (left out when the config's pool holds nothing but the entry points).
+pub fn pools(config: &ClusterConfig) -> Vec<IpAddressPool> {
+    let reserved = [config.traefik_ip, config.envoy_gateway_ip];
+    let entrypoints = reserved.iter().map(|ip| format!("{ip}/32")).collect();
+    let general = ranges_without(config.metallb_pool, &reserved);
+    let mut pools = vec![pool(ENTRYPOINT_POOL, entrypoints, false)];
+    if !general.is_empty() {
+        pools.push(pool(GENERAL_POOL, general, true));
+    }
+    pools
+}
+
+/// `range` minus the `excluded` addresses, as `first-last` ranges.
+fn ranges_without(range: IpRange, excluded: &[Ipv4Addr]) -> Vec<String> {
+    let mut ranges = Vec::new();
+    let mut start: Option<u32> = None;
+    let (first, last) = (u32::from(range.first), u32::from(range.last));
+    for address in first..=last {
+        let taken = excluded.contains(&Ipv4Addr::from(address));
+        match (taken, start) {
+            (false, None) => start = Some(address),
+            (true, Some(from)) => {
+                ranges.push(format!("{}-{}", Ipv4Addr::from(from), Ipv4Addr::from(address - 1)));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = start {
+        ranges.push(format!("{}-{}", Ipv4Addr::from(from), Ipv4Addr::from(last)));
+    }
+    ranges
+}
+
+/// Announces every pool over ARP.
+pub fn advertisement(config: &ClusterConfig) -> L2Advertisement {
+    let ip_address_pools = pools(config).into_iter().filter_map(|pool| pool.metadata.name).collect();
+    L2Advertisement {
+        api_version: "metallb.io/v1beta1",
+        kind: "L2Advertisement",
+        metadata: metadata(ADVERTISEMENT),
+        spec: L2AdvertisementSpec { ip_address_pools },
+    }
+}
+
+/// Our own objects, as the engine applies them.
+fn our_objects(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
+    let mut objects: Vec<DynamicObject> = pools(config).iter().map(to_dynamic).collect::<anyhow::Result<_>>()?;
+    objects.push(to_dynamic(&advertisement(config))?);
+    Ok(objects)
+}
+
+/// MetalLB's pinned release manifest (lab-transformed on the lab target).
+fn upstream(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
+    let artifact = Artifact::find(Component::Metallb, MANIFEST)?;
+    let bytes = tokio::task::block_in_place(|| ctx.artifacts().fetch(&artifact))?;
+    let mut objects = parse_manifest(MANIFEST, std::str::from_utf8(&bytes).context("manifest is not UTF-8")?)?;
+    let notes = match ctx.target {
+        Target::Lab => lab_transform(&mut objects),
+        Target::Talos => Vec::new(),
+    };
+    Ok((objects, notes))
+}
+
+impl Stage for Metallb {
+    const NAME: &'static str = "metallb";
+    const FOLDER: &'static str = "02-metallb";
+    const TITLE: &'static str = "Stage 02: MetalLB in L2 mode, handing LoadBalancer addresses from the config's pool";
+    const LESSON: &'static str = include_str!("../README.md");
+
+    async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let client = ctx.client().await?;
+        let mut checks = Vec::new();
+        match client.apiserver_version().await {
+            Ok(version) => checks.push(Check::pass("api", format!("Kubernetes {} answers", version.git_version))),
+            Err(error) => {
+                let fix = match ctx.target {
+                    Target::Lab => "start the lab: cargo xtask lab up",
+                    Target::Talos => "run stage 01 (talos-bootstrap apply) and check the VIP answers",
+                };
+                checks.push(Check::fail("api", format!("the API does not answer: {error}"), fix));
+                return Ok(checks); // nothing else can be checked
+            }
+        }
+        let waiting = kit::lab::nodes_not_ready(&client, &ctx.config).await?;
+        checks.push(if waiting.is_empty() {
+            Check::pass("nodes", format!("all {} nodes Ready", ctx.config.nodes.len()))
+        } else {
+            Check::fail(
+                "nodes",
+                format!("not Ready: {}", waiting.join(", ")),
+                "wait for them, or look at their kubelet (talosctl -n <ip> logs kubelet)",
+            )
+        });
+        let pool = ctx.config.metallb_pool;
+        checks.push(Check::pass(
+            "pool",
+            format!(
+                "{pool} ({} addresses) holds traefik.ip {} and envoyGateway.ip {}",
+                pool.address_count(),
+                ctx.config.traefik_ip,
+                ctx.config.envoy_gateway_ip
+            ),
+        ));
+        checks.push(match ctx.target {
+            Target::Lab => Check::not_checkable_in_lab("kube-proxy", "the lab runs no kube-proxy"),
+            Target::Talos => kube_proxy_arp_check(&client).await?,
+        });
+        Ok(checks)
+    }
+
+    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (mut objects, _) = upstream(ctx)?;
+        objects.extend(our_objects(&ctx.config)?);
+        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
+    }
+
+    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (objects, _) = upstream(ctx)?;
+        let client = ctx.client().await?;
+        let mut engine = Engine::new(client.clone(), Self::NAME).await?;
+        let mut changes = engine.apply(&objects).await?;
+        // The pools go through MetalLB's validating webhook (failurePolicy: Fail), which the
+        // controller serves: wait until it runs before writing them.
+        tracing::info!("waiting for the MetalLB controller to be Available");
+        kit::wait::deployment_available(&client, NAMESPACE, CONTROLLER, ROLLOUT_TIMEOUT).await?;
+        changes.extend(engine.apply(&our_objects(&ctx.config)?).await?);
+        Ok(changes)
+    }
+
+    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let client = ctx.client().await?;
+        let mut checks = Vec::new();
+        let wait = Duration::from_secs(60);
+        checks.push(match kit::wait::deployment_available(&client, NAMESPACE, CONTROLLER, wait).await {
+            Ok(()) => Check::pass("controller", "Deployment metallb-system/controller is Available"),
+            Err(error) => {
+                Check::fail("controller", format!("{error:#}"), "metallb apply, then look at the controller's pods")
+            }
+        });
+        let nodes = ctx.config.nodes.len();
+        checks.push(match kit::wait::daemonset_ready(&client, NAMESPACE, SPEAKER, wait).await {
+            Ok(ready) if ready as usize == nodes => {
+                Check::pass("speakers", format!("a speaker is ready on each of the {nodes} nodes"))
+            }
+            Ok(ready) => Check::fail(
+                "speakers",
+                format!("{ready} speakers for {nodes} nodes"),
+                "look for nodes the speaker cannot tolerate",
+            ),
+            Err(error) => Check::fail("speakers", format!("{error:#}"), "metallb apply, then look at the speaker pods"),
+        });
+        checks.extend(stored_objects_check(&client, &ctx.config).await?);
+        if ctx.target == Target::Lab {
+            checks.push(Check::not_checkable_in_lab("arp", "the lab has no L2 network; its speakers are kwok fakes"));
+            let (_, notes) = upstream(ctx)?;
+            checks.extend(notes.into_iter().map(|note| Check::not_checkable_in_lab("lab transform", note)));
+        }
+        Ok(checks)
+    }
+
+    fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let folder = out.join(Self::FOLDER);
+        std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+        let artifact = Artifact::find(Component::Metallb, MANIFEST)?;
+        let mut pools_yaml = String::new();
+        for pool in pools(&ctx.config) {
+            pools_yaml.push_str("---\n");
+            pools_yaml.push_str(&serde_saphyr::to_string(&pool)?);
+        }
+        pools_yaml.push_str("---\n");
+        pools_yaml.push_str(&serde_saphyr::to_string(&advertisement(&ctx.config))?);
+        let files = [
+            (folder.join(MANIFEST), ctx.artifacts().fetch(&artifact)?),
+            (folder.join("ip-pools.yaml"), pools_yaml.into_bytes()),
+            (folder.join("README.md"), Self::LESSON.as_bytes().to_vec()),
+        ];
+        for (path, contents) in &files {
+            std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(files.into_iter().map(|(path, _)| path).collect())
+    }
+}
+
+/// In IPVS mode kube-proxy binds every Service address to every node, so without strictARP
+/// every node answers ARP for MetalLB's addresses and L2 mode cannot work.
+async fn kube_proxy_arp_check(client: &kube::Client) -> anyhow::Result<Check> {
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
+    let Some(kube_proxy) = daemonsets.get_opt("kube-proxy").await? else {
+        return Ok(Check::pass("kube-proxy", "no kube-proxy DaemonSet (another dataplane replaces it)"));
+    };
+    let args: Vec<String> = kube_proxy
+        .spec
+        .and_then(|spec| spec.template.spec)
+        .map(|pod| {
+            pod.containers
+                .into_iter()
+                .flat_map(|c| c.command.unwrap_or_default().into_iter().chain(c.args.unwrap_or_default()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let ipvs = args.iter().any(|arg| arg == "--proxy-mode=ipvs");
+    let strict = args.iter().any(|arg| arg == "--ipvs-strict-arp=true");
+    Ok(match (ipvs, strict) {
+        (true, false) => Check::fail(
+            "kube-proxy",
+            "kube-proxy runs in IPVS mode without strictARP: every node would answer ARP for MetalLB's addresses",
+            "set `cluster.proxy.extraArgs: { ipvs-strict-arp: \"true\" }` in the Talos machine config (stage 01)",
+        ),
+        (true, true) => Check::pass("kube-proxy", "IPVS mode with strictARP"),
+        _ => Check::pass("kube-proxy", "iptables/nftables mode: L2 announcements work"),
+    })
+}
+
+/// The pools and advertisement as the API stores them, compared with what the config wants.
+async fn stored_objects_check(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<Vec<Check>> {
+    let resource = |kind: &str, plural: &str| ApiResource {
+        group: "metallb.io".into(),
+        version: "v1beta1".into(),
+        api_version: "metallb.io/v1beta1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    };
+    let pool_api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NAMESPACE, &resource("IPAddressPool", "ipaddresspools"));
+    let mut checks = Vec::new();
+    for wanted in pools(config) {
+        let name = wanted.metadata.name.clone().unwrap_or_default();
+        let stored = pool_api.get_opt(&name).await.with_context(|| format!("reading IPAddressPool {name}"))?;
+        let addresses = stored.as_ref().and_then(|p| p.data.pointer("/spec/addresses")).cloned();
+        checks.push(if addresses == Some(serde_json::json!(wanted.spec.addresses)) {
+            Check::pass(format!("pool {name}"), format!("stored with {}", wanted.spec.addresses.join(", ")))
+        } else {
+            Check::fail(format!("pool {name}"), format!("stored addresses are {addresses:?}"), "metallb apply")
+        });
+    }
+    let advertisements: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NAMESPACE, &resource("L2Advertisement", "l2advertisements"));
+    checks.push(match advertisements.get_opt(ADVERTISEMENT).await? {
+        Some(_) => Check::pass("l2 advertisement", format!("{ADVERTISEMENT} announces the pools")),
+        None => Check::fail("l2 advertisement", format!("{ADVERTISEMENT} is missing"), "metallb apply"),
+    });
+    Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_entry_points_are_carved_out_of_the_pool() {
+        let range: IpRange = "172.16.16.101-172.16.16.120".parse().expect("range");
+        let reserved = [Ipv4Addr::new(172, 16, 16, 101), Ipv4Addr::new(172, 16, 16, 102)];
+        assert_eq!(ranges_without(range, &reserved), ["172.16.16.103-172.16.16.120"]);
+        let middle = [Ipv4Addr::new(172, 16, 16, 110)];
+        assert_eq!(ranges_without(range, &middle), ["172.16.16.101-172.16.16.109", "172.16.16.111-172.16.16.120"]);
+        let everything: Vec<Ipv4Addr> = (101..=120).map(|last| Ipv4Addr::new(172, 16, 16, last)).collect();
+        assert!(ranges_without(range, &everything).is_empty());
+    }
+}

@@ -1,0 +1,93 @@
+//! Stage 02 against the lab, through the same entry point as the `metallb` binary.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject};
+use kube::discovery::ApiResource;
+use tests::lab_client;
+
+fn upstream() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream")
+}
+
+/// Runs `metallb ARGS… --lab --mirror <shared upstream>` with the repository's config.
+fn metallb(args: &[&str], config: &Path) -> (ExitCode, String) {
+    let mut argv: Vec<OsString> = vec!["metallb".into()];
+    argv.extend(args.iter().map(OsString::from));
+    argv.extend(["--lab".into(), "--config".into(), config.into(), "--mirror".into(), upstream().into()]);
+    let mut out = Vec::new();
+    let code = kit::stage::execute(&metallb::Metallb, argv, &mut out);
+    (code, String::from_utf8_lossy(&out).into_owned())
+}
+
+fn repo_config() -> PathBuf {
+    xtask::workspace_root().join("cluster.yaml")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> anyhow::Result<()> {
+    let config = repo_config();
+    let (code, out) = tokio::task::spawn_blocking(move || metallb(&["apply"], &config)).await?;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+
+    let client = lab_client().await?;
+    let pools: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        metallb::NAMESPACE,
+        &ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("metallb.io", "v1beta1", "IPAddressPool"),
+            "ipaddresspools",
+        ),
+    );
+    let entrypoints = pools.get(metallb::ENTRYPOINT_POOL).await?;
+    assert_eq!(entrypoints.data["spec"]["addresses"], serde_json::json!(["172.16.16.101/32", "172.16.16.102/32"]));
+    assert_eq!(entrypoints.data["spec"]["autoAssign"], false);
+    let general = pools.get(metallb::GENERAL_POOL).await?;
+    assert_eq!(general.data["spec"]["addresses"], serde_json::json!(["172.16.16.103-172.16.16.120"]));
+
+    // The speakers need hostNetwork: upstream's privileged Pod Security labels are kept.
+    let namespace = Api::<Namespace>::all(client).get(metallb::NAMESPACE).await?;
+    let labels = namespace.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("pod-security.kubernetes.io/enforce").map(String::as_str), Some("privileged"));
+
+    let config = repo_config();
+    let (code, again) = tokio::task::spawn_blocking(move || metallb(&["apply"], &config)).await?;
+    assert_eq!(code, ExitCode::SUCCESS);
+    let changed: Vec<&str> = again.lines().filter(|l| !l.starts_with("unchanged")).collect();
+    assert!(changed.is_empty(), "a re-run changes nothing: {changed:?}");
+
+    let config = repo_config();
+    let (code, verify) = tokio::task::spawn_blocking(move || metallb(&["verify"], &config)).await?;
+    assert_eq!(code, ExitCode::SUCCESS, "{verify}");
+    assert!(verify.contains("ok    speakers: a speaker is ready on each of the 6 nodes"), "{verify}");
+    assert!(verify.contains("lab   arp: not checkable in the lab"), "{verify}");
+    assert!(verify.contains("metallb-webhook-configuration not installed"), "verify lists the lab transform: {verify}");
+    Ok(())
+}
+
+#[test]
+fn check_without_a_lab_fails_saying_how_to_start_one() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("cluster.yaml");
+    std::fs::copy(repo_config(), &config)?;
+    let (code, _) = metallb(&["check"], &config);
+    assert_eq!(code, ExitCode::from(1), "no kubeconfig in this config's state folder: the stage must fail");
+    Ok(())
+}
+
+#[test]
+fn render_writes_the_seed_folder() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().to_str().unwrap_or_default().to_owned();
+    let (code, listed) = metallb(&["render", "--out", &out], &repo_config());
+    assert_eq!(code, ExitCode::SUCCESS, "{listed}");
+    let folder = dir.path().join("02-metallb");
+    let pools = std::fs::read_to_string(folder.join("ip-pools.yaml"))?;
+    assert!(pools.contains("172.16.16.103-172.16.16.120") && pools.contains("autoAssign: false"), "{pools}");
+    assert!(std::fs::read_to_string(folder.join("README.md"))?.starts_with("# 02 — MetalLB"));
+    assert!(folder.join("metallb-native.yaml").exists());
+    Ok(())
+}
