@@ -1,5 +1,6 @@
 //! `cargo xtask …`: talos-ha's task runner (the cargo-xtask convention: plain Rust, no scripts).
 
+mod install_all;
 mod lab_cmd;
 mod mirror;
 mod test_cmd;
@@ -25,6 +26,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Build the cluster: every stage in order (check, apply, verify), stopping at the first
+    /// failure with the fix and the command that resumes. Add --lab for the local lab.
+    InstallAll(install_all::InstallArgs),
     /// Check cluster.yaml: prints a summary of a valid config, or every problem with its fix.
     Validate,
     /// The lab: a real Kubernetes control plane on 127.0.0.1 (etcd ×3, API server,
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     kit::logging::init(cli.global.verbose);
     let result = match cli.command {
+        Command::InstallAll(args) => install_all::run(&cli.global, &args),
         Command::Validate => validate::run(&cli.global),
         Command::Lab { action } => lab_cmd::run(&cli.global, action),
         Command::Mirror { out } => mirror::run(&cli.global, &out),

@@ -1,0 +1,54 @@
+//! `cargo xtask install-all --lab` as a user runs it: the real command, against the lab.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn upstream() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream")
+}
+
+fn install_all(config: &Path, extra: &[&str]) -> anyhow::Result<Output> {
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(xtask::workspace_root())
+        .args(["xtask", "install-all", "--lab", "--config"])
+        .arg(config)
+        .arg("--mirror")
+        .arg(upstream())
+        .args(extra)
+        .output()?;
+    Ok(output)
+}
+
+#[test]
+fn install_all_converges_and_a_second_run_changes_nothing() -> anyhow::Result<()> {
+    let config = xtask::workspace_root().join("cluster.yaml");
+    let first = install_all(&config, &[])?;
+    let log = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{log}");
+    assert!(log.contains("metallb          verify"), "one line per step: {log}");
+    let second = install_all(&config, &[])?;
+    let log = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{log}");
+    assert!(log.contains("nothing changed: the cluster was already converged"), "{log}");
+    Ok(())
+}
+
+#[test]
+fn a_failed_check_stops_with_the_fix_and_the_resume_command() -> anyhow::Result<()> {
+    // A config whose lab kubeconfig points at a port where no API server listens.
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("cluster.yaml");
+    std::fs::copy(xtask::workspace_root().join("cluster.yaml"), &config)?;
+    let kubeconfig = kit::lab::kubeconfig_path(&dir.path().join("state"));
+    std::fs::create_dir_all(kubeconfig.parent().unwrap_or(dir.path()))?;
+    let lab_kubeconfig = std::fs::read_to_string(tests::kubeconfig())?;
+    std::fs::write(&kubeconfig, lab_kubeconfig.replace("https://127.0.0.1:16443", "https://127.0.0.1:9"))?;
+
+    let output = install_all(&config, &["--only", "metallb"])?;
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains("FAIL  api: the API does not answer"), "the failing check: {log}");
+    assert!(log.contains("fix: start the lab: cargo xtask lab up"), "its fix: {log}");
+    assert!(log.contains("cargo xtask install-all --from metallb --lab"), "the resume command: {log}");
+    Ok(())
+}

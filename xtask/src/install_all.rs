@@ -1,0 +1,171 @@
+//! `cargo xtask install-all`: every stage, in the seed's order, `check → apply → verify`,
+//! running the very binaries a learner runs by hand. It stops at the first failure with the
+//! failing check, its fix, and the command that resumes from there.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use kit::check::{Check, Status};
+use kit::stage::{GlobalArgs, exit};
+use xshell::{Shell, cmd};
+
+/// The seed's stages, 01–08 and 100, by crate (and binary) name.
+pub const STAGES: &[&str] = &[
+    "talos-bootstrap",
+    "metallb",
+    "metrics-server",
+    "traefik",
+    "cert-manager",
+    "longhorn",
+    "headlamp",
+    "envoy-gateway",
+    "workloads",
+];
+
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    /// Start at this stage (the resume point a failure prints).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(STAGES))]
+    pub from: Option<String>,
+    /// Run only this stage.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(STAGES), conflicts_with = "from")]
+    pub only: Option<String>,
+    /// Show what each stage would change (`plan`) instead of applying it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// The stages to run: those that exist in this workspace, narrowed by --from / --only.
+fn selected<'a>(root: &Path, args: &InstallArgs) -> anyhow::Result<Vec<&'a str>> {
+    let present: Vec<&str> =
+        STAGES.iter().copied().filter(|stage| root.join(stage).join("Cargo.toml").exists()).collect();
+    let chosen: Vec<&str> = match (&args.only, &args.from) {
+        (Some(only), _) => present.into_iter().filter(|s| s == only).collect(),
+        (None, Some(from)) => present.into_iter().skip_while(|s| s != from).collect(),
+        (None, None) => present,
+    };
+    anyhow::ensure!(!chosen.is_empty(), "no stage to run: the stage asked for is not built yet in this workspace");
+    Ok(chosen)
+}
+
+pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
+    let root = xtask::workspace_root();
+    let stages = selected(&root, args)?;
+    let sh = Shell::new()?;
+    sh.change_dir(&root);
+    let packages: Vec<String> = stages.iter().flat_map(|stage| ["-p".to_owned(), (*stage).to_owned()]).collect();
+    cmd!(sh, "cargo build --quiet {packages...}").run().context("building the stage binaries")?;
+    let bin_dir = root.join("target").join("debug");
+
+    let mut stderr = std::io::stderr();
+    let mut changed_total = 0;
+    let started = Instant::now();
+    for stage in &stages {
+        let runner = StageRunner { binary: bin_dir.join(stage), global };
+        let steps: &[&str] = if args.dry_run { &["check", "plan"] } else { &["check", "apply", "verify"] };
+        for step in steps {
+            let step_started = Instant::now();
+            let outcome = runner.run(step)?;
+            let elapsed = step_started.elapsed().as_secs_f64();
+            let summary = match &outcome {
+                Outcome::Checks(checks) => {
+                    let count = |status| checks.iter().filter(|c| c.status == status).count();
+                    format!(
+                        "{} ok, {} not checkable in the lab, {} failed",
+                        count(Status::Pass),
+                        count(Status::NotCheckableInLab),
+                        count(Status::Fail)
+                    )
+                }
+                Outcome::Changes { changed, unchanged } => {
+                    changed_total += changed;
+                    format!("{changed} changed, {unchanged} unchanged")
+                }
+                Outcome::Failed(_) => "failed".to_owned(),
+            };
+            writeln!(stderr, "{stage:<16} {step:<7} {elapsed:>6.1}s  {summary}")?;
+            let failed: Vec<&Check> = match &outcome {
+                Outcome::Checks(checks) => checks.iter().filter(|c| c.status == Status::Fail).collect(),
+                _ => Vec::new(),
+            };
+            if !failed.is_empty() || matches!(outcome, Outcome::Failed(_)) {
+                for check in failed {
+                    writeln!(stderr, "  {check}")?;
+                }
+                if let Outcome::Failed(message) = &outcome {
+                    writeln!(stderr, "  {message}")?;
+                }
+                let lab = if global.lab { " --lab" } else { "" };
+                writeln!(
+                    stderr,
+                    "stopped at {stage} {step}; fix the above, then resume with:\n  cargo xtask install-all --from {stage}{lab}"
+                )?;
+                return Ok(ExitCode::from(exit::FAILED));
+            }
+        }
+    }
+    let verdict = match (args.dry_run, changed_total) {
+        (true, 0) => "nothing would change".to_owned(),
+        (true, n) => format!("{n} objects would change"),
+        (false, 0) => "nothing changed: the cluster was already converged".to_owned(),
+        (false, n) => format!("{n} objects created or configured"),
+    };
+    writeln!(stderr, "{} stage(s) in {:.1}s: {verdict}", stages.len(), started.elapsed().as_secs_f64())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+enum Outcome {
+    Checks(Vec<Check>),
+    Changes {
+        changed: usize,
+        unchanged: usize,
+    },
+    /// The step exited without a report (an error): its stderr tail.
+    Failed(String),
+}
+
+struct StageRunner<'a> {
+    binary: PathBuf,
+    global: &'a GlobalArgs,
+}
+
+impl StageRunner<'_> {
+    /// Runs one step with `--output json` and reads its report from stdout.
+    fn run(&self, step: &str) -> anyhow::Result<Outcome> {
+        let mut command = Command::new(&self.binary);
+        command.arg(step).arg("--output").arg("json").arg("--config").arg(&self.global.config);
+        if self.global.lab {
+            command.arg("--lab");
+        }
+        if let Some(kubeconfig) = &self.global.kubeconfig {
+            command.arg("--kubeconfig").arg(kubeconfig);
+        }
+        if let Some(mirror) = &self.global.mirror {
+            command.arg("--mirror").arg(mirror);
+        }
+        let output = command.output().with_context(|| format!("running {}", self.binary.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let lines: Vec<serde_json::Value> = stdout.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
+        if !output.status.success() && lines.is_empty() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
+            return Ok(Outcome::Failed(tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")));
+        }
+        Ok(match step {
+            "apply" | "plan" => {
+                let unchanged = lines.iter().filter(|change| change["action"] == "unchanged").count();
+                Outcome::Changes { changed: lines.len() - unchanged, unchanged }
+            }
+            _ => Outcome::Checks(
+                lines
+                    .into_iter()
+                    .map(serde_json::from_value)
+                    .collect::<Result<_, _>>()
+                    .context("reading a check report")?,
+            ),
+        })
+    }
+}
