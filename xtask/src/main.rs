@@ -1,5 +1,6 @@
 //! `cargo xtask …`: talos-ha's task runner (the cargo-xtask convention: plain Rust, no scripts).
 
+mod bench;
 mod install_all;
 mod lab_cmd;
 mod mirror;
@@ -44,12 +45,24 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Benchmarks (speed targets live here, not in timed tests).
+    Bench {
+        #[command(subcommand)]
+        what: BenchTarget,
+    },
     /// Run the whole test suite: bring the lab up, `cargo test --workspace`, take it down.
     Test {
         /// Extra arguments for `cargo test` (after `--`), e.g. `-- --nocapture`.
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchTarget {
+    /// The apply engine vs `kubectl apply --server-side` on every upstream bundle, cold and
+    /// no-op, each on a fresh lab of its own.
+    Apply,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +72,7 @@ fn main() -> ExitCode {
         Command::InstallAll(args) => install_all::run(&cli.global, &args),
         Command::Validate => validate::run(&cli.global),
         Command::Lab { action } => lab_cmd::run(&cli.global, action),
+        Command::Bench { what: BenchTarget::Apply } => bench::run(&cli.global),
         Command::Mirror { out } => mirror::run(&cli.global, &out),
         Command::Test { cargo_args } => test_cmd::run(&cli.global, &cargo_args),
     };

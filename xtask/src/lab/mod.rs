@@ -106,6 +106,11 @@ impl Lab {
         }
     }
 
+    /// A lab binary from the cache (e.g. the lab's own `kubectl`).
+    pub fn binary(&self, name: &str) -> PathBuf {
+        self.binaries.path(name)
+    }
+
     pub fn api_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.ports.api())
     }
