@@ -229,6 +229,7 @@ impl Stage for Metallb {
             Err(error) => Check::fail("speakers", format!("{error:#}"), "metallb apply, then look at the speaker pods"),
         });
         checks.extend(stored_objects_check(&client, &ctx.config).await?);
+        checks.push(load_balancer_check(&client, &ctx.config).await?);
         if ctx.target == Target::Lab {
             checks.push(Check::not_checkable_in_lab("arp", "the lab has no L2 network; its speakers are kwok fakes"));
             let (_, notes) = upstream(ctx)?;
@@ -287,6 +288,55 @@ async fn kube_proxy_arp_check(client: &kube::Client) -> anyhow::Result<Check> {
         ),
         (true, true) => Check::pass("kube-proxy", "IPVS mode with strictARP"),
         _ => Check::pass("kube-proxy", "iptables/nftables mode: L2 announcements work"),
+    })
+}
+
+/// A throw-away LoadBalancer Service must get an address from the general pool (never an
+/// entry point), in the lab too: MetalLB's controller runs there as a host process.
+async fn load_balancer_check(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<Check> {
+    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+    use kube::api::{DeleteParams, PostParams};
+
+    let name = "talos-ha-lb-probe";
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let _ = services.delete(name, &DeleteParams::default()).await;
+    let probe = Service {
+        metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            ports: Some(vec![ServicePort { port: 80, ..ServicePort::default() }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    services.create(&PostParams::default(), &probe).await.context("creating the LoadBalancer probe Service")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let assigned = loop {
+        let ingress = services.get(name).await?.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress);
+        if let Some(ip) = ingress.and_then(|list| list.into_iter().find_map(|i| i.ip)) {
+            break Some(ip);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    services.delete(name, &DeleteParams::default()).await.context("deleting the probe Service")?;
+    let reserved = [config.traefik_ip, config.envoy_gateway_ip];
+    Ok(match assigned.as_deref().map(str::parse::<Ipv4Addr>) {
+        Some(Ok(ip)) if config.metallb_pool.contains(ip) && !reserved.contains(&ip) => {
+            Check::pass("load balancer", format!("a probe LoadBalancer Service got {ip} from {GENERAL_POOL}"))
+        }
+        Some(other) => Check::fail(
+            "load balancer",
+            format!("the probe got {other:?}, which is not a free address of {GENERAL_POOL}"),
+            "look at the IPAddressPools (metallb verify) and the controller's log",
+        ),
+        None => Check::fail(
+            "load balancer",
+            "a probe LoadBalancer Service got no address within 30s",
+            "look at the MetalLB controller's log (in the lab: state/lab/logs/metallb-controller.log)",
+        ),
     })
 }
 

@@ -191,7 +191,7 @@ async fn up_is_idempotent_and_down_leaves_no_process_behind() -> anyhow::Result<
     let result = async {
         lab.up(&xtask::workspace_root()).await?;
         let first = lab.running_pids();
-        assert_eq!(first.len(), 7, "3 etcd, apiserver, controller-manager, scheduler, kwok: {first:?}");
+        assert_eq!(first.len(), 8, "3 etcd, apiserver, controller-manager, scheduler, kwok, metallb: {first:?}");
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&lab.kubeconfig)?.permissions());
         assert_eq!(mode & 0o777, 0o600, "the kubeconfig holds a client key path: owner only");
         lab.up(&xtask::workspace_root()).await?;
@@ -201,7 +201,7 @@ async fn up_is_idempotent_and_down_leaves_no_process_behind() -> anyhow::Result<
     .await;
     let stopped = lab.down(true)?;
     let first = result?;
-    assert_eq!(stopped.len(), 7, "{stopped:?}");
+    assert_eq!(stopped.len(), 8, "{stopped:?}");
     assert!(lab.running_pids().is_empty());
     for (name, pid) in first {
         // Stopped and reaped: not even a zombie is left.

@@ -64,6 +64,7 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
     assert!(verify.contains("ok    speakers: a speaker is ready on each of the 6 nodes"), "{verify}");
     assert!(verify.contains("lab   arp: not checkable in the lab"), "{verify}");
+    assert!(verify.contains("ok    load balancer: a probe LoadBalancer Service got 172.16.16.1"), "{verify}");
     assert!(verify.contains("metallb-webhook-configuration not installed"), "verify lists the lab transform: {verify}");
     Ok(())
 }

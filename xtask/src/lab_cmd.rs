@@ -42,7 +42,7 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match action {
         LabAction::Build => {
-            let binaries = xtask::lab::ensure_binaries(config.versions.kubernetes, &xtask::workspace_root())?;
+            let binaries = xtask::lab::ensure_binaries(&config.versions, &xtask::workspace_root())?;
             writeln!(
                 stdout,
                 "lab binaries ready in {}",

@@ -4,14 +4,14 @@
 //! - etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl come from the
 //!   wrapper module `xtask/go/kubernetes` (k8s.io/kubernetes cannot be `go install`ed: its
 //!   go.mod replaces staging modules with local paths; the wrapper points them at releases).
-//! - kwok is a plain module: `go install sigs.k8s.io/kwok/cmd/kwok@<version>`.
+//! - kwok and MetalLB's controller are plain modules: `go install <package>@<version>`.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kit::config::Version;
+use kit::config::{Version, Versions};
 use xshell::{Shell, cmd};
 
 /// The kwok release the lab runs (fake nodes and pods; no containers).
@@ -33,6 +33,9 @@ const WRAPPER_KUBERNETES: &str = "v1.35.0";
 pub struct Binaries {
     pub kubernetes_dir: PathBuf,
     pub kwok_dir: PathBuf,
+    /// MetalLB's controller, run as a host process so LoadBalancer addresses are really assigned.
+    pub metallb_dir: PathBuf,
+    metallb_version: Version,
 }
 
 impl Binaries {
@@ -44,16 +47,19 @@ impl Binaries {
     pub fn path(&self, name: &str) -> PathBuf {
         match name {
             "kwok" => self.kwok_dir.join(name),
+            "metallb-controller" => self.metallb_dir.join("controller"),
             _ => self.kubernetes_dir.join(name),
         }
     }
 }
 
-pub fn binaries(kubernetes: Version) -> Binaries {
+pub fn binaries(versions: &Versions) -> Binaries {
     let lab = kit::fsutil::cache_root().join("lab");
     Binaries {
-        kubernetes_dir: lab.join(format!("kubernetes-{kubernetes}")),
+        kubernetes_dir: lab.join(format!("kubernetes-{}", versions.kubernetes)),
         kwok_dir: lab.join(format!("kwok-{KWOK_VERSION}")),
+        metallb_dir: lab.join(format!("metallb-{}", versions.metallb)),
+        metallb_version: versions.metallb,
     }
 }
 
@@ -61,11 +67,13 @@ const KUBERNETES_COMMANDS: &[&str] =
     &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"];
 
 /// Builds whatever is missing from the cache; returns where the binaries are.
-pub fn ensure_binaries(kubernetes: Version, workspace: &Path) -> anyhow::Result<Binaries> {
-    let binaries = binaries(kubernetes);
+pub fn ensure_binaries(versions: &Versions, workspace: &Path) -> anyhow::Result<Binaries> {
+    let kubernetes = versions.kubernetes;
+    let binaries = binaries(versions);
     let missing_kubernetes = KUBERNETES_COMMANDS.iter().any(|name| !binaries.path(name).exists());
     let missing_kwok = !binaries.path("kwok").exists() || binaries.kwok_stages().iter().any(|stage| !stage.exists());
-    if !missing_kubernetes && !missing_kwok {
+    let missing_metallb = !binaries.path("metallb-controller").exists();
+    if !missing_kubernetes && !missing_kwok && !missing_metallb {
         return Ok(binaries);
     }
     let go = which::which("go").context(
@@ -83,6 +91,12 @@ pub fn ensure_binaries(kubernetes: Version, workspace: &Path) -> anyhow::Result<
     }
     if missing_kwok {
         build_kwok(&sh, &go, &binaries.kwok_dir)?;
+    }
+    if missing_metallb {
+        let version = binaries.metallb_version;
+        let staging = staging_dir(&binaries.metallb_dir)?;
+        go_install(&sh, &go, &format!("go.universe.tf/metallb/controller@{version}"), &staging, "about 1 minute")?;
+        publish(&staging, &binaries.metallb_dir)?;
     }
     Ok(binaries)
 }
@@ -122,16 +136,19 @@ fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out:
     publish(&staging, out)
 }
 
+/// `go install PACKAGE@VERSION` into `staging`: for modules that install as they are.
+fn go_install(sh: &Shell, go: &Path, package: &str, staging: &Path, cold: &str) -> anyhow::Result<()> {
+    let ldflags = "-s -w";
+    let command = cmd!(sh, "{go} install -trimpath -buildvcs=false -ldflags {ldflags} {package}").env("GOBIN", staging);
+    with_heartbeat(&format!("building {package} (cold: {cold}, once)"), || {
+        command.quiet().run().with_context(|| format!("go install {package} failed (output above)"))
+    })
+}
+
 fn build_kwok(sh: &Shell, go: &Path, out: &Path) -> anyhow::Result<()> {
     let staging = staging_dir(out)?;
-    let command_path = format!("sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}");
     let module = format!("sigs.k8s.io/kwok@{KWOK_VERSION}");
-    let ldflags = "-s -w";
-    let command =
-        cmd!(sh, "{go} install -trimpath -buildvcs=false -ldflags {ldflags} {command_path}").env("GOBIN", &staging);
-    with_heartbeat(&format!("building kwok {KWOK_VERSION} (cold: about 3 minutes, once)"), || {
-        command.quiet().run().context("go install of kwok failed (output above)")
-    })?;
+    go_install(sh, go, &format!("sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"), &staging, "about 3 minutes")?;
     // The module `go install` just fetched holds the stage files; `go mod download` names its folder.
     let download = cmd!(sh, "{go} mod download -json {module}").read().context("locating the kwok module")?;
     let module_dir: ModuleDownload = serde_json::from_str(&download).context("reading `go mod download -json`")?;

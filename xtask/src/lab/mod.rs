@@ -10,6 +10,8 @@
 //! 4. **kube-scheduler**: picks a node for every new pod.
 //! 5. **kwok**: stands in for the kubelets. It keeps the config's six nodes Ready and moves
 //!    scheduled pods to Running, without running containers.
+//! 6. **MetalLB's controller** (not part of a control plane; the one add-on the lab runs for
+//!    real): it assigns LoadBalancer addresses once stage 02 has written the pools.
 //!
 //! Nothing leaves this machine: every process listens on 127.0.0.1, and the Service and pod
 //! ranges are inside 127.0.0.0/8.
@@ -67,6 +69,9 @@ impl Ports {
     fn kwok(self) -> u16 {
         self.base + 22
     }
+    fn metallb_metrics(self) -> u16 {
+        self.base + 23
+    }
 }
 
 /// One lab: its folder (`state/lab` beside the config), its ports and its binaries.
@@ -101,7 +106,7 @@ impl Lab {
             kubeconfig: kit::lab::kubeconfig_path(&config.state_dir()),
             dir,
             ports,
-            binaries: build::binaries(config.versions.kubernetes),
+            binaries: build::binaries(&config.versions),
             config: config.clone(),
         }
     }
@@ -253,6 +258,24 @@ impl Lab {
         self.process("kwok", "kwok", args)
     }
 
+    /// MetalLB's controller as a host process, so LoadBalancer Services really get addresses
+    /// from the pools stage 02 writes (it waits quietly until they exist). Its webhook stays off
+    /// (the lab transform leaves MetalLB's webhook out). The speaker never runs here: it would
+    /// announce the addresses on this machine's network.
+    fn metallb_controller(&self) -> Process {
+        let args = vec![
+            format!("-kubeconfig={}", self.component_kubeconfig("admin")),
+            "-namespace=metallb-system".into(),
+            "-webhook-mode=disabled".into(),
+            "-disable-cert-rotation=true".into(),
+            "-ml-secret-name=metallb-memberlist".into(),
+            "-deployment=controller".into(),
+            // Metrics only; MetalLB has no flag to bind it to 127.0.0.1 alone.
+            format!("-port={}", self.ports.metallb_metrics()),
+        ];
+        self.process("metallb-controller", "metallb-controller", args)
+    }
+
     fn component_kubeconfig(&self, client: &str) -> String {
         self.dir.join("kubeconfigs").join(format!("{client}.kubeconfig")).display().to_string()
     }
@@ -260,14 +283,20 @@ impl Lab {
     /// Every process, in start order.
     fn processes(&self) -> Vec<Process> {
         let mut all = self.etcd_members();
-        all.extend([self.apiserver(), self.controller_manager(), self.scheduler(), self.kwok()]);
+        all.extend([
+            self.apiserver(),
+            self.controller_manager(),
+            self.scheduler(),
+            self.kwok(),
+            self.metallb_controller(),
+        ]);
         all
     }
 
     /// Starts whatever is not running (a running lab is left as it is), registers the config's
     /// nodes, and waits until the nodes are Ready and the controllers hold their leases.
     pub async fn up(&self, workspace: &Path) -> anyhow::Result<()> {
-        ensure_binaries(self.config.versions.kubernetes, workspace)?;
+        ensure_binaries(&self.config.versions, workspace)?;
         self.write_files()?;
 
         let etcd = self.etcd_members();
@@ -290,7 +319,7 @@ impl Lab {
         let controller_manager = self.controller_manager();
         let scheduler = self.scheduler();
         let kwok = self.kwok();
-        for process in [&controller_manager, &scheduler, &kwok] {
+        for process in [&controller_manager, &scheduler, &kwok, &self.metallb_controller()] {
             self.start(process)?;
         }
         kit::lab::register_nodes(&client, &self.config).await?;
@@ -394,6 +423,9 @@ impl Lab {
                 }
                 (Some(_), _, None) => (false, "running; API unreachable, health unknown".to_owned()),
                 (Some(_), "kwok", Some(client)) => self.kwok_health(client).await,
+                (Some(_), "metallb-controller", _) => {
+                    (true, "running: assigns LoadBalancer addresses from stage 02's pools".to_owned())
+                }
                 (Some(_), name, Some(client)) => match lease_holder(client, name).await {
                     Some(holder) => (true, format!("leader ({holder})")),
                     None => (false, "running but holds no leader lease".to_owned()),
