@@ -59,6 +59,9 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
     let changed: Vec<&str> = again.lines().filter(|l| !l.starts_with("unchanged")).collect();
     assert!(changed.is_empty(), "a re-run changes nothing: {changed:?}");
 
+    // With MetalLB's CRDs in place, `lab up` starts its controller (as install-all does).
+    let lab_config = kit::config::ClusterConfig::load(&repo_config())?;
+    xtask::lab::Lab::new(&lab_config, xtask::lab::DEFAULT_PORT_BASE).up(&xtask::workspace_root()).await?;
     let config = repo_config();
     let (code, verify) = tokio::task::spawn_blocking(move || metallb(&["verify"], &config)).await?;
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");

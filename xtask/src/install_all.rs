@@ -87,6 +87,10 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
                 Outcome::Failed(_) => "failed".to_owned(),
             };
             writeln!(stderr, "{stage:<16} {step:<7} {elapsed:>6.1}s  {summary}")?;
+            // In the lab, a stage may enable a host process (MetalLB's controller after 02).
+            if global.lab && *step == "apply" && !matches!(outcome, Outcome::Failed(_)) {
+                start_lab_add_ons(global)?;
+            }
             let failed: Vec<&Check> = match &outcome {
                 Outcome::Checks(checks) => checks.iter().filter(|c| c.status == Status::Fail).collect(),
                 _ => Vec::new(),
@@ -115,6 +119,13 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
     };
     writeln!(stderr, "{} stage(s) in {:.1}s: {verdict}", stages.len(), started.elapsed().as_secs_f64())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `lab up` again: starts what the stages so far have made startable; a no-op otherwise.
+fn start_lab_add_ons(global: &GlobalArgs) -> anyhow::Result<()> {
+    let config = kit::config::ClusterConfig::load(&global.config)?;
+    let lab = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
+    tokio::runtime::Runtime::new()?.block_on(lab.up(&xtask::workspace_root()))
 }
 
 enum Outcome {

@@ -208,38 +208,38 @@ impl Lab {
         self.process("kube-apiserver", "kube-apiserver", args)
     }
 
-    fn controller_manager(&self) -> Process {
-        let pki = self.pki();
-        let kubeconfig = self.component_kubeconfig("controller-manager");
-        let args = vec![
+    /// What the controller-manager and the scheduler share: who they are (their kubeconfig,
+    /// also used to check callers of their own HTTPS port), that port on loopback, and leader
+    /// election (so a second copy would wait rather than act twice).
+    fn control_loop_flags(&self, client: &str, port: u16) -> Vec<String> {
+        let kubeconfig = self.component_kubeconfig(client);
+        vec![
             format!("--kubeconfig={kubeconfig}"),
             format!("--authentication-kubeconfig={kubeconfig}"),
             format!("--authorization-kubeconfig={kubeconfig}"),
             "--bind-address=127.0.0.1".into(),
-            format!("--secure-port={}", self.ports.controller_manager()),
+            format!("--secure-port={port}"),
+            "--leader-elect=true".into(),
+            "--profiling=false".into(),
+        ]
+    }
+
+    fn controller_manager(&self) -> Process {
+        let pki = self.pki();
+        let mut args = self.control_loop_flags("controller-manager", self.ports.controller_manager());
+        args.extend([
             format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             format!("--root-ca-file={}", pki.ca_cert().display()),
             format!("--service-account-private-key-file={}", pki.service_account_key().display()),
             format!("--cluster-signing-cert-file={}", pki.ca_cert().display()),
             format!("--cluster-signing-key-file={}", pki.ca_key().display()),
             "--use-service-account-credentials=true".into(),
-            "--leader-elect=true".into(),
-            "--profiling=false".into(),
-        ];
+        ]);
         self.process("kube-controller-manager", "kube-controller-manager", args)
     }
 
     fn scheduler(&self) -> Process {
-        let kubeconfig = self.component_kubeconfig("scheduler");
-        let args = vec![
-            format!("--kubeconfig={kubeconfig}"),
-            format!("--authentication-kubeconfig={kubeconfig}"),
-            format!("--authorization-kubeconfig={kubeconfig}"),
-            "--bind-address=127.0.0.1".into(),
-            format!("--secure-port={}", self.ports.scheduler()),
-            "--leader-elect=true".into(),
-            "--profiling=false".into(),
-        ];
+        let args = self.control_loop_flags("scheduler", self.ports.scheduler());
         self.process("kube-scheduler", "kube-scheduler", args)
     }
 
@@ -319,8 +319,17 @@ impl Lab {
         let controller_manager = self.controller_manager();
         let scheduler = self.scheduler();
         let kwok = self.kwok();
-        for process in [&controller_manager, &scheduler, &kwok, &self.metallb_controller()] {
+        for process in [&controller_manager, &scheduler, &kwok] {
             self.start(process)?;
+        }
+        // MetalLB's controller exits at start when its CRDs are missing: it runs once stage 02
+        // has installed them (install-all --lab runs `up` again after each stage).
+        if metallb_installed(&client).await {
+            self.start(&self.metallb_controller())?;
+        } else {
+            tracing::info!(
+                "MetalLB's controller starts once stage 02 is applied (`metallb apply --lab`, then `lab up`)"
+            );
         }
         kit::lab::register_nodes(&client, &self.config).await?;
         tracing::info!("registered {} nodes as kwok nodes", self.config.nodes.len());
@@ -408,6 +417,9 @@ impl Lab {
         for (index, process) in self.processes().iter().enumerate() {
             let pid = process.running_pid();
             let (healthy, detail) = match (pid, process.name.as_str(), &client) {
+                (None, "metallb-controller", Some(client)) if !metallb_installed(client).await => {
+                    (true, "waits for stage 02 (metallb apply --lab, then lab up)".to_owned())
+                }
                 (None, _, _) => (false, "not running".to_owned()),
                 (Some(_), "kube-apiserver", _) if self.apiserver_ready().await => {
                     (true, format!("ready on {}", self.api_url()))
@@ -512,6 +524,13 @@ fn etcd_healthy(port: u16) -> bool {
         .and_then(|mut response| response.body_mut().read_to_string().ok())
         .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
         .is_some_and(|health| health["health"] == "true")
+}
+
+/// True once stage 02 has installed MetalLB's CRDs (its controller cannot start before).
+async fn metallb_installed(client: &kube::Client) -> bool {
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.get_opt("ipaddresspools.metallb.io").await.ok().flatten().is_some()
 }
 
 /// Who holds a control-plane component's leader-election lease in kube-system, if anyone.
