@@ -8,19 +8,25 @@
 //! Discovery runs once (aggregated: one request per API group kind), and again only after
 //! CRDs land.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Discovery, Scope};
 use kube::runtime::wait::{await_condition, conditions};
 use serde_json::Value;
 
 use crate::stage::{Action, Change};
+
+/// Set on every object the engine applies: a hash of the object as the stage wants it. A live
+/// object that carries the same hash and still holds every wanted field is up to date, and is
+/// not sent again (a no-op apply costs the API server a GET, not a server-side apply). When the
+/// wanted object changes, so does the hash, so a field dropped from a manifest is still pruned.
+pub const APPLIED_HASH: &str = "talos-ha.dev/applied-hash";
 
 /// How many objects are applied at once.
 const CONCURRENCY: usize = 16;
@@ -138,23 +144,40 @@ impl Engine {
     }
 
     async fn converge(&mut self, objects: &[DynamicObject], dry_run: bool) -> anyhow::Result<Vec<Change>> {
+        let mut phase = std::time::Instant::now();
+        let mut lap = |what: &str, count: usize| {
+            tracing::debug!("{what}: {count} objects in {:.0} ms", phase.elapsed().as_secs_f64() * 1000.0);
+            phase = std::time::Instant::now();
+        };
         let (crds, rest): (Vec<_>, Vec<_>) = objects.iter().partition(|o| kind_of(o) == "CustomResourceDefinition");
         let mut changes = self.apply_all(&crds, dry_run).await?;
-        if !dry_run && !crds.is_empty() {
-            for crd in &crds {
-                self.wait_crd_established(crd.metadata.name.as_deref().unwrap_or_default()).await?;
-            }
-            if changes.iter().any(|c| c.action != Action::Unchanged) {
-                self.discovery =
-                    Discovery::new(self.client.clone()).run_aggregated().await.context("API discovery after CRDs")?;
-            }
+        lap("CRDs applied", crds.len());
+        if !dry_run {
+            // Custom resources of a CRD this apply created or changed need it Established (and
+            // in discovery) first. CRDs nothing in this bundle uses are not waited for: like
+            // kubectl, the engine does not hold up the rest of the bundle for them.
+            let used: Vec<&str> = crds
+                .iter()
+                .zip(&changes)
+                .filter(|(crd, change)| change.action != Action::Unchanged && defines_a_kind_in(crd, &rest))
+                .filter_map(|(crd, _)| crd.metadata.name.as_deref())
+                .collect();
+            futures::future::try_join_all(used.iter().map(|name| self.wait_crd_established(name))).await?;
+            lap("CRDs used by this bundle Established", used.len());
+        }
+        if rest.iter().any(|object| self.resolve(object).is_none()) {
+            self.discovery = Discovery::new(self.client.clone()).run_aggregated().await.context("API discovery")?;
+            lap("discovery refreshed for new kinds", 0);
         }
         let (namespaces, rest): (Vec<_>, Vec<_>) = rest.into_iter().partition(|o| kind_of(o) == "Namespace");
         changes.extend(self.apply_all(&namespaces, dry_run).await?);
+        lap("Namespaces applied", namespaces.len());
         let (cluster_scoped, namespaced): (Vec<_>, Vec<_>) =
             rest.into_iter().partition(|o| self.resolve(o).is_some_and(|(_, caps)| caps.scope == Scope::Cluster));
         changes.extend(self.apply_all(&cluster_scoped, dry_run).await?);
+        lap("cluster-scoped objects applied", cluster_scoped.len());
         changes.extend(self.apply_all(&namespaced, dry_run).await?);
+        lap("namespaced objects applied", namespaced.len());
         Ok(changes)
     }
 
@@ -165,13 +188,63 @@ impl Engine {
     }
 
     async fn apply_all(&self, objects: &[&DynamicObject], dry_run: bool) -> anyhow::Result<Vec<Change>> {
-        stream::iter(objects.iter().map(|object| self.apply_one(object, dry_run)))
-            .buffered(CONCURRENCY)
-            .try_collect()
-            .await
+        let live = self.live_objects(objects).await?;
+        stream::iter(objects.iter().map(|object| {
+            let before =
+                self.resolve(object).and_then(|(resource, caps)| live.get(&live_key(&resource, &caps, object)));
+            self.apply_one(object, before, dry_run)
+        }))
+        .buffered(CONCURRENCY)
+        .try_collect()
+        .await
     }
 
-    async fn apply_one(&self, object: &DynamicObject, dry_run: bool) -> anyhow::Result<Change> {
+    /// The objects as they are on the server now: one LIST per kind and namespace, instead
+    /// of a GET per object (a no-op apply is mostly this read).
+    async fn live_objects(&self, objects: &[&DynamicObject]) -> anyhow::Result<HashMap<String, DynamicObject>> {
+        let mut lists = BTreeMap::new();
+        for object in objects {
+            if let Some((resource, caps)) = self.resolve(object) {
+                let namespace = namespace_of(&caps, object).map(str::to_owned);
+                lists.insert(
+                    format!("{}/{}/{namespace:?}", resource.api_version, resource.plural),
+                    (resource, namespace),
+                );
+            }
+        }
+        let listed: Vec<Vec<(String, DynamicObject)>> =
+            stream::iter(lists.into_values().map(|(resource, namespace)| async move {
+                let api: Api<DynamicObject> = match &namespace {
+                    Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource),
+                    None => Api::all_with(self.client.clone(), &resource),
+                };
+                let list = api.list(&ListParams::default()).await.with_context(|| {
+                    format!(
+                        "listing {} {}",
+                        resource.plural,
+                        namespace.as_deref().map_or(String::new(), |ns| format!("in {ns}"))
+                    )
+                })?;
+                let prefix = format!("{}/{}/{}/", resource.api_version, resource.plural, namespace.unwrap_or_default());
+                anyhow::Ok(
+                    list.items
+                        .into_iter()
+                        .map(|item| (format!("{prefix}{}", item.metadata.name.as_deref().unwrap_or_default()), item))
+                        .collect(),
+                )
+            }))
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(listed.into_iter().flatten().collect())
+    }
+
+    async fn apply_one(
+        &self,
+        object: &DynamicObject,
+        before: Option<&DynamicObject>,
+        dry_run: bool,
+    ) -> anyhow::Result<Change> {
         let name = object.metadata.name.clone().unwrap_or_default();
         let described = describe(object);
         let Some((resource, caps)) = self.resolve(object) else {
@@ -183,19 +256,22 @@ impl Engine {
                 diff: Some("(its CRD is created first)".into()),
             });
         };
-        let api: Api<DynamicObject> = match caps.scope {
-            Scope::Cluster => Api::all_with(self.client.clone(), &resource),
-            Scope::Namespaced => {
-                let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
-                Api::namespaced_with(self.client.clone(), namespace, &resource)
-            }
+        let api: Api<DynamicObject> = match namespace_of(&caps, object) {
+            Some(namespace) => Api::namespaced_with(self.client.clone(), namespace, &resource),
+            None => Api::all_with(self.client.clone(), &resource),
         };
-        let before = api.get_opt(&name).await.with_context(|| format!("reading {described}"))?;
+        let desired = with_applied_hash(object)?;
+        if let Some(live) = before {
+            match drift(&desired, live) {
+                None => return Ok(Change { object: described, action: Action::Unchanged, diff: None }),
+                Some(why) => tracing::debug!("{described} is applied again: {why}"),
+            }
+        }
         let mut params = PatchParams::apply(&self.field_manager).force();
         if dry_run {
             params = params.dry_run();
         }
-        let after = match api.patch(&name, &params, &Patch::Apply(object)).await {
+        let after = match api.patch(&name, &params, &Patch::Apply(&desired)).await {
             Ok(after) => after,
             // A dry run of an object in a namespace the same plan creates cannot be checked yet.
             Err(kube::Error::Api(status)) if dry_run && before.is_none() && status.code == 404 => {
@@ -203,12 +279,12 @@ impl Engine {
             }
             Err(error) => return Err(error).with_context(|| format!("applying {described}")),
         };
-        let action = match &before {
+        let action = match before {
             None => Action::Created,
             Some(before) if comparable(before) == comparable(&after) => Action::Unchanged,
             Some(_) => Action::Configured,
         };
-        let diff = match (&before, action) {
+        let diff = match (before, action) {
             (Some(before), Action::Configured) => Some(field_diff(&comparable(before), &comparable(&after))),
             _ => None,
         };
@@ -229,6 +305,102 @@ impl Engine {
     }
 }
 
+/// True when `crd` defines the kind of one of `objects`.
+fn defines_a_kind_in(crd: &DynamicObject, objects: &[&DynamicObject]) -> bool {
+    let group = crd.data.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
+    let kind = crd.data.pointer("/spec/names/kind").and_then(Value::as_str).unwrap_or_default();
+    objects.iter().any(|object| {
+        object.types.as_ref().is_some_and(|t| t.kind == kind && t.api_version.split('/').next() == Some(group))
+    })
+}
+
+/// Where a namespaced object lives (`default` when its manifest names no namespace).
+fn namespace_of<'a>(caps: &ApiCapabilities, object: &'a DynamicObject) -> Option<&'a str> {
+    (caps.scope == Scope::Namespaced).then(|| object.metadata.namespace.as_deref().unwrap_or("default"))
+}
+
+/// The key [`Engine::live_objects`] files a listed object under.
+fn live_key(resource: &ApiResource, caps: &ApiCapabilities, object: &DynamicObject) -> String {
+    format!(
+        "{}/{}/{}/{}",
+        resource.api_version,
+        resource.plural,
+        namespace_of(caps, object).unwrap_or_default(),
+        object.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The object with [`APPLIED_HASH`] set to the hash of the object as given.
+fn with_applied_hash(object: &DynamicObject) -> anyhow::Result<DynamicObject> {
+    let hash = crate::artifacts::sha256_hex(&serde_json::to_vec(object)?);
+    let mut desired = object.clone();
+    desired
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(APPLIED_HASH.to_owned(), hash[..32].to_owned());
+    Ok(desired)
+}
+
+/// Why `live` may differ from `desired`, or `None` when it was applied from this very object
+/// (same hash) and still holds every field `desired` sets, with the same value: then applying
+/// would change nothing.
+fn drift(desired: &DynamicObject, live: &DynamicObject) -> Option<String> {
+    let hash = |object: &DynamicObject| object.metadata.annotations.as_ref().and_then(|a| a.get(APPLIED_HASH)).cloned();
+    if hash(desired).is_none() || hash(desired) != hash(live) {
+        return Some("applied from another version of the object".to_owned());
+    }
+    let (Ok(mut wanted), Ok(actual)) = (serde_json::to_value(desired), serde_json::to_value(live)) else {
+        return Some("not comparable".to_owned());
+    };
+    // A server-side apply to the main resource ignores status, so it is no part of the
+    // comparison; nor are apiVersion and kind, which listed items leave out (the lookup that
+    // found `live` already matched them).
+    if let Some(fields) = wanted.as_object_mut() {
+        for ignored in ["status", "apiVersion", "kind"] {
+            fields.remove(ignored);
+        }
+    }
+    missing("", &wanted, &actual)
+}
+
+/// The first path where `actual` does not hold what `wanted` sets. A null in `wanted` sets
+/// nothing (apply drops it), and a zero value or empty map or list may be left out by the
+/// server. Values the server canonicalises (quantities: 1024Mi is stored as 1Gi) count as
+/// different: the object is applied again, which is correct, only slower.
+fn missing(path: &str, wanted: &Value, actual: &Value) -> Option<String> {
+    match (wanted, actual) {
+        (Value::Null, _) => None,
+        (Value::Object(fields), Value::Object(present)) => fields.iter().find_map(|(key, value)| {
+            let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+            match present.get(key) {
+                Some(found) => missing(&child, value, found),
+                None if is_empty(value) => None,
+                None => Some(format!("{child} is missing")),
+            }
+        }),
+        (Value::Array(items), Value::Array(present)) if items.len() == present.len() => items
+            .iter()
+            .zip(present)
+            .enumerate()
+            .find_map(|(index, (item, found))| missing(&format!("{path}[{index}]"), item, found)),
+        (wanted, actual) if wanted == actual => None,
+        (wanted, actual) => Some(format!("{path}: wanted {wanted}, found {actual}")),
+    }
+}
+
+/// What Kubernetes leaves out when it serialises (Go's `omitempty`): zero values and empties.
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null | Value::Bool(false) => true,
+        Value::Number(number) => number.as_f64() == Some(0.0),
+        Value::String(text) => text.is_empty(),
+        Value::Object(fields) => fields.values().all(is_empty),
+        Value::Array(items) => items.is_empty(),
+        _ => false,
+    }
+}
+
 /// An object as it is compared: its content without what the server changes on every write.
 fn comparable(object: &DynamicObject) -> Value {
     let mut value = serde_json::to_value(object).unwrap_or_default();
@@ -236,9 +408,19 @@ fn comparable(object: &DynamicObject) -> Value {
         for volatile in ["managedFields", "resourceVersion", "generation", "creationTimestamp", "uid"] {
             metadata.remove(volatile);
         }
+        // The engine's own bookkeeping is no change a user needs to read about.
+        if let Some(annotations) = metadata.get_mut("annotations").and_then(Value::as_object_mut) {
+            annotations.remove(APPLIED_HASH);
+            if annotations.is_empty() {
+                metadata.remove("annotations");
+            }
+        }
     }
+    // Listed objects carry no apiVersion and kind; status is not ours to apply.
     if let Some(object) = value.as_object_mut() {
-        object.remove("status");
+        for ignored in ["status", "apiVersion", "kind"] {
+            object.remove(ignored);
+        }
     }
     value
 }
@@ -325,6 +507,38 @@ mod tests {
         assert!(notes.iter().any(|n| n.contains("ValidatingWebhookConfiguration metallb-webhook-configuration")));
         assert!(notes.iter().any(|n| n.contains("bgppeers.metallb.io: conversion webhook replaced by None")));
         assert!(!objects.iter().any(|o| o.data.pointer("/spec/conversion/strategy") == Some(&"Webhook".into())));
+    }
+
+    fn object(value: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(value).expect("object")
+    }
+
+    fn is_up_to_date(desired: &DynamicObject, live: &DynamicObject) -> bool {
+        drift(desired, live).is_none()
+    }
+
+    #[test]
+    fn an_object_is_up_to_date_only_with_the_same_hash_and_every_field_held() {
+        let wanted = object(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "namespace": "n", "creationTimestamp": null},
+            "data": {"a": "1"}, "binaryData": {}
+        }));
+        let desired = with_applied_hash(&wanted).expect("hash");
+        let mut live = serde_json::to_value(&desired).expect("json");
+        live["metadata"]["creationTimestamp"] = "2026-11-24T00:00:00Z".into();
+        live["metadata"]["resourceVersion"] = "7".into();
+        live.as_object_mut().map(|o| o.remove("binaryData"));
+        assert!(is_up_to_date(&desired, &object(live.clone())), "server additions and pruned empties are fine");
+
+        let mut drifted = live.clone();
+        drifted["data"]["a"] = "2".into();
+        assert!(!is_up_to_date(&desired, &object(drifted)), "a changed field must be applied again");
+
+        let mut changed = wanted.clone();
+        changed.data["data"] = serde_json::json!({});
+        let changed = with_applied_hash(&changed).expect("hash");
+        assert!(!is_up_to_date(&changed, &object(live)), "a new wanted object (a field dropped) has a new hash");
     }
 
     #[test]

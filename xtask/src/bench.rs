@@ -1,7 +1,8 @@
 //! `cargo xtask bench apply`: our apply engine against `kubectl apply --server-side`, on the
 //! same objects (every pinned upstream bundle, lab-transformed), each on a fresh lab of its own
 //! so that "cold" means an empty cluster for both. Then a no-op re-apply with each.
-//! Targets: cold at least 3× faster than kubectl, no-op at least 5× faster.
+//! Targets: cold at least 3× faster than kubectl, no-op at least 5× faster. Cold is one run
+//! per fresh lab; no-op is the median of three, after the lab settles.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -19,7 +20,25 @@ use xtask::lab::Lab;
 const ENGINE_LAB_PORT: u16 = 46443;
 const KUBECTL_LAB_PORT: u16 = 47443;
 
+/// How long a lab is left to settle after the cold apply (the API server publishes OpenAPI
+/// for new CRDs in the background), so the no-op runs measure the apply, not that work.
+const SETTLE: Duration = Duration::from_secs(5);
+/// No-op applies per tool; the median is reported.
+const NOOP_RUNS: usize = 3;
+
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    // `cargo xtask` is a debug build; measure optimised code, as users run it.
+    if cfg!(debug_assertions) {
+        tracing::info!("re-running the benchmark from a release build");
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(xtask::workspace_root())
+            .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+            .args(&args)
+            .status()
+            .context("running the release build of the benchmark")?;
+        return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) });
+    }
     let mut stdout = std::io::stdout();
     let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
         return Ok(ExitCode::from(exit::INVALID));
@@ -47,20 +66,25 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
                 changes.iter().all(|c| c.action == Action::Created),
                 "a fresh lab should need every object"
             );
-            let started = Instant::now();
-            let mut engine = Engine::new(client, "bench").await?;
-            let changes = engine.apply(&objects).await?;
-            let noop = started.elapsed();
-            // Not always zero: e.g. Headlamp's service-account-token Secret names a ServiceAccount
-            // the bundle lacks, so the token controller deletes it and the re-apply recreates it.
-            let changed: Vec<String> =
-                changes.iter().filter(|c| c.action != Action::Unchanged).map(ToString::to_string).collect();
-            if !changed.is_empty() {
-                tracing::info!(
-                    "changed by the cluster between the two applies, so applied again:\n  {}",
-                    changed.join("\n  ")
-                );
+            tokio::time::sleep(SETTLE).await;
+            let mut runs = Vec::new();
+            for _ in 0..NOOP_RUNS {
+                let started = Instant::now();
+                let mut engine = Engine::new(client.clone(), "bench").await?;
+                let changes = engine.apply(&objects).await?;
+                runs.push(started.elapsed());
+                // Not always zero: e.g. Headlamp's service-account-token Secret names a ServiceAccount
+                // the bundle lacks, so the token controller deletes it and the re-apply recreates it.
+                let changed: Vec<String> =
+                    changes.iter().filter(|c| c.action != Action::Unchanged).map(ToString::to_string).collect();
+                if !changed.is_empty() {
+                    tracing::info!(
+                        "changed by the cluster since the last apply, so applied again:\n  {}",
+                        changed.join("\n  ")
+                    );
+                }
             }
+            let noop = median(runs);
             Ok((cold, noop))
         })
     })?;
@@ -86,13 +110,19 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             );
             Ok(elapsed)
         };
-        Ok((apply()?, apply()?))
+        let cold = apply()?;
+        std::thread::sleep(SETTLE);
+        let runs = (0..NOOP_RUNS).map(|_| apply()).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok((cold, median(runs)))
     })?;
 
     let ratio = |ours: Duration, theirs: Duration| theirs.as_secs_f64() / ours.as_secs_f64().max(1e-9);
     let (cold_ratio, noop_ratio) = (ratio(engine_cold, kubectl_cold), ratio(engine_noop, kubectl_noop));
     writeln!(stdout, "objects: {} from {} files ({:.1} MB)", objects.len(), ARTIFACTS.len(), bytes as f64 / 1e6)?;
-    writeln!(stdout, "             talos-ha   kubectl --server-side   ratio   target")?;
+    writeln!(
+        stdout,
+        "             talos-ha   kubectl --server-side   ratio   target   (no-op: median of {NOOP_RUNS})"
+    )?;
     let verdict = |ratio: f64, target: f64| if ratio >= target { "met" } else { "MISSED" };
     writeln!(
         stdout,
@@ -111,6 +141,11 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         verdict(noop_ratio, 5.0)
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn median(mut runs: Vec<Duration>) -> Duration {
+    runs.sort();
+    runs[runs.len() / 2]
 }
 
 /// Runs `measure` against a lab started for it alone (its own state folder and ports), and
