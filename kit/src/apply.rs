@@ -2,11 +2,12 @@
 //! order, concurrently, and say per object what changed.
 //!
 //! Order matters on an empty cluster: a custom resource can only be created once its CRD is
-//! Established, and a namespaced object once its Namespace exists. So: CRDs (then wait for
-//! Established and refresh discovery), Namespaces, other cluster-scoped objects, the rest.
-//! Within a step objects are independent and go concurrently, a bounded number at a time.
-//! Discovery runs once (aggregated: one request per API group kind), and again only after
-//! CRDs land.
+//! Established, and a namespaced object once its Namespace exists. So two waves: first CRDs,
+//! Namespaces and cluster-scoped objects of served kinds; then (after waiting for the CRDs the
+//! bundle's own custom resources need) namespaced objects and custom resources. Within a wave
+//! objects are independent and go concurrently, a bounded number at a time, largest first.
+//! Discovery runs once (aggregated), and again only when a kind is not known yet.
+//! Objects already as wanted are not sent at all (see [`APPLIED_HASH`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -149,35 +150,39 @@ impl Engine {
             tracing::debug!("{what}: {count} objects in {:.0} ms", phase.elapsed().as_secs_f64() * 1000.0);
             phase = std::time::Instant::now();
         };
-        let (crds, rest): (Vec<_>, Vec<_>) = objects.iter().partition(|o| kind_of(o) == "CustomResourceDefinition");
-        let mut changes = self.apply_all(&crds, dry_run).await?;
-        lap("CRDs applied", crds.len());
+        // Wave 1: what nothing else in a bundle can need first — CRDs, Namespaces and
+        // cluster-scoped objects of kinds already served — all at once, so the API server's
+        // cores stay busy. Wave 2: namespaced objects and custom resources of new kinds.
+        let first_wave = |object: &&DynamicObject| {
+            matches!(kind_of(object), "CustomResourceDefinition" | "Namespace")
+                || self.resolve(object).is_some_and(|(_, caps)| caps.scope == Scope::Cluster)
+        };
+        let (first, second): (Vec<&DynamicObject>, Vec<&DynamicObject>) = objects.iter().partition(first_wave);
+        let mut changes = self.apply_all(&first, dry_run).await?;
+        lap("CRDs, Namespaces and cluster-scoped objects applied", first.len());
         if !dry_run {
             // Custom resources of a CRD this apply created or changed need it Established (and
             // in discovery) first. CRDs nothing in this bundle uses are not waited for: like
             // kubectl, the engine does not hold up the rest of the bundle for them.
-            let used: Vec<&str> = crds
+            let used: Vec<&str> = first
                 .iter()
                 .zip(&changes)
-                .filter(|(crd, change)| change.action != Action::Unchanged && defines_a_kind_in(crd, &rest))
+                .filter(|(object, change)| {
+                    kind_of(object) == "CustomResourceDefinition"
+                        && change.action != Action::Unchanged
+                        && defines_a_kind_in(object, &second)
+                })
                 .filter_map(|(crd, _)| crd.metadata.name.as_deref())
                 .collect();
             futures::future::try_join_all(used.iter().map(|name| self.wait_crd_established(name))).await?;
             lap("CRDs used by this bundle Established", used.len());
         }
-        if rest.iter().any(|object| self.resolve(object).is_none()) {
+        if second.iter().any(|object| self.resolve(object).is_none()) {
             self.discovery = Discovery::new(self.client.clone()).run_aggregated().await.context("API discovery")?;
             lap("discovery refreshed for new kinds", 0);
         }
-        let (namespaces, rest): (Vec<_>, Vec<_>) = rest.into_iter().partition(|o| kind_of(o) == "Namespace");
-        changes.extend(self.apply_all(&namespaces, dry_run).await?);
-        lap("Namespaces applied", namespaces.len());
-        let (cluster_scoped, namespaced): (Vec<_>, Vec<_>) =
-            rest.into_iter().partition(|o| self.resolve(o).is_some_and(|(_, caps)| caps.scope == Scope::Cluster));
-        changes.extend(self.apply_all(&cluster_scoped, dry_run).await?);
-        lap("cluster-scoped objects applied", cluster_scoped.len());
-        changes.extend(self.apply_all(&namespaced, dry_run).await?);
-        lap("namespaced objects applied", namespaced.len());
+        changes.extend(self.apply_all(&second, dry_run).await?);
+        lap("namespaced objects and new kinds applied", second.len());
         Ok(changes)
     }
 
@@ -189,14 +194,26 @@ impl Engine {
 
     async fn apply_all(&self, objects: &[&DynamicObject], dry_run: bool) -> anyhow::Result<Vec<Change>> {
         let live = self.live_objects(objects).await?;
-        stream::iter(objects.iter().map(|object| {
+        // Largest first: a few CRDs are a hundred times the size of the rest, and starting them
+        // early keeps them from being the tail the whole step waits on. Results keep the
+        // manifest's order.
+        let mut order: Vec<(usize, usize)> = objects
+            .iter()
+            .enumerate()
+            .map(|(index, object)| (serde_json::to_vec(&object.data).map_or(0, |bytes| bytes.len()), index))
+            .collect();
+        order.sort_unstable_by(|a, b| b.cmp(a));
+        let mut changes: Vec<(usize, Change)> = stream::iter(order.into_iter().map(|(_, index)| {
+            let object = objects[index];
             let before =
                 self.resolve(object).and_then(|(resource, caps)| live.get(&live_key(&resource, &caps, object)));
-            self.apply_one(object, before, dry_run)
+            async move { self.apply_one(object, before, dry_run).await.map(|change| (index, change)) }
         }))
-        .buffered(CONCURRENCY)
+        .buffer_unordered(CONCURRENCY)
         .try_collect()
-        .await
+        .await?;
+        changes.sort_unstable_by_key(|(index, _)| *index);
+        Ok(changes.into_iter().map(|(_, change)| change).collect())
     }
 
     /// The objects as they are on the server now: one LIST per kind and namespace, instead

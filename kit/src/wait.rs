@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use kube::api::Api;
+use kube::api::{Api, DynamicObject};
+use kube::discovery::ApiResource;
 
 /// Polls until the Deployment's `Available` condition is True.
 pub async fn deployment_available(
@@ -55,6 +56,42 @@ pub async fn daemonset_ready(
                 "DaemonSet {namespace}/{name} has {ready}/{desired} pods ready ({updated} updated); look at \
                  `kubectl -n {namespace} get pods -o wide` for the nodes where it is missing"
             )))
+        }
+    })
+    .await
+}
+
+/// Polls until a custom resource's `status.conditions[type == condition]` is True (a
+/// cert-manager Certificate `Ready`, a Gateway `Programmed`, …).
+pub async fn condition_true(
+    client: &kube::Client,
+    resource: &ApiResource,
+    namespace: Option<&str>,
+    name: &str,
+    condition: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let api: Api<DynamicObject> = match namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, resource),
+        None => Api::all_with(client.clone(), resource),
+    };
+    let described = format!("{} {}{name}", resource.kind, namespace.map_or(String::new(), |ns| format!("{ns}/")));
+    poll(timeout, || async {
+        let Some(object) = api.get_opt(name).await? else {
+            return Ok(Err(format!("{described} does not exist")));
+        };
+        let conditions =
+            object.data.pointer("/status/conditions").and_then(|c| c.as_array()).cloned().unwrap_or_default();
+        let found = conditions.iter().find(|c| c["type"] == condition);
+        let text = |c: &serde_json::Value, key: &str| c[key].as_str().unwrap_or("none").to_owned();
+        match found {
+            Some(c) if c["status"] == "True" => Ok(Ok(())),
+            Some(c) => Ok(Err(format!(
+                "{described} is not {condition} ({}: {}); look at `kubectl describe` of it and its controller's log",
+                text(c, "reason"),
+                text(c, "message")
+            ))),
+            None => Ok(Err(format!("{described} reports no {condition} condition yet; is its controller running?"))),
         }
     })
     .await

@@ -229,7 +229,7 @@ impl Stage for Metallb {
             Err(error) => Check::fail("speakers", format!("{error:#}"), "metallb apply, then look at the speaker pods"),
         });
         checks.extend(stored_objects_check(&client, &ctx.config).await?);
-        checks.push(load_balancer_check(&client, &ctx.config).await?);
+        checks.push(load_balancer_check(&client, &ctx.config, ctx.target).await?);
         if ctx.target == Target::Lab {
             checks.push(Check::not_checkable_in_lab("arp", "the lab has no L2 network; its speakers are kwok fakes"));
             let (_, notes) = upstream(ctx)?;
@@ -293,7 +293,7 @@ async fn kube_proxy_arp_check(client: &kube::Client) -> anyhow::Result<Check> {
 
 /// A throw-away LoadBalancer Service must get an address from the general pool (never an
 /// entry point), in the lab too: MetalLB's controller runs there as a host process.
-async fn load_balancer_check(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<Check> {
+async fn load_balancer_check(client: &kube::Client, config: &ClusterConfig, target: Target) -> anyhow::Result<Check> {
     use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
     use kube::api::{DeleteParams, PostParams};
 
@@ -335,7 +335,14 @@ async fn load_balancer_check(client: &kube::Client, config: &ClusterConfig) -> a
         None => Check::fail(
             "load balancer",
             "a probe LoadBalancer Service got no address within 30s",
-            "look at the MetalLB controller's log (in the lab: state/lab/logs/metallb-controller.log)",
+            match target {
+                // The lab starts MetalLB's controller only once this stage's CRDs exist.
+                Target::Lab => {
+                    "run `cargo xtask lab up` to start MetalLB's controller (install-all --lab does), \
+                                then look at state/lab/logs/metallb-controller.log"
+                }
+                Target::Talos => "look at the controller's log: kubectl -n metallb-system logs deploy/controller",
+            },
         ),
     })
 }

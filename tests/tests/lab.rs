@@ -215,7 +215,7 @@ async fn up_is_idempotent_and_down_leaves_no_process_behind() -> anyhow::Result<
 
 #[tokio::test]
 async fn a_taken_port_fails_with_the_components_log_tail() -> anyhow::Result<()> {
-    let (_dir, lab) = second_lab(36443)?;
+    let (_dir, lab) = second_lab(28443)?;
     let _squatter = std::net::TcpListener::bind(("127.0.0.1", lab.ports.api()))?;
     let error = lab.up(&xtask::workspace_root()).await.expect_err("the API server cannot bind its port");
     lab.down(true)?;

@@ -16,9 +16,10 @@ use kit::config::ClusterConfig;
 use kit::stage::{Action, GlobalArgs, exit, load_config};
 use xtask::lab::Lab;
 
-/// Port bases of the two throw-away labs (clear of the default lab's 16443).
-const ENGINE_LAB_PORT: u16 = 46443;
-const KUBECTL_LAB_PORT: u16 = 47443;
+/// Port bases of the two throw-away labs: clear of the default lab's 16443, and below Linux's
+/// ephemeral range (32768+), where an outgoing connection may already hold a port.
+const ENGINE_LAB_PORT: u16 = 20443;
+const KUBECTL_LAB_PORT: u16 = 21443;
 
 /// How long a lab is left to settle after the cold apply (the API server publishes OpenAPI
 /// for new CRDs in the background), so the no-op runs measure the apply, not that work.

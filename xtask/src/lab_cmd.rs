@@ -15,7 +15,8 @@ pub enum LabAction {
     /// Start the lab (building its binaries on first use) and register the config's nodes.
     /// Re-running it on a running lab changes nothing; on a half-running one it starts what is missing.
     Up {
-        /// The API server's port; etcd and the controllers use the ports just above it.
+        /// The API server's port; etcd and the controllers use the 23 ports just above it.
+        /// Keep it below 32745, out of the range Linux gives outgoing connections.
         #[arg(long, default_value_t = DEFAULT_PORT_BASE, env = "TALOS_HA_LAB_PORT_BASE")]
         port_base: u16,
     },

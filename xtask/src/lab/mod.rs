@@ -40,7 +40,9 @@ pub const SERVICE_CIDR: &str = "127.96.0.0/16";
 const API_SERVICE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 96, 0, 1);
 /// kwok gives pods addresses from here.
 pub const POD_CIDR: &str = "127.128.0.1/16";
-/// The API server's port unless `--port-base` says otherwise; the other ports follow it.
+/// The API server's port unless `--port-base` says otherwise; the other ports follow it (up
+/// to base + 23). Keep them below Linux's ephemeral range (32768 and up): there, a client
+/// connection may already hold the port.
 pub const DEFAULT_PORT_BASE: u16 = 16443;
 const ETCD_MEMBERS: u16 = 3;
 
