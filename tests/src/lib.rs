@@ -6,10 +6,20 @@ use std::time::Duration;
 
 use kit::config::ClusterConfig;
 
-/// The documented config at the repository root, which the lab was started from.
+/// The documented `cluster.yaml` at the repository root, which the lab was started from.
+pub fn config_path() -> PathBuf {
+    xtask::workspace_root().join("cluster.yaml")
+}
+
+/// That config, loaded.
 pub fn config() -> ClusterConfig {
-    let path = xtask::workspace_root().join("cluster.yaml");
-    ClusterConfig::load(&path).unwrap_or_else(|error| panic!("{error}"))
+    ClusterConfig::load(&config_path()).unwrap_or_else(|error| panic!("{error}"))
+}
+
+/// The upstream release manifests the tests use as their mirror: `../shared/upstream` beside
+/// the repository (laid out `<component>/<version>/<file>` with a SHA256SUMS).
+pub fn upstream_mirror() -> PathBuf {
+    xtask::workspace_root().join("../shared/upstream")
 }
 
 /// The running lab's admin kubeconfig.

@@ -1,7 +1,5 @@
 //! The apply engine against the lab: a real upstream bundle, idempotence, plan and diffs.
 
-use std::path::Path;
-
 use k8s_openapi::api::core::v1::ConfigMap;
 use kit::apply::{Engine, lab_transform, parse_manifest, to_dynamic};
 use kit::stage::Action;
@@ -9,7 +7,7 @@ use kube::api::{Api, DeleteParams, ObjectMeta};
 use tests::lab_client;
 
 fn upstream_manifest(relative: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream").join(relative);
+    let path = tests::upstream_mirror().join(relative);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 

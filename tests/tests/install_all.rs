@@ -1,11 +1,7 @@
 //! `cargo xtask install-all --lab` as a user runs it: the real command, against the lab.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream")
-}
 
 fn install_all(config: &Path, extra: &[&str]) -> anyhow::Result<Output> {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -13,7 +9,7 @@ fn install_all(config: &Path, extra: &[&str]) -> anyhow::Result<Output> {
         .args(["xtask", "install-all", "--lab", "--config"])
         .arg(config)
         .arg("--mirror")
-        .arg(upstream())
+        .arg(tests::upstream_mirror())
         .args(extra)
         .output()?;
     Ok(output)
@@ -21,7 +17,7 @@ fn install_all(config: &Path, extra: &[&str]) -> anyhow::Result<Output> {
 
 #[test]
 fn install_all_converges_and_a_second_run_changes_nothing() -> anyhow::Result<()> {
-    let config = xtask::workspace_root().join("cluster.yaml");
+    let config = tests::config_path();
     let first = install_all(&config, &[])?;
     let log = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{log}");
@@ -38,7 +34,7 @@ fn a_failed_check_stops_with_the_fix_and_the_resume_command() -> anyhow::Result<
     // A config whose lab kubeconfig points at a port where no API server listens.
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("cluster.yaml");
-    std::fs::copy(xtask::workspace_root().join("cluster.yaml"), &config)?;
+    std::fs::copy(tests::config_path(), &config)?;
     let kubeconfig = kit::lab::kubeconfig_path(&dir.path().join("state"));
     std::fs::create_dir_all(kubeconfig.parent().unwrap_or(dir.path()))?;
     let lab_kubeconfig = std::fs::read_to_string(tests::kubeconfig())?;

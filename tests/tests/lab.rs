@@ -180,7 +180,7 @@ async fn the_api_keeps_serving_writes_when_an_etcd_member_dies() -> anyhow::Resu
 fn second_lab(port_base: u16) -> anyhow::Result<(tempfile::TempDir, Lab)> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("cluster.yaml");
-    std::fs::copy(xtask::workspace_root().join("cluster.yaml"), &path)?;
+    std::fs::copy(tests::config_path(), &path)?;
     let config = kit::config::ClusterConfig::load(&path)?;
     Ok((dir, Lab::new(&config, port_base)))
 }

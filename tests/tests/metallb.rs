@@ -1,7 +1,7 @@
 //! Stage 02 against the lab, through the same entry point as the `metallb` binary.
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -9,27 +9,19 @@ use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 use tests::lab_client;
 
-fn upstream() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/upstream")
-}
-
 /// Runs `metallb ARGS… --lab --mirror <shared upstream>` with the repository's config.
 fn metallb(args: &[&str], config: &Path) -> (ExitCode, String) {
     let mut argv: Vec<OsString> = vec!["metallb".into()];
     argv.extend(args.iter().map(OsString::from));
-    argv.extend(["--lab".into(), "--config".into(), config.into(), "--mirror".into(), upstream().into()]);
+    argv.extend(["--lab".into(), "--config".into(), config.into(), "--mirror".into(), tests::upstream_mirror().into()]);
     let mut out = Vec::new();
     let code = kit::stage::execute(&metallb::Metallb, argv, &mut out);
     (code, String::from_utf8_lossy(&out).into_owned())
 }
 
-fn repo_config() -> PathBuf {
-    xtask::workspace_root().join("cluster.yaml")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> anyhow::Result<()> {
-    let config = repo_config();
+    let config = tests::config_path();
     let (code, out) = tokio::task::spawn_blocking(move || metallb(&["apply"], &config)).await?;
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
 
@@ -53,16 +45,16 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
     let labels = namespace.metadata.labels.unwrap_or_default();
     assert_eq!(labels.get("pod-security.kubernetes.io/enforce").map(String::as_str), Some("privileged"));
 
-    let config = repo_config();
+    let config = tests::config_path();
     let (code, again) = tokio::task::spawn_blocking(move || metallb(&["apply"], &config)).await?;
     assert_eq!(code, ExitCode::SUCCESS);
     let changed: Vec<&str> = again.lines().filter(|l| !l.starts_with("unchanged")).collect();
     assert!(changed.is_empty(), "a re-run changes nothing: {changed:?}");
 
     // With MetalLB's CRDs in place, `lab up` starts its controller (as install-all does).
-    let lab_config = kit::config::ClusterConfig::load(&repo_config())?;
+    let lab_config = kit::config::ClusterConfig::load(&tests::config_path())?;
     xtask::lab::Lab::new(&lab_config, xtask::lab::DEFAULT_PORT_BASE).up(&xtask::workspace_root()).await?;
-    let config = repo_config();
+    let config = tests::config_path();
     let (code, verify) = tokio::task::spawn_blocking(move || metallb(&["verify"], &config)).await?;
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
     assert!(verify.contains("ok    speakers: a speaker is ready on each of the 6 nodes"), "{verify}");
@@ -76,7 +68,7 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
 fn check_without_a_lab_fails_saying_how_to_start_one() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("cluster.yaml");
-    std::fs::copy(repo_config(), &config)?;
+    std::fs::copy(tests::config_path(), &config)?;
     let (code, _) = metallb(&["check"], &config);
     assert_eq!(code, ExitCode::from(1), "no kubeconfig in this config's state folder: the stage must fail");
     Ok(())
@@ -86,7 +78,7 @@ fn check_without_a_lab_fails_saying_how_to_start_one() -> anyhow::Result<()> {
 fn render_writes_the_seed_folder() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().to_str().unwrap_or_default().to_owned();
-    let (code, listed) = metallb(&["render", "--out", &out], &repo_config());
+    let (code, listed) = metallb(&["render", "--out", &out], &tests::config_path());
     assert_eq!(code, ExitCode::SUCCESS, "{listed}");
     let folder = dir.path().join("02-metallb");
     let pools = std::fs::read_to_string(folder.join("ip-pools.yaml"))?;

@@ -416,7 +416,7 @@ impl Lab {
     pub async fn status(&self) -> Vec<ComponentStatus> {
         let client = kit::lab::client_from_kubeconfig(&self.kubeconfig).await.ok();
         let mut report = Vec::new();
-        for (index, process) in self.processes().iter().enumerate() {
+        for process in &self.processes() {
             let pid = process.running_pid();
             let (healthy, detail) = match (pid, process.name.as_str(), &client) {
                 (None, "metallb-controller", Some(client)) if !metallb_installed(client).await => {
@@ -428,7 +428,8 @@ impl Lab {
                 }
                 (Some(_), "kube-apiserver", _) => (false, "running but not ready".to_owned()),
                 (Some(_), name, _) if name.starts_with("etcd-") => {
-                    let port = self.ports.etcd_client(u16::try_from(index).unwrap_or_default());
+                    let member = name.trim_start_matches("etcd-").parse().unwrap_or_default();
+                    let port = self.ports.etcd_client(member);
                     if etcd_healthy(port) {
                         (true, format!("healthy on 127.0.0.1:{port}"))
                     } else {
