@@ -202,7 +202,11 @@ pub fn main<S: Stage>(stage: S) -> ExitCode {
 
 /// Runs one stage command with `args` (argv, program name first), writing data to `out`.
 pub fn execute<S: Stage>(stage: &S, args: impl IntoIterator<Item = OsString>, out: &mut impl Write) -> ExitCode {
-    let command = StageCli::command().name(S::NAME).about(S::TITLE).long_about(S::TITLE);
+    let command = StageCli::command()
+        .name(S::NAME)
+        .about(S::TITLE)
+        .long_about(S::TITLE)
+        .after_help(format!("`{} explain` teaches what this step builds and why.", S::NAME));
     let cli = match command.try_get_matches_from(args).and_then(|matches| StageCli::from_arg_matches(&matches)) {
         Ok(cli) => cli,
         Err(error) => {

@@ -17,7 +17,7 @@ use kit::stage::GlobalArgs;
 /// Start with `cargo xtask validate` to check cluster.yaml, `cargo xtask lab up` to start a
 /// local control plane to practise on, and `cargo xtask test` to run every test against it.
 #[derive(Parser, Debug)]
-#[command(name = "cargo xtask", version)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
 struct Cli {
     #[command(flatten)]
     global: GlobalArgs,
