@@ -100,10 +100,16 @@ impl Lab {
     /// else `port_base`.
     pub fn new(config: &ClusterConfig, port_base: u16) -> Lab {
         let dir = config.state_dir().join("lab");
-        let ports = std::fs::read_to_string(dir.join("lab.json"))
+        let stored = std::fs::read_to_string(dir.join("lab.json"))
             .ok()
-            .and_then(|text| serde_json::from_str::<Ports>(&text).ok())
-            .unwrap_or(Ports { base: port_base });
+            .and_then(|text| serde_json::from_str::<Ports>(&text).ok());
+        if let Some(stored) = stored.filter(|stored| stored.base != port_base && port_base != DEFAULT_PORT_BASE) {
+            tracing::warn!(
+                "this lab was created on port {}; it keeps that port (to move it: `cargo xtask lab down --purge`, then up with --port-base {port_base})",
+                stored.base
+            );
+        }
+        let ports = stored.unwrap_or(Ports { base: port_base });
         Lab {
             kubeconfig: kit::lab::kubeconfig_path(&config.state_dir()),
             dir,
