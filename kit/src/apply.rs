@@ -242,11 +242,13 @@ impl Engine {
                         namespace.as_deref().map_or(String::new(), |ns| format!("in {ns}"))
                     )
                 })?;
-                let prefix = format!("{}/{}/{}/", resource.api_version, resource.plural, namespace.unwrap_or_default());
                 anyhow::Ok(
                     list.items
                         .into_iter()
-                        .map(|item| (format!("{prefix}{}", item.metadata.name.as_deref().unwrap_or_default()), item))
+                        .map(|item| {
+                            let name = item.metadata.name.as_deref().unwrap_or_default();
+                            (object_key(&resource, namespace.as_deref(), name), item)
+                        })
                         .collect(),
                 )
             }))
@@ -338,13 +340,12 @@ fn namespace_of<'a>(caps: &ApiCapabilities, object: &'a DynamicObject) -> Option
 
 /// The key [`Engine::live_objects`] files a listed object under.
 fn live_key(resource: &ApiResource, caps: &ApiCapabilities, object: &DynamicObject) -> String {
-    format!(
-        "{}/{}/{}/{}",
-        resource.api_version,
-        resource.plural,
-        namespace_of(caps, object).unwrap_or_default(),
-        object.metadata.name.as_deref().unwrap_or_default()
-    )
+    object_key(resource, namespace_of(caps, object), object.metadata.name.as_deref().unwrap_or_default())
+}
+
+/// `apiVersion/plural/namespace/name`: one key for a listed object and for the wanted one.
+fn object_key(resource: &ApiResource, namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{}/{}/{name}", resource.api_version, resource.plural, namespace.unwrap_or_default())
 }
 
 /// The object with [`APPLIED_HASH`] set to the hash of the object as given.

@@ -242,13 +242,12 @@ impl Stage for Metallb {
         let folder = out.join(Self::FOLDER);
         std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
         let artifact = Artifact::find(Component::Metallb, MANIFEST)?;
+        // Exactly the objects apply sends after the manifest.
         let mut pools_yaml = String::new();
-        for pool in pools(&ctx.config) {
+        for object in our_objects(&ctx.config)? {
             pools_yaml.push_str("---\n");
-            pools_yaml.push_str(&serde_saphyr::to_string(&pool)?);
+            pools_yaml.push_str(&serde_saphyr::to_string(&object)?);
         }
-        pools_yaml.push_str("---\n");
-        pools_yaml.push_str(&serde_saphyr::to_string(&advertisement(&ctx.config))?);
         let files = [
             (folder.join(MANIFEST), ctx.artifacts().fetch(&artifact)?),
             (folder.join("ip-pools.yaml"), pools_yaml.into_bytes()),

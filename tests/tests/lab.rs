@@ -179,9 +179,7 @@ async fn the_api_keeps_serving_writes_when_an_etcd_member_dies() -> anyhow::Resu
 /// A second lab beside the main one: a copy of the config in a temporary folder, other ports.
 fn second_lab(port_base: u16) -> anyhow::Result<(tempfile::TempDir, Lab)> {
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("cluster.yaml");
-    std::fs::copy(tests::config_path(), &path)?;
-    let config = kit::config::ClusterConfig::load(&path)?;
+    let config = xtask::scratch_config(&tests::config_path(), dir.path())?;
     Ok((dir, Lab::new(&config, port_base)))
 }
 

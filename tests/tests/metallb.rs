@@ -67,8 +67,7 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
 #[test]
 fn check_without_a_lab_fails_saying_how_to_start_one() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = dir.path().join("cluster.yaml");
-    std::fs::copy(tests::config_path(), &config)?;
+    let config = xtask::scratch_config(&tests::config_path(), dir.path())?.source;
     let (code, _) = metallb(&["check"], &config);
     assert_eq!(code, ExitCode::from(1), "no kubeconfig in this config's state folder: the stage must fail");
     Ok(())
