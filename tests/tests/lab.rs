@@ -163,7 +163,24 @@ async fn the_api_keeps_serving_writes_when_an_etcd_member_dies() -> anyhow::Resu
         data: Some(BTreeMap::from([("members".to_owned(), "2 of 3".to_owned())])),
         ..ConfigMap::default()
     };
-    config_maps.create(&PostParams::default(), &probe).await?;
+    // A request the API server had in flight on the killed member's connection fails with
+    // 500 Unavailable until its etcd client fails over to the other two, as an HA client sees it.
+    // Writes must succeed again within seconds; any other error fails the test at once.
+    eventually(Duration::from_secs(10), "a write to succeed on the two remaining members", || {
+        let (config_maps, probe) = (config_maps.clone(), probe.clone());
+        async move {
+            match config_maps.create(&PostParams::default(), &probe).await {
+                // 409: an attempt reported as failed had committed; the read below checks it.
+                Ok(_) => Ok(Some(())),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(Some(())),
+                Err(kube::Error::Api(status)) if status.code == 500 && status.message.contains("Unavailable") => {
+                    Ok(None)
+                }
+                Err(error) => Err(error.into()),
+            }
+        }
+    })
+    .await?;
     let read = config_maps.get("quorum-probe").await?;
     assert_eq!(read.data.unwrap_or_default().get("members").map(String::as_str), Some("2 of 3"));
     config_maps.delete("quorum-probe", &DeleteParams::default()).await?;
