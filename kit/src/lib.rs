@@ -6,6 +6,7 @@
 //! - [`artifacts`]: pinned upstream manifests: download, cache, lock, mirror.
 //! - [`check`]: named checks with a status, a reason and a fix.
 //! - [`lab`]: what the local lab needs from the model (its kwok nodes).
+//! - [`tool`]: external tools (talosctl): found, version-checked, run with a timeout, redacted.
 
 pub mod apply;
 pub mod artifacts;
@@ -15,4 +16,5 @@ pub mod fsutil;
 pub mod lab;
 pub mod logging;
 pub mod stage;
+pub mod tool;
 pub mod wait;

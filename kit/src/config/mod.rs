@@ -57,7 +57,14 @@ pub struct Node {
     pub role: Role,
     pub ip: Ipv4Addr,
     pub install_disk: String,
+    /// Which network link carries the node's address: a Talos CEL expression over the link's
+    /// status (`link.driver`, `mac(link.permanent_addr)`, ...). It must match exactly one link.
+    pub link_selector: String,
 }
+
+/// Any physical Ethernet port (type 1 = ether, no virtual kind, on a bus): right for the usual
+/// one-NIC machine; a node with several ports names its port by MAC in `linkSelector`.
+pub const DEFAULT_LINK_SELECTOR: &str = r#"link.type == 1 && link.kind == "" && link.bus_path != """#;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

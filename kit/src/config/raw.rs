@@ -53,6 +53,7 @@ pub(crate) struct RawNode {
     pub role: Option<String>,
     pub ip: Option<String>,
     pub install_disk: Option<String>,
+    pub link_selector: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -218,3 +218,23 @@ fn syntax_errors_and_non_mappings_are_reported() {
     assert!(matches!(parse("cluster: [unclosed"), Err(ConfigError::Syntax { .. })));
     assert_problem("- just\n- a list\n", "", "mapping");
 }
+
+#[test]
+fn link_selector_defaults_to_any_physical_port_and_may_name_one() {
+    let config = valid(DEFAULT);
+    assert!(config.nodes.iter().all(|node| node.link_selector == DEFAULT_LINK_SELECTOR));
+    let by_mac = r#"mac(link.permanent_addr) == "00:1a:2b:3c:4d:5e""#;
+    let named = valid(&edited(
+        "{ name: wk03, role: worker, ip: 172.16.16.152, installDisk: /dev/sda }",
+        &format!("{{ name: wk03, role: worker, ip: 172.16.16.152, installDisk: /dev/sda, linkSelector: '{by_mac}' }}"),
+    ));
+    assert_eq!(named.nodes[5].link_selector, by_mac);
+    assert_problem(
+        &edited(
+            "{ name: wk03, role: worker, ip: 172.16.16.152, installDisk: /dev/sda }",
+            "{ name: wk03, role: worker, ip: 172.16.16.152, installDisk: /dev/sda, linkSelector: ' ' }",
+        ),
+        "nodes[5].linkSelector",
+        "mac(link.permanent_addr)",
+    );
+}

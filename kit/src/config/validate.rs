@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::raw::{self, RawConfig, RawNode, RawVersions};
 use super::versions::talos_kubernetes_mismatch;
-use super::{ClusterConfig, ConfigError, IpRange, Network, Node, Problem, Role, Version, Versions};
+use super::{ClusterConfig, ConfigError, DEFAULT_LINK_SELECTOR, IpRange, Network, Node, Problem, Role, Version, Versions};
 
 pub(super) fn parse(text: &str, source: &Path) -> Result<ClusterConfig, ConfigError> {
     let document: Value = serde_saphyr::from_str(text)
@@ -325,6 +325,19 @@ impl Validator {
                     None
                 }
             });
+            let link_selector = match node.link_selector.as_deref().map(str::trim) {
+                None => Some(DEFAULT_LINK_SELECTOR.to_owned()),
+                Some("") => {
+                    self.problem(
+                        &at("linkSelector"),
+                        "",
+                        "is empty",
+                        r#"leave it out for any physical Ethernet port, or name the port: mac(link.permanent_addr) == "00:1a:2b:3c:4d:5e""#,
+                    );
+                    None
+                }
+                Some(expression) => Some(expression.to_owned()),
+            };
             if let Some(name) = &name
                 && let Some(first) = names.insert(name.clone(), index)
             {
@@ -345,8 +358,10 @@ impl Validator {
                     "give every node its own address",
                 );
             }
-            parsed.push(match (name, role, ip, install_disk) {
-                (Some(name), Some(role), Some(ip), Some(install_disk)) => Some(Node { name, role, ip, install_disk }),
+            parsed.push(match (name, role, ip, install_disk, link_selector) {
+                (Some(name), Some(role), Some(ip), Some(install_disk), Some(link_selector)) => {
+                    Some(Node { name, role, ip, install_disk, link_selector })
+                }
                 _ => None,
             });
         }

@@ -5,6 +5,9 @@
 //!   wrapper module `xtask/go/kubernetes` (k8s.io/kubernetes cannot be `go install`ed: its
 //!   go.mod replaces staging modules with local paths; the wrapper points them at releases).
 //! - kwok and MetalLB's controller are plain modules: `go install <package>@<version>`.
+//! - talosctl (stage 01 generates and validates the machine configs with it) comes from the
+//!   wrapper module `xtask/go/talos`, built with the Go checksum database off (some of Talos's
+//!   forked dependencies have no entry there; the committed go.sum pins every module).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -28,6 +31,8 @@ const KWOK_STAGES: &[&str] = &[
 ];
 /// The Kubernetes release the committed wrapper module builds.
 const WRAPPER_KUBERNETES: &str = "v1.35.0";
+/// The Talos release whose talosctl the committed wrapper module `xtask/go/talos` builds.
+const WRAPPER_TALOS: &str = "v1.12.1";
 
 /// Where every lab binary lives once built.
 pub struct Binaries {
@@ -36,6 +41,9 @@ pub struct Binaries {
     /// MetalLB's controller, run as a host process so LoadBalancer addresses are really assigned.
     pub metallb_dir: PathBuf,
     metallb_version: Version,
+    /// talosctl at versions.talos, where `kit::tool` looks for it.
+    pub talos_dir: PathBuf,
+    talos_version: Version,
 }
 
 impl Binaries {
@@ -48,6 +56,7 @@ impl Binaries {
         match name {
             "kwok" => self.kwok_dir.join(name),
             "metallb-controller" => self.metallb_dir.join("controller"),
+            "talosctl" => self.talos_dir.join(name),
             _ => self.kubernetes_dir.join(name),
         }
     }
@@ -60,6 +69,8 @@ pub fn binaries(versions: &Versions) -> Binaries {
         kwok_dir: lab.join(format!("kwok-{KWOK_VERSION}")),
         metallb_dir: lab.join(format!("metallb-{}", versions.metallb)),
         metallb_version: versions.metallb,
+        talos_dir: kit::tool::talosctl_cache_dir(versions.talos),
+        talos_version: versions.talos,
     }
 }
 
@@ -73,7 +84,17 @@ pub fn ensure_binaries(versions: &Versions, workspace: &Path) -> anyhow::Result<
     let missing_kubernetes = KUBERNETES_COMMANDS.iter().any(|name| !binaries.path(name).exists());
     let missing_kwok = !binaries.path("kwok").exists() || binaries.kwok_stages().iter().any(|stage| !stage.exists());
     let missing_metallb = !binaries.path("metallb-controller").exists();
-    if !missing_kubernetes && !missing_kwok && !missing_metallb {
+    let talos = binaries.talos_version;
+    let missing_talos = !binaries.path("talosctl").exists();
+    let talos_buildable = talos.to_string() == WRAPPER_TALOS;
+    if missing_talos && !talos_buildable {
+        tracing::warn!(
+            "versions.talos is {talos}, but the wrapper module xtask/go/talos builds talosctl {WRAPPER_TALOS}: \
+             install talosctl {talos} yourself (stage 01 finds it on PATH), or update the wrapper as its header says"
+        );
+    }
+    let missing_talos = missing_talos && talos_buildable;
+    if !missing_kubernetes && !missing_kwok && !missing_metallb && !missing_talos {
         return Ok(binaries);
     }
     let go = which::which("go").context(
@@ -97,6 +118,9 @@ pub fn ensure_binaries(versions: &Versions, workspace: &Path) -> anyhow::Result<
         let staging = staging_dir(&binaries.metallb_dir)?;
         go_install(&sh, &go, &format!("go.universe.tf/metallb/controller@{version}"), &staging, "about 1 minute")?;
         publish(&staging, &binaries.metallb_dir)?;
+    }
+    if missing_talos {
+        build_talosctl(&sh, &go, talos, &workspace.join("xtask/go/talos"), &binaries.talos_dir)?;
     }
     Ok(binaries)
 }
@@ -133,6 +157,22 @@ fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out:
     )?;
     // `go build` names go.etcd.io/etcd/server/v3 after its parent folder.
     std::fs::rename(staging.join("server"), staging.join("etcd"))?;
+    publish(&staging, out)
+}
+
+fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &Path) -> anyhow::Result<()> {
+    let staging = staging_dir(out)?;
+    let _dir = sh.push_dir(module);
+    let staging_arg = format!("{}/", staging.display());
+    // talosctl stamps its version from pkg/machinery's own variables (set by the release), so
+    // no -X flags are needed: `talosctl version --client` reports the tag.
+    let ldflags = "-s -w";
+    let package = "github.com/siderolabs/talos/cmd/talosctl";
+    let command =
+        cmd!(sh, "{go} build -trimpath -buildvcs=false -ldflags {ldflags} -o {staging_arg} {package}").env("GOSUMDB", "off");
+    with_heartbeat(&format!("building talosctl {version} from Go modules (cold: about 5 minutes, once)"), || {
+        command.quiet().run().context("go build of the talosctl wrapper module failed (output above)")
+    })?;
     publish(&staging, out)
 }
 
