@@ -42,8 +42,8 @@ pub trait Stage {
     fn apply(&self, ctx: &Context) -> impl Future<Output = anyhow::Result<Vec<Change>>>;
     fn verify(&self, ctx: &Context) -> impl Future<Output = anyhow::Result<Vec<Check>>>;
     /// Writes every file the stage would apply under `out`; returns the paths written.
-    /// Needs no cluster: only the model and the artifacts (`ctx.artifacts()`).
-    fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>>;
+    /// Needs no cluster: only the model, the artifacts (`ctx.artifacts()`) and local tools.
+    fn render(&self, ctx: &Context, out: &Path) -> impl Future<Output = anyhow::Result<Vec<PathBuf>>>;
 }
 
 /// Which cluster a stage talks to.
@@ -241,13 +241,6 @@ fn run<S: Stage>(stage: &S, cli: &StageCli, out: &mut impl Write) -> anyhow::Res
         target,
         mirror: cli.global.mirror.clone(),
     };
-    if let StageCommand::Render { out: folder } = &cli.command {
-        let written = stage.render(&ctx, folder)?;
-        for path in written {
-            writeln!(out, "{}", path.display())?;
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let output = cli.global.output;
     runtime.block_on(async {
@@ -256,7 +249,13 @@ fn run<S: Stage>(stage: &S, cli: &StageCli, out: &mut impl Write) -> anyhow::Res
             StageCommand::Verify => report_checks(stage.verify(&ctx).await?, output, out),
             StageCommand::Plan => report_changes(stage.plan(&ctx).await?, output, out),
             StageCommand::Apply => report_changes(stage.apply(&ctx).await?, output, out),
-            StageCommand::Render { .. } | StageCommand::Explain => Ok(ExitCode::SUCCESS),
+            StageCommand::Render { out: ref folder } => {
+                for path in stage.render(&ctx, folder).await? {
+                    writeln!(out, "{}", path.display())?;
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            StageCommand::Explain => Ok(ExitCode::SUCCESS),
         }
     })
 }

@@ -64,7 +64,19 @@ impl Tool {
         if let Ok(found) = which::which("talosctl") {
             candidates.push(found);
         }
+        // Any talosctl the lab built: the pinned one first, then others (a newer client
+        // manages older nodes).
         candidates.push(talosctl_cache_dir(wanted).join("talosctl"));
+        let lab_cache = talosctl_cache_dir(wanted).parent().map(Path::to_owned).unwrap_or_default();
+        let mut others: Vec<PathBuf> = std::fs::read_dir(lab_cache)
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .filter(|dir| dir.file_name().is_some_and(|name| name.to_string_lossy().starts_with("talos-")))
+            .map(|dir| dir.join("talosctl"))
+            .collect();
+        others.sort();
+        candidates.extend(others.into_iter().rev());
         let mut seen = Vec::new();
         for path in candidates.into_iter().filter(|path| path.is_file()) {
             match talosctl_version(&path).await {
@@ -197,10 +209,7 @@ mod tests {
 
     #[test]
     fn reads_the_client_version() {
-        assert_eq!(
-            parse_talosctl_version("Client:\nTalos v1.12.1\n"),
-            Some(Version { major: 1, minor: 12, patch: 1 })
-        );
+        assert_eq!(parse_talosctl_version("Client:\nTalos v1.12.1\n"), Some(Version { major: 1, minor: 12, patch: 1 }));
         assert_eq!(parse_talosctl_version("Client:\nTalos v1.12.0-alpha.1\n"), None);
         assert_eq!(parse_talosctl_version("something else"), None);
     }
@@ -226,7 +235,9 @@ mod tests {
         let sh = which::which("sh")?;
         let mut tool = Tool::at("sh", sh, Version { major: 0, minor: 0, patch: 0 });
         tool.redact_secrets(["s3cr3t-token".to_owned()]);
-        let output = tool.run(["-c", "echo out s3cr3t-token; echo err s3cr3t-token >&2; exit 3"], Duration::from_secs(10)).await?;
+        let output = tool
+            .run(["-c", "echo out s3cr3t-token; echo err s3cr3t-token >&2; exit 3"], Duration::from_secs(10))
+            .await?;
         assert!(!output.success);
         assert_eq!(output.stdout, "out <redacted>\n");
         assert_eq!(output.stderr, "err <redacted>\n");

@@ -45,7 +45,7 @@ impl Stage for FixtureStage {
         )])
     }
 
-    fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let path = out.join(Self::FOLDER).join("README.md");
         std::fs::create_dir_all(path.parent().unwrap_or(out))?;
         std::fs::write(&path, format!("VIP {}\n", ctx.config.network.vip))?;

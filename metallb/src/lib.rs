@@ -238,7 +238,7 @@ impl Stage for Metallb {
         Ok(checks)
     }
 
-    fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
         let folder = out.join(Self::FOLDER);
         std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
         let artifact = Artifact::find(Component::Metallb, MANIFEST)?;

@@ -10,7 +10,9 @@ use serde_json::Value;
 
 use super::raw::{self, RawConfig, RawNode, RawVersions};
 use super::versions::talos_kubernetes_mismatch;
-use super::{ClusterConfig, ConfigError, DEFAULT_LINK_SELECTOR, IpRange, Network, Node, Problem, Role, Version, Versions};
+use super::{
+    ClusterConfig, ConfigError, DEFAULT_LINK_SELECTOR, IpRange, Network, Node, Problem, Role, Version, Versions,
+};
 
 pub(super) fn parse(text: &str, source: &Path) -> Result<ClusterConfig, ConfigError> {
     let document: Value = serde_saphyr::from_str(text)

@@ -168,8 +168,8 @@ fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &
     // no -X flags are needed: `talosctl version --client` reports the tag.
     let ldflags = "-s -w";
     let package = "github.com/siderolabs/talos/cmd/talosctl";
-    let command =
-        cmd!(sh, "{go} build -trimpath -buildvcs=false -ldflags {ldflags} -o {staging_arg} {package}").env("GOSUMDB", "off");
+    let command = cmd!(sh, "{go} build -trimpath -buildvcs=false -ldflags {ldflags} -o {staging_arg} {package}")
+        .env("GOSUMDB", "off");
     with_heartbeat(&format!("building talosctl {version} from Go modules (cold: about 5 minutes, once)"), || {
         command.quiet().run().context("go build of the talosctl wrapper module failed (output above)")
     })?;
