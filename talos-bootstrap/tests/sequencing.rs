@@ -1,4 +1,5 @@
 //! Stage 01's order of operations on real nodes, against `FakeTalosNodes`: a TEST DOUBLE of
+#![allow(clippy::unwrap_used)] // a poisoned lock in the test double is a failed test
 //! the talosctl edge (no Talos node can run here). It keeps the state real Talos keeps —
 //! maintenance mode until a config arrives, etcd started by exactly one bootstrap, a second
 //! bootstrap refused — so the tests assert where the nodes end up, not which calls were made.
