@@ -73,7 +73,7 @@ async fn generate_into_state(
     private_dir(&paths.machine_configs)?;
     let configs = machine_configs::generate(talosctl, config, &secrets, &paths.machine_configs).await?;
     for (generated, old) in configs.iter().zip(before) {
-        changes.push(config_change(generated, old.as_deref()));
+        changes.push(config_change(talosctl, generated, old.as_deref()));
     }
     changes.push(ensure_talosconfig(talosctl, config, &secrets, &paths.talosconfig).await?);
     Ok((configs, changes))
@@ -87,29 +87,32 @@ fn file_change(path: &Path, action: Action) -> Change {
     Change { object: format!("File {}", path.display()), action, diff: None }
 }
 
-/// A machine config compared with the one on disk (the diff never shows secrets: the
-/// generated text is redacted before comparing lines).
-fn config_change(generated: &NodeConfig, old: Option<&str>) -> Change {
+/// A machine config compared with the one on disk. Both texts pass through the tool's
+/// redaction first, so the diff never shows a secret of this bundle; a line that looks like
+/// one of another bundle (an old file made from other secrets) is left out.
+fn config_change(talosctl: &Tool, generated: &NodeConfig, old: Option<&str>) -> Change {
     let object = format!("MachineConfig {}", generated.node.name);
     match old {
         None => Change { object, action: Action::Created, diff: None },
         Some(old) if old == generated.text => Change { object, action: Action::Unchanged, diff: None },
         Some(old) => {
+            let (old, new) = (talosctl.redact(old), talosctl.redact(&generated.text));
             let old_lines: Vec<&str> = old.lines().collect();
-            let new_lines: Vec<&str> = generated.text.lines().collect();
-            let diff = new_lines
-                .iter()
-                .filter(|line| !old_lines.contains(line))
-                .map(|line| format!("+ {}", line.trim()))
-                .chain(
-                    old_lines.iter().filter(|line| !new_lines.contains(line)).map(|line| format!("- {}", line.trim())),
-                )
-                .filter(|line| !line.contains("crt:") && !line.contains("key:") && !line.contains("token:"))
-                .collect::<Vec<_>>()
-                .join("\n");
+            let new_lines: Vec<&str> = new.lines().collect();
+            let added =
+                new_lines.iter().filter(|line| !old_lines.contains(line)).map(|line| format!("+ {}", line.trim()));
+            let removed =
+                old_lines.iter().filter(|line| !new_lines.contains(line)).map(|line| format!("- {}", line.trim()));
+            let shown = |line: &String| line.contains(kit::tool::REDACTED) || !looks_secret(line);
+            let diff = added.chain(removed).filter(shown).collect::<Vec<_>>().join("\n");
             Change { object, action: Action::Configured, diff: Some(diff) }
         }
     }
+}
+
+/// Fields of a machine config that hold secrets.
+fn looks_secret(line: &str) -> bool {
+    ["crt:", "key:", "token:", "secret:", "id:", "Secret:"].iter().any(|field| line.contains(field))
 }
 
 /// A folder only the owner may enter: it holds configs with the cluster's keys in them.
@@ -164,10 +167,10 @@ async fn api_check(ctx: &Context) -> Check {
     let answer = async {
         let client = ctx.client().await?;
         let version = client.apiserver_version().await.context("asking the API server for its version")?;
-        anyhow::Ok((client.default_namespace().to_owned(), version.git_version))
+        anyhow::Ok(version.git_version)
     };
     match answer.await {
-        Ok((_, version)) => {
+        Ok(version) => {
             Check::pass("kubernetes-api", format!("Kubernetes {version} answers ({})", ctx.kubeconfig.display()))
         }
         Err(error) => Check::fail(
@@ -248,7 +251,7 @@ impl Stage for TalosBootstrap {
             machine_configs::generate(&talosctl, &ctx.config, &secrets, &scratch.path().join("talos")).await?;
         for generated in &configs {
             let old = std::fs::read_to_string(node_config_path(&paths, &generated.node)).ok();
-            changes.push(config_change(generated, old.as_deref()));
+            changes.push(config_change(&talosctl, generated, old.as_deref()));
         }
         match ctx.target {
             Target::Lab => {

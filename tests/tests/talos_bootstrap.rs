@@ -89,6 +89,22 @@ async fn apply_generates_validated_configs_registers_the_nodes_and_a_rerun_chang
     assert!(changed.is_empty(), "a re-run changes nothing: {changed:?}");
     assert_eq!(std::fs::read(&paths.secrets)?, secrets_before, "secrets are never regenerated");
 
+    // An edited config shows in plan as a field diff, and never with a secret in it.
+    let text = std::fs::read_to_string(&source)?.replace("nameservers: [1.1.1.1, 8.8.8.8]", "nameservers: [9.9.9.9]");
+    std::fs::write(&source, text)?;
+    let (code, planned) = tokio::task::spawn_blocking({
+        let source = source.clone();
+        move || stage(&["plan"], &source)
+    })
+    .await?;
+    assert_eq!(code, ExitCode::SUCCESS);
+    let cp01 = planned.iter().find(|line| line["object"] == "MachineConfig cp01").expect("cp01 planned");
+    assert_eq!(cp01["action"], "configured");
+    let diff = cp01["diff"].as_str().unwrap_or_default();
+    assert!(diff.contains("+ - address: 9.9.9.9") && diff.contains("- - address: 1.1.1.1"), "{diff}");
+    assert!(!diff.contains("LS0t"), "no key material in a diff: {diff}");
+    std::fs::write(&source, std::fs::read_to_string(tests::config_path())?)?;
+
     let (code, verified) = tokio::task::spawn_blocking(move || stage(&["verify"], &source)).await?;
     assert_eq!(code, ExitCode::SUCCESS, "{verified:?}");
     let status = |name: &str| {
