@@ -70,6 +70,25 @@ pub fn to_dynamic(object: &impl serde::Serialize) -> anyhow::Result<DynamicObjec
     serde_json::from_value(serde_json::to_value(object)?).context("converting a typed object")
 }
 
+/// A typed patch on an upstream object: finds the `K` named `name` in `objects`, hands it to
+/// `edit` as its k8s-openapi type, and puts the result back. Customisations are code, never a
+/// hand-edited copy of the upstream file; a missing object is an error (upstream changed).
+pub fn patch_typed<K>(objects: &mut [DynamicObject], name: &str, edit: impl FnOnce(&mut K)) -> anyhow::Result<()>
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let kind = K::kind(&());
+    let object = objects
+        .iter_mut()
+        .find(|object| kind_of(object) == kind && object.metadata.name.as_deref() == Some(name))
+        .with_context(|| format!("the upstream manifest has no {kind} {name} to patch"))?;
+    let mut typed: K = serde_json::from_value(serde_json::to_value(&*object)?)
+        .with_context(|| format!("reading {kind} {name} as a typed object"))?;
+    edit(&mut typed);
+    *object = to_dynamic(&typed)?;
+    Ok(())
+}
+
 /// `Kind namespace/name`, or `Kind name` for cluster-scoped objects: how results name objects.
 pub fn describe(object: &DynamicObject) -> String {
     let kind = object.types.as_ref().map_or("?", |t| t.kind.as_str());
@@ -494,6 +513,27 @@ mod tests {
         assert!(error.starts_with("broken.yaml, document 1: not valid YAML"), "{error}");
         let nameless = parse_manifest("nameless.yaml", "apiVersion: v1\nkind: Namespace\n").expect_err("no name");
         assert!(nameless.to_string().contains("document 0"), "{nameless}");
+    }
+
+    #[test]
+    fn typed_patches_edit_the_named_object_and_name_a_missing_one() {
+        use k8s_openapi::api::apps::v1::Deployment;
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: a}\nspec:\n  \
+                    selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    \
+                    spec: {containers: [{name: web, image: web:1, args: [--a]}]}\n";
+        let mut objects = parse_manifest("web.yaml", text).expect("parses");
+        patch_typed::<Deployment>(&mut objects, "web", |deployment| {
+            let pod = deployment.spec.as_mut().and_then(|spec| spec.template.spec.as_mut()).expect("pod");
+            pod.containers[0].args.get_or_insert_default().push("--b".into());
+        })
+        .expect("patched");
+        assert_eq!(
+            objects[0].data["spec"]["template"]["spec"]["containers"][0]["args"],
+            serde_json::json!(["--a", "--b"])
+        );
+        assert_eq!(describe(&objects[0]), "Deployment a/web", "kind and name survive the round trip");
+        let missing = patch_typed::<Deployment>(&mut objects, "api", |_| {}).expect_err("no such object");
+        assert_eq!(missing.to_string(), "the upstream manifest has no Deployment api to patch");
     }
 
     #[test]

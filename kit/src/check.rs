@@ -54,3 +54,67 @@ impl fmt::Display for Check {
 pub fn none_failed(checks: &[Check]) -> bool {
     checks.iter().all(|check| check.status != Status::Fail)
 }
+
+/// The checks every stage on Kubernetes starts with, and the ones its `verify` shares.
+pub mod common {
+    use std::time::Duration;
+
+    use super::Check;
+    use crate::stage::{Context, Target};
+
+    /// The API server answers with the context's kubeconfig; returns the client when it does
+    /// (nothing else can be checked without one).
+    pub async fn api(ctx: &Context) -> (Check, Option<kube::Client>) {
+        let answer = async {
+            let client = ctx.client().await?;
+            let version = client.apiserver_version().await?;
+            anyhow::Ok((client, version.git_version))
+        };
+        match answer.await {
+            Ok((client, version)) => (
+                Check::pass("api", format!("Kubernetes {version} answers ({})", ctx.kubeconfig.display())),
+                Some(client),
+            ),
+            Err(error) => {
+                let fix = match ctx.target {
+                    Target::Lab => "start the lab: cargo xtask lab up",
+                    Target::Talos => "run stage 01 (talos-bootstrap apply) and check the VIP answers",
+                };
+                (Check::fail("api", format!("the API does not answer: {error:#}"), fix), None)
+            }
+        }
+    }
+
+    /// Every node of the config is registered and Ready.
+    pub async fn nodes_ready(client: &kube::Client, ctx: &Context) -> Check {
+        match crate::lab::nodes_not_ready(client, &ctx.config).await {
+            Ok(waiting) if waiting.is_empty() => {
+                Check::pass("nodes", format!("all {} nodes are Ready", ctx.config.nodes.len()))
+            }
+            Ok(waiting) => Check::fail(
+                "nodes",
+                format!("not Ready: {}", waiting.join(", ")),
+                "wait for them, or look at their kubelet (talosctl -n <ip> logs kubelet)",
+            ),
+            Err(error) => Check::fail("nodes", format!("{error:#}"), "make the Kubernetes API reachable first"),
+        }
+    }
+
+    /// A Deployment is Available within `wait`; on failure the fix names the stage to re-run.
+    pub async fn deployment(client: &kube::Client, namespace: &str, name: &str, wait: Duration, stage: &str) -> Check {
+        let check = format!("deployment {name}");
+        match crate::wait::deployment_available(client, namespace, name, wait).await {
+            Ok(()) => Check::pass(check, format!("Deployment {namespace}/{name} is Available")),
+            Err(error) => Check::fail(
+                check,
+                format!("{error:#}"),
+                format!("{stage} apply, then `kubectl -n {namespace} get pods` and their events"),
+            ),
+        }
+    }
+
+    /// What the lab transform left out, each as a check the lab cannot make.
+    pub fn lab_notes(notes: crate::apply::LabNotes) -> Vec<Check> {
+        notes.into_iter().map(|note| Check::not_checkable_in_lab("lab transform", note)).collect()
+    }
+}

@@ -6,6 +6,7 @@
 //! - [`artifacts`]: pinned upstream manifests: download, cache, lock, mirror.
 //! - [`check`]: named checks with a status, a reason and a fix.
 //! - [`lab`]: what the local lab needs from the model (its kwok nodes).
+//! - [`names`]: names one stage creates and a later one relies on (pools, the CA issuer).
 //! - [`tool`]: external tools (talosctl): found, version-checked, run with a timeout, redacted.
 
 pub mod apply;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod fsutil;
 pub mod lab;
 pub mod logging;
+pub mod names;
 pub mod stage;
 pub mod tool;
 pub mod wait;

@@ -76,6 +76,61 @@ impl Context {
     pub fn artifacts(&self) -> crate::artifacts::ArtifactStore {
         crate::artifacts::ArtifactStore::new(&self.config, self.mirror.as_deref(), &crate::fsutil::cache_root())
     }
+
+    /// The same context aimed at the talos target: what `render` shows is what a real cluster
+    /// gets, never the lab's transformed bundle.
+    pub fn as_talos_target(&self) -> Context {
+        Context {
+            config: self.config.clone(),
+            target: Target::Talos,
+            kubeconfig: self.kubeconfig.clone(),
+            mirror: self.mirror.clone(),
+        }
+    }
+
+    /// One pinned upstream manifest as objects, lab-transformed on the lab target (never on
+    /// the talos target); the notes say what the transform left out.
+    pub fn upstream(
+        &self,
+        component: crate::artifacts::Component,
+        file: &str,
+    ) -> anyhow::Result<(Vec<kube::api::DynamicObject>, crate::apply::LabNotes)> {
+        let artifact = crate::artifacts::Artifact::find(component, file)?;
+        // The fetch may download (blocking I/O): keep it off the async worker's back.
+        let bytes = tokio::task::block_in_place(|| self.artifacts().fetch(&artifact))?;
+        let text = std::str::from_utf8(&bytes).with_context(|| format!("{file} is not UTF-8"))?;
+        let mut objects = crate::apply::parse_manifest(file, text)?;
+        let notes = match self.target {
+            Target::Lab => crate::apply::lab_transform(&mut objects),
+            Target::Talos => Vec::new(),
+        };
+        Ok((objects, notes))
+    }
+}
+
+/// Writes a stage's seed folder `<out>/<folder>/` (the files `render` produces); returns the
+/// paths written, in order.
+pub fn write_folder(out: &Path, folder: &str, files: Vec<(String, Vec<u8>)>) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (name, contents) in files {
+        let path = out.join(folder).join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Objects as one multi-document YAML file, as `render` shows what a stage applies.
+pub fn objects_yaml(objects: &[kube::api::DynamicObject]) -> anyhow::Result<Vec<u8>> {
+    let mut text = String::new();
+    for object in objects {
+        text.push_str("---\n");
+        text.push_str(&serde_saphyr::to_string(object).context("writing an object as YAML")?);
+    }
+    Ok(text.into_bytes())
 }
 
 /// The kubeconfig a target uses unless `--kubeconfig` says otherwise.

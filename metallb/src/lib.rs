@@ -7,20 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::DaemonSet;
-use kit::apply::{Engine, LabNotes, lab_transform, parse_manifest, to_dynamic};
+use kit::apply::{Engine, LabNotes, to_dynamic};
 use kit::artifacts::{Artifact, Component};
-use kit::check::Check;
+use kit::check::{Check, common};
 use kit::config::{ClusterConfig, IpRange};
-use kit::stage::{Change, Context, Stage, Target};
+use kit::stage::{Change, Context, Stage, Target, objects_yaml, write_folder};
 use kube::api::{Api, DynamicObject, ObjectMeta};
 use kube::discovery::ApiResource;
 use serde::Serialize;
 
-pub const NAMESPACE: &str = "metallb-system";
-/// The pool holding the fixed entry-point addresses, assigned only when asked for by name.
-pub const ENTRYPOINT_POOL: &str = "talos-ha-entrypoints";
-/// The pool any other LoadBalancer Service draws from.
-pub const GENERAL_POOL: &str = "talos-ha-pool";
+pub use kit::names::{ENTRYPOINT_POOL, GENERAL_POOL, METALLB_NAMESPACE as NAMESPACE};
 pub const ADVERTISEMENT: &str = "talos-ha-l2";
 const MANIFEST: &str = "metallb-native.yaml";
 const CONTROLLER: &str = "controller";
@@ -130,14 +126,7 @@ fn our_objects(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
 
 /// MetalLB's pinned release manifest (lab-transformed on the lab target).
 fn upstream(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
-    let artifact = Artifact::find(Component::Metallb, MANIFEST)?;
-    let bytes = tokio::task::block_in_place(|| ctx.artifacts().fetch(&artifact))?;
-    let mut objects = parse_manifest(MANIFEST, std::str::from_utf8(&bytes).context("manifest is not UTF-8")?)?;
-    let notes = match ctx.target {
-        Target::Lab => lab_transform(&mut objects),
-        Target::Talos => Vec::new(),
-    };
-    Ok((objects, notes))
+    ctx.upstream(Component::Metallb, MANIFEST)
 }
 
 impl Stage for Metallb {
@@ -147,29 +136,10 @@ impl Stage for Metallb {
     const LESSON: &'static str = include_str!("../README.md");
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let client = ctx.client().await?;
-        let mut checks = Vec::new();
-        match client.apiserver_version().await {
-            Ok(version) => checks.push(Check::pass("api", format!("Kubernetes {} answers", version.git_version))),
-            Err(error) => {
-                let fix = match ctx.target {
-                    Target::Lab => "start the lab: cargo xtask lab up",
-                    Target::Talos => "run stage 01 (talos-bootstrap apply) and check the VIP answers",
-                };
-                checks.push(Check::fail("api", format!("the API does not answer: {error}"), fix));
-                return Ok(checks); // nothing else can be checked
-            }
-        }
-        let waiting = kit::lab::nodes_not_ready(&client, &ctx.config).await?;
-        checks.push(if waiting.is_empty() {
-            Check::pass("nodes", format!("all {} nodes Ready", ctx.config.nodes.len()))
-        } else {
-            Check::fail(
-                "nodes",
-                format!("not Ready: {}", waiting.join(", ")),
-                "wait for them, or look at their kubelet (talosctl -n <ip> logs kubelet)",
-            )
-        });
+        let (api, client) = common::api(ctx).await;
+        let mut checks = vec![api];
+        let Some(client) = client else { return Ok(checks) }; // nothing else can be checked
+        checks.push(common::nodes_ready(&client, ctx).await);
         let pool = ctx.config.metallb_pool;
         checks.push(Check::pass(
             "pool",
@@ -210,12 +180,7 @@ impl Stage for Metallb {
         let client = ctx.client().await?;
         let mut checks = Vec::new();
         let wait = Duration::from_secs(60);
-        checks.push(match kit::wait::deployment_available(&client, NAMESPACE, CONTROLLER, wait).await {
-            Ok(()) => Check::pass("controller", "Deployment metallb-system/controller is Available"),
-            Err(error) => {
-                Check::fail("controller", format!("{error:#}"), "metallb apply, then look at the controller's pods")
-            }
-        });
+        checks.push(common::deployment(&client, NAMESPACE, CONTROLLER, wait, Self::NAME).await);
         let nodes = ctx.config.nodes.len();
         checks.push(match kit::wait::daemonset_ready(&client, NAMESPACE, SPEAKER, wait).await {
             Ok(ready) if ready as usize == nodes => {
@@ -233,30 +198,20 @@ impl Stage for Metallb {
         if ctx.target == Target::Lab {
             checks.push(Check::not_checkable_in_lab("arp", "the lab has no L2 network; its speakers are kwok fakes"));
             let (_, notes) = upstream(ctx)?;
-            checks.extend(notes.into_iter().map(|note| Check::not_checkable_in_lab("lab transform", note)));
+            checks.extend(common::lab_notes(notes));
         }
         Ok(checks)
     }
 
     async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let folder = out.join(Self::FOLDER);
-        std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
         let artifact = Artifact::find(Component::Metallb, MANIFEST)?;
-        // Exactly the objects apply sends after the manifest.
-        let mut pools_yaml = String::new();
-        for object in our_objects(&ctx.config)? {
-            pools_yaml.push_str("---\n");
-            pools_yaml.push_str(&serde_saphyr::to_string(&object)?);
-        }
-        let files = [
-            (folder.join(MANIFEST), ctx.artifacts().fetch(&artifact)?),
-            (folder.join("ip-pools.yaml"), pools_yaml.into_bytes()),
-            (folder.join("README.md"), Self::LESSON.as_bytes().to_vec()),
+        let files = vec![
+            (MANIFEST.to_owned(), ctx.artifacts().fetch(&artifact)?),
+            // Exactly the objects apply sends after the manifest.
+            ("ip-pools.yaml".to_owned(), objects_yaml(&our_objects(&ctx.config)?)?),
+            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
         ];
-        for (path, contents) in &files {
-            std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
-        }
-        Ok(files.into_iter().map(|(path, _)| path).collect())
+        write_folder(out, Self::FOLDER, files)
     }
 }
 
@@ -355,8 +310,7 @@ async fn stored_objects_check(client: &kube::Client, config: &ClusterConfig) -> 
         kind: kind.into(),
         plural: plural.into(),
     };
-    let pool_api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), NAMESPACE, &resource("IPAddressPool", "ipaddresspools"));
+    let pool_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &kit::names::ip_address_pool());
     let mut checks = Vec::new();
     for wanted in pools(config) {
         let name = wanted.metadata.name.clone().unwrap_or_default();

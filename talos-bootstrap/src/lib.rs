@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node as KubeNode;
-use kit::check::Check;
+use kit::check::{Check, common};
 use kit::config::ClusterConfig;
 use kit::stage::{Action, Change, Context, Stage, Target};
 use kit::tool::Tool;
@@ -162,43 +162,6 @@ fn talosctl_check(found: &anyhow::Result<Tool>) -> Check {
     }
 }
 
-/// The Kubernetes API answers with the given kubeconfig; the check says where it answered.
-async fn api_check(ctx: &Context) -> Check {
-    let answer = async {
-        let client = ctx.client().await?;
-        let version = client.apiserver_version().await.context("asking the API server for its version")?;
-        anyhow::Ok(version.git_version)
-    };
-    match answer.await {
-        Ok(version) => {
-            Check::pass("kubernetes-api", format!("Kubernetes {version} answers ({})", ctx.kubeconfig.display()))
-        }
-        Err(error) => Check::fail(
-            "kubernetes-api",
-            format!("{error:#}"),
-            match ctx.target {
-                Target::Lab => "start the lab: cargo xtask lab up".to_owned(),
-                Target::Talos => "run `talos-bootstrap apply` first; it writes state/kubeconfig".to_owned(),
-            },
-        ),
-    }
-}
-
-async fn nodes_ready_check(ctx: &Context) -> Check {
-    let waiting = async { kit::lab::nodes_not_ready(&ctx.client().await?, &ctx.config).await };
-    match waiting.await {
-        Ok(waiting) if waiting.is_empty() => {
-            Check::pass("nodes-ready", format!("all {} nodes are Ready", ctx.config.nodes.len()))
-        }
-        Ok(waiting) => Check::fail(
-            "nodes-ready",
-            format!("not Ready: {}", waiting.join(", ")),
-            "look at `kubectl describe node <name>`; on Talos, `talosctl -n <ip> services` shows the kubelet",
-        ),
-        Err(error) => Check::fail("nodes-ready", format!("{error:#}"), "make the Kubernetes API reachable first"),
-    }
-}
-
 impl Stage for TalosBootstrap {
     const NAME: &'static str = "talos-bootstrap";
     const FOLDER: &'static str = "01-talos-bootstrap";
@@ -209,7 +172,7 @@ impl Stage for TalosBootstrap {
         let found = talosctl(&ctx.config).await;
         let mut checks = vec![talosctl_check(&found)];
         match ctx.target {
-            Target::Lab => checks.push(api_check(ctx).await),
+            Target::Lab => checks.push(common::api(ctx).await.0),
             Target::Talos => {
                 let Ok(tool) = found else { return Ok(checks) };
                 let edge = Talosctl { tool, talosconfig: StatePaths::new(&ctx.config).talosconfig };
@@ -341,8 +304,11 @@ impl Stage for TalosBootstrap {
                 });
             }
         }
-        checks.push(api_check(ctx).await);
-        checks.push(nodes_ready_check(ctx).await);
+        let (api, client) = common::api(ctx).await;
+        checks.push(api);
+        if let Some(client) = &client {
+            checks.push(common::nodes_ready(client, ctx).await);
+        }
         let control_planes = ctx.config.control_planes().count();
         match (ctx.target, talosctl) {
             (Target::Lab, _) => {

@@ -114,7 +114,7 @@ async fn apply_generates_validated_configs_registers_the_nodes_and_a_rerun_chang
             .map(|check| check["status"].as_str().unwrap_or_default().to_owned())
     };
     assert_eq!(status("machine-config cp01").as_deref(), Some("pass"));
-    assert_eq!(status("nodes-ready").as_deref(), Some("pass"));
+    assert_eq!(status("nodes").as_deref(), Some("pass"));
     assert_eq!(status("etcd-members").as_deref(), Some("not-checkable-in-lab"));
     assert_eq!(status("vip").as_deref(), Some("not-checkable-in-lab"));
     Ok(())

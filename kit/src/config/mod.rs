@@ -29,6 +29,10 @@ pub struct ClusterConfig {
     pub nodes: Vec<Node>,
     /// The MetalLB L2 pool that LoadBalancer Services draw from.
     pub metallb_pool: IpRange,
+    /// `metricsServer.kubeletInsecureTls`: the documented opt-out of verifying kubelets' TLS.
+    /// Off by default: stage 01 makes kubelets request CA-signed serving certificates and
+    /// stage 03 approves them, so metrics-server can verify every kubelet.
+    pub metrics_server_kubelet_insecure_tls: bool,
     /// The pool address pinned to Traefik (the seed's "legacy" Ingress path, .101).
     pub traefik_ip: Ipv4Addr,
     /// The pool address pinned to the Envoy Gateway (the seed's "modern" path, .102).

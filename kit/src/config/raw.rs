@@ -11,6 +11,7 @@ pub(crate) struct RawConfig {
     pub network: RawNetwork,
     pub nodes: Option<Vec<RawNode>>,
     pub metallb: RawMetallb,
+    pub metrics_server: RawMetricsServer,
     pub traefik: RawFixedIp,
     pub envoy_gateway: RawFixedIp,
 }
@@ -60,6 +61,12 @@ pub(crate) struct RawNode {
 #[serde(rename_all = "camelCase", default)]
 pub(crate) struct RawMetallb {
     pub pool: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct RawMetricsServer {
+    pub kubelet_insecure_tls: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

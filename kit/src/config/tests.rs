@@ -133,6 +133,20 @@ fn missing_fields_name_their_path() {
 #[test]
 fn wrong_types_name_their_path() {
     assert_problem(&edited("nameservers: [1.1.1.1, 8.8.8.8]", "nameservers: 1.1.1.1"), "network.nameservers", "");
+    let insecure = "traefik:\n  ip: 172.16.16.101";
+    assert_problem(
+        &edited(insecure, &format!("metricsServer:\n  kubeletInsecureTls: maybe\n{insecure}")),
+        "metricsServer.kubeletInsecureTls",
+        "",
+    );
+}
+
+#[test]
+fn kubelet_tls_is_verified_unless_the_config_opts_out() {
+    assert!(!valid(DEFAULT).metrics_server_kubelet_insecure_tls);
+    let insecure = "traefik:\n  ip: 172.16.16.101";
+    let opted_out = edited(insecure, &format!("metricsServer:\n  kubeletInsecureTls: true\n{insecure}"));
+    assert!(valid(&opted_out).metrics_server_kubelet_insecure_tls);
 }
 
 #[test]

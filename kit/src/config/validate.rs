@@ -196,6 +196,7 @@ impl Validator {
             network: Network { subnet: subnet?, gateway: gateway?, nameservers: nameservers?, vip: vip? },
             nodes: nodes.into_iter().collect::<Option<Vec<_>>>()?,
             metallb_pool: pool?,
+            metrics_server_kubelet_insecure_tls: raw.metrics_server.kubelet_insecure_tls.unwrap_or(false),
             traefik_ip: traefik_ip?,
             envoy_gateway_ip: envoy_gateway_ip?,
             warnings: std::mem::take(&mut self.warnings),

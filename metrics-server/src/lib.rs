@@ -1,0 +1,193 @@
+//! Stage 03: metrics-server, the source of `kubectl top` and of the Horizontal Pod
+//! Autoscaler's numbers. It reads each kubelet over TLS; on Talos the kubelets serve
+//! certificates signed by the cluster CA (stage 01 turned on `rotate-server-certificates`),
+//! and kubelet-serving-cert-approver approves those requests, so metrics-server verifies
+//! every kubelet instead of skipping the check. The lesson is in README.md.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use kit::apply::{Engine, LabNotes, patch_typed};
+use kit::artifacts::Component;
+use kit::check::{Check, common};
+use kit::stage::{Change, Context, Stage, Target, objects_yaml, write_folder};
+use kube::api::{Api, DynamicObject};
+use kube::discovery::ApiResource;
+
+pub const NAMESPACE: &str = "kube-system";
+pub const DEPLOYMENT: &str = "metrics-server";
+pub const APPROVER_NAMESPACE: &str = "kubelet-serving-cert-approver";
+pub const APPROVER: &str = "kubelet-serving-cert-approver";
+/// The aggregated API metrics-server serves through the API server.
+pub const API_SERVICE: &str = "v1beta1.metrics.k8s.io";
+const MANIFEST: &str = "components.yaml";
+/// The approver's HA variant: two replicas with leader election, for three control planes.
+const APPROVER_MANIFEST: &str = "ha-install.yaml";
+/// The flag that makes metrics-server accept any kubelet certificate: only on explicit opt-in.
+pub const INSECURE_FLAG: &str = "--kubelet-insecure-tls";
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct MetricsServer;
+
+/// Everything this stage applies, in order, with what the lab transform left out.
+pub fn bundle(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
+    let mut objects = Vec::new();
+    let mut notes = Vec::new();
+    if !ctx.config.metrics_server_kubelet_insecure_tls {
+        let (approver, approver_notes) = ctx.upstream(Component::KubeletServingCertApprover, APPROVER_MANIFEST)?;
+        objects.extend(approver);
+        notes.extend(approver_notes);
+    }
+    let (mut metrics_server, metrics_notes) = ctx.upstream(Component::MetricsServer, MANIFEST)?;
+    if ctx.config.metrics_server_kubelet_insecure_tls {
+        patch_typed::<Deployment>(&mut metrics_server, DEPLOYMENT, |deployment| {
+            let pod = deployment.spec.as_mut().and_then(|spec| spec.template.spec.as_mut());
+            for container in pod.into_iter().flat_map(|pod| pod.containers.iter_mut()) {
+                container.args.get_or_insert_default().push(INSECURE_FLAG.to_owned());
+            }
+        })?;
+    }
+    objects.extend(metrics_server);
+    notes.extend(metrics_notes);
+    Ok((objects, notes))
+}
+
+fn metrics_api(client: &kube::Client) -> Api<DynamicObject> {
+    let resource = ApiResource {
+        group: "metrics.k8s.io".into(),
+        version: "v1beta1".into(),
+        api_version: "metrics.k8s.io/v1beta1".into(),
+        kind: "NodeMetrics".into(),
+        plural: "nodes".into(),
+    };
+    Api::all_with(client.clone(), &resource)
+}
+
+fn api_service_resource() -> ApiResource {
+    ApiResource {
+        group: "apiregistration.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "apiregistration.k8s.io/v1".into(),
+        kind: "APIService".into(),
+        plural: "apiservices".into(),
+    }
+}
+
+/// What `kubectl top nodes` shows: a usage sample for every node of the config.
+async fn node_metrics_check(client: &kube::Client, ctx: &Context) -> Check {
+    let wanted: Vec<&str> = ctx.config.nodes.iter().map(|node| node.name.as_str()).collect();
+    let listed = async {
+        let list = metrics_api(client).list(&Default::default()).await.context("listing NodeMetrics")?;
+        anyhow::Ok(list.items.into_iter().filter_map(|item| item.metadata.name).collect::<Vec<_>>())
+    };
+    match listed.await {
+        Ok(names) => {
+            let missing: Vec<&str> = wanted.iter().copied().filter(|name| !names.iter().any(|n| n == name)).collect();
+            if missing.is_empty() {
+                Check::pass(
+                    "node metrics",
+                    format!("usage is reported for all {} nodes (kubectl top nodes)", wanted.len()),
+                )
+            } else {
+                Check::fail(
+                    "node metrics",
+                    format!("no usage for {}", missing.join(", ")),
+                    "a kubelet whose serving certificate is not approved cannot be read: \
+                     `kubectl get csr` shows Pending kubelet-serving requests",
+                )
+            }
+        }
+        Err(error) => Check::fail(
+            "node metrics",
+            format!("{error:#}"),
+            "`kubectl -n kube-system logs deploy/metrics-server` says why it cannot scrape the kubelets",
+        ),
+    }
+}
+
+impl Stage for MetricsServer {
+    const NAME: &'static str = "metrics-server";
+    const FOLDER: &'static str = "03-metrics-server";
+    const TITLE: &'static str =
+        "Stage 03: metrics-server, reading kubelets over verified TLS (their serving certificates approved)";
+    const LESSON: &'static str = include_str!("../README.md");
+
+    async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let (api, client) = common::api(ctx).await;
+        let mut checks = vec![api];
+        let Some(client) = client else { return Ok(checks) };
+        checks.push(common::nodes_ready(&client, ctx).await);
+        checks.push(if ctx.config.metrics_server_kubelet_insecure_tls {
+            Check::pass("kubelet tls", "metricsServer.kubeletInsecureTls is set: kubelet certificates are NOT verified")
+        } else {
+            Check::pass("kubelet tls", "kubelet certificates are verified; their serving certificates get approved")
+        });
+        Ok(checks)
+    }
+
+    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (objects, _) = bundle(ctx)?;
+        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
+    }
+
+    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (objects, _) = bundle(ctx)?;
+        let client = ctx.client().await?;
+        let changes = Engine::new(client.clone(), Self::NAME).await?.apply(&objects).await?;
+        if !ctx.config.metrics_server_kubelet_insecure_tls {
+            tracing::info!("waiting for kubelet-serving-cert-approver to be Available");
+            kit::wait::deployment_available(&client, APPROVER_NAMESPACE, APPROVER, ROLLOUT_TIMEOUT).await?;
+        }
+        tracing::info!("waiting for metrics-server to be Available");
+        kit::wait::deployment_available(&client, NAMESPACE, DEPLOYMENT, ROLLOUT_TIMEOUT).await?;
+        Ok(changes)
+    }
+
+    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let client = ctx.client().await?;
+        let wait = Duration::from_secs(60);
+        let mut checks = Vec::new();
+        if !ctx.config.metrics_server_kubelet_insecure_tls {
+            checks.push(common::deployment(&client, APPROVER_NAMESPACE, APPROVER, wait, Self::NAME).await);
+        }
+        checks.push(common::deployment(&client, NAMESPACE, DEPLOYMENT, wait, Self::NAME).await);
+        match ctx.target {
+            Target::Talos => {
+                let resource = api_service_resource();
+                let available =
+                    kit::wait::condition_true(&client, &resource, None, API_SERVICE, "Available", wait).await;
+                checks.push(match available {
+                    Ok(()) => Check::pass("apiservice", format!("{API_SERVICE} is Available")),
+                    Err(error) => Check::fail(
+                        "apiservice",
+                        format!("{error:#}"),
+                        "the API server cannot reach metrics-server: look at its pod and `kubectl get apiservice`",
+                    ),
+                });
+                checks.push(node_metrics_check(&client, ctx).await);
+            }
+            Target::Lab => {
+                checks.push(Check::not_checkable_in_lab(
+                    "apiservice",
+                    format!("{API_SERVICE} needs a running metrics-server pod; kwok runs none"),
+                ));
+                checks.push(Check::not_checkable_in_lab("node metrics", "kwok's kubelets serve no metrics"));
+                let (_, notes) = bundle(ctx)?;
+                checks.extend(common::lab_notes(notes));
+            }
+        }
+        Ok(checks)
+    }
+
+    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        // What apply sends to a real cluster: the talos target's bundle, no lab transform.
+        let (objects, _) = bundle(&ctx.as_talos_target())?;
+        let files = vec![
+            ("metrics-server.yaml".to_owned(), objects_yaml(&objects)?),
+            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
+        ];
+        write_folder(out, Self::FOLDER, files)
+    }
+}

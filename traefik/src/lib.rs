@@ -1,0 +1,269 @@
+//! Stage 04: Traefik, the Ingress controller of the seed's "legacy" path, on `traefik.ip`
+//! (.101). Traefik's pinned CRDs and RBAC come from upstream; the Deployment, the Service on
+//! the fixed address and the default IngressClass are typed objects in `objects.rs`. The
+//! lesson is in README.md.
+
+pub mod objects;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kit::apply::{Engine, LabNotes, patch_typed};
+use kit::artifacts::Component;
+use kit::check::{Check, common};
+use kit::config::IpRange;
+use kit::names::{ENTRYPOINT_POOL, METALLB_IP_ANNOTATION, METALLB_NAMESPACE};
+use kit::stage::{Change, Context, Stage, Target, objects_yaml, write_folder};
+use kube::api::{Api, DynamicObject};
+
+pub use objects::{INGRESS_CLASS, NAME, NAMESPACE};
+
+const CRDS: &str = "kubernetes-crd-definition-v1.yml";
+const RBAC: &str = "kubernetes-crd-rbac.yml";
+/// The upstream ClusterRoleBinding, whose subject we move into our namespace.
+const RBAC_BINDING: &str = "traefik-ingress-controller";
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long MetalLB may take to give the Service its address.
+const ADDRESS_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Traefik;
+
+/// Everything this stage applies: upstream CRDs and RBAC (its binding pointed at our
+/// ServiceAccount), then our objects.
+pub fn bundle(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
+    let (mut objects, mut notes) = ctx.upstream(Component::Traefik, CRDS)?;
+    let (mut rbac, rbac_notes) = ctx.upstream(Component::Traefik, RBAC)?;
+    // Upstream binds the ServiceAccount in `default`; ours lives in the traefik namespace.
+    patch_typed::<ClusterRoleBinding>(&mut rbac, RBAC_BINDING, |binding| {
+        for subject in binding.subjects.iter_mut().flatten() {
+            subject.namespace = Some(NAMESPACE.to_owned());
+        }
+    })?;
+    objects.extend(rbac);
+    notes.extend(rbac_notes);
+    objects.extend(objects::all(&ctx.config)?);
+    Ok((objects, notes))
+}
+
+/// True when a MetalLB pool entry (`a.b.c.d/32`, a CIDR, or `first-last`) holds `ip`.
+pub fn pool_entry_contains(entry: &str, ip: Ipv4Addr) -> bool {
+    if let Ok(range) = entry.parse::<IpRange>() {
+        return range.contains(ip);
+    }
+    entry.parse::<ipnet::Ipv4Net>().is_ok_and(|net| net.contains(&ip))
+}
+
+/// Stage 02's entry-point pool exists and holds `traefik.ip`.
+async fn pool_check(client: &kube::Client, ip: Ipv4Addr) -> anyhow::Result<Check> {
+    let pools: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), METALLB_NAMESPACE, &kit::names::ip_address_pool());
+    let name = format!("pool {ENTRYPOINT_POOL}");
+    let missing_fix = "run stage 02 first: `metallb apply` (or `cargo xtask install-all --from metallb`)";
+    let pool = match pools.get_opt(ENTRYPOINT_POOL).await {
+        Ok(pool) => pool,
+        // No MetalLB CRDs at all: the kind is unknown to the API server.
+        Err(kube::Error::Api(status)) if status.code == 404 => None,
+        Err(error) => return Err(error).context("reading MetalLB's pools"),
+    };
+    let Some(pool) = pool else {
+        return Ok(Check::fail(
+            name,
+            format!("MetalLB's IPAddressPool {METALLB_NAMESPACE}/{ENTRYPOINT_POOL} does not exist"),
+            missing_fix,
+        ));
+    };
+    let entries: Vec<String> = pool.data["spec"]["addresses"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|entry| entry.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    Ok(if entries.iter().any(|entry| pool_entry_contains(entry, ip)) {
+        Check::pass(name, format!("holds traefik.ip {ip}"))
+    } else {
+        Check::fail(
+            name,
+            format!("holds {} but not traefik.ip {ip}", entries.join(", ")),
+            "re-run `metallb apply`: it builds the pool from cluster.yaml's traefik.ip",
+        )
+    })
+}
+
+/// No other Service holds or asks for `traefik.ip`.
+async fn address_free_check(client: &kube::Client, ip: Ipv4Addr) -> anyhow::Result<Check> {
+    let ip_text = ip.to_string();
+    let services: Api<Service> = Api::all(client.clone());
+    let mut holders = Vec::new();
+    for service in services.list(&Default::default()).await.context("listing Services")? {
+        let namespace = service.metadata.namespace.clone().unwrap_or_default();
+        let name = service.metadata.name.clone().unwrap_or_default();
+        if namespace == NAMESPACE && name == NAME {
+            continue;
+        }
+        let asked = service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(METALLB_IP_ANNOTATION))
+            .is_some_and(|wanted| wanted.split(',').any(|address| address.trim() == ip_text));
+        let holds = service
+            .status
+            .and_then(|status| status.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .is_some_and(|ingress| ingress.iter().any(|entry| entry.ip.as_deref() == Some(&ip_text)));
+        if asked || holds {
+            holders.push(format!("{namespace}/{name}"));
+        }
+    }
+    Ok(if holders.is_empty() {
+        Check::pass("address free", format!("no other Service holds or asks for {ip}"))
+    } else {
+        Check::fail(
+            "address free",
+            format!("{ip} is held or requested by Service {}", holders.join(", ")),
+            "give that Service another address, or pick another traefik.ip in cluster.yaml",
+        )
+    })
+}
+
+/// The Service's LoadBalancer address, waiting up to `timeout` for MetalLB to assign it.
+async fn service_address(client: &kube::Client, timeout: Duration) -> anyhow::Result<Option<String>> {
+    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let service = services.get_opt(NAME).await?;
+        let ingress = service.and_then(|s| s.status).and_then(|s| s.load_balancer).and_then(|lb| lb.ingress);
+        if let Some(ip) = ingress.and_then(|list| list.into_iter().find_map(|entry| entry.ip)) {
+            return Ok(Some(ip));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `GET http://<traefik.ip>/ping` from here: Traefik answers on the address (a redirect to
+/// HTTPS is an answer too: plain HTTP only ever redirects).
+fn http_check(ip: Ipv4Addr) -> Check {
+    let url = format!("http://{ip}/ping");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .max_redirects(0)
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    match agent.get(&url).call() {
+        Ok(response) if response.status().is_success() || response.status().is_redirection() => {
+            let location = response.headers().get("location").and_then(|value| value.to_str().ok()).unwrap_or("");
+            Check::pass("http", format!("{url} answers {} {location}", response.status()))
+        }
+        Ok(response) => Check::fail(
+            "http",
+            format!("{url} answers {}", response.status()),
+            "look at `kubectl -n traefik logs deploy/traefik`",
+        ),
+        Err(error) => Check::fail(
+            "http",
+            format!("{url}: {error}"),
+            "is this machine on the LAN, and is MetalLB's speaker announcing the address (metallb verify)?",
+        ),
+    }
+}
+
+impl Stage for Traefik {
+    const NAME: &'static str = "traefik";
+    const FOLDER: &'static str = "04-traefik-ingress";
+    const TITLE: &'static str = "Stage 04: Traefik v3, the Ingress controller, on its fixed MetalLB address";
+    const LESSON: &'static str = include_str!("../README.md");
+
+    async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let (api, client) = common::api(ctx).await;
+        let mut checks = vec![api];
+        let Some(client) = client else { return Ok(checks) };
+        checks.push(common::nodes_ready(&client, ctx).await);
+        checks.push(pool_check(&client, ctx.config.traefik_ip).await?);
+        checks.push(address_free_check(&client, ctx.config.traefik_ip).await?);
+        Ok(checks)
+    }
+
+    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (objects, _) = bundle(ctx)?;
+        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
+    }
+
+    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (objects, _) = bundle(ctx)?;
+        let client = ctx.client().await?;
+        let changes = Engine::new(client.clone(), Self::NAME).await?.apply(&objects).await?;
+        tracing::info!("waiting for Traefik to be Available");
+        kit::wait::deployment_available(&client, NAMESPACE, NAME, ROLLOUT_TIMEOUT).await?;
+        Ok(changes)
+    }
+
+    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let client = ctx.client().await?;
+        let ip = ctx.config.traefik_ip;
+        let mut checks = vec![common::deployment(&client, NAMESPACE, NAME, Duration::from_secs(60), Self::NAME).await];
+        // In the lab too: MetalLB's controller runs there as a host process.
+        checks.push(match service_address(&client, ADDRESS_TIMEOUT).await? {
+            Some(address) if address == ip.to_string() => {
+                Check::pass("address", format!("Service {NAMESPACE}/{NAME} has {ip} (traefik.ip)"))
+            }
+            Some(address) => Check::fail(
+                "address",
+                format!("Service {NAMESPACE}/{NAME} has {address}, not traefik.ip {ip}"),
+                "another Service may hold the address: run `traefik check`",
+            ),
+            None => Check::fail(
+                "address",
+                format!("Service {NAMESPACE}/{NAME} got no address within {}s", ADDRESS_TIMEOUT.as_secs()),
+                match ctx.target {
+                    Target::Lab => "MetalLB's controller must run: `cargo xtask lab up` starts it after stage 02",
+                    Target::Talos => "look at `kubectl -n metallb-system logs deploy/controller`",
+                },
+            ),
+        });
+        let classes: Api<k8s_openapi::api::networking::v1::IngressClass> = Api::all(client.clone());
+        checks.push(match classes.get_opt(INGRESS_CLASS).await? {
+            Some(_) => Check::pass("ingress class", format!("IngressClass {INGRESS_CLASS} is the default")),
+            None => Check::fail("ingress class", format!("IngressClass {INGRESS_CLASS} is missing"), "traefik apply"),
+        });
+        checks.push(match ctx.target {
+            Target::Talos => tokio::task::spawn_blocking(move || http_check(ip)).await?,
+            Target::Lab => {
+                Check::not_checkable_in_lab("http", format!("nothing listens on {ip}: kwok runs no Traefik"))
+            }
+        });
+        Ok(checks)
+    }
+
+    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let (objects, _) = bundle(&ctx.as_talos_target())?;
+        let (upstream, ours) = objects.split_at(objects.len() - objects::all(&ctx.config)?.len());
+        let files = vec![
+            ("crds-and-rbac.yaml".to_owned(), objects_yaml(upstream)?),
+            ("traefik.yaml".to_owned(), objects_yaml(ours)?),
+            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
+        ];
+        write_folder(out, Self::FOLDER, files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_entries_of_every_form_are_understood() {
+        let ip = Ipv4Addr::new(172, 16, 16, 101);
+        assert!(pool_entry_contains("172.16.16.101/32", ip));
+        assert!(pool_entry_contains("172.16.16.96/28", ip));
+        assert!(pool_entry_contains("172.16.16.100-172.16.16.120", ip));
+        assert!(!pool_entry_contains("172.16.16.102/32", ip));
+        assert!(!pool_entry_contains("172.16.16.103-172.16.16.120", ip));
+        assert!(!pool_entry_contains("not an address", ip));
+    }
+}
