@@ -1,0 +1,247 @@
+//! Stage 05: cert-manager, and the cluster's own private CA: a self-signed ClusterIssuer
+//! signs a CA certificate, and the `talos-ha-ca` ClusterIssuer signs every later service's
+//! certificate with it. The CA certificate (never its key) is exported to `state/ca.crt`
+//! for browsers and tools to trust. The lesson is in README.md.
+
+pub mod chain;
+pub mod issuers;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kit::apply::{Engine, LabNotes, to_dynamic};
+use kit::artifacts::Component;
+use kit::check::{Check, common};
+use kit::config::ClusterConfig;
+use kit::names::{CA_ISSUER, CERT_MANAGER_NAMESPACE};
+use kit::stage::{Action, Change, Context, Stage, Target, objects_yaml, write_folder};
+use kube::api::{Api, DeleteParams, DynamicObject};
+
+use crate::issuers::{CA_CERTIFICATE, CertificateSpec};
+
+const MANIFEST: &str = "cert-manager.yaml";
+/// The controller, the admission webhook and the CA injector: all three must run.
+pub const DEPLOYMENTS: [&str; 3] = ["cert-manager", "cert-manager-webhook", "cert-manager-cainjector"];
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a certificate may take to be issued.
+const ISSUE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the webhook may refuse calls after its Deployment turned Available (its serving
+/// certificate is injected by the cainjector a moment later).
+const WEBHOOK_WARMUP: Duration = Duration::from_secs(60);
+/// The throw-away certificate `verify` has issued.
+const PROBE_CERTIFICATE: &str = "talos-ha-verify";
+
+pub struct CertManager;
+
+/// Where the CA certificate is exported: `state/ca.crt` beside the config.
+pub fn ca_file(config: &ClusterConfig) -> PathBuf {
+    config.state_dir().join("ca.crt")
+}
+
+fn upstream(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
+    ctx.upstream(Component::CertManager, MANIFEST)
+}
+
+/// Applies our issuers once the webhook accepts calls: right after a fresh install it may
+/// still refuse them for a few seconds (`failed calling webhook`), so those are retried.
+async fn apply_issuers(engine: &mut Engine, objects: &[DynamicObject]) -> anyhow::Result<Vec<Change>> {
+    let deadline = tokio::time::Instant::now() + WEBHOOK_WARMUP;
+    loop {
+        match engine.apply(objects).await {
+            Err(error) if format!("{error:#}").contains("failed calling webhook") => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(error).context("cert-manager's webhook kept refusing calls");
+                }
+                tracing::info!("  cert-manager's webhook is not answering yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The CA certificate as the controller stored it in its Secret.
+async fn ca_certificate_pem(client: &kube::Client) -> anyhow::Result<Vec<u8>> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), CERT_MANAGER_NAMESPACE);
+    let secret = secrets.get(CA_CERTIFICATE).await.with_context(|| format!("reading Secret {CA_CERTIFICATE}"))?;
+    let data = secret.data.unwrap_or_default();
+    // A self-signed CA's own certificate is both tls.crt and ca.crt; tls.key is never read.
+    let ByteString(pem) = data
+        .get("ca.crt")
+        .or_else(|| data.get("tls.crt"))
+        .cloned()
+        .with_context(|| format!("Secret {CERT_MANAGER_NAMESPACE}/{CA_CERTIFICATE} holds no certificate yet"))?;
+    Ok(pem)
+}
+
+/// Waits for the CA, then writes its certificate to `state/ca.crt` and says how to trust it.
+async fn export_ca(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<Change> {
+    tracing::info!("waiting for the CA certificate {CA_CERTIFICATE} to be Ready");
+    let resource = issuers::certificate_resource();
+    kit::wait::condition_true(client, &resource, Some(CERT_MANAGER_NAMESPACE), CA_CERTIFICATE, "Ready", ISSUE_TIMEOUT)
+        .await?;
+    let pem = ca_certificate_pem(client).await?;
+    let path = ca_file(config);
+    let before = std::fs::read(&path).ok();
+    if before.as_deref() != Some(pem.as_slice()) {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&path, &pem).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let shown = path.display();
+    tracing::info!(
+        "the cluster CA's certificate is in {shown} (public; its key stays in the cluster). To trust it: \
+         Debian/Ubuntu `sudo cp {shown} /usr/local/share/ca-certificates/talos-ha-ca.crt && sudo update-ca-certificates`; \
+         macOS `sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain {shown}`; \
+         Firefox: Settings, Certificates, Import; curl `--cacert {shown}`"
+    );
+    let action = match before {
+        None => Action::Created,
+        Some(old) if old == pem => Action::Unchanged,
+        Some(_) => Action::Configured,
+    };
+    Ok(Change { object: format!("File {shown}"), action, diff: None })
+}
+
+/// Has `talos-ha-ca` issue a throw-away certificate and checks it chains to `state/ca.crt`.
+async fn issuance_check(client: &kube::Client, config: &ClusterConfig) -> Check {
+    let issued = async {
+        let ca = std::fs::read(ca_file(config))
+            .with_context(|| format!("reading {} (written by `cert-manager apply`)", ca_file(config).display()))?;
+        let resource = issuers::certificate_resource();
+        let certificates: Api<DynamicObject> = Api::namespaced_with(client.clone(), CERT_MANAGER_NAMESPACE, &resource);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), CERT_MANAGER_NAMESPACE);
+        let host = config.service_host("verify", config.traefik_ip);
+        let probe = issuers::certificate(
+            CERT_MANAGER_NAMESPACE,
+            PROBE_CERTIFICATE,
+            CA_ISSUER,
+            CertificateSpec { secret_name: PROBE_CERTIFICATE.to_owned(), dns_names: vec![host], ..Default::default() },
+        );
+        let _ = certificates.delete(PROBE_CERTIFICATE, &DeleteParams::default()).await;
+        let _ = secrets.delete(PROBE_CERTIFICATE, &DeleteParams::default()).await;
+        certificates
+            .create(&Default::default(), &to_dynamic(&probe)?)
+            .await
+            .context("creating the probe Certificate")?;
+        let outcome = async {
+            let namespace = Some(CERT_MANAGER_NAMESPACE);
+            kit::wait::condition_true(client, &resource, namespace, PROBE_CERTIFICATE, "Ready", ISSUE_TIMEOUT).await?;
+            let data = secrets.get(PROBE_CERTIFICATE).await.context("reading the probe's Secret")?.data;
+            let ByteString(leaf) =
+                data.unwrap_or_default().remove("tls.crt").context("the probe's Secret holds no tls.crt")?;
+            chain::verify(&leaf, &ca)
+        }
+        .await;
+        // The probe is removed whatever happened, so it never lingers in the cluster.
+        let _ = certificates.delete(PROBE_CERTIFICATE, &DeleteParams::default()).await;
+        let _ = secrets.delete(PROBE_CERTIFICATE, &DeleteParams::default()).await;
+        outcome
+    };
+    match issued.await {
+        Ok(()) => Check::pass("issuance", format!("{CA_ISSUER} issued a certificate that chains to the exported CA")),
+        Err(error) => Check::fail(
+            "issuance",
+            format!("{error:#}"),
+            "`kubectl -n cert-manager describe certificate,certificaterequest` and the controller's log say why",
+        ),
+    }
+}
+
+impl Stage for CertManager {
+    const NAME: &'static str = "cert-manager";
+    const FOLDER: &'static str = "05-cert-manager";
+    const TITLE: &'static str = "Stage 05: cert-manager and the cluster's private CA (ClusterIssuer talos-ha-ca)";
+    const LESSON: &'static str = include_str!("../README.md");
+
+    async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let (api, client) = common::api(ctx).await;
+        let mut checks = vec![api];
+        if let Some(client) = client {
+            checks.push(common::nodes_ready(&client, ctx).await);
+        }
+        Ok(checks)
+    }
+
+    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (mut objects, _) = upstream(ctx)?;
+        objects.extend(issuers::all(&ctx.config.name)?);
+        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
+    }
+
+    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (objects, _) = upstream(ctx)?;
+        let client = ctx.client().await?;
+        let mut engine = Engine::new(client.clone(), Self::NAME).await?;
+        let mut changes = engine.apply(&objects).await?;
+        for deployment in DEPLOYMENTS {
+            tracing::info!("waiting for {deployment} to be Available");
+            kit::wait::deployment_available(&client, CERT_MANAGER_NAMESPACE, deployment, ROLLOUT_TIMEOUT).await?;
+        }
+        // cert-manager.io objects go through its validating webhook (failurePolicy: Fail).
+        changes.extend(apply_issuers(&mut engine, &issuers::all(&ctx.config.name)?).await?);
+        match ctx.target {
+            Target::Talos => changes.push(export_ca(&client, &ctx.config).await?),
+            Target::Lab => tracing::info!(
+                "the lab runs no cert-manager controller, so the CA is never issued there: {} is not written",
+                ca_file(&ctx.config).display()
+            ),
+        }
+        Ok(changes)
+    }
+
+    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let client = ctx.client().await?;
+        let wait = Duration::from_secs(60);
+        let mut checks = Vec::new();
+        for deployment in DEPLOYMENTS {
+            checks.push(common::deployment(&client, CERT_MANAGER_NAMESPACE, deployment, wait, Self::NAME).await);
+        }
+        let issuers: Api<DynamicObject> = Api::all_with(client.clone(), &issuers::cluster_issuer_resource());
+        checks.push(match issuers.get_opt(CA_ISSUER).await? {
+            Some(_) => Check::pass("ca issuer", format!("ClusterIssuer {CA_ISSUER} exists")),
+            None => Check::fail("ca issuer", format!("ClusterIssuer {CA_ISSUER} is missing"), "cert-manager apply"),
+        });
+        match ctx.target {
+            Target::Talos => {
+                let resource = issuers::certificate_resource();
+                let ready = kit::wait::condition_true(
+                    &client,
+                    &resource,
+                    Some(CERT_MANAGER_NAMESPACE),
+                    CA_CERTIFICATE,
+                    "Ready",
+                    wait,
+                )
+                .await;
+                checks.push(match ready {
+                    Ok(()) => Check::pass("ca certificate", format!("Certificate {CA_CERTIFICATE} is Ready")),
+                    Err(error) => Check::fail("ca certificate", format!("{error:#}"), "look at the controller's log"),
+                });
+                checks.push(issuance_check(&client, &ctx.config).await);
+            }
+            Target::Lab => {
+                let why = "no cert-manager controller runs in the lab (kwok runs no containers)";
+                checks.push(Check::not_checkable_in_lab("ca certificate", why));
+                checks.push(Check::not_checkable_in_lab("issuance", why));
+                let (_, notes) = upstream(ctx)?;
+                checks.extend(common::lab_notes(notes));
+            }
+        }
+        Ok(checks)
+    }
+
+    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let (upstream, _) = upstream(&ctx.as_talos_target())?;
+        let files = vec![
+            (MANIFEST.to_owned(), objects_yaml(&upstream)?),
+            ("cluster-ca.yaml".to_owned(), objects_yaml(&issuers::all(&ctx.config.name)?)?),
+            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
+        ];
+        write_folder(out, Self::FOLDER, files)
+    }
+}
