@@ -1,7 +1,9 @@
 //! What the lab tests in `tests/tests/` share: the running lab's config and a client for it.
 //! `cargo xtask test` starts the lab and points `TALOS_HA_LAB_KUBECONFIG` at it.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use kit::config::ClusterConfig;
@@ -20,6 +22,28 @@ pub fn config() -> ClusterConfig {
 /// the repository (laid out `<component>/<version>/<file>` with a SHA256SUMS).
 pub fn upstream_mirror() -> PathBuf {
     xtask::workspace_root().join("../shared/upstream")
+}
+
+/// Runs one stage command as its binary would (`<stage> ARGS… --lab --config CONFIG
+/// --mirror <shared upstream>`), returning the exit code and stdout. The kubeconfig is the
+/// config's own lab one unless ARGS name another.
+pub fn run_stage<S: kit::stage::Stage>(stage: &S, args: &[&str], config: &Path) -> (ExitCode, String) {
+    let mut argv: Vec<OsString> = vec![S::NAME.into()];
+    argv.extend(args.iter().map(OsString::from));
+    argv.extend(["--lab".into(), "--config".into(), config.into(), "--mirror".into(), upstream_mirror().into()]);
+    let mut out = Vec::new();
+    let code = kit::stage::execute(stage, argv, &mut out);
+    (code, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// [`run_stage`] off the async runtime (a stage starts a runtime of its own).
+pub async fn run_stage_async<S>(stage: S, args: &'static [&'static str], config: PathBuf) -> (ExitCode, String)
+where
+    S: kit::stage::Stage + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || run_stage(&stage, args, &config))
+        .await
+        .unwrap_or_else(|error| panic!("the stage thread failed: {error}"))
 }
 
 /// The running lab's admin kubeconfig.

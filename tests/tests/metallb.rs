@@ -1,6 +1,5 @@
 //! Stage 02 against the lab, through the same entry point as the `metallb` binary.
 
-use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -9,14 +8,9 @@ use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 use tests::lab_client;
 
-/// Runs `metallb ARGS… --lab --mirror <shared upstream>` with the repository's config.
+/// Runs `metallb ARGS… --lab --mirror <shared upstream>` with `config`.
 fn metallb(args: &[&str], config: &Path) -> (ExitCode, String) {
-    let mut argv: Vec<OsString> = vec!["metallb".into()];
-    argv.extend(args.iter().map(OsString::from));
-    argv.extend(["--lab".into(), "--config".into(), config.into(), "--mirror".into(), tests::upstream_mirror().into()]);
-    let mut out = Vec::new();
-    let code = kit::stage::execute(&metallb::Metallb, argv, &mut out);
-    (code, String::from_utf8_lossy(&out).into_owned())
+    tests::run_stage(&metallb::Metallb, args, config)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,63 @@
+//! Stage 04 against the lab, through the same entry point as the `traefik` binary.
+
+use std::process::ExitCode;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::IngressClass;
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use kube::api::{Api, DeleteParams, DynamicObject};
+use tests::{lab_client, run_stage_async};
+use traefik::{INGRESS_CLASS, NAME, NAMESPACE, Traefik};
+
+/// One test, in order: the missing-pool failure needs the pool gone, the rest needs it back.
+#[tokio::test(flavor = "multi_thread")]
+async fn traefik_needs_metallbs_pool_then_holds_its_fixed_address() -> anyhow::Result<()> {
+    let client = lab_client().await?;
+    // Stage 02 first (idempotent), and `lab up` to run MetalLB's controller, as install-all does.
+    let (code, out) = run_stage_async(metallb::Metallb, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let config = kit::config::ClusterConfig::load(&tests::config_path())?;
+    xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE).up(&xtask::workspace_root()).await?;
+
+    // Without stage 02's entry-point pool, check names it and the stage to run.
+    let pools: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), kit::names::METALLB_NAMESPACE, &kit::names::ip_address_pool());
+    pools.delete(kit::names::ENTRYPOINT_POOL, &DeleteParams::default()).await?;
+    let (code, check) = run_stage_async(Traefik, &["check"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::from(1), "{check}");
+    assert!(check.contains("FAIL  pool talos-ha-entrypoints: MetalLB's IPAddressPool metallb-system/talos-ha-entrypoints does not exist"), "{check}");
+    assert!(check.contains("fix: run stage 02 first: `metallb apply`"), "{check}");
+    let (code, out) = run_stage_async(metallb::Metallb, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let (code, check) = run_stage_async(Traefik, &["check"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{check}");
+
+    let (code, out) = run_stage_async(Traefik, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let service = Api::<Service>::namespaced(client.clone(), NAMESPACE).get(NAME).await?;
+    let annotations = service.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(annotations.get("metallb.io/loadBalancerIPs").map(String::as_str), Some("172.16.16.101"));
+    let binding = Api::<ClusterRoleBinding>::all(client.clone()).get("traefik-ingress-controller").await?;
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects[0].namespace.as_deref(), Some(NAMESPACE), "upstream RBAC patched to our namespace");
+    let deployment = Api::<Deployment>::namespaced(client.clone(), NAMESPACE).get(NAME).await?;
+    let pod = deployment.spec.as_ref().and_then(|spec| spec.template.spec.clone()).unwrap_or_default();
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(args.iter().any(|arg| arg == "--entryPoints.web.http.redirections.entryPoint.to=:443"), "{args:?}");
+    assert_eq!(deployment.spec.as_ref().and_then(|spec| spec.replicas), Some(2));
+    let class = Api::<IngressClass>::all(client.clone()).get(INGRESS_CLASS).await?;
+    let class_annotations = class.metadata.annotations.unwrap_or_default();
+    assert_eq!(class_annotations.get("ingressclass.kubernetes.io/is-default-class").map(String::as_str), Some("true"));
+
+    let (code, again) = run_stage_async(Traefik, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    let changed: Vec<&str> = again.lines().filter(|l| !l.starts_with("unchanged")).collect();
+    assert!(changed.is_empty(), "a re-run changes nothing: {changed:?}");
+
+    let (code, verify) = run_stage_async(Traefik, &["verify"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{verify}");
+    assert!(verify.contains("ok    address: Service traefik/traefik has 172.16.16.101 (traefik.ip)"), "{verify}");
+    assert!(verify.contains("lab   http: not checkable in the lab"), "{verify}");
+    Ok(())
+}
