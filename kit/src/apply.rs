@@ -197,6 +197,23 @@ impl Engine {
             lap("CRDs used by this bundle Established", used.len());
         }
         if second.iter().any(|object| self.resolve(object).is_none()) {
+            if !dry_run {
+                // Kinds whose CRD an earlier apply created (a stage's own resources after the
+                // upstream bundle) may not be Established yet: wait for those CRDs too.
+                let unresolved: Vec<&DynamicObject> =
+                    second.iter().copied().filter(|object| self.resolve(object).is_none()).collect();
+                let crds: Api<DynamicObject> = Api::all_with(self.client.clone(), &crd_resource());
+                let defining: Vec<String> = crds
+                    .list(&ListParams::default())
+                    .await
+                    .context("listing CRDs")?
+                    .items
+                    .into_iter()
+                    .filter(|crd| defines_a_kind_in(crd, &unresolved))
+                    .filter_map(|crd| crd.metadata.name)
+                    .collect();
+                futures::future::try_join_all(defining.iter().map(|name| self.wait_crd_established(name))).await?;
+            }
             self.discovery = Discovery::new(self.client.clone()).run_aggregated().await.context("API discovery")?;
             lap("discovery refreshed for new kinds", 0);
         }
@@ -341,6 +358,10 @@ impl Engine {
             ),
         }
     }
+}
+
+fn crd_resource() -> ApiResource {
+    ApiResource::erase::<CustomResourceDefinition>(&())
 }
 
 /// True when `crd` defines the kind of one of `objects`.

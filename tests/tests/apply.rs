@@ -74,6 +74,29 @@ async fn an_unknown_kind_names_the_object_and_the_likely_cause() -> anyhow::Resu
 }
 
 #[tokio::test]
+async fn a_custom_resource_applied_right_after_its_crd_waits_for_it_to_be_established() -> anyhow::Result<()> {
+    let client = lab_client().await?;
+    // A fresh group each run: the CRD is new, so it cannot be Established yet when the custom
+    // resource follows straight after (a stage's own objects after its upstream bundle).
+    let group = format!("t{}.talos-ha.dev", std::process::id());
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {{name: gadgets.{group}}}\n\
+         spec:\n  group: {group}\n  scope: Cluster\n  names: {{plural: gadgets, singular: gadget, kind: Gadget}}\n  \
+         versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        \
+         type: object\n        x-kubernetes-preserve-unknown-fields: true\n"
+    );
+    let gadget = format!("apiVersion: {group}/v1\nkind: Gadget\nmetadata: {{name: g}}\nspec: {{size: 3}}\n");
+    let mut engine = Engine::new(client.clone(), "crd-then-cr-test").await?;
+    engine.apply(&parse_manifest("crd.yaml", &crd)?).await?;
+    let changes = engine.apply(&parse_manifest("gadget.yaml", &gadget)?).await?;
+    assert_eq!(changes[0].action, Action::Created, "{changes:?}");
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client);
+    crds.delete(&format!("gadgets.{group}"), &DeleteParams::default()).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_dropped_field_is_pruned_and_drift_is_repaired_before_applies_go_quiet() -> anyhow::Result<()> {
     let client = lab_client().await?;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");

@@ -59,6 +59,15 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
     let packages: Vec<String> = stages.iter().flat_map(|stage| ["-p".to_owned(), (*stage).to_owned()]).collect();
     cmd!(sh, "cargo build --quiet {packages...}").run().context("building the stage binaries")?;
     let bin_dir = root.join("target").join("debug");
+    // From a fresh clone `install-all --lab` is the whole job: with no lab yet, start one
+    // (a lab that exists, even one that is down, is left to `lab up`: it may use other ports).
+    if global.lab && global.kubeconfig.is_none() {
+        let config = kit::config::ClusterConfig::load(&global.config)?;
+        if !kit::lab::kubeconfig_path(&config.state_dir()).exists() {
+            tracing::info!("no lab yet: starting one (cargo xtask lab up)");
+            lab_up(global)?;
+        }
+    }
 
     let mut stderr = std::io::stderr();
     let mut changed_total = 0;
@@ -89,7 +98,7 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
             writeln!(stderr, "{stage:<16} {step:<7} {elapsed:>6.1}s  {summary}")?;
             // In the lab, a stage may enable a host process (MetalLB's controller after 02).
             if global.lab && *step == "apply" && !matches!(outcome, Outcome::Failed(_)) {
-                start_lab_add_ons(global)?;
+                lab_up(global)?;
             }
             let failed: Vec<&Check> = match &outcome {
                 Outcome::Checks(checks) => checks.iter().filter(|c| c.status == Status::Fail).collect(),
@@ -121,8 +130,9 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// `lab up` again: starts what the stages so far have made startable; a no-op otherwise.
-fn start_lab_add_ons(global: &GlobalArgs) -> anyhow::Result<()> {
+/// `lab up`: starts the lab, or what the stages so far have made startable in it (MetalLB's
+/// controller after stage 02); a no-op otherwise.
+fn lab_up(global: &GlobalArgs) -> anyhow::Result<()> {
     let config = kit::config::ClusterConfig::load(&global.config)?;
     let lab = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
     tokio::runtime::Runtime::new()?.block_on(lab.up(&xtask::workspace_root()))
