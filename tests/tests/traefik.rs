@@ -61,3 +61,18 @@ async fn traefik_needs_metallbs_pool_then_holds_its_fixed_address() -> anyhow::R
     assert!(verify.contains("lab   http: not checkable in the lab"), "{verify}");
     Ok(())
 }
+
+#[test]
+fn render_writes_upstream_and_our_objects_apart() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let args = ["render", "--out", out.path().to_str().unwrap_or_default()];
+    let (code, listed) = tests::run_stage(&Traefik, &args, &tests::config_path());
+    assert_eq!(code, ExitCode::SUCCESS, "{listed}");
+    let folder = out.path().join("04-traefik-ingress");
+    let ours = std::fs::read_to_string(folder.join("traefik.yaml"))?;
+    assert!(ours.contains("metallb.io/loadBalancerIPs: \"172.16.16.101\""), "{ours}");
+    assert!(ours.contains("kind: IngressClass") && !ours.contains("kind: CustomResourceDefinition"));
+    let upstream = std::fs::read_to_string(folder.join("crds-and-rbac.yaml"))?;
+    assert!(upstream.contains("kind: CustomResourceDefinition") && upstream.contains("namespace: traefik"));
+    Ok(())
+}
