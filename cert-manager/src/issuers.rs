@@ -1,9 +1,9 @@
 //! The bootstrap chain, typed: a self-signed ClusterIssuer signs one CA certificate (10
 //! years, ECDSA P-256), and a CA ClusterIssuer signs every service's certificate with it.
 
+use kit::certs::{API_VERSION, CertificateSpec, PrivateKey, certificate};
 use kit::names::{CA_ISSUER, CERT_MANAGER_NAMESPACE};
 use kube::api::{DynamicObject, ObjectMeta};
-use kube::discovery::ApiResource;
 use serde::Serialize;
 
 /// Signs exactly one certificate: the CA's own (a CA has to start somewhere).
@@ -13,8 +13,6 @@ pub const SELF_SIGNED_ISSUER: &str = "talos-ha-selfsigned";
 pub const CA_CERTIFICATE: &str = "talos-ha-ca";
 /// Ten years: the CA outlives any service certificate it signs (those renew by themselves).
 const CA_DURATION: &str = "87600h0m0s";
-
-const API_VERSION: &str = "cert-manager.io/v1";
 
 /// cert-manager.io/v1 ClusterIssuer: the fields talos-ha sets.
 #[derive(Debug, Clone, Serialize)]
@@ -33,46 +31,6 @@ pub enum IssuerSpec {
     Ca { secret_name: String },
 }
 
-/// cert-manager.io/v1 Certificate: the fields talos-ha sets.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Certificate {
-    api_version: &'static str,
-    kind: &'static str,
-    pub metadata: ObjectMeta,
-    pub spec: CertificateSpec,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CertificateSpec {
-    pub secret_name: String,
-    #[serde(rename = "isCA", skip_serializing_if = "std::ops::Not::not")]
-    pub is_ca: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub common_name: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub dns_names: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub duration: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub private_key: Option<PrivateKey>,
-    pub issuer_ref: IssuerRef,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct PrivateKey {
-    pub algorithm: &'static str,
-    pub size: u32,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct IssuerRef {
-    pub name: String,
-    pub kind: String,
-    pub group: String,
-}
-
 fn cluster_issuer(name: &str, spec: IssuerSpec) -> ClusterIssuer {
     ClusterIssuer {
         api_version: API_VERSION,
@@ -82,32 +40,11 @@ fn cluster_issuer(name: &str, spec: IssuerSpec) -> ClusterIssuer {
     }
 }
 
-/// A Certificate in `namespace` issued by the ClusterIssuer `issuer`.
-pub fn certificate(namespace: &str, name: &str, issuer: &str, spec: CertificateSpec) -> Certificate {
-    Certificate {
-        api_version: API_VERSION,
-        kind: "Certificate",
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(namespace.to_owned()),
-            ..ObjectMeta::default()
-        },
-        spec: CertificateSpec {
-            issuer_ref: IssuerRef {
-                name: issuer.to_owned(),
-                kind: "ClusterIssuer".to_owned(),
-                group: "cert-manager.io".to_owned(),
-            },
-            ..spec
-        },
-    }
-}
-
 pub fn self_signed_issuer() -> ClusterIssuer {
     cluster_issuer(SELF_SIGNED_ISSUER, IssuerSpec::SelfSigned {})
 }
 
-pub fn ca_certificate(cluster_name: &str) -> Certificate {
+pub fn ca_certificate(cluster_name: &str) -> kit::certs::Certificate {
     certificate(
         CERT_MANAGER_NAMESPACE,
         CA_CERTIFICATE,
@@ -131,24 +68,6 @@ pub fn ca_issuer() -> ClusterIssuer {
 pub fn all(cluster_name: &str) -> anyhow::Result<Vec<DynamicObject>> {
     use kit::apply::to_dynamic;
     Ok(vec![to_dynamic(&self_signed_issuer())?, to_dynamic(&ca_certificate(cluster_name))?, to_dynamic(&ca_issuer())?])
-}
-
-pub fn certificate_resource() -> ApiResource {
-    resource("Certificate", "certificates")
-}
-
-pub fn cluster_issuer_resource() -> ApiResource {
-    resource("ClusterIssuer", "clusterissuers")
-}
-
-fn resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "cert-manager.io".into(),
-        version: "v1".into(),
-        api_version: API_VERSION.into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
 }
 
 #[cfg(test)]

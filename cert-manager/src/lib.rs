@@ -20,7 +20,9 @@ use kit::names::{CA_ISSUER, CERT_MANAGER_NAMESPACE};
 use kit::stage::{Action, Change, Context, Stage, Target, objects_yaml, write_folder};
 use kube::api::{Api, DeleteParams, DynamicObject};
 
-use crate::issuers::{CA_CERTIFICATE, CertificateSpec};
+use kit::certs::{CertificateSpec, certificate_resource};
+
+use crate::issuers::CA_CERTIFICATE;
 
 const MANIFEST: &str = "cert-manager.yaml";
 /// The controller, the admission webhook and the CA injector: all three must run.
@@ -80,7 +82,7 @@ async fn ca_certificate_pem(client: &kube::Client) -> anyhow::Result<Vec<u8>> {
 /// Waits for the CA, then writes its certificate to `state/ca.crt` and says how to trust it.
 async fn export_ca(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<Change> {
     tracing::info!("waiting for the CA certificate {CA_CERTIFICATE} to be Ready");
-    let resource = issuers::certificate_resource();
+    let resource = certificate_resource();
     kit::wait::condition_true(client, &resource, Some(CERT_MANAGER_NAMESPACE), CA_CERTIFICATE, "Ready", ISSUE_TIMEOUT)
         .await?;
     let pem = ca_certificate_pem(client).await?;
@@ -112,11 +114,11 @@ async fn issuance_check(client: &kube::Client, config: &ClusterConfig) -> Check 
     let issued = async {
         let ca = std::fs::read(ca_file(config))
             .with_context(|| format!("reading {} (written by `cert-manager apply`)", ca_file(config).display()))?;
-        let resource = issuers::certificate_resource();
+        let resource = certificate_resource();
         let certificates: Api<DynamicObject> = Api::namespaced_with(client.clone(), CERT_MANAGER_NAMESPACE, &resource);
         let secrets: Api<Secret> = Api::namespaced(client.clone(), CERT_MANAGER_NAMESPACE);
         let host = config.service_host("verify", config.traefik_ip);
-        let probe = issuers::certificate(
+        let probe = kit::certs::certificate(
             CERT_MANAGER_NAMESPACE,
             PROBE_CERTIFICATE,
             CA_ISSUER,
@@ -201,14 +203,10 @@ impl Stage for CertManager {
         for deployment in DEPLOYMENTS {
             checks.push(common::deployment(&client, CERT_MANAGER_NAMESPACE, deployment, wait, Self::NAME).await);
         }
-        let issuers: Api<DynamicObject> = Api::all_with(client.clone(), &issuers::cluster_issuer_resource());
-        checks.push(match issuers.get_opt(CA_ISSUER).await? {
-            Some(_) => Check::pass("ca issuer", format!("ClusterIssuer {CA_ISSUER} exists")),
-            None => Check::fail("ca issuer", format!("ClusterIssuer {CA_ISSUER} is missing"), "cert-manager apply"),
-        });
+        checks.push(kit::check::exposure::ca_issuer(&client).await);
         match ctx.target {
             Target::Talos => {
-                let resource = issuers::certificate_resource();
+                let resource = certificate_resource();
                 let ready = kit::wait::condition_true(
                     &client,
                     &resource,

@@ -118,3 +118,41 @@ pub mod common {
         notes.into_iter().map(|note| Check::not_checkable_in_lab("lab transform", note)).collect()
     }
 }
+
+/// Preconditions of a stage that exposes a UI through Traefik with a CA certificate.
+pub mod exposure {
+    use k8s_openapi::api::networking::v1::IngressClass;
+    use kube::api::{Api, DynamicObject};
+
+    use super::Check;
+    use crate::certs::INGRESS_CLASS;
+    use crate::names::CA_ISSUER;
+
+    /// Stage 04's IngressClass exists (an Ingress of a class nobody serves goes nowhere).
+    pub async fn ingress_class(client: &kube::Client) -> Check {
+        match Api::<IngressClass>::all(client.clone()).get_opt(INGRESS_CLASS).await {
+            Ok(Some(_)) => Check::pass("ingress class", format!("IngressClass {INGRESS_CLASS} exists (stage 04)")),
+            Ok(None) => Check::fail(
+                "ingress class",
+                format!("IngressClass {INGRESS_CLASS} does not exist"),
+                "run stage 04 first: `traefik apply` (or `cargo xtask install-all --from traefik`)",
+            ),
+            Err(error) => Check::fail("ingress class", format!("{error:#}"), "make the Kubernetes API reachable first"),
+        }
+    }
+
+    /// Stage 05's ClusterIssuer exists (a Certificate naming a missing issuer never issues).
+    pub async fn ca_issuer(client: &kube::Client) -> Check {
+        let issuers: Api<DynamicObject> = Api::all_with(client.clone(), &crate::certs::cluster_issuer_resource());
+        let fix = "run stage 05 first: `cert-manager apply` (or `cargo xtask install-all --from cert-manager`)";
+        match issuers.get_opt(CA_ISSUER).await {
+            Ok(Some(_)) => Check::pass("ca issuer", format!("ClusterIssuer {CA_ISSUER} exists (stage 05)")),
+            Ok(None) => Check::fail("ca issuer", format!("ClusterIssuer {CA_ISSUER} does not exist"), fix),
+            // Without cert-manager's CRDs the kind itself is unknown.
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                Check::fail("ca issuer", "cert-manager is not installed (no ClusterIssuer kind)", fix)
+            }
+            Err(error) => Check::fail("ca issuer", format!("{error:#}"), "make the Kubernetes API reachable first"),
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! - [`stage`]: the stage contract (`check | plan | apply | verify | render | explain`) and its CLI.
 //! - [`apply`]: the apply engine (server-side apply in dependency order, plan, lab transform).
 //! - [`artifacts`]: pinned upstream manifests: download, cache, lock, mirror.
+//! - [`certs`]: cert-manager Certificates and the Traefik Ingress a stage exposes its UI with.
 //! - [`check`]: named checks with a status, a reason and a fix.
 //! - [`lab`]: what the local lab needs from the model (its kwok nodes).
 //! - [`names`]: names one stage creates and a later one relies on (pools, the CA issuer).
@@ -11,6 +12,7 @@
 
 pub mod apply;
 pub mod artifacts;
+pub mod certs;
 pub mod check;
 pub mod config;
 pub mod fsutil;

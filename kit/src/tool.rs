@@ -22,6 +22,21 @@ pub fn talosctl_cache_dir(version: Version) -> PathBuf {
     crate::fsutil::cache_root().join("lab").join(format!("talos-{version}"))
 }
 
+/// The talosctl client config stage 01 writes into the state folder.
+pub fn talosconfig_path(config: &crate::config::ClusterConfig) -> PathBuf {
+    config.state_dir().join("talosconfig")
+}
+
+/// `talosctl` arguments for one call to one node, which is also the endpoint dialled (never
+/// the VIP: it exists only while etcd is healthy).
+pub fn talos_node_args(talosconfig: &Path, node: &crate::config::Node, args: &[&str]) -> Vec<String> {
+    let ip = node.ip.to_string();
+    let mut all = vec!["--talosconfig".to_owned(), talosconfig.display().to_string()];
+    all.extend(["--nodes".to_owned(), ip.clone(), "--endpoints".to_owned(), ip]);
+    all.extend(args.iter().map(|arg| (*arg).to_owned()));
+    all
+}
+
 /// A located, version-checked command-line tool.
 #[derive(Debug, Clone)]
 pub struct Tool {

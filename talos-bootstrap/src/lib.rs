@@ -21,7 +21,9 @@ use kit::tool::Tool;
 use kube::Api;
 
 use crate::machine_configs::{GenOutput, NodeConfig, Secrets};
-use crate::nodes::{KUBECONFIG_FLAGS, NodeState, TalosNodes, Talosctl, health_args, node_args};
+use kit::tool::talos_node_args as node_args;
+
+use crate::nodes::{KUBECONFIG_FLAGS, NodeState, TalosNodes, Talosctl, health_args};
 
 pub struct TalosBootstrap;
 
@@ -42,7 +44,7 @@ impl StatePaths {
         StatePaths {
             secrets: state.join("secrets.yaml"),
             machine_configs: state.join("talos"),
-            talosconfig: state.join("talosconfig"),
+            talosconfig: kit::tool::talosconfig_path(config),
         }
     }
 }

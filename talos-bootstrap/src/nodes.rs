@@ -53,15 +53,6 @@ pub struct Talosctl {
     pub talosconfig: PathBuf,
 }
 
-/// `talosctl` arguments for one call to one node, which is also the endpoint dialled.
-pub fn node_args(talosconfig: &Path, node: &Node, args: &[&str]) -> Vec<String> {
-    let ip = node.ip.to_string();
-    let mut all = vec!["--talosconfig".to_owned(), talosconfig.display().to_string()];
-    all.extend(["--nodes".to_owned(), ip.clone(), "--endpoints".to_owned(), ip]);
-    all.extend(args.iter().map(|arg| (*arg).to_owned()));
-    all
-}
-
 /// `kubeconfig PATH` replaces the file instead of merging into it (merging would keep
 /// stale contexts of an earlier cluster with the same name).
 pub const KUBECONFIG_FLAGS: &[&str] = &["--force", "--merge=false"];
@@ -82,7 +73,7 @@ pub fn health_args(control_planes: &[&Node], workers: &[&Node], timeout: Duratio
 
 impl Talosctl {
     fn with_node(&self, node: &Node, args: &[&str]) -> Vec<String> {
-        node_args(&self.talosconfig, node, args)
+        kit::tool::talos_node_args(&self.talosconfig, node, args)
     }
 
     async fn call(&self, node: &Node, args: &[&str], timeout: Duration) -> anyhow::Result<String> {

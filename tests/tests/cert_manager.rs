@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use cert_manager::CertManager;
-use cert_manager::issuers::{self, CA_CERTIFICATE, SELF_SIGNED_ISSUER};
+use cert_manager::issuers::{CA_CERTIFICATE, SELF_SIGNED_ISSUER};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 use kit::names::{CA_ISSUER, CERT_MANAGER_NAMESPACE};
 use kube::api::{Api, DynamicObject};
@@ -15,13 +15,13 @@ async fn apply_installs_cert_manager_and_the_ca_chain_and_a_rerun_changes_nothin
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
 
     let client = lab_client().await?;
-    let cluster_issuers: Api<DynamicObject> = Api::all_with(client.clone(), &issuers::cluster_issuer_resource());
+    let cluster_issuers: Api<DynamicObject> = Api::all_with(client.clone(), &kit::certs::cluster_issuer_resource());
     let self_signed = cluster_issuers.get(SELF_SIGNED_ISSUER).await?;
     assert_eq!(self_signed.data["spec"], serde_json::json!({ "selfSigned": {} }));
     let ca_issuer = cluster_issuers.get(CA_ISSUER).await?;
     assert_eq!(ca_issuer.data["spec"]["ca"]["secretName"], CA_CERTIFICATE);
     let certificates: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), CERT_MANAGER_NAMESPACE, &issuers::certificate_resource());
+        Api::namespaced_with(client.clone(), CERT_MANAGER_NAMESPACE, &kit::certs::certificate_resource());
     let ca = certificates.get(CA_CERTIFICATE).await?;
     assert_eq!(ca.data["spec"]["isCA"], true);
     assert_eq!(ca.data["spec"]["privateKey"], serde_json::json!({ "algorithm": "ECDSA", "size": 256 }));
@@ -38,7 +38,7 @@ async fn apply_installs_cert_manager_and_the_ca_chain_and_a_rerun_changes_nothin
 
     let (code, verify) = run_stage_async(CertManager, &["verify"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
-    assert!(verify.contains("ok    ca issuer: ClusterIssuer talos-ha-ca exists"), "{verify}");
+    assert!(verify.contains("ok    ca issuer: ClusterIssuer talos-ha-ca exists (stage 05)"), "{verify}");
     assert!(verify.contains("lab   issuance: not checkable in the lab"), "{verify}");
     Ok(())
 }

@@ -1,0 +1,265 @@
+//! Stage 06: Longhorn, replicated block storage made of the workers' own disks. The pinned
+//! release manifest with typed patches (Pod Security, data path, replica count, the default
+//! StorageClass), and the Longhorn UI behind Traefik with a CA certificate. The lesson is in
+//! README.md.
+
+pub mod settings;
+pub mod talos;
+pub mod volume;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kit::apply::{Engine, LabNotes, to_dynamic};
+use kit::artifacts::Component;
+use kit::check::{Check, common, exposure};
+use kit::stage::{Action, Change, Context, Stage, Target, objects_yaml, write_folder};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+
+pub use settings::{DATA_PATH, DEFAULT_CLASS_ANNOTATION, NAMESPACE, STORAGE_CLASS, replica_count};
+
+const MANIFEST: &str = "longhorn.yaml";
+pub const MANAGER: &str = "longhorn-manager";
+/// Deploys the CSI driver's pods once the managers run.
+const DRIVER_DEPLOYER: &str = "longhorn-driver-deployer";
+pub const UI: &str = "longhorn-ui";
+/// The UI's Service.
+const FRONTEND: &str = "longhorn-frontend";
+/// What the driver deployer starts: the CSI sidecars and the per-node plugin.
+const CSI_DEPLOYMENTS: [&str; 4] = ["csi-attacher", "csi-provisioner", "csi-resizer", "csi-snapshotter"];
+const CSI_PLUGIN: &str = "longhorn-csi-plugin";
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
+
+pub struct Longhorn;
+
+/// Everything this stage applies: the patched release manifest, then the UI's certificate
+/// and Ingress.
+pub fn bundle(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
+    let (mut objects, notes) = ctx.upstream(Component::Longhorn, MANIFEST)?;
+    settings::patch(&mut objects, &ctx.config)?;
+    objects.extend(ui_objects(ctx)?);
+    Ok((objects, notes))
+}
+
+fn ui_objects(ctx: &Context) -> anyhow::Result<Vec<DynamicObject>> {
+    let host = kit::certs::legacy_host(&ctx.config, "longhorn");
+    Ok(vec![
+        to_dynamic(&kit::certs::service_certificate(NAMESPACE, UI, vec![host.clone()]))?,
+        to_dynamic(&kit::certs::traefik_ingress(NAMESPACE, UI, &host, FRONTEND, 80))?,
+    ])
+}
+
+/// Other StorageClasses marked default lose the mark: with two defaults, a PVC without a
+/// class gets whichever the API server picks.
+async fn demote_other_defaults(client: &kube::Client, dry_run: bool) -> anyhow::Result<Vec<Change>> {
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    let mut changes = Vec::new();
+    for class in classes.list(&Default::default()).await.context("listing StorageClasses")? {
+        let name = class.metadata.name.clone().unwrap_or_default();
+        let annotations = class.metadata.annotations.unwrap_or_default();
+        if name != STORAGE_CLASS && annotations.get(DEFAULT_CLASS_ANNOTATION).map(String::as_str) == Some("true") {
+            if !dry_run {
+                let patch = serde_json::json!({ "metadata": { "annotations": { DEFAULT_CLASS_ANNOTATION: "false" } } });
+                classes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            }
+            let diff = Some(format!("~ metadata.annotations.{DEFAULT_CLASS_ANNOTATION}: \"true\" → \"false\""));
+            changes.push(Change { object: format!("StorageClass {name}"), action: Action::Configured, diff });
+        }
+    }
+    Ok(changes)
+}
+
+/// Workers that can take replicas: Ready and not cordoned.
+async fn schedulable_workers(client: &kube::Client, ctx: &Context) -> anyhow::Result<Vec<String>> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut schedulable = Vec::new();
+    for worker in ctx.config.workers() {
+        if let Some(node) = nodes.get_opt(&worker.name).await?
+            && kit::lab::is_ready(&node)
+            && !node.spec.as_ref().and_then(|spec| spec.unschedulable).unwrap_or(false)
+        {
+            schedulable.push(worker.name.clone());
+        }
+    }
+    Ok(schedulable)
+}
+
+/// The settings and StorageClass as stored, compared with what the patches set.
+async fn settings_check(client: &kube::Client, ctx: &Context) -> anyhow::Result<Check> {
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut stored = Vec::new();
+    for config_map in config_maps.list(&Default::default()).await? {
+        stored.push(to_dynamic(&config_map)?);
+    }
+    let replicas = replica_count(&ctx.config);
+    let defaults = settings::default_settings(&stored)?;
+    let class = settings::storage_class(&stored)?;
+    let class_default = class.metadata.annotations.unwrap_or_default().get(DEFAULT_CLASS_ANNOTATION).cloned();
+    let class_replicas = class.parameters.unwrap_or_default().get("numberOfReplicas").cloned();
+    let want_replicas = replicas.to_string();
+    Ok(
+        if defaults.get("default-data-path").and_then(|v| v.as_str()) == Some(DATA_PATH)
+            && defaults.get("default-replica-count").map(ToString::to_string).as_deref() == Some(want_replicas.as_str())
+            && class_default.as_deref() == Some("true")
+            && class_replicas.as_deref() == Some(want_replicas.as_str())
+        {
+            Check::pass(
+                "settings",
+                format!("data path {DATA_PATH}, {replicas} replicas, StorageClass {STORAGE_CLASS} marked default"),
+            )
+        } else {
+            Check::fail(
+                "settings",
+                format!(
+                    "stored: settings {defaults:?}, StorageClass default {class_default:?}, replicas {class_replicas:?}"
+                ),
+                "longhorn apply",
+            )
+        },
+    )
+}
+
+/// The live StorageClass is the only default.
+async fn default_class_check(client: &kube::Client) -> anyhow::Result<Check> {
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    let defaults: Vec<String> = classes
+        .list(&Default::default())
+        .await?
+        .into_iter()
+        .filter(|class| {
+            class.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION)).map(String::as_str)
+                == Some("true")
+        })
+        .filter_map(|class| class.metadata.name)
+        .collect();
+    Ok(if defaults == [STORAGE_CLASS] {
+        Check::pass("default storage class", format!("{STORAGE_CLASS} is the only default StorageClass"))
+    } else {
+        Check::fail(
+            "default storage class",
+            format!("the default StorageClasses are {defaults:?}"),
+            "longhorn apply (longhorn-manager creates its class from ConfigMap longhorn-storageclass)",
+        )
+    })
+}
+
+impl Stage for Longhorn {
+    const NAME: &'static str = "longhorn";
+    const FOLDER: &'static str = "06-storage-longhorn";
+    const TITLE: &'static str = "Stage 06: Longhorn replicated volumes, the default StorageClass, and the Longhorn UI";
+    const LESSON: &'static str = include_str!("../README.md");
+
+    async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let (api, client) = common::api(ctx).await;
+        let mut checks = vec![api];
+        let Some(client) = client else { return Ok(checks) };
+        checks.push(common::nodes_ready(&client, ctx).await);
+        let replicas = replica_count(&ctx.config);
+        let schedulable = schedulable_workers(&client, ctx).await?;
+        checks.push(if schedulable.len() >= replicas {
+            Check::pass("workers", format!("{} schedulable workers for {replicas} replicas", schedulable.len()))
+        } else {
+            Check::fail(
+                "workers",
+                format!(
+                    "{} schedulable workers ({}) for {replicas} replicas",
+                    schedulable.len(),
+                    schedulable.join(", ")
+                ),
+                "uncordon or repair workers (kubectl get nodes): each replica needs a node of its own",
+            )
+        });
+        checks.push(exposure::ingress_class(&client).await);
+        checks.push(exposure::ca_issuer(&client).await);
+        match ctx.target {
+            Target::Talos => checks.extend(talos::worker_checks(&ctx.config, DATA_PATH).await),
+            Target::Lab => checks.push(Check::not_checkable_in_lab(
+                "extensions",
+                "kwok nodes run no Talos: the iscsi-tools and util-linux-tools extensions and the kubelet mount are \
+                 Talos checks (stage 01 generates them; its configs validate)",
+            )),
+        }
+        Ok(checks)
+    }
+
+    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (objects, _) = bundle(ctx)?;
+        let client = ctx.client().await?;
+        let mut changes = Engine::new(client.clone(), Self::NAME).await?.plan(&objects).await?;
+        changes.extend(demote_other_defaults(&client, true).await?);
+        Ok(changes)
+    }
+
+    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (objects, _) = bundle(ctx)?;
+        let client = ctx.client().await?;
+        let mut changes = Engine::new(client.clone(), Self::NAME).await?.apply(&objects).await?;
+        changes.extend(demote_other_defaults(&client, false).await?);
+        tracing::info!("waiting for longhorn-manager on every worker");
+        kit::wait::daemonset_ready(&client, NAMESPACE, MANAGER, ROLLOUT_TIMEOUT).await?;
+        for deployment in [DRIVER_DEPLOYER, UI] {
+            tracing::info!("waiting for {deployment} to be Available");
+            kit::wait::deployment_available(&client, NAMESPACE, deployment, ROLLOUT_TIMEOUT).await?;
+        }
+        Ok(changes)
+    }
+
+    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let client = ctx.client().await?;
+        let wait = Duration::from_secs(60);
+        let workers = ctx.config.workers().count();
+        let mut checks = Vec::new();
+        checks.push(match kit::wait::daemonset_ready(&client, NAMESPACE, MANAGER, wait).await {
+            Ok(ready) if ready as usize >= workers => {
+                Check::pass("manager", format!("longhorn-manager is ready on {ready} nodes (every worker)"))
+            }
+            Ok(ready) => Check::fail(
+                "manager",
+                format!("longhorn-manager is ready on {ready} nodes for {workers} workers"),
+                "kubectl -n longhorn-system get pods -o wide",
+            ),
+            Err(error) => Check::fail("manager", format!("{error:#}"), "longhorn apply, then look at its pods"),
+        });
+        checks.push(common::deployment(&client, NAMESPACE, UI, wait, Self::NAME).await);
+        checks.push(settings_check(&client, ctx).await?);
+        match ctx.target {
+            Target::Talos => {
+                for deployment in CSI_DEPLOYMENTS {
+                    checks.push(common::deployment(&client, NAMESPACE, deployment, wait, Self::NAME).await);
+                }
+                checks.push(match kit::wait::daemonset_ready(&client, NAMESPACE, CSI_PLUGIN, wait).await {
+                    Ok(ready) => Check::pass("csi plugin", format!("{CSI_PLUGIN} is ready on {ready} nodes")),
+                    Err(error) => Check::fail("csi plugin", format!("{error:#}"), "look at the driver deployer's log"),
+                });
+                checks.push(default_class_check(&client).await?);
+                checks.push(volume::check(&client, replica_count(&ctx.config)).await);
+            }
+            Target::Lab => {
+                let why = "longhorn-manager creates the CSI driver, the StorageClass and the volumes at run time; \
+                           kwok runs no manager";
+                checks.push(Check::not_checkable_in_lab("csi", why));
+                checks.push(Check::not_checkable_in_lab("default storage class", why));
+                checks.push(Check::not_checkable_in_lab("volume", why));
+                let (_, notes) = bundle(ctx)?;
+                checks.extend(common::lab_notes(notes));
+            }
+        }
+        Ok(checks)
+    }
+
+    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let talos = ctx.as_talos_target();
+        let (upstream, _) = talos.upstream(Component::Longhorn, MANIFEST)?;
+        let mut patched = upstream;
+        settings::patch(&mut patched, &ctx.config)?;
+        let files = vec![
+            ("longhorn.yaml".to_owned(), objects_yaml(&patched)?),
+            ("longhorn-ui.yaml".to_owned(), objects_yaml(&ui_objects(&talos)?)?),
+            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
+        ];
+        write_folder(out, Self::FOLDER, files)
+    }
+}
