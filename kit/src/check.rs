@@ -156,3 +156,116 @@ pub mod exposure {
         }
     }
 }
+
+/// The fixed entry-point addresses (stages 04 and 08): stage 02's pool holds them, and no
+/// other Service takes them.
+pub mod addresses {
+    use std::net::Ipv4Addr;
+
+    use anyhow::Context as _;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, DynamicObject};
+
+    use super::Check;
+    use crate::config::IpRange;
+    use crate::names::{ENTRYPOINT_POOL, METALLB_IP_ANNOTATION, METALLB_NAMESPACE};
+
+    /// True when a MetalLB pool entry (`a.b.c.d/32`, a CIDR, or `first-last`) holds `ip`.
+    pub fn pool_entry_contains(entry: &str, ip: Ipv4Addr) -> bool {
+        if let Ok(range) = entry.parse::<IpRange>() {
+            return range.contains(ip);
+        }
+        entry.parse::<ipnet::Ipv4Net>().is_ok_and(|net| net.contains(&ip))
+    }
+
+    /// Stage 02's entry-point pool exists and holds `ip` (the config's `field`).
+    pub async fn entrypoint_pool(client: &kube::Client, ip: Ipv4Addr, field: &str) -> anyhow::Result<Check> {
+        let pools: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), METALLB_NAMESPACE, &crate::names::ip_address_pool());
+        let name = format!("pool {ENTRYPOINT_POOL}");
+        let missing_fix = "run stage 02 first: `metallb apply` (or `cargo xtask install-all --from metallb`)";
+        let pool = match pools.get_opt(ENTRYPOINT_POOL).await {
+            Ok(pool) => pool,
+            // No MetalLB CRDs at all: the kind is unknown to the API server.
+            Err(kube::Error::Api(status)) if status.code == 404 => None,
+            Err(error) => return Err(error).context("reading MetalLB's pools"),
+        };
+        let Some(pool) = pool else {
+            return Ok(Check::fail(
+                name,
+                format!("MetalLB's IPAddressPool {METALLB_NAMESPACE}/{ENTRYPOINT_POOL} does not exist"),
+                missing_fix,
+            ));
+        };
+        let entries: Vec<String> = pool.data["spec"]["addresses"]
+            .as_array()
+            .map(|list| list.iter().filter_map(|entry| entry.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        Ok(if entries.iter().any(|entry| pool_entry_contains(entry, ip)) {
+            Check::pass(name, format!("holds {field} {ip}"))
+        } else {
+            Check::fail(
+                name,
+                format!("holds {} but not {field} {ip}", entries.join(", ")),
+                format!("re-run `metallb apply`: it builds the pool from cluster.yaml's {field}"),
+            )
+        })
+    }
+
+    /// No Service but the stage's own (`ours`) holds or asks for `ip`.
+    pub async fn address_free(
+        client: &kube::Client,
+        ip: Ipv4Addr,
+        ours: impl Fn(&Service) -> bool,
+    ) -> anyhow::Result<Check> {
+        let ip_text = ip.to_string();
+        let services: Api<Service> = Api::all(client.clone());
+        let mut holders = Vec::new();
+        for service in services.list(&Default::default()).await.context("listing Services")? {
+            if ours(&service) {
+                continue;
+            }
+            let namespace = service.metadata.namespace.clone().unwrap_or_default();
+            let name = service.metadata.name.clone().unwrap_or_default();
+            let asked = service
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|annotations| annotations.get(METALLB_IP_ANNOTATION))
+                .is_some_and(|wanted| wanted.split(',').any(|address| address.trim() == ip_text));
+            let holds = service
+                .status
+                .and_then(|status| status.load_balancer)
+                .and_then(|lb| lb.ingress)
+                .is_some_and(|ingress| ingress.iter().any(|entry| entry.ip.as_deref() == Some(&ip_text)));
+            if asked || holds {
+                holders.push(format!("{namespace}/{name}"));
+            }
+        }
+        Ok(if holders.is_empty() {
+            Check::pass("address free", format!("no other Service holds or asks for {ip}"))
+        } else {
+            Check::fail(
+                "address free",
+                format!("{ip} is held or requested by Service {}", holders.join(", ")),
+                "give that Service another address, or pick another address in cluster.yaml",
+            )
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn pool_entries_of_every_form_are_understood() {
+            let ip = Ipv4Addr::new(172, 16, 16, 101);
+            assert!(pool_entry_contains("172.16.16.101/32", ip));
+            assert!(pool_entry_contains("172.16.16.96/28", ip));
+            assert!(pool_entry_contains("172.16.16.100-172.16.16.120", ip));
+            assert!(!pool_entry_contains("172.16.16.102/32", ip));
+            assert!(!pool_entry_contains("172.16.16.103-172.16.16.120", ip));
+            assert!(!pool_entry_contains("not an address", ip));
+        }
+    }
+}

@@ -9,14 +9,11 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kit::apply::{Engine, LabNotes, patch_typed};
 use kit::artifacts::Component;
-use kit::check::{Check, common};
-use kit::config::IpRange;
-use kit::names::{ENTRYPOINT_POOL, METALLB_IP_ANNOTATION, METALLB_NAMESPACE};
+use kit::check::{Check, addresses, common};
 use kit::stage::{Change, Context, Stage, Target, objects_yaml, write_folder};
 use kube::api::{Api, DynamicObject};
 
@@ -47,85 +44,6 @@ pub fn bundle(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
     notes.extend(rbac_notes);
     objects.extend(objects::all(&ctx.config)?);
     Ok((objects, notes))
-}
-
-/// True when a MetalLB pool entry (`a.b.c.d/32`, a CIDR, or `first-last`) holds `ip`.
-pub fn pool_entry_contains(entry: &str, ip: Ipv4Addr) -> bool {
-    if let Ok(range) = entry.parse::<IpRange>() {
-        return range.contains(ip);
-    }
-    entry.parse::<ipnet::Ipv4Net>().is_ok_and(|net| net.contains(&ip))
-}
-
-/// Stage 02's entry-point pool exists and holds `traefik.ip`.
-async fn pool_check(client: &kube::Client, ip: Ipv4Addr) -> anyhow::Result<Check> {
-    let pools: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), METALLB_NAMESPACE, &kit::names::ip_address_pool());
-    let name = format!("pool {ENTRYPOINT_POOL}");
-    let missing_fix = "run stage 02 first: `metallb apply` (or `cargo xtask install-all --from metallb`)";
-    let pool = match pools.get_opt(ENTRYPOINT_POOL).await {
-        Ok(pool) => pool,
-        // No MetalLB CRDs at all: the kind is unknown to the API server.
-        Err(kube::Error::Api(status)) if status.code == 404 => None,
-        Err(error) => return Err(error).context("reading MetalLB's pools"),
-    };
-    let Some(pool) = pool else {
-        return Ok(Check::fail(
-            name,
-            format!("MetalLB's IPAddressPool {METALLB_NAMESPACE}/{ENTRYPOINT_POOL} does not exist"),
-            missing_fix,
-        ));
-    };
-    let entries: Vec<String> = pool.data["spec"]["addresses"]
-        .as_array()
-        .map(|list| list.iter().filter_map(|entry| entry.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
-    Ok(if entries.iter().any(|entry| pool_entry_contains(entry, ip)) {
-        Check::pass(name, format!("holds traefik.ip {ip}"))
-    } else {
-        Check::fail(
-            name,
-            format!("holds {} but not traefik.ip {ip}", entries.join(", ")),
-            "re-run `metallb apply`: it builds the pool from cluster.yaml's traefik.ip",
-        )
-    })
-}
-
-/// No other Service holds or asks for `traefik.ip`.
-async fn address_free_check(client: &kube::Client, ip: Ipv4Addr) -> anyhow::Result<Check> {
-    let ip_text = ip.to_string();
-    let services: Api<Service> = Api::all(client.clone());
-    let mut holders = Vec::new();
-    for service in services.list(&Default::default()).await.context("listing Services")? {
-        let namespace = service.metadata.namespace.clone().unwrap_or_default();
-        let name = service.metadata.name.clone().unwrap_or_default();
-        if namespace == NAMESPACE && name == NAME {
-            continue;
-        }
-        let asked = service
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|annotations| annotations.get(METALLB_IP_ANNOTATION))
-            .is_some_and(|wanted| wanted.split(',').any(|address| address.trim() == ip_text));
-        let holds = service
-            .status
-            .and_then(|status| status.load_balancer)
-            .and_then(|lb| lb.ingress)
-            .is_some_and(|ingress| ingress.iter().any(|entry| entry.ip.as_deref() == Some(&ip_text)));
-        if asked || holds {
-            holders.push(format!("{namespace}/{name}"));
-        }
-    }
-    Ok(if holders.is_empty() {
-        Check::pass("address free", format!("no other Service holds or asks for {ip}"))
-    } else {
-        Check::fail(
-            "address free",
-            format!("{ip} is held or requested by Service {}", holders.join(", ")),
-            "give that Service another address, or pick another traefik.ip in cluster.yaml",
-        )
-    })
 }
 
 /// The Service's LoadBalancer address, waiting up to `timeout` for MetalLB to assign it.
@@ -184,8 +102,12 @@ impl Stage for Traefik {
         let mut checks = vec![api];
         let Some(client) = client else { return Ok(checks) };
         checks.push(common::nodes_ready(&client, ctx).await);
-        checks.push(pool_check(&client, ctx.config.traefik_ip).await?);
-        checks.push(address_free_check(&client, ctx.config.traefik_ip).await?);
+        let ip = ctx.config.traefik_ip;
+        checks.push(addresses::entrypoint_pool(&client, ip, "traefik.ip").await?);
+        let ours = |service: &Service| {
+            service.metadata.namespace.as_deref() == Some(NAMESPACE) && service.metadata.name.as_deref() == Some(NAME)
+        };
+        checks.push(addresses::address_free(&client, ip, ours).await?);
         Ok(checks)
     }
 
@@ -249,21 +171,5 @@ impl Stage for Traefik {
             ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
         ];
         write_folder(out, Self::FOLDER, files)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pool_entries_of_every_form_are_understood() {
-        let ip = Ipv4Addr::new(172, 16, 16, 101);
-        assert!(pool_entry_contains("172.16.16.101/32", ip));
-        assert!(pool_entry_contains("172.16.16.96/28", ip));
-        assert!(pool_entry_contains("172.16.16.100-172.16.16.120", ip));
-        assert!(!pool_entry_contains("172.16.16.102/32", ip));
-        assert!(!pool_entry_contains("172.16.16.103-172.16.16.120", ip));
-        assert!(!pool_entry_contains("not an address", ip));
     }
 }

@@ -1,0 +1,216 @@
+//! Our Gateway API objects, typed: the EnvoyProxy that pins the data plane's Service to
+//! `envoyGateway.ip`, the GatewayClass that points at it, the wildcard certificate, and the
+//! Gateway with its HTTP and HTTPS listeners.
+
+use std::collections::BTreeMap;
+
+use kit::config::ClusterConfig;
+use kit::names::METALLB_IP_ANNOTATION;
+use kube::api::{DynamicObject, ObjectMeta};
+use kube::discovery::ApiResource;
+use serde::Serialize;
+
+/// Where the controller runs, and where our Gateway lives.
+pub const NAMESPACE: &str = "envoy-gateway-system";
+/// The GatewayClass, the EnvoyProxy and the Gateway share this name.
+pub const NAME: &str = "talos-ha";
+const CONTROLLER: &str = "gateway.envoyproxy.io/gatewayclass-controller";
+const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
+/// Envoy runs twice, so a node going down keeps the path served.
+const ENVOY_REPLICAS: u32 = 2;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Object<S: Serialize> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: ObjectMeta,
+    spec: S,
+}
+
+fn object<S: Serialize>(api_version: &'static str, kind: &'static str, namespace: Option<&str>, spec: S) -> Object<S> {
+    let metadata =
+        ObjectMeta { name: Some(NAME.to_owned()), namespace: namespace.map(str::to_owned), ..ObjectMeta::default() };
+    Object { api_version, kind, metadata, spec }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvoyProxySpec {
+    provider: Provider,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Provider {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    kubernetes: KubernetesProvider,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct KubernetesProvider {
+    envoy_service: EnvoyService,
+    envoy_deployment: EnvoyDeployment,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvoyService {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct EnvoyDeployment {
+    replicas: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewayClassSpec {
+    controller_name: &'static str,
+    parameters_ref: ParametersRef,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct ParametersRef {
+    group: &'static str,
+    kind: &'static str,
+    name: &'static str,
+    namespace: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewaySpec {
+    gateway_class_name: &'static str,
+    listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Listener {
+    name: &'static str,
+    port: u16,
+    protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hostname: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls: Option<ListenerTls>,
+    allowed_routes: AllowedRoutes,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListenerTls {
+    mode: &'static str,
+    certificate_refs: Vec<SecretRef>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SecretRef {
+    kind: &'static str,
+    name: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct AllowedRoutes {
+    namespaces: RouteNamespaces,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct RouteNamespaces {
+    from: &'static str,
+}
+
+/// `*.<envoyGateway.ip>.<domain>`: every name on the modern path.
+pub fn wildcard_host(config: &ClusterConfig) -> String {
+    config.service_host("*", config.envoy_gateway_ip)
+}
+
+/// The Secret the HTTPS listener serves: cert-manager makes it from the Certificate
+/// `talos-ha-gateway` (see `kit::certs::service_certificate`).
+fn tls_secret() -> String {
+    format!("{NAME}-gateway-tls")
+}
+
+/// Our objects, in the order they depend on each other.
+pub fn all(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
+    use kit::apply::to_dynamic;
+    let annotations = BTreeMap::from([(METALLB_IP_ANNOTATION.to_owned(), config.envoy_gateway_ip.to_string())]);
+    let proxy = object(
+        "gateway.envoyproxy.io/v1alpha1",
+        "EnvoyProxy",
+        Some(NAMESPACE),
+        EnvoyProxySpec {
+            provider: Provider {
+                kind: "Kubernetes",
+                kubernetes: KubernetesProvider {
+                    envoy_service: EnvoyService { kind: "LoadBalancer", annotations },
+                    envoy_deployment: EnvoyDeployment { replicas: ENVOY_REPLICAS },
+                },
+            },
+        },
+    );
+    let class = object(
+        GATEWAY_API,
+        "GatewayClass",
+        None,
+        GatewayClassSpec {
+            controller_name: CONTROLLER,
+            parameters_ref: ParametersRef {
+                group: "gateway.envoyproxy.io",
+                kind: "EnvoyProxy",
+                name: NAME,
+                namespace: NAMESPACE,
+            },
+        },
+    );
+    let everywhere = || AllowedRoutes { namespaces: RouteNamespaces { from: "All" } };
+    let gateway = object(
+        GATEWAY_API,
+        "Gateway",
+        Some(NAMESPACE),
+        GatewaySpec {
+            gateway_class_name: NAME,
+            listeners: vec![
+                Listener {
+                    name: "http",
+                    port: 80,
+                    protocol: "HTTP",
+                    hostname: None,
+                    tls: None,
+                    allowed_routes: everywhere(),
+                },
+                Listener {
+                    name: "https",
+                    port: 443,
+                    protocol: "HTTPS",
+                    hostname: Some(wildcard_host(config)),
+                    tls: Some(ListenerTls {
+                        mode: "Terminate",
+                        certificate_refs: vec![SecretRef { kind: "Secret", name: tls_secret() }],
+                    }),
+                    allowed_routes: everywhere(),
+                },
+            ],
+        },
+    );
+    // Its Secret is `<name>-tls`: the listener's certificate.
+    let certificate =
+        kit::certs::service_certificate(NAMESPACE, &format!("{NAME}-gateway"), vec![wildcard_host(config)]);
+    Ok(vec![to_dynamic(&proxy)?, to_dynamic(&class)?, to_dynamic(&certificate)?, to_dynamic(&gateway)?])
+}
+
+pub fn gateway_resource(kind: &str, plural: &str) -> ApiResource {
+    ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: GATEWAY_API.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}

@@ -1,0 +1,154 @@
+//! Stage 08: Envoy Gateway, the seed's "modern" path: the Gateway API, served by Envoy on
+//! `envoyGateway.ip` (.102). The pinned release manifest (its CRDs far beyond what
+//! client-side apply can carry), then our EnvoyProxy, GatewayClass and Gateway
+//! (`gateway.rs`). The lesson is in README.md.
+
+pub mod gateway;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Service;
+use kit::apply::{Engine, LabNotes, patch_typed};
+use kit::artifacts::Component;
+use kit::check::{Check, addresses, common, exposure};
+use kit::stage::{Change, Context, Stage, Target, objects_yaml, write_folder};
+use kube::api::{Api, DynamicObject};
+
+pub use gateway::{NAME, NAMESPACE};
+
+const MANIFEST: &str = "install.yaml";
+/// The controller's Deployment.
+pub const CONTROLLER: &str = "envoy-gateway";
+/// The release's one-off Job that makes the controller's TLS Secrets.
+const CERTGEN_JOB: &str = "eg-gateway-helm-certgen";
+/// Envoy Gateway labels the Envoy Service it makes for a Gateway with the Gateway's name.
+const OWNING_GATEWAY_LABEL: &str = "gateway.envoyproxy.io/owning-gateway-name";
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub struct EnvoyGateway;
+
+/// The release manifest, its certgen Job kept after it finishes: upstream lets the cluster
+/// delete it 30 s after completion, and every later apply would then run it again.
+pub fn upstream(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
+    let (mut objects, notes) = ctx.upstream(Component::EnvoyGateway, MANIFEST)?;
+    patch_typed::<Job>(&mut objects, CERTGEN_JOB, |job| {
+        if let Some(spec) = job.spec.as_mut() {
+            spec.ttl_seconds_after_finished = None;
+        }
+    })?;
+    Ok((objects, notes))
+}
+
+/// Waits for a Gateway API object's condition (`Accepted`, `Programmed`) to be True.
+async fn condition_check(
+    client: &kube::Client,
+    kind: &str,
+    plural: &str,
+    namespace: Option<&str>,
+    condition: &str,
+) -> Check {
+    let resource = gateway::gateway_resource(kind, plural);
+    let name = format!("{} {condition}", kind.to_lowercase());
+    match kit::wait::condition_true(client, &resource, namespace, NAME, condition, Duration::from_secs(120)).await {
+        Ok(()) => Check::pass(name, format!("{kind} {NAME} is {condition}")),
+        Err(error) => {
+            Check::fail(name, format!("{error:#}"), "`kubectl -n envoy-gateway-system logs deploy/envoy-gateway`")
+        }
+    }
+}
+
+/// The Gateway's status address is `envoyGateway.ip`.
+async fn address_check(client: &kube::Client, ctx: &Context) -> anyhow::Result<Check> {
+    let gateways: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NAMESPACE, &gateway::gateway_resource("Gateway", "gateways"));
+    let ip = ctx.config.envoy_gateway_ip.to_string();
+    let stored = gateways.get(NAME).await?;
+    let addresses: Vec<String> = stored.data["status"]["addresses"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|a| a["value"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    Ok(if addresses.contains(&ip) {
+        Check::pass("address", format!("Gateway {NAME} is served on {ip} (envoyGateway.ip)"))
+    } else {
+        Check::fail(
+            "address",
+            format!("Gateway {NAME} reports addresses {addresses:?}, not {ip}"),
+            "look at the Envoy Service in envoy-gateway-system and MetalLB's controller log",
+        )
+    })
+}
+
+impl Stage for EnvoyGateway {
+    const NAME: &'static str = "envoy-gateway";
+    const FOLDER: &'static str = "08-gateway-envoy";
+    const TITLE: &'static str = "Stage 08: Envoy Gateway, the Gateway API on its fixed MetalLB address";
+    const LESSON: &'static str = include_str!("../README.md");
+
+    async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let (api, client) = common::api(ctx).await;
+        let mut checks = vec![api];
+        let Some(client) = client else { return Ok(checks) };
+        checks.push(common::nodes_ready(&client, ctx).await);
+        let ip = ctx.config.envoy_gateway_ip;
+        checks.push(addresses::entrypoint_pool(&client, ip, "envoyGateway.ip").await?);
+        let ours = |service: &Service| {
+            let labels = service.metadata.labels.as_ref();
+            labels.and_then(|labels| labels.get(OWNING_GATEWAY_LABEL)).map(String::as_str) == Some(NAME)
+        };
+        checks.push(addresses::address_free(&client, ip, ours).await?);
+        checks.push(exposure::ca_issuer(&client).await);
+        Ok(checks)
+    }
+
+    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (mut objects, _) = upstream(ctx)?;
+        objects.extend(gateway::all(&ctx.config)?);
+        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
+    }
+
+    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let (objects, _) = upstream(ctx)?;
+        let client = ctx.client().await?;
+        let mut engine = Engine::new(client.clone(), Self::NAME).await?;
+        let mut changes = engine.apply(&objects).await?;
+        tracing::info!("waiting for the Envoy Gateway controller to be Available");
+        kit::wait::deployment_available(&client, NAMESPACE, CONTROLLER, ROLLOUT_TIMEOUT).await?;
+        changes.extend(engine.apply(&gateway::all(&ctx.config)?).await?);
+        Ok(changes)
+    }
+
+    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
+        let client = ctx.client().await?;
+        let mut checks =
+            vec![common::deployment(&client, NAMESPACE, CONTROLLER, Duration::from_secs(60), Self::NAME).await];
+        match ctx.target {
+            Target::Talos => {
+                checks.push(condition_check(&client, "GatewayClass", "gatewayclasses", None, "Accepted").await);
+                checks.push(condition_check(&client, "Gateway", "gateways", Some(NAMESPACE), "Programmed").await);
+                checks.push(address_check(&client, ctx).await?);
+            }
+            Target::Lab => {
+                // No controller acts on the objects in the lab: nothing fake is made in its place.
+                let why = "no Envoy Gateway controller runs in the lab, so no Envoy Service or address is made";
+                checks.push(Check::not_checkable_in_lab("gatewayclass Accepted", why));
+                checks.push(Check::not_checkable_in_lab("gateway Programmed", why));
+                checks.push(Check::not_checkable_in_lab("address", why));
+                let (_, notes) = upstream(ctx)?;
+                checks.extend(common::lab_notes(notes));
+            }
+        }
+        Ok(checks)
+    }
+
+    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let (upstream, _) = upstream(&ctx.as_talos_target())?;
+        let files = vec![
+            (MANIFEST.to_owned(), objects_yaml(&upstream)?),
+            ("gateway.yaml".to_owned(), objects_yaml(&gateway::all(&ctx.config)?)?),
+            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
+        ];
+        write_folder(out, Self::FOLDER, files)
+    }
+}
