@@ -1,0 +1,82 @@
+//! Stage 08 against the lab, through the same entry point as the `envoy-gateway` binary.
+
+use std::process::ExitCode;
+
+use envoy_gateway::{EnvoyGateway, NAME, NAMESPACE};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject};
+use kube::discovery::ApiResource;
+use tests::{lab_client, run_stage, run_stage_async};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_installs_the_gateway_api_and_our_gateway_and_a_rerun_changes_nothing() -> anyhow::Result<()> {
+    let (code, out) = run_stage_async(cert_manager::CertManager, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let (code, out) = run_stage_async(EnvoyGateway, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+
+    let client = lab_client().await?;
+    // CRDs larger than client-side apply's 256 KiB annotation limit went in, server-side.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let largest = crds
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|crd| crd.spec.group.ends_with("envoyproxy.io") || crd.spec.group == "gateway.networking.k8s.io")
+        .map(|crd| serde_json::to_vec(&crd.spec).map(|bytes| bytes.len()).unwrap_or_default())
+        .max()
+        .unwrap_or_default();
+    assert!(largest > 256 * 1024, "the largest stored CRD is {largest} bytes");
+
+    let proxy: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NAMESPACE,
+        &ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("gateway.envoyproxy.io", "v1alpha1", "EnvoyProxy"),
+            "envoyproxies",
+        ),
+    );
+    let service = &proxy.get(NAME).await?.data["spec"]["provider"]["kubernetes"]["envoyService"];
+    assert_eq!(service["annotations"]["metallb.io/loadBalancerIPs"], "172.16.16.102");
+    let gateways: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NAMESPACE,
+        &envoy_gateway::gateway::gateway_resource("Gateway", "gateways"),
+    );
+    let listeners = gateways.get(NAME).await?.data["spec"]["listeners"].clone();
+    assert_eq!(listeners[0]["port"], 80);
+    assert_eq!(listeners[1]["hostname"], "*.172.16.16.102.sslip.io");
+    assert_eq!(listeners[1]["tls"]["certificateRefs"][0]["name"], "talos-ha-gateway-tls");
+    let certgen = Api::<Job>::namespaced(client.clone(), NAMESPACE).get("eg-gateway-helm-certgen").await?;
+    assert_eq!(certgen.spec.and_then(|spec| spec.ttl_seconds_after_finished), None, "kept after it finishes");
+
+    let (code, again) = run_stage_async(EnvoyGateway, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    let changed: Vec<&str> = again.lines().filter(|l| !l.starts_with("unchanged")).collect();
+    assert!(changed.is_empty(), "a re-run changes nothing: {changed:?}");
+
+    let (code, verify) = run_stage_async(EnvoyGateway, &["verify"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{verify}");
+    assert!(verify.contains("lab   address: not checkable in the lab"), "{verify}");
+    Ok(())
+}
+
+#[test]
+fn a_config_whose_address_is_outside_the_pool_fails_the_check_naming_it() -> anyhow::Result<()> {
+    // Stage 02's pool is built from the repository's config; a config that moves
+    // envoyGateway.ip to .103 does not match it.
+    let (code, out) = run_stage(&metallb::Metallb, &["apply"], &tests::config_path());
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let dir = tempfile::tempdir()?;
+    let config = xtask::scratch_config(&tests::config_path(), dir.path())?.source;
+    let text = std::fs::read_to_string(&config)?.replace("ip: 172.16.16.102", "ip: 172.16.16.103");
+    std::fs::write(&config, text)?;
+    let kubeconfig = tests::kubeconfig().display().to_string();
+    let (code, check) = run_stage(&EnvoyGateway, &["check", "--kubeconfig", &kubeconfig], &config);
+    assert_eq!(code, ExitCode::from(1), "{check}");
+    assert!(check.contains("but not envoyGateway.ip 172.16.16.103"), "{check}");
+    assert!(check.contains("it builds the pool from cluster.yaml's envoyGateway.ip"), "{check}");
+    Ok(())
+}
