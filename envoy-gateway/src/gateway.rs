@@ -7,13 +7,11 @@ use std::collections::BTreeMap;
 use kit::config::ClusterConfig;
 use kit::names::METALLB_IP_ANNOTATION;
 use kube::api::{DynamicObject, ObjectMeta};
-use kube::discovery::ApiResource;
 use serde::Serialize;
 
-/// Where the controller runs, and where our Gateway lives.
-pub const NAMESPACE: &str = "envoy-gateway-system";
-/// The GatewayClass, the EnvoyProxy and the Gateway share this name.
-pub const NAME: &str = "talos-ha";
+/// Where the controller runs, and where our Gateway lives; the GatewayClass, the EnvoyProxy
+/// and the Gateway share one name.
+pub use kit::names::{GATEWAY as NAME, GATEWAY_NAMESPACE as NAMESPACE};
 const CONTROLLER: &str = "gateway.envoyproxy.io/gatewayclass-controller";
 const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
 /// Envoy runs twice, so a node going down keeps the path served.
@@ -203,14 +201,4 @@ pub fn all(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
     let certificate =
         kit::certs::service_certificate(NAMESPACE, &format!("{NAME}-gateway"), vec![wildcard_host(config)]);
     Ok(vec![to_dynamic(&proxy)?, to_dynamic(&class)?, to_dynamic(&certificate)?, to_dynamic(&gateway)?])
-}
-
-pub fn gateway_resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "gateway.networking.k8s.io".into(),
-        version: "v1".into(),
-        api_version: GATEWAY_API.into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
 }

@@ -49,7 +49,7 @@ async fn condition_check(
     namespace: Option<&str>,
     condition: &str,
 ) -> Check {
-    let resource = gateway::gateway_resource(kind, plural);
+    let resource = kit::names::gateway_api_resource(kind, plural);
     let name = format!("{} {condition}", kind.to_lowercase());
     match kit::wait::condition_true(client, &resource, namespace, NAME, condition, Duration::from_secs(120)).await {
         Ok(()) => Check::pass(name, format!("{kind} {NAME} is {condition}")),
@@ -62,7 +62,7 @@ async fn condition_check(
 /// The Gateway's status address is `envoyGateway.ip`.
 async fn address_check(client: &kube::Client, ctx: &Context) -> anyhow::Result<Check> {
     let gateways: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), NAMESPACE, &gateway::gateway_resource("Gateway", "gateways"));
+        Api::namespaced_with(client.clone(), NAMESPACE, &kit::names::gateway_api_resource("Gateway", "gateways"));
     let ip = ctx.config.envoy_gateway_ip.to_string();
     let stored = gateways.get(NAME).await?;
     let addresses: Vec<String> = stored.data["status"]["addresses"]

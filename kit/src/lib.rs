@@ -6,6 +6,7 @@
 //! - [`artifacts`]: pinned upstream manifests: download, cache, lock, mirror.
 //! - [`certs`]: cert-manager Certificates and the Traefik Ingress a stage exposes its UI with.
 //! - [`check`]: named checks with a status, a reason and a fix.
+//! - [`http`]: one request to a service on the LAN, trusting only the cluster CA.
 //! - [`lab`]: what the local lab needs from the model (its kwok nodes).
 //! - [`names`]: names one stage creates and a later one relies on (pools, the CA issuer).
 //! - [`tool`]: external tools (talosctl): found, version-checked, run with a timeout, redacted.
@@ -16,6 +17,7 @@ pub mod certs;
 pub mod check;
 pub mod config;
 pub mod fsutil;
+pub mod http;
 pub mod lab;
 pub mod logging;
 pub mod names;

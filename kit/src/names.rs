@@ -28,3 +28,21 @@ pub fn ip_address_pool() -> kube::discovery::ApiResource {
         plural: "ipaddresspools".into(),
     }
 }
+
+/// The Gateway of stage 08 that HTTPRoutes attach to, and its namespace (where Envoy
+/// Gateway's controller runs).
+pub const GATEWAY: &str = "talos-ha";
+pub const GATEWAY_NAMESPACE: &str = "envoy-gateway-system";
+/// The StorageClass of stage 06.
+pub const STORAGE_CLASS: &str = "longhorn";
+
+/// A Gateway API (v1) type: `Gateway`, `GatewayClass`, `HTTPRoute`.
+pub fn gateway_api_resource(kind: &str, plural: &str) -> kube::discovery::ApiResource {
+    kube::discovery::ApiResource {
+        group: "gateway.networking.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "gateway.networking.k8s.io/v1".into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}

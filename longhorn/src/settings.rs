@@ -12,7 +12,7 @@ use kube::api::DynamicObject;
 pub const NAMESPACE: &str = "longhorn-system";
 /// Where replicas live on each node: the path stage 01 mounts into the kubelet.
 pub const DATA_PATH: &str = "/var/lib/longhorn/";
-pub const STORAGE_CLASS: &str = "longhorn";
+pub use kit::names::STORAGE_CLASS;
 pub const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
 const SETTINGS_CONFIG_MAP: &str = "longhorn-default-setting";
 const SETTINGS_KEY: &str = "default-setting.yaml";

@@ -40,11 +40,8 @@ async fn apply_installs_the_gateway_api_and_our_gateway_and_a_rerun_changes_noth
     );
     let service = &proxy.get(NAME).await?.data["spec"]["provider"]["kubernetes"]["envoyService"];
     assert_eq!(service["annotations"]["metallb.io/loadBalancerIPs"], "172.16.16.102");
-    let gateways: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        NAMESPACE,
-        &envoy_gateway::gateway::gateway_resource("Gateway", "gateways"),
-    );
+    let gateways: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NAMESPACE, &kit::names::gateway_api_resource("Gateway", "gateways"));
     let listeners = gateways.get(NAME).await?.data["spec"]["listeners"].clone();
     assert_eq!(listeners[0]["port"], 80);
     assert_eq!(listeners[1]["hostname"], "*.172.16.16.102.sslip.io");

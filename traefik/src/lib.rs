@@ -67,25 +67,18 @@ async fn service_address(client: &kube::Client, timeout: Duration) -> anyhow::Re
 /// HTTPS is an answer too: plain HTTP only ever redirects).
 fn http_check(ip: Ipv4Addr) -> Check {
     let url = format!("http://{ip}/ping");
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .max_redirects(0)
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into();
-    match agent.get(&url).call() {
-        Ok(response) if response.status().is_success() || response.status().is_redirection() => {
-            let location = response.headers().get("location").and_then(|value| value.to_str().ok()).unwrap_or("");
-            Check::pass("http", format!("{url} answers {} {location}", response.status()))
+    match kit::http::get(&url, None, &[]) {
+        Ok(answer) if (200..400).contains(&answer.status) => {
+            Check::pass("http", format!("{url} answers {} {}", answer.status, answer.location.unwrap_or_default()))
         }
-        Ok(response) => Check::fail(
+        Ok(answer) => Check::fail(
             "http",
-            format!("{url} answers {}", response.status()),
+            format!("{url} answers {}", answer.status),
             "look at `kubectl -n traefik logs deploy/traefik`",
         ),
         Err(error) => Check::fail(
             "http",
-            format!("{url}: {error}"),
+            format!("{error:#}"),
             "is this machine on the LAN, and is MetalLB's speaker announcing the address (metallb verify)?",
         ),
     }
