@@ -3,27 +3,15 @@
 //! failing check, its fix, and the command that resumes from there.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use kit::check::{Check, Status};
 use kit::stage::{GlobalArgs, exit};
-use xshell::{Shell, cmd};
 
-/// The seed's stages, 01–08 and 100, by crate (and binary) name.
-pub const STAGES: &[&str] = &[
-    "talos-bootstrap",
-    "metallb",
-    "metrics-server",
-    "traefik",
-    "cert-manager",
-    "longhorn",
-    "headlamp",
-    "envoy-gateway",
-    "workloads",
-];
+pub use crate::stages::STAGES;
 
 #[derive(clap::Args, Debug)]
 pub struct InstallArgs {
@@ -40,8 +28,7 @@ pub struct InstallArgs {
 
 /// The stages to run: those that exist in this workspace, narrowed by --from / --only.
 fn selected<'a>(root: &Path, args: &InstallArgs) -> anyhow::Result<Vec<&'a str>> {
-    let present: Vec<&str> =
-        STAGES.iter().copied().filter(|stage| root.join(stage).join("Cargo.toml").exists()).collect();
+    let present = crate::stages::present(root);
     let chosen: Vec<&str> = match (&args.only, &args.from) {
         (Some(only), _) => present.into_iter().filter(|s| s == only).collect(),
         (None, Some(from)) => present.into_iter().skip_while(|s| s != from).collect(),
@@ -54,11 +41,7 @@ fn selected<'a>(root: &Path, args: &InstallArgs) -> anyhow::Result<Vec<&'a str>>
 pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
     let root = xtask::workspace_root();
     let stages = selected(&root, args)?;
-    let sh = Shell::new()?;
-    sh.change_dir(&root);
-    let packages: Vec<String> = stages.iter().flat_map(|stage| ["-p".to_owned(), (*stage).to_owned()]).collect();
-    cmd!(sh, "cargo build --quiet {packages...}").run().context("building the stage binaries")?;
-    let bin_dir = root.join("target").join("debug");
+    let bin_dir = crate::stages::build(&root, &stages)?;
     // From a fresh clone `install-all --lab` is the whole job: with no lab yet, start one
     // (a lab that exists, even one that is down, is left to `lab up`: it may use other ports).
     if global.lab && global.kubeconfig.is_none() {
@@ -73,7 +56,7 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
     let mut changed_total = 0;
     let started = Instant::now();
     for stage in &stages {
-        let runner = StageRunner { binary: bin_dir.join(stage), global };
+        let runner = StageRunner { bin_dir: &bin_dir, stage, global };
         let steps: &[&str] = if args.dry_run { &["check", "plan"] } else { &["check", "apply", "verify"] };
         for step in steps {
             let step_started = Instant::now();
@@ -149,25 +132,18 @@ enum Outcome {
 }
 
 struct StageRunner<'a> {
-    binary: PathBuf,
+    bin_dir: &'a Path,
+    stage: &'a str,
     global: &'a GlobalArgs,
 }
 
 impl StageRunner<'_> {
     /// Runs one step with `--output json` and reads its report from stdout.
     fn run(&self, step: &str) -> anyhow::Result<Outcome> {
-        let mut command = Command::new(&self.binary);
-        command.arg(step).arg("--output").arg("json").arg("--config").arg(&self.global.config);
-        if self.global.lab {
-            command.arg("--lab");
-        }
-        if let Some(kubeconfig) = &self.global.kubeconfig {
-            command.arg("--kubeconfig").arg(kubeconfig);
-        }
-        if let Some(mirror) = &self.global.mirror {
-            command.arg("--mirror").arg(mirror);
-        }
-        let output = command.output().with_context(|| format!("running {}", self.binary.display()))?;
+        let output = crate::stages::command(self.bin_dir, self.stage, step, self.global)
+            .args(["--output", "json"])
+            .output()
+            .with_context(|| format!("running {} {step}", self.stage))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let lines: Vec<serde_json::Value> = stdout.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
         if !output.status.success() && lines.is_empty() {

@@ -1,5 +1,6 @@
 //! The xtask's library half: what the integration tests in `tests/` drive directly.
 
+pub mod docs;
 pub mod lab;
 
 use std::path::PathBuf;

@@ -4,6 +4,8 @@ mod bench;
 mod install_all;
 mod lab_cmd;
 mod mirror;
+mod render;
+mod stages;
 mod test_cmd;
 mod validate;
 
@@ -45,6 +47,13 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// Write the seed's folder tree from cluster.yaml: 01-talos-bootstrap/ … 100-workloads/,
+    /// README.md (IP plan, diagram, Quick Access) and HA-VERIFICATION.md. No cluster needed.
+    Render {
+        /// The folder to write into.
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
     /// Benchmarks (speed targets live here, not in timed tests).
     Bench {
         #[command(subcommand)]
@@ -74,6 +83,7 @@ fn main() -> ExitCode {
         Command::Lab { action } => lab_cmd::run(&cli.global, action),
         Command::Bench { what: BenchTarget::Apply } => bench::run(&cli.global),
         Command::Mirror { out } => mirror::run(&cli.global, &out),
+        Command::Render { out } => render::run(&cli.global, &out),
         Command::Test { cargo_args } => test_cmd::run(&cli.global, &cargo_args),
     };
     match result {
