@@ -33,44 +33,22 @@ pub struct Endpoint {
     pub path: Path,
     /// The stage that serves it.
     pub stage: &'static str,
+    /// The cert-manager Certificate (namespace, name) behind an HTTPS URL.
+    pub certificate: Option<(&'static str, &'static str)>,
 }
 
 /// The seed's Quick Access table, from the config.
 pub fn endpoints(config: &ClusterConfig) -> Vec<Endpoint> {
-    let legacy = |service| config.service_host(service, config.traefik_ip);
-    let modern = |service| config.service_host(service, config.envoy_gateway_ip);
+    let legacy = |service| format!("https://{}", config.service_host(service, config.traefik_ip));
+    let modern = |service| format!("http://{}", config.service_host(service, config.envoy_gateway_ip));
+    let row = |name, url, path, stage, certificate| Endpoint { name, url, path, stage, certificate };
     vec![
-        Endpoint {
-            name: "Envoy demo",
-            url: format!("http://{}", modern("demo")),
-            path: Path::Modern,
-            stage: "workloads",
-        },
-        Endpoint {
-            name: "KubeInvaders",
-            url: format!("http://{}", modern("kubeinvaders")),
-            path: Path::Modern,
-            stage: "workloads",
-        },
-        Endpoint {
-            name: "whoami",
-            url: format!("https://{}", legacy("whoami")),
-            path: Path::Legacy,
-            stage: "workloads",
-        },
-        Endpoint {
-            name: "Headlamp dashboard",
-            url: format!("https://{}", legacy("headlamp")),
-            path: Path::Legacy,
-            stage: "headlamp",
-        },
-        Endpoint {
-            name: "Longhorn UI",
-            url: format!("https://{}", legacy("longhorn")),
-            path: Path::Legacy,
-            stage: "longhorn",
-        },
-        Endpoint { name: "Metrics", url: "kubectl top nodes".to_owned(), path: Path::Cli, stage: "metrics-server" },
+        row("Envoy demo", modern("demo"), Path::Modern, "workloads", None),
+        row("KubeInvaders", modern("kubeinvaders"), Path::Modern, "workloads", None),
+        row("whoami", legacy("whoami"), Path::Legacy, "workloads", Some(("whoami", "whoami"))),
+        row("Headlamp dashboard", legacy("headlamp"), Path::Legacy, "headlamp", Some(("kube-system", "headlamp"))),
+        row("Longhorn UI", legacy("longhorn"), Path::Legacy, "longhorn", Some(("longhorn-system", "longhorn-ui"))),
+        row("Metrics", "kubectl top nodes".to_owned(), Path::Cli, "metrics-server", None),
     ]
 }
 

@@ -6,6 +6,7 @@ mod lab_cmd;
 mod mirror;
 mod render;
 mod stages;
+mod status;
 mod test_cmd;
 mod validate;
 
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long)]
         out: std::path::PathBuf,
     },
+    /// The Quick Access table from cluster.yaml, checked live (reachable, certificate expiry),
+    /// plus the nodes, the etcd members and who holds the VIP.
+    Status,
     /// Benchmarks (speed targets live here, not in timed tests).
     Bench {
         #[command(subcommand)]
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchTarget::Apply } => bench::run(&cli.global),
         Command::Mirror { out } => mirror::run(&cli.global, &out),
         Command::Render { out } => render::run(&cli.global, &out),
+        Command::Status => status::run(&cli.global),
         Command::Test { cargo_args } => test_cmd::run(&cli.global, &cargo_args),
     };
     match result {

@@ -1,0 +1,187 @@
+//! `cargo xtask status`: the seed's Quick Access table, computed from `cluster.yaml` and
+//! checked live (reachable from here, certificate expiry), then the nodes, the etcd members
+//! and who holds the VIP.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Node;
+use kit::config::ClusterConfig;
+use kit::stage::{GlobalArgs, Output, Target, default_kubeconfig, exit, load_config, write_json_lines};
+use kube::api::{Api, DynamicObject};
+use serde::Serialize;
+use xtask::docs::{Endpoint, Path};
+
+/// One line of the report.
+#[derive(Debug, Serialize)]
+struct Row {
+    section: &'static str,
+    name: String,
+    value: String,
+    state: String,
+}
+
+pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let mut stdout = std::io::stdout();
+    let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
+        return Ok(ExitCode::from(exit::INVALID));
+    };
+    let target = global.target();
+    let kubeconfig = global.kubeconfig.clone().unwrap_or_else(|| default_kubeconfig(&config.state_dir(), target));
+    let rows = tokio::runtime::Runtime::new()?.block_on(async {
+        let client = kit::lab::client_from_kubeconfig(&kubeconfig).await;
+        let mut rows = Vec::new();
+        for endpoint in xtask::docs::endpoints(&config) {
+            rows.push(endpoint_row(&endpoint, &config, target, client.as_ref().ok()).await);
+        }
+        match &client {
+            Ok(client) => rows.extend(node_rows(client, &config).await?),
+            Err(error) => rows.push(Row {
+                section: "nodes",
+                name: "api".into(),
+                value: config.api_endpoint(),
+                state: format!("unreachable: {error:#}"),
+            }),
+        }
+        rows.extend(control_plane_rows(&config, target).await);
+        anyhow::Ok(rows)
+    })?;
+    match global.output {
+        Output::Json => write_json_lines(&rows, &mut stdout)?,
+        Output::Text => print_table(&rows, &config, &mut stdout)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn endpoint_row(
+    endpoint: &Endpoint,
+    config: &ClusterConfig,
+    target: Target,
+    client: Option<&kube::Client>,
+) -> Row {
+    let reach = match (endpoint.path, target) {
+        (Path::Cli, _) => "-".to_owned(),
+        (_, Target::Lab) => "not checkable in the lab".to_owned(),
+        (_, Target::Talos) => {
+            let url = format!("{}/", endpoint.url);
+            let ca = std::fs::read(config.state_dir().join("ca.crt")).ok();
+            let answer = tokio::task::spawn_blocking(move || kit::http::get(&url, ca.as_deref(), &[])).await;
+            match answer {
+                Ok(Ok(answer)) => format!("reachable ({})", answer.status),
+                Ok(Err(error)) => format!("unreachable ({error:#})"),
+                Err(error) => format!("unreachable ({error})"),
+            }
+        }
+    };
+    let expiry = match (endpoint.certificate, client) {
+        (Some((namespace, name)), Some(client)) => certificate_expiry(client, namespace, name).await,
+        (Some(_), None) => "unknown".to_owned(),
+        (None, _) => "-".to_owned(),
+    };
+    Row {
+        section: "quick access",
+        name: endpoint.name.to_owned(),
+        value: format!("{}  [{}]", endpoint.url, endpoint.path.describe(config)),
+        state: format!("{reach}; certificate: {expiry}"),
+    }
+}
+
+/// When the service's certificate expires, as cert-manager reports it.
+async fn certificate_expiry(client: &kube::Client, namespace: &str, name: &str) -> String {
+    let certificates: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &kit::certs::certificate_resource());
+    match certificates.get_opt(name).await {
+        Ok(Some(certificate)) => certificate.data["status"]["notAfter"]
+            .as_str()
+            .map_or_else(|| "not issued yet".to_owned(), |after| format!("valid until {after}")),
+        Ok(None) => "no Certificate (stage not installed)".to_owned(),
+        Err(error) => format!("unknown ({error})"),
+    }
+}
+
+async fn node_rows(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<Vec<Row>> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut rows = Vec::new();
+    for node in &config.nodes {
+        let found = nodes.get_opt(&node.name).await.with_context(|| format!("reading node {}", node.name))?;
+        let state = match &found {
+            Some(live) if kit::lab::is_ready(live) => "Ready",
+            Some(_) => "NotReady",
+            None => "not registered",
+        };
+        rows.push(Row {
+            section: "nodes",
+            name: node.name.clone(),
+            value: format!("{} ({})", node.ip, node.role.as_str()),
+            state: state.to_owned(),
+        });
+    }
+    Ok(rows)
+}
+
+/// etcd members and the VIP holder: Talos knows them; the lab has neither Talos nor L2.
+async fn control_plane_rows(config: &ClusterConfig, target: Target) -> Vec<Row> {
+    let vip = config.network.vip.to_string();
+    if target == Target::Lab {
+        let why = "not checkable in the lab (`cargo xtask lab status` shows the lab's own etcd)".to_owned();
+        return vec![
+            Row { section: "control plane", name: "etcd members".into(), value: "-".into(), state: why.clone() },
+            Row { section: "control plane", name: "VIP holder".into(), value: vip, state: why },
+        ];
+    }
+    let talosconfig = kit::tool::talosconfig_path(config);
+    let tool = match kit::tool::Tool::talosctl(config.versions.talos).await {
+        Ok(tool) => tool,
+        Err(error) => {
+            return vec![Row {
+                section: "control plane",
+                name: "talosctl".into(),
+                value: "-".into(),
+                state: format!("{error:#}"),
+            }];
+        }
+    };
+    let timeout = Duration::from_secs(15);
+    let mut rows = Vec::new();
+    if let Some(first) = config.control_planes().next() {
+        let args = kit::tool::talos_node_args(&talosconfig, first, &["etcd", "members"]);
+        let state = match tool.run(args, timeout).await.and_then(|output| output.ok("talosctl etcd members")) {
+            // A header line, then one line per member; its third column is the hostname.
+            Ok(table) => {
+                table.lines().skip(1).filter_map(|line| line.split_whitespace().nth(2)).collect::<Vec<_>>().join(", ")
+            }
+            Err(error) => format!("unknown ({error:#})"),
+        };
+        rows.push(Row { section: "control plane", name: "etcd members".into(), value: first.name.clone(), state });
+    }
+    let mut holders = Vec::new();
+    for node in config.control_planes() {
+        let args = kit::tool::talos_node_args(&talosconfig, node, &["get", "addresses"]);
+        if let Ok(Ok(addresses)) = tool.run(args, timeout).await.map(|output| output.ok("talosctl get addresses"))
+            && addresses.contains(&format!("{vip}/"))
+        {
+            holders.push(node.name.clone());
+        }
+    }
+    let state = match holders.len() {
+        1 => holders.join(""),
+        0 => "nobody (etcd unhealthy, or no control plane reachable)".to_owned(),
+        _ => format!("several: {} (split brain?)", holders.join(", ")),
+    };
+    rows.push(Row { section: "control plane", name: "VIP holder".into(), value: vip, state });
+    rows
+}
+
+fn print_table(rows: &[Row], config: &ClusterConfig, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    writeln!(out, "{} — {} ({})", config.name, config.api_endpoint(), config.source.display())?;
+    let mut section = "";
+    for row in rows {
+        if row.section != section {
+            section = row.section;
+            writeln!(out, "\n{}", section.to_uppercase())?;
+        }
+        writeln!(out, "  {:<20} {:<66} {}", row.name, row.value, row.state)?;
+    }
+    Ok(())
+}
