@@ -9,6 +9,7 @@ mod stages;
 mod status;
 mod test_cmd;
 mod validate;
+mod verify_ha;
 
 use std::process::ExitCode;
 
@@ -58,6 +59,9 @@ enum Command {
     /// The Quick Access table from cluster.yaml, checked live (reachable, certificate expiry),
     /// plus the nodes, the etcd members and who holds the VIP.
     Status,
+    /// The HA verification guide as a tool: etcd quorum, the VIP, spread workloads, volumes.
+    /// Read-only on Talos unless --drill; with --lab, a real drill with measured times.
+    VerifyHa(verify_ha::VerifyHaArgs),
     /// Benchmarks (speed targets live here, not in timed tests).
     Bench {
         #[command(subcommand)]
@@ -89,6 +93,7 @@ fn main() -> ExitCode {
         Command::Mirror { out } => mirror::run(&cli.global, &out),
         Command::Render { out } => render::run(&cli.global, &out),
         Command::Status => status::run(&cli.global),
+        Command::VerifyHa(args) => verify_ha::run(&cli.global, &args),
         Command::Test { cargo_args } => test_cmd::run(&cli.global, &cargo_args),
     };
     match result {
