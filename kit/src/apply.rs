@@ -213,8 +213,24 @@ impl Engine {
                     .filter_map(|crd| crd.metadata.name)
                     .collect();
                 futures::future::try_join_all(defining.iter().map(|name| self.wait_crd_established(name))).await?;
+                // An Established CRD reaches the API server's discovery document a moment
+                // later: refresh until the kinds those CRDs define are listed (or time runs out
+                // and the object's own error says what is missing).
+                let deadline = tokio::time::Instant::now() + CRD_ESTABLISHED_TIMEOUT;
+                loop {
+                    self.discovery =
+                        Discovery::new(self.client.clone()).run_aggregated().await.context("API discovery")?;
+                    let waiting = unresolved
+                        .iter()
+                        .any(|object| self.resolve(object).is_none() && defining_crd_exists(&defining, object));
+                    if !waiting || tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            } else {
+                self.discovery = Discovery::new(self.client.clone()).run_aggregated().await.context("API discovery")?;
             }
-            self.discovery = Discovery::new(self.client.clone()).run_aggregated().await.context("API discovery")?;
             lap("discovery refreshed for new kinds", 0);
         }
         changes.extend(self.apply_all(&second, dry_run).await?);
@@ -358,6 +374,12 @@ impl Engine {
             ),
         }
     }
+}
+
+/// True when one of the CRDs named in `crds` (`<plural>.<group>`) is in `object`'s group.
+fn defining_crd_exists(crds: &[String], object: &DynamicObject) -> bool {
+    let group = object.types.as_ref().and_then(|t| t.api_version.split_once('/')).map(|(group, _)| group);
+    group.is_some_and(|group| crds.iter().any(|crd| crd.ends_with(&format!(".{group}"))))
 }
 
 fn crd_resource() -> ApiResource {
