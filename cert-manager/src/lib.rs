@@ -161,12 +161,7 @@ impl Stage for CertManager {
     const LESSON: &'static str = include_str!("../README.md");
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let (api, client) = common::api(ctx).await;
-        let mut checks = vec![api];
-        if let Some(client) = client {
-            checks.push(common::nodes_ready(&client, ctx).await);
-        }
-        Ok(checks)
+        Ok(common::cluster(ctx).await.0)
     }
 
     async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {

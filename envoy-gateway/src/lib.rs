@@ -87,10 +87,8 @@ impl Stage for EnvoyGateway {
     const LESSON: &'static str = include_str!("../README.md");
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let (api, client) = common::api(ctx).await;
-        let mut checks = vec![api];
+        let (mut checks, client) = common::cluster(ctx).await;
         let Some(client) = client else { return Ok(checks) };
-        checks.push(common::nodes_ready(&client, ctx).await);
         let ip = ctx.config.envoy_gateway_ip;
         checks.push(addresses::entrypoint_pool(&client, ip, "envoyGateway.ip").await?);
         let ours = |service: &Service| {

@@ -85,6 +85,17 @@ pub mod common {
         }
     }
 
+    /// What every stage on a running cluster checks first: the API answers, and every node is
+    /// Ready. The client comes back only when the API answered.
+    pub async fn cluster(ctx: &Context) -> (Vec<Check>, Option<kube::Client>) {
+        let (api, client) = api(ctx).await;
+        let mut checks = vec![api];
+        if let Some(client) = &client {
+            checks.push(nodes_ready(client, ctx).await);
+        }
+        (checks, client)
+    }
+
     /// Every node of the config is registered and Ready.
     pub async fn nodes_ready(client: &kube::Client, ctx: &Context) -> Check {
         match crate::lab::nodes_not_ready(client, &ctx.config).await {

@@ -153,10 +153,8 @@ impl Stage for Longhorn {
     const LESSON: &'static str = include_str!("../README.md");
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let (api, client) = common::api(ctx).await;
-        let mut checks = vec![api];
+        let (mut checks, client) = common::cluster(ctx).await;
         let Some(client) = client else { return Ok(checks) };
-        checks.push(common::nodes_ready(&client, ctx).await);
         let replicas = replica_count(&ctx.config);
         let schedulable = schedulable_workers(&client, ctx).await?;
         checks.push(if schedulable.len() >= replicas {

@@ -136,10 +136,8 @@ impl Stage for Metallb {
     const LESSON: &'static str = include_str!("../README.md");
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let (api, client) = common::api(ctx).await;
-        let mut checks = vec![api];
+        let (mut checks, client) = common::cluster(ctx).await;
         let Some(client) = client else { return Ok(checks) }; // nothing else can be checked
-        checks.push(common::nodes_ready(&client, ctx).await);
         let pool = ctx.config.metallb_pool;
         checks.push(Check::pass(
             "pool",

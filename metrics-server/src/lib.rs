@@ -115,10 +115,10 @@ impl Stage for MetricsServer {
     const LESSON: &'static str = include_str!("../README.md");
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let (api, client) = common::api(ctx).await;
-        let mut checks = vec![api];
-        let Some(client) = client else { return Ok(checks) };
-        checks.push(common::nodes_ready(&client, ctx).await);
+        let (mut checks, client) = common::cluster(ctx).await;
+        if client.is_none() {
+            return Ok(checks);
+        }
         checks.push(if ctx.config.metrics_server_kubelet_insecure_tls {
             Check::pass("kubelet tls", "metricsServer.kubeletInsecureTls is set: kubelet certificates are NOT verified")
         } else {

@@ -306,11 +306,7 @@ impl Stage for TalosBootstrap {
                 });
             }
         }
-        let (api, client) = common::api(ctx).await;
-        checks.push(api);
-        if let Some(client) = &client {
-            checks.push(common::nodes_ready(client, ctx).await);
-        }
+        checks.extend(common::cluster(ctx).await.0);
         let control_planes = ctx.config.control_planes().count();
         match (ctx.target, talosctl) {
             (Target::Lab, _) => {
