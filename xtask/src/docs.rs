@@ -198,8 +198,13 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
         "\n## In the lab\n\n\
          `cargo xtask verify-ha --lab` kills one etcd member (the API keeps serving writes: measured), \
          then a second (the API server reports etcd unavailable: detected, timed), and restores both \
-         (recovery timed). A node failure is not checkable in the lab: kwok keeps renewing the Lease \
-         of every fake node it manages.\n",
+         (recovery timed). Then it fails a worker the way the control plane sees a dead kubelet: \
+         the node's Lease in `kube-node-lease` stops being renewed (the drill takes it from kwok). The \
+         node lifecycle controller marks the node NotReady after its grace period (50 s by default) \
+         and taints it `node.kubernetes.io/unreachable`; pods are evicted once their toleration runs \
+         out (300 s by default; the drill's probe pods say 10 s) and their ReplicaSet starts \
+         replacements on the other workers. Giving the Lease back brings the node Ready again. Each \
+         of these is timed.\n",
     );
     text
 }
