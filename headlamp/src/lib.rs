@@ -165,7 +165,7 @@ async fn routed_check(client: &kube::Client) -> anyhow::Result<Check> {
     let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
         .list(&ListParams::default().labels(&labels.join(",")))
         .await?;
-    let ready = pods.items.iter().filter(|pod| pod_ready(pod)).count();
+    let ready = pods.items.iter().filter(|pod| kit::lab::pod_is_ready(pod)).count();
     Ok(match backend.as_deref() {
         Some(NAME) if !labels.is_empty() && ready > 0 => {
             Check::pass("routed", format!("Ingress {NAME} → Service {NAME} → {ready} Ready pod(s)"))
@@ -173,11 +173,6 @@ async fn routed_check(client: &kube::Client) -> anyhow::Result<Check> {
         Some(NAME) => Check::fail("routed", format!("Service {NAME} selects no Ready pod"), "look at the pod's events"),
         other => Check::fail("routed", format!("Ingress {NAME} routes to {other:?}"), "headlamp apply"),
     })
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    let conditions = pod.status.as_ref().and_then(|status| status.conditions.as_ref());
-    conditions.is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 impl Stage for Headlamp {

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::check::{Check, none_failed};
 use crate::config::ClusterConfig;
@@ -142,7 +142,7 @@ pub fn default_kubeconfig(state_dir: &Path, target: Target) -> PathBuf {
 }
 
 /// One object a stage would change (plan) or did change (apply).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Change {
     /// `Kind namespace/name`, or `Kind name` for cluster-scoped objects.
     pub object: String,
@@ -152,7 +152,7 @@ pub struct Change {
     pub diff: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Created,

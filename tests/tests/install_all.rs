@@ -22,10 +22,28 @@ fn install_all_converges_and_a_second_run_changes_nothing() -> anyhow::Result<()
     let log = String::from_utf8_lossy(&first.stderr);
     assert!(first.status.success(), "{log}");
     assert!(log.contains("metallb          verify"), "one line per step: {log}");
-    let second = install_all(&config, &[])?;
+    let second = install_all(&config, &["--output", "json"])?;
     let log = String::from_utf8_lossy(&second.stderr);
     assert!(second.status.success(), "{log}");
     assert!(log.contains("nothing changed: the cluster was already converged"), "{log}");
+
+    // The machine-readable report: every stage, every step, every check, nothing changed.
+    let report: serde_json::Value = serde_json::from_slice(&second.stdout)?;
+    let stages = report["stages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let names: Vec<&str> = stages.iter().filter_map(|stage| stage["stage"].as_str()).collect();
+    assert_eq!(names, xtask::stages::STAGES, "{report:#}");
+    for stage in stages {
+        let steps: Vec<&str> =
+            stage["steps"].as_array().into_iter().flatten().filter_map(|s| s["step"].as_str()).collect();
+        assert_eq!(steps, ["check", "apply", "verify"], "{stage:#}");
+        let checks = stage["steps"][0]["checks"].as_array().map(Vec::as_slice).unwrap_or_default();
+        assert!(!checks.is_empty(), "every stage checks something first: {stage:#}");
+        assert!(checks.iter().all(|c| c["status"] != "fail" && c["name"].is_string()), "{stage:#}");
+        let changes = stage["steps"][1]["changes"].as_array().map(Vec::as_slice).unwrap_or_default();
+        assert!(changes.iter().all(|c| c["action"] == "unchanged"), "{stage:#}");
+    }
+    assert_eq!(report["changed"], 0, "{report:#}");
+    assert!(report.get("stopped").is_none(), "{report:#}");
     Ok(())
 }
 
@@ -39,11 +57,21 @@ fn a_failed_check_stops_with_the_fix_and_the_resume_command() -> anyhow::Result<
     let lab_kubeconfig = std::fs::read_to_string(tests::kubeconfig())?;
     std::fs::write(&kubeconfig, lab_kubeconfig.replace("https://127.0.0.1:16443", "https://127.0.0.1:9"))?;
 
-    let output = install_all(&config, &["--only", "metallb"])?;
+    let output = install_all(&config, &["--only", "metallb", "--output", "json"])?;
     let log = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{log}");
     assert!(log.contains("FAIL  api: the API does not answer"), "the failing check: {log}");
     assert!(log.contains("fix: start the lab: cargo xtask lab up"), "its fix: {log}");
     assert!(log.contains("cargo xtask install-all --from metallb --lab"), "the resume command: {log}");
+
+    // The same, for a machine: the failed check with its fix, and where to resume.
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    assert_eq!(report["stopped"]["stage"], "metallb", "{report:#}");
+    assert_eq!(report["stopped"]["step"], "check", "{report:#}");
+    assert_eq!(report["stopped"]["resume"], "cargo xtask install-all --from metallb --lab", "{report:#}");
+    let checks = report["stages"][0]["steps"][0]["checks"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let api = checks.iter().find(|c| c["name"] == "api").ok_or_else(|| anyhow::anyhow!("no api check: {report:#}"))?;
+    assert_eq!(api["status"], "fail", "{report:#}");
+    assert_eq!(api["fix"], "start the lab: cargo xtask lab up", "{report:#}");
     Ok(())
 }

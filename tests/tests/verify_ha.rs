@@ -3,6 +3,9 @@
 
 use std::process::Command;
 
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+
 #[test]
 fn the_lab_drill_loses_etcd_quorum_and_a_node_and_measures_both() -> anyhow::Result<()> {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -19,15 +22,31 @@ fn the_lab_drill_loses_etcd_quorum_and_a_node_and_measures_both() -> anyhow::Res
     assert!(report.contains("ok    recovered: etcd ready and writes committed"), "{report}");
     assert!(report.contains("ok    node failure: "), "{report}");
     assert!(report.contains("went NotReady") && report.contains("ran on the other nodes"), "{report}");
-    // The drill left the lab whole: every member runs again.
+    // The drill left the lab whole: every etcd member runs again ...
     let config = kit::config::ClusterConfig::load(&tests::config_path())?;
     let running = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE).running_pids();
     for member in ["etcd-0", "etcd-1", "etcd-2"] {
         assert!(running.iter().any(|(name, _)| name == member), "{member} runs after the drill");
     }
     // ... and every node Ready again: the failed node's heartbeat was given back.
-    let not_ready = tokio::runtime::Runtime::new()?
-        .block_on(async { kit::lab::nodes_not_ready(&tests::lab_client().await?, &config).await })?;
-    assert!(not_ready.is_empty(), "not Ready after the drill: {not_ready:?}");
+    // ... and every node and every running pod Ready again: the failed node's heartbeat was
+    // given back, and its pods (marked not Ready while it was gone) were reported Ready again.
+    let (not_ready, pods_not_ready) = tokio::runtime::Runtime::new()?.block_on(async {
+        let client = tests::lab_client().await?;
+        let nodes = kit::lab::nodes_not_ready(&client, &config).await?;
+        let running = ListParams::default().fields("status.phase=Running");
+        let pods: Vec<String> = Api::<Pod>::all(client)
+            .list(&running)
+            .await?
+            .items
+            .into_iter()
+            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+            .filter(|pod| !kit::lab::pod_is_ready(pod))
+            .filter_map(|pod| pod.metadata.name)
+            .collect();
+        anyhow::Ok((nodes, pods))
+    })?;
+    assert!(not_ready.is_empty(), "nodes not Ready after the drill: {not_ready:?}");
+    assert!(pods_not_ready.is_empty(), "running pods not Ready after the drill: {pods_not_ready:?}");
     Ok(())
 }

@@ -9,7 +9,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 use kit::check::{Check, Status};
-use kit::stage::{GlobalArgs, exit};
+use kit::stage::{Action, Change, GlobalArgs, Output, exit};
+use serde::Serialize;
 
 pub use crate::stages::STAGES;
 
@@ -53,64 +54,106 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
     }
 
     let mut stderr = std::io::stderr();
-    let mut changed_total = 0;
     let started = Instant::now();
+    let mut report = Report::default();
     for stage in &stages {
         let runner = StageRunner { bin_dir: &bin_dir, stage, global };
         let steps: &[&str] = if args.dry_run { &["check", "plan"] } else { &["check", "apply", "verify"] };
+        let mut stage_report = StageReport { stage: (*stage).to_owned(), steps: Vec::new() };
         for step in steps {
             let step_started = Instant::now();
             let outcome = runner.run(step)?;
-            let elapsed = step_started.elapsed().as_secs_f64();
-            let summary = match &outcome {
-                Outcome::Checks(checks) => {
-                    let count = |status| checks.iter().filter(|c| c.status == status).count();
-                    format!(
-                        "{} ok, {} not checkable in the lab, {} failed",
-                        count(Status::Pass),
-                        count(Status::NotCheckableInLab),
-                        count(Status::Fail)
-                    )
-                }
-                Outcome::Changes { changed, unchanged } => {
-                    changed_total += changed;
-                    format!("{changed} changed, {unchanged} unchanged")
-                }
-                Outcome::Failed(_) => "failed".to_owned(),
-            };
-            writeln!(stderr, "{stage:<16} {step:<7} {elapsed:>6.1}s  {summary}")?;
+            let seconds = step_started.elapsed().as_secs_f64();
+            writeln!(stderr, "{stage:<16} {step:<7} {seconds:>6.1}s  {}", outcome.summary())?;
             // In the lab, a stage may enable a host process (MetalLB's controller after 02).
             if global.lab && *step == "apply" && !matches!(outcome, Outcome::Failed(_)) {
                 lab_up(global)?;
             }
-            let failed: Vec<&Check> = match &outcome {
-                Outcome::Checks(checks) => checks.iter().filter(|c| c.status == Status::Fail).collect(),
-                _ => Vec::new(),
-            };
-            if !failed.is_empty() || matches!(outcome, Outcome::Failed(_)) {
-                for check in failed {
-                    writeln!(stderr, "  {check}")?;
-                }
-                if let Outcome::Failed(message) = &outcome {
-                    writeln!(stderr, "  {message}")?;
-                }
+            let failed = outcome.failure();
+            stage_report.steps.push(StepReport { step: (*step).to_owned(), seconds, outcome });
+            if let Some(failure) = failed {
+                writeln!(stderr, "{failure}")?;
                 let lab = if global.lab { " --lab" } else { "" };
-                writeln!(
-                    stderr,
-                    "stopped at {stage} {step}; fix the above, then resume with:\n  cargo xtask install-all --from {stage}{lab}"
-                )?;
+                let resume = format!("cargo xtask install-all --from {stage}{lab}");
+                writeln!(stderr, "stopped at {stage} {step}; fix the above, then resume with:\n  {resume}")?;
+                report.stages.push(stage_report);
+                report.stopped = Some(Stopped { stage: (*stage).to_owned(), step: (*step).to_owned(), resume });
+                report.finish(started, global.output)?;
                 return Ok(ExitCode::from(exit::FAILED));
             }
         }
+        report.stages.push(stage_report);
     }
-    let verdict = match (args.dry_run, changed_total) {
+    let changed = report.changed();
+    let verdict = match (args.dry_run, changed) {
         (true, 0) => "nothing would change".to_owned(),
         (true, n) => format!("{n} objects would change"),
         (false, 0) => "nothing changed: the cluster was already converged".to_owned(),
         (false, n) => format!("{n} objects created or configured"),
     };
     writeln!(stderr, "{} stage(s) in {:.1}s: {verdict}", stages.len(), started.elapsed().as_secs_f64())?;
+    report.finish(started, global.output)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `--output json` prints on stdout: every step of every stage that ran, with each check
+/// and each change as the stage binary reported it, and where the run stopped if it did.
+#[derive(Serialize, Default)]
+struct Report {
+    stages: Vec<StageReport>,
+    /// Objects created or configured (or, with `--dry-run`, that would be).
+    changed: usize,
+    seconds: f64,
+    /// The step that failed and the command that resumes from its stage; absent on success.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stopped: Option<Stopped>,
+}
+
+#[derive(Serialize)]
+struct StageReport {
+    stage: String,
+    steps: Vec<StepReport>,
+}
+
+#[derive(Serialize)]
+struct StepReport {
+    step: String,
+    seconds: f64,
+    /// `"checks": [...]`, `"changes": [...]` or `"failed": "<the step's error output>"`.
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+#[derive(Serialize)]
+struct Stopped {
+    stage: String,
+    step: String,
+    resume: String,
+}
+
+impl Report {
+    fn changed(&self) -> usize {
+        self.stages
+            .iter()
+            .flat_map(|stage| &stage.steps)
+            .map(|step| match &step.outcome {
+                Outcome::Changes(changes) => changes.iter().filter(|c| c.action != Action::Unchanged).count(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Prints the report on stdout when JSON was asked for (the progress went to stderr).
+    fn finish(&mut self, started: Instant, output: Output) -> anyhow::Result<()> {
+        self.changed = self.changed();
+        self.seconds = started.elapsed().as_secs_f64();
+        if output == Output::Json {
+            let mut stdout = std::io::stdout();
+            serde_json::to_writer_pretty(&mut stdout, self)?;
+            writeln!(stdout)?;
+        }
+        Ok(())
+    }
 }
 
 /// `lab up`: starts the lab, or what the stages so far have made startable in it (MetalLB's
@@ -121,14 +164,48 @@ fn lab_up(global: &GlobalArgs) -> anyhow::Result<()> {
     tokio::runtime::Runtime::new()?.block_on(lab.up(&xtask::workspace_root()))
 }
 
+#[derive(Serialize)]
+#[serde(rename_all = "lowercase")]
 enum Outcome {
     Checks(Vec<Check>),
-    Changes {
-        changed: usize,
-        unchanged: usize,
-    },
+    Changes(Vec<Change>),
     /// The step exited without a report (an error): its stderr tail.
     Failed(String),
+}
+
+impl Outcome {
+    /// The one-line summary of the progress line.
+    fn summary(&self) -> String {
+        match self {
+            Outcome::Checks(checks) => {
+                let count = |status| checks.iter().filter(|c| c.status == status).count();
+                format!(
+                    "{} ok, {} not checkable in the lab, {} failed",
+                    count(Status::Pass),
+                    count(Status::NotCheckableInLab),
+                    count(Status::Fail)
+                )
+            }
+            Outcome::Changes(changes) => {
+                let unchanged = changes.iter().filter(|c| c.action == Action::Unchanged).count();
+                format!("{} changed, {unchanged} unchanged", changes.len() - unchanged)
+            }
+            Outcome::Failed(_) => "failed".to_owned(),
+        }
+    }
+
+    /// What stops the run: the failed checks with their fixes, or the step's error output.
+    fn failure(&self) -> Option<String> {
+        match self {
+            Outcome::Checks(checks) => {
+                let failed: Vec<String> =
+                    checks.iter().filter(|c| c.status == Status::Fail).map(|c| format!("  {c}")).collect();
+                (!failed.is_empty()).then(|| failed.join("\n"))
+            }
+            Outcome::Changes(_) => None,
+            Outcome::Failed(message) => Some(format!("  {message}")),
+        }
+    }
 }
 
 struct StageRunner<'a> {
@@ -151,18 +228,14 @@ impl StageRunner<'_> {
             let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
             return Ok(Outcome::Failed(tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")));
         }
+        let context = || format!("reading the report of {} {step} (one JSON object per line)", self.stage);
         Ok(match step {
-            "apply" | "plan" => {
-                let unchanged = lines.iter().filter(|change| change["action"] == "unchanged").count();
-                Outcome::Changes { changed: lines.len() - unchanged, unchanged }
-            }
-            _ => Outcome::Checks(
-                lines
-                    .into_iter()
-                    .map(serde_json::from_value)
-                    .collect::<Result<_, _>>()
-                    .context("reading a check report")?,
-            ),
+            "apply" | "plan" => Outcome::Changes(parse_all(lines).with_context(context)?),
+            _ => Outcome::Checks(parse_all(lines).with_context(context)?),
         })
     }
+}
+
+fn parse_all<T: serde::de::DeserializeOwned>(lines: Vec<serde_json::Value>) -> serde_json::Result<Vec<T>> {
+    lines.into_iter().map(serde_json::from_value).collect()
 }

@@ -2,6 +2,7 @@
 
 pub mod docs;
 pub mod lab;
+pub mod stages;
 
 use std::path::PathBuf;
 

@@ -5,7 +5,7 @@ mod install_all;
 mod lab_cmd;
 mod mirror;
 mod render;
-mod stages;
+use xtask::stages;
 mod status;
 mod test_cmd;
 mod validate;
@@ -18,8 +18,9 @@ use kit::stage::GlobalArgs;
 
 /// Build and test a highly available Kubernetes cluster on Talos Linux, stage by stage.
 ///
-/// Start with `cargo xtask validate` to check cluster.yaml, `cargo xtask lab up` to start a
-/// local control plane to practise on, and `cargo xtask test` to run every test against it.
+/// Start with `cargo xtask validate` to check cluster.yaml, then `cargo xtask install-all --lab`
+/// to build the whole cluster on a local control plane (started for you) before doing it on
+/// Talos, and `cargo xtask test` to run every test against the lab.
 #[derive(Parser, Debug)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
 struct Cli {
@@ -32,7 +33,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Build the cluster: every stage in order (check, apply, verify), stopping at the first
-    /// failure with the fix and the command that resumes. Add --lab for the local lab.
+    /// failure with the fix and the command that resumes. Add --lab for the local lab (started
+    /// if there is none); --output json for a report of every check and change on stdout.
     InstallAll(install_all::InstallArgs),
     /// Check cluster.yaml: prints a summary of a valid config, or every problem with its fix.
     Validate,

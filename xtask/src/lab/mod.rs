@@ -38,6 +38,40 @@ use process::Process;
 pub const SERVICE_CIDR: &str = "127.96.0.0/16";
 /// The `kubernetes` Service's ClusterIP: the first address of the range.
 const API_SERVICE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 96, 0, 1);
+/// A kwok stage of our own: a returning kubelet re-reports its running pods as Ready. When a
+/// node goes NotReady the node lifecycle controller marks its pods not Ready; once the node is
+/// back, a kubelet posts their real status again. kwok's own stages only make *pending* pods
+/// Ready, so without this the pods of a node that came back (the verify-ha drill) would stay
+/// not Ready for good.
+const POD_READY_AGAIN_STAGE: &str = r#"---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: talos-ha-pod-ready-again
+spec:
+  resourceRef:
+    apiGroup: v1
+    kind: Pod
+  selector:
+    matchExpressions:
+    - key: '.metadata.deletionTimestamp'
+      operator: 'DoesNotExist'
+    - key: '.status.phase'
+      operator: 'In'
+      values:
+      - 'Running'
+    - key: '.status.conditions.[] | select( .type == "Ready" ) | .status'
+      operator: 'NotIn'
+      values:
+      - 'True'
+  next:
+    statusTemplate: |
+      conditions:
+      - lastTransitionTime: {{ Now | Quote }}
+        status: "True"
+        type: Ready
+"#;
+
 /// kwok gives pods addresses from here.
 pub const POD_CIDR: &str = "127.128.0.1/16";
 /// The API server's port unless `--port-base` says otherwise; the other ports follow it (up
@@ -398,6 +432,7 @@ impl Lab {
             kwok_config
                 .push_str(&std::fs::read_to_string(&stage).with_context(|| format!("reading {}", stage.display()))?);
         }
+        kwok_config.push_str(POD_READY_AGAIN_STAGE);
         std::fs::write(self.dir.join("kwok.yaml"), kwok_config)?;
         Ok(())
     }

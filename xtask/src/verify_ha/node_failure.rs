@@ -55,7 +55,7 @@ pub(super) async fn drill(client: &kube::Client, config: &ClusterConfig) -> anyh
             format!(
                 "{victim} went NotReady {} after its heartbeat stopped; its probe pods were evicted after the \
                  {TOLERATION_SECONDS}s toleration and all {PROBE_REPLICAS} ran on the other nodes after {}; \
-                 Ready and untainted {} after its heartbeat resumed",
+                 it and its pods were Ready again {} after its heartbeat resumed",
                 seconds(not_ready),
                 seconds(rescheduled),
                 seconds(back)
@@ -145,13 +145,7 @@ async fn ready_probe_nodes(client: &kube::Client) -> Vec<String> {
     listed
         .items
         .into_iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-        .filter(|pod| {
-            pod.status
-                .as_ref()
-                .and_then(|status| status.conditions.as_ref())
-                .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none() && kit::lab::pod_is_ready(pod))
         .filter_map(|pod| pod.spec.and_then(|spec| spec.node_name))
         .collect()
 }
@@ -198,8 +192,9 @@ async fn measure(client: &kube::Client, victim: &str) -> Result<(Duration, Durat
     Ok((not_ready, started.elapsed()))
 }
 
-/// Gives the Lease back (kwok creates a fresh one) and waits for the node to be Ready and
-/// its `unreachable` taints lifted, so nothing scheduled after the drill avoids it.
+/// Gives the Lease back (kwok creates a fresh one) and waits for the node to be Ready, its
+/// `unreachable` taints lifted and its running pods Ready again (the node lifecycle controller
+/// marked them not Ready), so the cluster is whole when the drill ends.
 async fn restore_heartbeat(client: &kube::Client, node: &str) -> anyhow::Result<Duration> {
     leases(client)
         .delete(node, &DeleteParams::default())
@@ -213,7 +208,18 @@ async fn restore_heartbeat(client: &kube::Client, node: &str) -> anyhow::Result<
             });
         kit::lab::is_ready(n) && !tainted
     };
-    time_until(Duration::from_secs(90), || async { nodes.get(node).await.is_ok_and(|n| healed(&n)) })
-        .await
-        .with_context(|| format!("{node} was not Ready and untainted within 90s of its Lease going back to kwok"))
+    let pods: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={node},status.phase=Running"));
+    time_until(Duration::from_secs(90), || async {
+        nodes.get(node).await.is_ok_and(|n| healed(&n))
+            && pods.list(&on_node).await.is_ok_and(|listed| {
+                listed.items.iter().filter(|pod| pod.metadata.deletion_timestamp.is_none()).all(kit::lab::pod_is_ready)
+            })
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "{node} and its pods were not Ready (and the node untainted) within 90s of its Lease going back to kwok"
+        )
+    })
 }
