@@ -116,26 +116,53 @@ async fn exercise(client: &kube::Client, replicas: usize) -> anyhow::Result<Stri
         Ok(logs.contains(WRITTEN).then_some(()))
     })
     .await?;
-    let volumes: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &longhorn("Volume", "volumes"));
-    let replica_api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), NAMESPACE, &longhorn("Replica", "replicas"));
     let nodes = poll("the volume did not report healthy replicas on distinct nodes", || async {
-        let robustness =
-            volumes.get(&volume).await?.data["status"]["robustness"].as_str().unwrap_or_default().to_owned();
-        let listed = replica_api.list(&ListParams::default().labels(&format!("longhornvolume={volume}"))).await?;
-        let running: BTreeSet<String> = listed
-            .items
-            .iter()
-            .filter(|replica| replica.data["status"]["currentState"] == "running")
-            .filter_map(|replica| replica.data["spec"]["nodeID"].as_str().map(str::to_owned))
-            .collect();
-        Ok((robustness == "healthy" && running.len() >= replicas).then_some(running))
+        let health = volume_health(client).await?;
+        Ok(health
+            .into_iter()
+            .find(|health| health.name == volume && health.robustness == "healthy" && health.nodes.len() >= replicas)
+            .map(|health| health.nodes))
     })
     .await?;
     Ok(format!(
         "a {STORAGE_CLASS} PVC bound, a pod wrote and read it, and volume {volume} is healthy with replicas on {}",
         nodes.into_iter().collect::<Vec<_>>().join(", ")
     ))
+}
+
+/// One Longhorn volume as Longhorn reports it: `healthy`, `degraded` (a replica missing or
+/// rebuilding) or `faulted`, and the nodes its running replicas are on.
+#[derive(Debug)]
+pub struct VolumeHealth {
+    pub name: String,
+    pub robustness: String,
+    pub nodes: BTreeSet<String>,
+}
+
+/// Every Longhorn volume's health; an error names Longhorn's absence (stage 06 not installed).
+pub async fn volume_health(client: &kube::Client) -> anyhow::Result<Vec<VolumeHealth>> {
+    let volumes: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &longhorn("Volume", "volumes"));
+    let replicas: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NAMESPACE, &longhorn("Replica", "replicas"));
+    let listed =
+        volumes.list(&ListParams::default()).await.context("listing Longhorn volumes (is stage 06 installed?)")?;
+    let running = replicas.list(&ListParams::default()).await.context("listing Longhorn replicas")?;
+    Ok(listed
+        .items
+        .into_iter()
+        .map(|volume| {
+            let name = volume.metadata.name.clone().unwrap_or_default();
+            let nodes = running
+                .items
+                .iter()
+                .filter(|replica| replica.data["spec"]["volumeName"] == name.as_str())
+                .filter(|replica| replica.data["status"]["currentState"] == "running")
+                .filter_map(|replica| replica.data["spec"]["nodeID"].as_str().map(str::to_owned))
+                .collect();
+            let robustness = volume.data["status"]["robustness"].as_str().unwrap_or("unknown").to_owned();
+            VolumeHealth { name, robustness, nodes }
+        })
+        .collect())
 }
 
 /// The whole proof as one check; the probe objects are removed afterwards.

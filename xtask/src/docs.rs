@@ -183,10 +183,13 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
          degraded on two replicas and rebuild the third when a node is back.\n\n\
          ```bash\nkubectl -n longhorn-system get volumes.longhorn.io,replicas.longhorn.io -o wide\n```\n\n\
          ## 5. The drill: lose a node for real\n\n\
-         `cargo xtask verify-ha --drill node=<name>` asks for confirmation, shuts the node down with \
-         talosctl, measures how long the API through the VIP is unavailable and how long until every \
-         app answers again, then brings the node back and waits for etcd and Longhorn to heal. It \
-         refuses a drill that would lose etcd quorum or a volume's last replica.\n",
+         `cargo xtask verify-ha --drill node=<name>` asks for confirmation (`--yes` for scripts), \
+         then reboots the node with talosctl: the node goes away and comes back by itself (talosctl \
+         cannot power a machine back on). Every second meanwhile it asks the API through the VIP and \
+         every Quick Access URL, and reports the longest time each went unanswered and when all \
+         answered again. Once the node is back (a new boot, Ready) it waits for etcd to have every \
+         member and for Longhorn to rebuild the replicas the node held, and times both. It refuses \
+         a drill that would lose etcd quorum or a volume's last healthy replica.\n",
         control_planes.join(", "),
         config.control_planes().count(),
         vip = config.network.vip,

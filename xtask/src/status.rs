@@ -3,7 +3,6 @@
 //! and who holds the VIP.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node;
@@ -130,7 +129,6 @@ async fn control_plane_rows(config: &ClusterConfig, target: Target) -> Vec<Row> 
             Row { section: "control plane", name: "VIP holder".into(), value: vip, state: why },
         ];
     }
-    let talosconfig = kit::tool::talosconfig_path(config);
     let tool = match kit::tool::Tool::talosctl(config.versions.talos).await {
         Ok(tool) => tool,
         Err(error) => {
@@ -142,35 +140,20 @@ async fn control_plane_rows(config: &ClusterConfig, target: Target) -> Vec<Row> 
             }];
         }
     };
-    let timeout = Duration::from_secs(15);
-    let mut rows = Vec::new();
-    if let Some(first) = config.control_planes().next() {
-        let args = kit::tool::talos_node_args(&talosconfig, first, &["etcd", "members"]);
-        let state = match tool.run(args, timeout).await.and_then(|output| output.ok("talosctl etcd members")) {
-            // A header line, then one line per member; its third column is the hostname.
-            Ok(table) => {
-                table.lines().skip(1).filter_map(|line| line.split_whitespace().nth(2)).collect::<Vec<_>>().join(", ")
-            }
-            Err(error) => format!("unknown ({error:#})"),
-        };
-        rows.push(Row { section: "control plane", name: "etcd members".into(), value: first.name.clone(), state });
-    }
-    let mut holders = Vec::new();
-    for node in config.control_planes() {
-        let args = kit::tool::talos_node_args(&talosconfig, node, &["get", "addresses"]);
-        if let Ok(Ok(addresses)) = tool.run(args, timeout).await.map(|output| output.ok("talosctl get addresses"))
-            && addresses.contains(&format!("{vip}/"))
-        {
-            holders.push(node.name.clone());
-        }
-    }
+    let members = match crate::talos_state::etcd_members(&tool, config).await {
+        Ok(members) => members.join(", "),
+        Err(error) => format!("unknown ({error:#})"),
+    };
+    let holders = crate::talos_state::vip_holders(&tool, config).await;
     let state = match holders.len() {
         1 => holders.join(""),
         0 => "nobody (etcd unhealthy, or no control plane reachable)".to_owned(),
         _ => format!("several: {} (split brain?)", holders.join(", ")),
     };
-    rows.push(Row { section: "control plane", name: "VIP holder".into(), value: vip, state });
-    rows
+    vec![
+        Row { section: "control plane", name: "etcd members".into(), value: "-".into(), state: members },
+        Row { section: "control plane", name: "VIP holder".into(), value: vip, state },
+    ]
 }
 
 fn print_table(rows: &[Row], config: &ClusterConfig, out: &mut impl std::io::Write) -> anyhow::Result<()> {

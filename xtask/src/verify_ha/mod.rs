@@ -3,6 +3,7 @@
 //! (`talos.rs`); on the lab it runs a real drill (`lab.rs`): etcd members killed and
 //! restored, then a node's heartbeat stopped (`node_failure.rs`), each with measured times.
 
+mod drill;
 mod lab;
 mod node_failure;
 mod talos;

@@ -1,26 +1,28 @@
-//! The talos target: read-only checks of a real cluster, and on request one real drill
-//! (`--drill node=NAME`), refused when it would cost etcd its majority or a volume its last
-//! replica.
+//! The talos target: read-only checks of a real cluster (etcd, the VIP, the API through it,
+//! spread workloads, Longhorn replicas), and on request one real drill (`drill.rs`), refused
+//! when it would cost etcd its majority or a volume its last replica.
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kit::check::Check;
 use kit::config::{ClusterConfig, Role};
 use kube::api::{Api, ListParams};
+use longhorn::volume::VolumeHealth;
 
-use super::{VerifyHaArgs, report, seconds, time_until};
+use super::{VerifyHaArgs, drill, report};
+use crate::talos_state::{etcd_members, vip_holders};
 
 /// Why a drill on `node` must not run, if it must not: losing it would lose etcd's majority
-/// (a control plane while not all members are healthy), or a volume already missing a
-/// replica could lose its last healthy one.
+/// (a control plane while not all members are healthy), or a volume could lose its last
+/// healthy replica (one already degraded, or one whose running replicas are all on `node`).
 pub fn drill_refusal(
     node: &kit::config::Node,
     healthy_members: usize,
     control_planes: usize,
-    degraded_volumes: &[String],
+    volumes: &[VolumeHealth],
 ) -> Option<String> {
     let quorum = control_planes / 2 + 1;
     if node.role == Role::ControlPlane && healthy_members.saturating_sub(1) < quorum {
@@ -29,10 +31,15 @@ pub fn drill_refusal(
             node.name
         ));
     }
-    if !degraded_volumes.is_empty() {
+    let at_risk: Vec<&str> = volumes
+        .iter()
+        .filter(|volume| volume.robustness != "healthy" || volume.nodes.iter().all(|holder| *holder == node.name))
+        .map(|volume| volume.name.as_str())
+        .collect();
+    if !at_risk.is_empty() {
         return Some(format!(
-            "volumes {} are already degraded: losing {} may take their last healthy replica",
-            degraded_volumes.join(", "),
+            "volumes {} are degraded or have their only running replica on {}: losing it may take their last healthy replica",
+            at_risk.join(", "),
             node.name
         ));
     }
@@ -47,41 +54,58 @@ pub(super) async fn steps(
 ) -> anyhow::Result<Vec<Check>> {
     let mut checks = Vec::new();
     let talosctl = kit::tool::Tool::talosctl(config.versions.talos).await?;
-    let talosconfig = kit::tool::talosconfig_path(config);
-    let first = config.control_planes().next().context("the config has no control plane")?;
-    let timeout = Duration::from_secs(15);
-    let members = talosctl
-        .run(kit::tool::talos_node_args(&talosconfig, first, &["etcd", "members"]), timeout)
-        .await?
-        .ok("talosctl etcd members");
-    let healthy =
-        members.as_ref().map(|table| table.lines().skip(1).filter(|line| !line.trim().is_empty()).count()).unwrap_or(0);
     let control_planes = config.control_planes().count();
-    let check = if healthy == control_planes {
-        Check::pass("etcd", format!("{healthy} of {control_planes} members"))
-    } else {
-        Check::fail(
+    let members = etcd_members(&talosctl, config).await;
+    let healthy = members.as_ref().map_or(0, Vec::len);
+    let check = match &members {
+        Ok(members) if members.len() == control_planes => {
+            Check::pass("etcd", format!("{control_planes} of {control_planes} members: {}", members.join(", ")))
+        }
+        Ok(members) => Check::fail(
             "etcd",
-            format!("{healthy} of {control_planes} members ({members:?})"),
-            "talosctl -n <cp> service etcd",
-        )
+            format!("{} of {control_planes} members: {}", members.len(), members.join(", ")),
+            "talosctl -n <control plane> service etcd; a missing member rejoins when its node is back",
+        ),
+        Err(error) => Check::fail("etcd", format!("{error:#}"), "is the talosconfig in state/talos right?"),
     };
     report("1. etcd has every member", "a majority survives losing one control plane", &check, out)?;
     checks.push(check);
 
-    let api = client.apiserver_version().await;
-    let check = match api {
+    let holders = vip_holders(&talosctl, config).await;
+    let vip = config.network.vip;
+    let check = match holders.as_slice() {
+        [holder] => Check::pass("vip", format!("{vip} is held by {holder}")),
+        [] => Check::fail("vip", format!("no control plane holds {vip}"), "the VIP follows etcd: check step 1"),
+        several => Check::fail(
+            "vip",
+            format!("{vip} is held by {} at once", several.join(", ")),
+            "a split network: check the control planes' links",
+        ),
+    };
+    report("2. one control plane holds the VIP", "the API address moves when its holder goes away", &check, out)?;
+    checks.push(check);
+
+    let check = match client.apiserver_version().await {
         Ok(version) => Check::pass(
             "api via VIP",
             format!("Kubernetes {} answers at {}", version.git_version, config.api_endpoint()),
         ),
         Err(error) => Check::fail("api via VIP", format!("{error}"), "cargo xtask status shows who holds the VIP"),
     };
-    report("2. the API answers through the VIP", "clients need one address that survives a node", &check, out)?;
+    report("3. the API answers through the VIP", "clients need one address that survives a node", &check, out)?;
     checks.push(check);
 
     let check = spread_check(client).await?;
-    report("3. workloads are spread over nodes", "losing any one node keeps each app served", &check, out)?;
+    report("4. workloads are spread over nodes", "losing any one node keeps each app served", &check, out)?;
+    checks.push(check);
+
+    let volumes = longhorn::volume::volume_health(client).await;
+    let wanted = config.workers().count().min(3);
+    let check = match &volumes {
+        Ok(volumes) => replicas_check(volumes, wanted),
+        Err(error) => Check::fail("volumes", format!("{error:#}"), "install stage 06: cargo run -p longhorn -- apply"),
+    };
+    report("5. volumes keep healthy replicas on distinct nodes", "losing a node loses no data", &check, out)?;
     checks.push(check);
 
     if let Some(drill) = &args.drill {
@@ -91,7 +115,8 @@ pub(super) async fn steps(
             .iter()
             .find(|node| node.name == name)
             .with_context(|| format!("--drill node={name}: no such node in the config"))?;
-        if let Some(why) = drill_refusal(node, healthy, control_planes, &degraded_volumes(client).await?) {
+        let volumes = volumes.context("the drill needs Longhorn's volume health first")?;
+        if let Some(why) = drill_refusal(node, healthy, control_planes, &volumes) {
             anyhow::bail!("refusing the drill: {why}");
         }
         if !args.yes {
@@ -101,59 +126,33 @@ pub(super) async fn steps(
             std::io::stdin().read_line(&mut answer)?;
             anyhow::ensure!(answer.trim().eq_ignore_ascii_case("y"), "drill cancelled");
         }
-        talosctl
-            .run(kit::tool::talos_node_args(&talosconfig, node, &["reboot", "--wait=false"]), timeout)
-            .await?
-            .ok("talosctl reboot")?;
-        let started = Instant::now();
-        let outage = time_until(Duration::from_secs(120), || async {
-            tokio::time::timeout(Duration::from_secs(3), client.apiserver_version()).await.map_or(true, |r| r.is_err())
-        })
-        .await;
-        let back = time_until(Duration::from_secs(900), || async {
-            Api::<Node>::all(client.clone()).get(&node.name).await.is_ok_and(|n| kit::lab::is_ready(&n))
-        })
-        .await;
-        let check = match back {
-            Some(_) => Check::pass(
-                "drill",
-                format!(
-                    "{} rebooted; the API through the VIP {}; the node was Ready again after {}",
-                    node.name,
-                    outage.map_or("never stopped answering".to_owned(), |_| "had an outage".to_owned()),
-                    seconds(started.elapsed())
-                ),
-            ),
-            None => {
-                Check::fail("drill", format!("{} did not come back within 15 min", node.name), "talosctl -n <ip> dmesg")
-            }
-        };
-        report(&format!("4. drill: reboot {}", node.name), "the cluster rides out a node going away", &check, out)?;
+        let check = drill::reboot(client, config, &talosctl, node).await?;
+        report(&format!("6. drill: reboot {}", node.name), "the cluster rides out a node going away", &check, out)?;
         checks.push(check);
     }
     Ok(checks)
 }
 
-/// Longhorn volumes that are not healthy (a replica missing or rebuilding).
-async fn degraded_volumes(client: &kube::Client) -> anyhow::Result<Vec<String>> {
-    let resource = kube::discovery::ApiResource {
-        group: "longhorn.io".into(),
-        version: "v1beta2".into(),
-        api_version: "longhorn.io/v1beta2".into(),
-        kind: "Volume".into(),
-        plural: "volumes".into(),
-    };
-    let volumes: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), "longhorn-system", &resource);
-    let listed = match volumes.list(&ListParams::default()).await {
-        Ok(list) => list.items,
-        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(), // Longhorn not installed
-        Err(error) => return Err(error).context("listing Longhorn volumes"),
-    };
-    Ok(listed
-        .into_iter()
-        .filter(|volume| volume.data["status"]["robustness"] != "healthy")
-        .filter_map(|volume| volume.metadata.name)
-        .collect())
+/// Every volume healthy, with running replicas on `wanted` distinct nodes.
+fn replicas_check(volumes: &[VolumeHealth], wanted: usize) -> Check {
+    let short: Vec<String> = volumes
+        .iter()
+        .filter(|volume| volume.robustness != "healthy" || volume.nodes.len() < wanted)
+        .map(|volume| format!("{} ({}, replicas on {:?})", volume.name, volume.robustness, volume.nodes))
+        .collect();
+    if short.is_empty() {
+        let nodes: BTreeSet<&String> = volumes.iter().flat_map(|volume| &volume.nodes).collect();
+        Check::pass(
+            "volumes",
+            format!("{} volume(s) healthy, each with replicas on {wanted} nodes (of {nodes:?})", volumes.len()),
+        )
+    } else {
+        Check::fail(
+            "volumes",
+            format!("not healthy on {wanted} nodes: {}", short.join("; ")),
+            "Longhorn rebuilds replicas on its own; look at `kubectl -n longhorn-system get volumes,replicas`",
+        )
+    }
 }
 
 /// Every multi-replica Deployment of the stages runs on more than one node.
@@ -192,6 +191,14 @@ async fn spread_check(client: &kube::Client) -> anyhow::Result<Check> {
 mod tests {
     use super::*;
 
+    fn volume(name: &str, robustness: &str, nodes: &[&str]) -> VolumeHealth {
+        VolumeHealth {
+            name: name.to_owned(),
+            robustness: robustness.to_owned(),
+            nodes: nodes.iter().map(|node| (*node).to_owned()).collect(),
+        }
+    }
+
     #[test]
     fn a_drill_that_would_lose_quorum_or_a_last_replica_is_refused() {
         let config = ClusterConfig::parse(include_str!("../../../cluster.yaml"), std::path::Path::new("cluster.yaml"))
@@ -201,7 +208,22 @@ mod tests {
         let refused = drill_refusal(cp01, 2, 3, &[]).expect("2 of 3 healthy: losing one leaves 1");
         assert!(refused.contains("fewer than 2"), "{refused}");
         assert_eq!(drill_refusal(wk01, 2, 3, &[]), None, "a worker holds no etcd member");
-        let refused = drill_refusal(wk01, 3, 3, &["pvc-1".to_owned()]).expect("a last replica");
-        assert!(refused.contains("pvc-1"), "{refused}");
+        let spread = volume("pvc-1", "healthy", &["wk01", "wk02", "wk03"]);
+        assert_eq!(drill_refusal(wk01, 3, 3, &[spread]), None, "two replicas remain elsewhere");
+        let refused = drill_refusal(wk01, 3, 3, &[volume("pvc-2", "degraded", &["wk02"])]).expect("degraded");
+        assert!(refused.contains("pvc-2"), "{refused}");
+        let refused = drill_refusal(wk01, 3, 3, &[volume("pvc-3", "healthy", &["wk01"])]).expect("its only replica");
+        assert!(refused.contains("pvc-3"), "{refused}");
+    }
+
+    #[test]
+    fn volumes_pass_only_when_healthy_on_enough_distinct_nodes() {
+        let whole = volume("pvc-1", "healthy", &["wk01", "wk02", "wk03"]);
+        assert_eq!(replicas_check(&[whole], 3).status, kit::check::Status::Pass);
+        let rebuilding = volume("pvc-1", "degraded", &["wk01", "wk02"]);
+        let check = replicas_check(&[rebuilding], 3);
+        assert_eq!(check.status, kit::check::Status::Fail);
+        assert!(check.reason.contains("pvc-1 (degraded"), "{}", check.reason);
+        assert_eq!(replicas_check(&[], 3).status, kit::check::Status::Pass, "no volume: nothing to lose");
     }
 }
