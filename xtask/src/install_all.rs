@@ -14,21 +14,29 @@ use serde::Serialize;
 
 pub use crate::stages::STAGES;
 
+/// Which stages to run.
 #[derive(clap::Args, Debug)]
-pub struct InstallArgs {
+pub struct Selection {
     /// Start at this stage (the resume point a failure prints).
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(STAGES))]
     pub from: Option<String>,
     /// Run only this stage.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(STAGES), conflicts_with = "from")]
     pub only: Option<String>,
-    /// Show what each stage would change (`plan`) instead of applying it.
+}
+
+#[derive(clap::Args, Debug)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Show what each stage would change (`plan`) instead of applying it; the same as
+    /// `cargo xtask plan`.
     #[arg(long)]
     pub dry_run: bool,
 }
 
 /// The stages to run: those that exist in this workspace, narrowed by --from / --only.
-fn selected<'a>(root: &Path, args: &InstallArgs) -> anyhow::Result<Vec<&'a str>> {
+fn selected<'a>(root: &Path, args: &Selection) -> anyhow::Result<Vec<&'a str>> {
     let present = crate::stages::present(root);
     let chosen: Vec<&str> = match (&args.only, &args.from) {
         (Some(only), _) => present.into_iter().filter(|s| s == only).collect(),
@@ -41,7 +49,7 @@ fn selected<'a>(root: &Path, args: &InstallArgs) -> anyhow::Result<Vec<&'a str>>
 
 pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
     let root = xtask::workspace_root();
-    let stages = selected(&root, args)?;
+    let stages = selected(&root, &args.selection)?;
     let bin_dir = crate::stages::build(&root, &stages)?;
     // From a fresh clone `install-all --lab` is the whole job: with no lab yet, start one
     // (a lab that exists, even one that is down, is left to `lab up`: it may use other ports).

@@ -37,6 +37,9 @@ enum Command {
     /// failure with the fix and the command that resumes. Add --lab for the local lab (started
     /// if there is none); --output json for a report of every check and change on stdout.
     InstallAll(install_all::InstallArgs),
+    /// What install-all would change, stage by stage (each stage's check, then its plan: a
+    /// server-side dry run with a field diff); changes nothing.
+    Plan(install_all::Selection),
     /// Check cluster.yaml: prints a summary of a valid config, or every problem with its fix.
     Validate,
     /// The lab: a real Kubernetes control plane on 127.0.0.1 (etcd ×3, API server,
@@ -90,6 +93,9 @@ fn main() -> ExitCode {
     kit::logging::init(cli.global.verbose);
     let result = match cli.command {
         Command::InstallAll(args) => install_all::run(&cli.global, &args),
+        Command::Plan(selection) => {
+            install_all::run(&cli.global, &install_all::InstallArgs { selection, dry_run: true })
+        }
         Command::Validate => validate::run(&cli.global),
         Command::Lab { action } => lab_cmd::run(&cli.global, action),
         Command::Bench { what: BenchTarget::Apply } => bench::run(&cli.global),
