@@ -1,7 +1,7 @@
 //! `cargo xtask install-all --lab` as a user runs it: the real command, against the lab.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
@@ -12,7 +12,7 @@ fn install_all(config: &Path, extra: &[&str]) -> anyhow::Result<Output> {
 
 /// `cargo xtask <command> --lab` with the test config and the upstream mirror.
 fn xtask_on_lab(command: &str, config: &Path, extra: &[&str]) -> anyhow::Result<Output> {
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let output = xtask::cargo()
         .current_dir(xtask::workspace_root())
         .args(["xtask", command, "--lab", "--config"])
         .arg(config)

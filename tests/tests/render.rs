@@ -2,7 +2,6 @@
 //! whole seed tree is written, and every address in it follows the config.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -24,7 +23,7 @@ fn render_writes_the_seed_tree_and_every_address_follows_the_config() -> anyhow:
         .replace("ip: 10.40.0.102", "ip: 10.40.0.202");
     std::fs::write(&config, moved)?;
     let out = dir.path().join("rendered");
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let output = xtask::cargo()
         .current_dir(xtask::workspace_root())
         .args(["xtask", "render", "--out"])
         .arg(&out)

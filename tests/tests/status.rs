@@ -1,11 +1,9 @@
 //! `cargo xtask status --lab` as a user runs it: the Quick Access table from the config, and
 //! the nodes, checked against the running lab.
 
-use std::process::Command;
-
 #[test]
 fn status_reports_the_quick_access_table_and_the_nodes() -> anyhow::Result<()> {
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let output = xtask::cargo()
         .current_dir(xtask::workspace_root())
         .args(["xtask", "status", "--lab", "--output", "json", "--config"])
         .arg(tests::config_path())

@@ -1,14 +1,12 @@
 //! `cargo xtask verify-ha --lab` as a user runs it: a real etcd drill and a node failure on the
 //! lab, with times.
 
-use std::process::Command;
-
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
 #[test]
 fn the_lab_drill_loses_etcd_quorum_and_a_node_and_measures_both() -> anyhow::Result<()> {
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let output = xtask::cargo()
         .current_dir(xtask::workspace_root())
         .args(["xtask", "verify-ha", "--lab", "--config"])
         .arg(tests::config_path())

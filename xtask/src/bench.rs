@@ -32,7 +32,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if cfg!(debug_assertions) {
         tracing::info!("re-running the benchmark from a release build");
         let args: Vec<String> = std::env::args().skip(1).collect();
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        let status = xtask::cargo()
             .current_dir(xtask::workspace_root())
             .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
             .args(&args)

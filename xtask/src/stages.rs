@@ -6,7 +6,6 @@ use std::process::Command;
 
 use anyhow::Context as _;
 use kit::stage::GlobalArgs;
-use xshell::{Shell, cmd};
 
 /// The seed's stages, 01–08 and 100, by crate (and binary) name.
 pub const STAGES: &[&str] = &[
@@ -28,10 +27,15 @@ pub fn present(root: &Path) -> Vec<&'static str> {
 
 /// Builds `stages`; returns the folder their binaries are in.
 pub fn build(root: &Path, stages: &[&str]) -> anyhow::Result<PathBuf> {
-    let sh = Shell::new()?;
-    sh.change_dir(root);
     let packages: Vec<String> = stages.iter().flat_map(|stage| ["-p".to_owned(), (*stage).to_owned()]).collect();
-    cmd!(sh, "cargo build --quiet {packages...}").run().context("building the stage binaries")?;
+    tracing::debug!("cargo build --quiet {}", packages.join(" "));
+    let status = crate::cargo()
+        .current_dir(root)
+        .args(["build", "--quiet"])
+        .args(&packages)
+        .status()
+        .context("running cargo build for the stage binaries")?;
+    anyhow::ensure!(status.success(), "building the stage binaries failed (cargo's output is above)");
     Ok(root.join("target").join("debug"))
 }
 

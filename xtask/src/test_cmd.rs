@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use kit::stage::{GlobalArgs, exit, load_config};
-use xshell::{Shell, cmd};
 use xtask::lab::{DEFAULT_PORT_BASE, Lab};
 
 pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
@@ -18,12 +17,15 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let up = runtime.block_on(lab.up(&root));
     let tests = up.and_then(|()| {
-        let sh = Shell::new()?;
-        sh.change_dir(&root);
-        cmd!(sh, "cargo test --workspace -- {cargo_args...}")
+        let status = xtask::cargo()
+            .current_dir(&root)
+            .args(["test", "--workspace", "--"])
+            .args(cargo_args)
             .env("TALOS_HA_LAB_KUBECONFIG", &lab.kubeconfig)
-            .run()
-            .context("cargo test failed (its output is above)")
+            .status()
+            .context("running cargo test")?;
+        anyhow::ensure!(status.success(), "cargo test failed (its output is above)");
+        Ok(())
     });
     if !was_running {
         let stopped = lab.down(false)?;
