@@ -134,7 +134,7 @@ pub fn objects_yaml(objects: &[kube::api::DynamicObject]) -> anyhow::Result<Vec<
 }
 
 /// The kubeconfig a target uses unless `--kubeconfig` says otherwise.
-pub fn default_kubeconfig(state_dir: &Path, target: Target) -> PathBuf {
+fn default_kubeconfig(state_dir: &Path, target: Target) -> PathBuf {
     match target {
         Target::Talos => state_dir.join("kubeconfig"),
         Target::Lab => crate::lab::kubeconfig_path(state_dir),
@@ -205,6 +205,11 @@ pub struct GlobalArgs {
 impl GlobalArgs {
     pub fn target(&self) -> Target {
         if self.lab { Target::Lab } else { Target::Talos }
+    }
+
+    /// `--kubeconfig`, or the one the target's commands write beside the config.
+    pub fn kubeconfig(&self, config: &ClusterConfig) -> PathBuf {
+        self.kubeconfig.clone().unwrap_or_else(|| default_kubeconfig(&config.state_dir(), self.target()))
     }
 }
 
@@ -290,12 +295,7 @@ fn run<S: Stage>(stage: &S, cli: &StageCli, out: &mut impl Write) -> anyhow::Res
         None => return Ok(ExitCode::from(exit::INVALID)),
     };
     let target = cli.global.target();
-    let ctx = Context {
-        kubeconfig: cli.global.kubeconfig.clone().unwrap_or_else(|| default_kubeconfig(&config.state_dir(), target)),
-        config,
-        target,
-        mirror: cli.global.mirror.clone(),
-    };
+    let ctx = Context { kubeconfig: cli.global.kubeconfig(&config), config, target, mirror: cli.global.mirror.clone() };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let output = cli.global.output;
     runtime.block_on(async {

@@ -73,7 +73,8 @@ fn pod() -> Pod {
     }
 }
 
-fn longhorn(kind: &str, plural: &str) -> ApiResource {
+/// A Longhorn custom resource kind (`longhorn.io/v1beta2`), e.g. `("Volume", "volumes")`.
+pub fn resource(kind: &str, plural: &str) -> ApiResource {
     ApiResource {
         group: "longhorn.io".into(),
         version: "v1beta2".into(),
@@ -141,9 +142,9 @@ pub struct VolumeHealth {
 
 /// Every Longhorn volume's health; an error names Longhorn's absence (stage 06 not installed).
 pub async fn volume_health(client: &kube::Client) -> anyhow::Result<Vec<VolumeHealth>> {
-    let volumes: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &longhorn("Volume", "volumes"));
+    let volumes: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource("Volume", "volumes"));
     let replicas: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), NAMESPACE, &longhorn("Replica", "replicas"));
+        Api::namespaced_with(client.clone(), NAMESPACE, &resource("Replica", "replicas"));
     let listed =
         volumes.list(&ListParams::default()).await.context("listing Longhorn volumes (is stage 06 installed?)")?;
     let running = replicas.list(&ListParams::default()).await.context("listing Longhorn replicas")?;

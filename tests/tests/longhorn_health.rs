@@ -9,16 +9,6 @@ use kube::discovery::ApiResource;
 use longhorn::{Longhorn, NAMESPACE};
 use tests::{lab_client, run_stage_async};
 
-fn resource(kind: &str, plural: &str) -> ApiResource {
-    ApiResource {
-        group: "longhorn.io".into(),
-        version: "v1beta2".into(),
-        api_version: "longhorn.io/v1beta2".into(),
-        kind: kind.into(),
-        plural: plural.into(),
-    }
-}
-
 /// Creates `name` with `spec`, then sets its `status` (a subresource: a separate write).
 async fn create_with_status(
     api: &Api<DynamicObject>,
@@ -40,7 +30,8 @@ async fn volume_health_reads_robustness_and_the_nodes_of_running_replicas() -> a
     let (code, out) = run_stage_async(Longhorn, &["apply"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
     let client = lab_client().await?;
-    let (volume_resource, replica_resource) = (resource("Volume", "volumes"), resource("Replica", "replicas"));
+    let (volume_resource, replica_resource) =
+        (longhorn::volume::resource("Volume", "volumes"), longhorn::volume::resource("Replica", "replicas"));
     let volumes: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &volume_resource);
     let replicas: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &replica_resource);
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node;
 use kit::config::ClusterConfig;
-use kit::stage::{GlobalArgs, Output, Target, default_kubeconfig, exit, load_config, write_json_lines};
+use kit::stage::{GlobalArgs, Output, Target, exit, load_config, write_json_lines};
 use kube::api::{Api, DynamicObject};
 use serde::Serialize;
 use xtask::docs::{Endpoint, Path};
@@ -27,7 +27,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(exit::INVALID));
     };
     let target = global.target();
-    let kubeconfig = global.kubeconfig.clone().unwrap_or_else(|| default_kubeconfig(&config.state_dir(), target));
+    let kubeconfig = global.kubeconfig(&config);
     let rows = tokio::runtime::Runtime::new()?.block_on(async {
         let client = kit::lab::client_from_kubeconfig(&kubeconfig).await;
         let mut rows = Vec::new();

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use kit::check::{Check, Status};
-use kit::stage::{GlobalArgs, Target, default_kubeconfig, exit, load_config};
+use kit::stage::{GlobalArgs, Target, exit, load_config};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyHaArgs {
@@ -38,7 +38,7 @@ pub fn run(global: &GlobalArgs, args: &VerifyHaArgs) -> anyhow::Result<ExitCode>
         return Ok(ExitCode::from(exit::INVALID));
     };
     let target = global.target();
-    let kubeconfig = global.kubeconfig.clone().unwrap_or_else(|| default_kubeconfig(&config.state_dir(), target));
+    let kubeconfig = global.kubeconfig(&config);
     let checks = tokio::runtime::Runtime::new()?.block_on(async {
         let client = kit::lab::client_from_kubeconfig(&kubeconfig).await?;
         match target {
