@@ -13,12 +13,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use kit::check::{Check, Status};
-use kit::stage::{GlobalArgs, Target, exit, load_config};
+use kit::stage::{GlobalArgs, Output, Target, exit, load_config, write_json_lines};
 
 #[derive(clap::Args, Debug)]
 pub struct VerifyHaArgs {
-    /// Take one node down for real and measure the outage, e.g. `--drill node=wk02` (talos
-    /// target; the lab always drills).
+    /// Reboot one node for real (talosctl) and measure the outage, e.g. `--drill node=wk02`
+    /// (talos target; refused if it would cost etcd its majority or a volume its last replica;
+    /// the lab always drills, on etcd and on a node's heartbeat).
     #[arg(long, value_name = "node=NAME")]
     pub drill: Option<String>,
     /// Do not ask before a drill (for scripts).
@@ -37,17 +38,24 @@ pub fn run(global: &GlobalArgs, args: &VerifyHaArgs) -> anyhow::Result<ExitCode>
     let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
         return Ok(ExitCode::from(exit::INVALID));
     };
-    let target = global.target();
     let kubeconfig = global.kubeconfig(&config);
+    // The guide's text for people; with `--output json`, only the checks, one per line.
+    let mut guide: Box<dyn std::io::Write> = match global.output {
+        Output::Text => Box::new(std::io::stdout()),
+        Output::Json => Box::new(std::io::sink()),
+    };
     let checks = tokio::runtime::Runtime::new()?.block_on(async {
         let client = kit::lab::client_from_kubeconfig(&kubeconfig).await?;
-        match target {
-            Target::Lab => lab::drill(&client, &config, &mut stdout).await,
-            Target::Talos => talos::steps(&client, &config, args, &mut stdout).await,
+        match global.target() {
+            Target::Lab => lab::drill(&client, &config, &mut guide).await,
+            Target::Talos => talos::steps(&client, &config, args, &mut guide).await,
         }
     })?;
     let failed = checks.iter().filter(|check| check.status == Status::Fail).count();
-    writeln!(stdout, "\n{} step(s), {failed} failed", checks.len())?;
+    match global.output {
+        Output::Text => writeln!(stdout, "\n{} step(s), {failed} failed", checks.len())?,
+        Output::Json => write_json_lines(&checks, &mut stdout)?,
+    }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) })
 }
 

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeSet;
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -120,8 +122,10 @@ pub(super) async fn steps(
             anyhow::bail!("refusing the drill: {why}");
         }
         if !args.yes {
-            write!(out, "\nReboot {} ({}) now to measure the outage? [y/N] ", node.name, node.ip)?;
-            out.flush()?;
+            // A question to the person at the terminal: stderr, so stdout stays the report.
+            let mut stderr = std::io::stderr();
+            write!(stderr, "\nReboot {} ({}) now to measure the outage? [y/N] ", node.name, node.ip)?;
+            stderr.flush()?;
             let mut answer = String::new();
             std::io::stdin().read_line(&mut answer)?;
             anyhow::ensure!(answer.trim().eq_ignore_ascii_case("y"), "drill cancelled");
