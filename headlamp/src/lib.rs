@@ -185,8 +185,7 @@ impl Stage for Headlamp {
         let (api, client) = common::api(ctx).await;
         let mut checks = vec![api];
         let Some(client) = client else { return Ok(checks) };
-        checks.push(exposure::ingress_class(&client).await);
-        checks.push(exposure::ca_issuer(&client).await);
+        checks.extend(exposure::https_ingress(&client).await);
         Ok(checks)
     }
 

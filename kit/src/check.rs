@@ -139,8 +139,14 @@ pub mod exposure {
     use crate::certs::INGRESS_CLASS;
     use crate::names::CA_ISSUER;
 
+    /// What an HTTPS Ingress with a cluster-CA certificate needs (the legacy path): stage 04's
+    /// IngressClass and stage 05's issuer.
+    pub async fn https_ingress(client: &kube::Client) -> [Check; 2] {
+        [ingress_class(client).await, ca_issuer(client).await]
+    }
+
     /// Stage 04's IngressClass exists (an Ingress of a class nobody serves goes nowhere).
-    pub async fn ingress_class(client: &kube::Client) -> Check {
+    async fn ingress_class(client: &kube::Client) -> Check {
         match Api::<IngressClass>::all(client.clone()).get_opt(INGRESS_CLASS).await {
             Ok(Some(_)) => Check::pass("ingress class", format!("IngressClass {INGRESS_CLASS} exists (stage 04)")),
             Ok(None) => Check::fail(

@@ -170,8 +170,7 @@ impl Stage for Longhorn {
                 "uncordon or repair workers (kubectl get nodes): each replica needs a node of its own",
             )
         });
-        checks.push(exposure::ingress_class(&client).await);
-        checks.push(exposure::ca_issuer(&client).await);
+        checks.extend(exposure::https_ingress(&client).await);
         match ctx.target {
             Target::Talos => checks.extend(talos::worker_checks(&ctx.config, DATA_PATH).await),
             Target::Lab => checks.push(Check::not_checkable_in_lab(
