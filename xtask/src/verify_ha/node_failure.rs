@@ -38,6 +38,14 @@ const TOLERATION_SECONDS: i64 = 10;
 
 /// Stops one worker's heartbeat, measures detection and rescheduling, then brings it back.
 pub(super) async fn drill(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<Check> {
+    // A drill interrupted earlier (Ctrl-C) left its node silent: give that heartbeat back first.
+    for lease in leases(client).list(&ListParams::default()).await.context("listing kube-node-lease")? {
+        let held = lease.spec.as_ref().and_then(|spec| spec.holder_identity.as_deref()) == Some(HOLDER);
+        if let (true, Some(node)) = (held, lease.metadata.name.as_deref()) {
+            tracing::info!("{node}'s Lease is still held by an interrupted drill; giving it back");
+            restore_heartbeat(client, node).await?;
+        }
+    }
     let victim = deploy_probe(client, config).await?;
     tracing::info!(
         "stopping {victim}'s heartbeat; the node lifecycle controller waits out its grace period (about a minute)"
