@@ -87,13 +87,19 @@ fn a_failed_check_stops_with_the_fix_and_the_resume_command() -> anyhow::Result<
     assert_eq!(output.status.code(), Some(1), "{log}");
     assert!(log.contains("FAIL  api: the API does not answer"), "the failing check: {log}");
     assert!(log.contains("fix: start the lab: cargo xtask lab up"), "its fix: {log}");
-    assert!(log.contains("cargo xtask install-all --from metallb --lab"), "the resume command: {log}");
+    // The resume command carries the flags this run was given, so it can be pasted as it is.
+    let resume = format!(
+        "cargo xtask install-all --from metallb --lab --config {} --mirror {}",
+        config.display(),
+        tests::upstream_mirror().display()
+    );
+    assert!(log.contains(&format!("resume with:\n  {resume}\n")), "the resume command: {log}");
 
     // The same, for a machine: the failed check with its fix, and where to resume.
     let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
     assert_eq!(report["stopped"]["stage"], "metallb", "{report:#}");
     assert_eq!(report["stopped"]["step"], "check", "{report:#}");
-    assert_eq!(report["stopped"]["resume"], "cargo xtask install-all --from metallb --lab", "{report:#}");
+    assert_eq!(report["stopped"]["resume"], resume.as_str(), "{report:#}");
     let checks = report["stages"][0]["steps"][0]["checks"].as_array().map(Vec::as_slice).unwrap_or_default();
     let api = checks.iter().find(|c| c["name"] == "api").ok_or_else(|| anyhow::anyhow!("no api check: {report:#}"))?;
     assert_eq!(api["status"], "fail", "{report:#}");

@@ -81,8 +81,7 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
             stage_report.steps.push(StepReport { step: (*step).to_owned(), seconds, outcome });
             if let Some(failure) = failed {
                 writeln!(stderr, "{failure}")?;
-                let lab = if global.lab { " --lab" } else { "" };
-                let resume = format!("cargo xtask install-all --from {stage}{lab}");
+                let resume = resume_command(stage, global);
                 writeln!(stderr, "stopped at {stage} {step}; fix the above, then resume with:\n  {resume}")?;
                 report.stages.push(stage_report);
                 report.stopped = Some(Stopped { stage: (*stage).to_owned(), step: (*step).to_owned(), resume });
@@ -162,6 +161,23 @@ impl Report {
         }
         Ok(())
     }
+}
+
+/// The command that picks up at `stage` with the flags this run was given, ready to paste.
+fn resume_command(stage: &str, global: &GlobalArgs) -> String {
+    let mut command = format!("cargo xtask install-all --from {stage}");
+    if global.lab {
+        command.push_str(" --lab");
+    }
+    if global.config != std::path::Path::new("cluster.yaml") {
+        command.push_str(&format!(" --config {}", global.config.display()));
+    }
+    for (flag, value) in [("--kubeconfig", &global.kubeconfig), ("--mirror", &global.mirror)] {
+        if let Some(value) = value {
+            command.push_str(&format!(" {flag} {}", value.display()));
+        }
+    }
+    command
 }
 
 /// `lab up`: starts the lab, or what the stages so far have made startable in it (MetalLB's
