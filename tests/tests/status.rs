@@ -18,7 +18,14 @@ fn status_reports_the_quick_access_table_and_the_nodes() -> anyhow::Result<()> {
     assert_eq!(quick.len(), 6, "{quick:?}");
     let whoami = quick.iter().find(|row| row["name"] == "whoami").expect("a whoami row");
     assert!(whoami["value"].as_str().unwrap_or_default().starts_with("https://whoami.172.16.16.101.sslip.io"));
-    assert!(whoami["state"].as_str().unwrap_or_default().starts_with("not checkable in the lab"), "{whoami}");
+    let state = whoami["state"].as_str().unwrap_or_default();
+    assert!(state.starts_with("not checkable in the lab"), "{whoami}");
+    // The Certificate is there (stage 100 makes it) but no cert-manager controller runs here.
+    assert!(
+        state.ends_with("certificate: whoami/whoami exists; issuance not checkable in the lab")
+            || state.ends_with("certificate: no Certificate (stage not installed)"),
+        "{whoami}"
+    );
     let nodes = section("nodes");
     assert_eq!(nodes.len(), 6);
     assert!(nodes.iter().all(|row| row["state"] == "Ready"), "{nodes:?}");
