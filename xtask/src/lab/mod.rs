@@ -539,9 +539,10 @@ where
         }
         if process.running_pid().is_none() {
             anyhow::bail!(
-                "{} exited before it could {what} (a port already taken? see {}):\n{}",
+                "{} exited before it could {what} (a port already taken? see {}; {}):\n{}",
                 process.name,
                 process.log_file().display(),
+                process.proc_state(),
                 process.log_tail(20)
             );
         }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::waitpid;
+use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 
 /// One supervised process of the lab.
@@ -103,10 +103,29 @@ impl Process {
 }
 
 /// Collects the exit status of `pid` if this process started it (`lab up` and `lab down` in one
-/// process, as `cargo xtask test` does), so it leaves no zombie. Called only once the process
-/// is exiting, so the wait is short; for anyone else's child it returns ECHILD at once.
+/// process, as `cargo xtask test` does), so it leaves no zombie. It never waits: a child that is
+/// still running is left alone (a blocking wait on one hung `cargo xtask test` for good once,
+/// in a `down` after a failed `up`); for anyone else's child it returns ECHILD at once.
 fn reap_if_child(pid: i32) {
-    let _ = waitpid(Pid::from_raw(pid), None);
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+}
+
+impl Process {
+    /// What /proc says of the recorded PID, for an error that claims the process is gone.
+    pub fn proc_state(&self) -> String {
+        let Some(pid) = self.recorded_pid() else { return format!("no PID in {}", self.pid_file().display()) };
+        let argv0 = fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|cmdline| String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned());
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"));
+        match (argv0, stat) {
+            (Ok(argv0), Ok(stat)) => format!(
+                "pid {pid} runs {argv0:?} (expected {}), state {:?}",
+                self.binary.display(),
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?")
+            ),
+            (argv0, stat) => format!("pid {pid}: /proc unreadable ({argv0:?}, {stat:?})"),
+        }
+    }
 }
 
 /// True when `pid` runs `binary` and is not a zombie (a dead child not yet reaped by its parent).
