@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 /// One supervised process of the lab.
@@ -103,11 +103,19 @@ impl Process {
 }
 
 /// Collects the exit status of `pid` if this process started it (`lab up` and `lab down` in one
-/// process, as `cargo xtask test` does), so it leaves no zombie. It never waits: a child that is
-/// still running is left alone (a blocking wait on one hung `cargo xtask test` for good once,
-/// in a `down` after a failed `up`); for anyone else's child it returns ECHILD at once.
+/// process, as `cargo xtask test` does), so it leaves no zombie. A process that is exiting has
+/// already lost its cmdline but is not a zombie yet, so this polls for up to 5 s; it never waits
+/// longer (a blocking wait on a child still running hung `cargo xtask test` for good once, in a
+/// `down` after a failed `up`). For anyone else's child it returns ECHILD at once.
 fn reap_if_child(pid: i32) {
-    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Ok(WaitStatus::StillAlive) = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+        if Instant::now() >= deadline {
+            tracing::warn!("pid {pid} is still running; left alone");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 impl Process {
