@@ -100,6 +100,19 @@ impl Process {
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
+
+    /// What /proc says of the recorded PID, for an error that claims the process is gone.
+    pub fn proc_state(&self) -> String {
+        let Some(pid) = self.recorded_pid() else { return format!("no PID in {}", self.pid_file().display()) };
+        match proc_view(pid) {
+            Ok((argv0, state)) => format!(
+                "pid {pid} runs {:?} (expected {}), state {state:?}",
+                String::from_utf8_lossy(&argv0),
+                self.binary.display()
+            ),
+            Err(error) => format!("pid {pid}: /proc unreadable ({error})"),
+        }
+    }
 }
 
 /// Collects the exit status of `pid` if this process started it (`lab up` and `lab down` in one
@@ -118,36 +131,22 @@ fn reap_if_child(pid: i32) {
     }
 }
 
-impl Process {
-    /// What /proc says of the recorded PID, for an error that claims the process is gone.
-    pub fn proc_state(&self) -> String {
-        let Some(pid) = self.recorded_pid() else { return format!("no PID in {}", self.pid_file().display()) };
-        let argv0 = fs::read(format!("/proc/{pid}/cmdline"))
-            .map(|cmdline| String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap_or_default()).into_owned());
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat"));
-        match (argv0, stat) {
-            (Ok(argv0), Ok(stat)) => format!(
-                "pid {pid} runs {argv0:?} (expected {}), state {:?}",
-                self.binary.display(),
-                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or("?")
-            ),
-            (argv0, stat) => format!("pid {pid}: /proc unreadable ({argv0:?}, {stat:?})"),
-        }
-    }
+/// What /proc shows of `pid`: its argv[0], and its state (field 3 of `stat`, after `(comm)`;
+/// empty if unparsable).
+fn proc_view(pid: i32) -> std::io::Result<(Vec<u8>, String)> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let cmdline = fs::read(proc_dir.join("cmdline"))?;
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default().to_vec();
+    let stat = fs::read_to_string(proc_dir.join("stat"))?;
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or_default();
+    Ok((argv0, state.to_owned()))
 }
 
 /// True when `pid` runs `binary` and is not a zombie (a dead child not yet reaped by its parent).
 pub fn is_our_live_process(pid: i32, binary: &Path) -> bool {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let Ok(cmdline) = fs::read(proc_dir.join("cmdline")) else { return false };
-    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-    if argv0 != binary.as_os_str().as_encoded_bytes() {
-        return false;
-    }
-    // Field 3 of /proc/<pid>/stat is the state; it follows the `(comm)` field.
-    let stat = fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z" | "X") | None)
+    proc_view(pid).is_ok_and(|(argv0, state)| {
+        argv0 == binary.as_os_str().as_encoded_bytes() && !matches!(state.as_str(), "Z" | "X" | "")
+    })
 }
 
 /// Resident memory of a process in bytes (from /proc), for `lab status`.
