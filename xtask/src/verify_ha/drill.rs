@@ -83,7 +83,7 @@ pub(super) async fn reboot(
         .ok("talosctl reboot")?;
     let started = Instant::now();
     tracing::info!("{} is rebooting; sampling the API and every URL each second until it is back", node.name);
-    let mut back = None;
+    let (mut back, mut seen_not_ready) = (None, false);
     while started.elapsed() < BACK_WITHIN {
         let at = started.elapsed();
         let answered = tokio::time::timeout(Duration::from_secs(3), client.apiserver_version()).await;
@@ -99,8 +99,9 @@ pub(super) async fn reboot(
         }
         if back.is_none() {
             let now = nodes.get(&node.name).await.ok();
-            // Without a boot ID to compare, Ready again is taken as back.
-            let rebooted = |now: &Node| booted.is_none() || boot_id(now) != booted;
+            seen_not_ready |= now.as_ref().is_some_and(|now| !kit::lab::is_ready(now));
+            // A new boot ID proves the reboot; without one, Ready again after NotReady does.
+            let rebooted = |now: &Node| booted.map_or(seen_not_ready, |before| boot_id(now) != Some(before));
             if now.as_ref().is_some_and(|now| rebooted(now) && kit::lab::is_ready(now)) {
                 back = Some(at);
                 tracing::info!("{} is back after {}", node.name, seconds(at));
