@@ -79,6 +79,8 @@ pub(super) async fn drill(client: &kube::Client, config: &ClusterConfig) -> anyh
 
 /// Runs the probe on the workers and returns the node one of its pods landed on.
 async fn deploy_probe(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<String> {
+    let workers = config.workers().count();
+    anyhow::ensure!(workers >= 2, "a node failure drill needs two workers or more; the config has {workers}");
     let namespaces: Api<Namespace> = Api::all(client.clone());
     // A namespace left Terminating by a drill a moment ago refuses new objects: let it go.
     let gone = time_until(Duration::from_secs(60), || async {
@@ -99,8 +101,6 @@ async fn deploy_probe(client: &kube::Client, config: &ClusterConfig) -> anyhow::
         .patch(PROBE, &params, &Patch::Apply(&deployment))
         .await
         .context("creating the probe Deployment")?;
-    let workers = config.workers().count();
-    anyhow::ensure!(workers >= 2, "a node failure drill needs two workers or more; the config has {workers}");
     let started = Instant::now();
     loop {
         let placed = ready_probe_nodes(client).await;
