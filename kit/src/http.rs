@@ -16,8 +16,9 @@ pub struct Answer {
     pub body: String,
 }
 
-/// GET `url` (no redirects followed), with extra `headers`; HTTPS trusts only `ca_pem`.
-pub fn get(url: &str, ca_pem: Option<&[u8]>, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {
+/// The client every request uses: no redirects followed, statuses returned (not errors), a
+/// 10 s budget; HTTPS trusts only `ca_pem` when one is given.
+fn agent(ca_pem: Option<&[u8]>) -> anyhow::Result<ureq::Agent> {
     let mut config = ureq::Agent::config_builder()
         .max_redirects(0)
         .http_status_as_error(false)
@@ -27,13 +28,26 @@ pub fn get(url: &str, ca_pem: Option<&[u8]>, headers: &[(&str, &str)]) -> anyhow
         let roots = ureq::tls::RootCerts::new_with_certs(&[certificate]);
         config = config.tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build());
     }
-    let agent: ureq::Agent = config.build().into();
-    let mut request = agent.get(url);
+    Ok(config.build().into())
+}
+
+fn answer(mut response: ureq::http::Response<ureq::Body>) -> Answer {
+    let location = response.headers().get("location").and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    Answer { status: response.status().as_u16(), location, body }
+}
+
+/// GET `url` (no redirects followed), with extra `headers`; HTTPS trusts only `ca_pem`.
+pub fn get(url: &str, ca_pem: Option<&[u8]>, headers: &[(&str, &str)]) -> anyhow::Result<Answer> {
+    let mut request = agent(ca_pem)?.get(url);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let mut response = request.call().with_context(|| format!("GET {url}"))?;
-    let location = response.headers().get("location").and_then(|value| value.to_str().ok()).map(str::to_owned);
-    let body = response.body_mut().read_to_string().unwrap_or_default();
-    Ok(Answer { status: response.status().as_u16(), location, body })
+    Ok(answer(request.call().with_context(|| format!("GET {url}"))?))
+}
+
+/// POST `body` to `url` (a public service such as the Image Factory; system roots).
+pub fn post(url: &str, content_type: &str, body: &str) -> anyhow::Result<Answer> {
+    let request = agent(None)?.post(url).header("content-type", content_type);
+    Ok(answer(request.send(body).with_context(|| format!("POST {url}"))?))
 }

@@ -9,6 +9,7 @@
 //! - [`http`]: one request to a service on the LAN, trusting only the cluster CA.
 //! - [`lab`]: what the local lab needs from the model (its kwok nodes).
 //! - [`names`]: names one stage creates and a later one relies on (pools, the CA issuer).
+//! - [`talos`]: the Talos API through talosctl: node state, pre-flight, etcd health, the VIP.
 //! - [`tool`]: external tools (talosctl): found, version-checked, run with a timeout, redacted.
 
 pub mod apply;
@@ -22,5 +23,6 @@ pub mod lab;
 pub mod logging;
 pub mod names;
 pub mod stage;
+pub mod talos;
 pub mod tool;
 pub mod wait;

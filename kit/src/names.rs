@@ -2,6 +2,9 @@
 //! that creates them, because a stage crate depends on `kit` alone: stage 04 finds stage
 //! 02's pool by this name without linking stage 02.
 
+/// Stage 01's binary, the one stage that talks to Talos and bootstraps etcd.
+pub const TALOS_BOOTSTRAP_STAGE: &str = "talos-bootstrap";
+
 /// MetalLB's namespace (stage 02).
 pub const METALLB_NAMESPACE: &str = "metallb-system";
 /// The MetalLB pool of the fixed entry-point addresses (Traefik, Envoy Gateway): assigned

@@ -64,6 +64,8 @@ pub struct Context {
     pub kubeconfig: PathBuf,
     /// Where upstream artifacts are read from instead of their official URLs.
     pub mirror: Option<PathBuf>,
+    /// `apply --bootstrap`: stage 01 may bootstrap etcd where it cannot prove the cluster is new.
+    pub bootstrap: bool,
 }
 
 impl Context {
@@ -85,6 +87,7 @@ impl Context {
             target: Target::Talos,
             kubeconfig: self.kubeconfig.clone(),
             mirror: self.mirror.clone(),
+            bootstrap: self.bootstrap,
         }
     }
 
@@ -234,7 +237,13 @@ enum StageCommand {
     /// Show what `apply` would change (a server-side dry run); changes nothing.
     Plan,
     /// Converge the cluster to this stage's objects. Idempotent: safe to interrupt and re-run.
-    Apply,
+    Apply {
+        /// talos-bootstrap only: bootstrap etcd even though this run cannot prove the cluster
+        /// is new (the first control plane was not installed by this run, or a control plane
+        /// does not answer). A second bootstrap starts a second, empty cluster: be sure.
+        #[arg(long)]
+        bootstrap: bool,
+    },
     /// Check postconditions: what now holds, and so what the next stage may rely on.
     Verify,
     /// Write every manifest and config this stage would apply into a folder; needs no cluster.
@@ -295,7 +304,19 @@ fn run<S: Stage>(stage: &S, cli: &StageCli, out: &mut impl Write) -> anyhow::Res
         None => return Ok(ExitCode::from(exit::INVALID)),
     };
     let target = cli.global.target();
-    let ctx = Context { kubeconfig: cli.global.kubeconfig(&config), config, target, mirror: cli.global.mirror.clone() };
+    let bootstrap = matches!(cli.command, StageCommand::Apply { bootstrap: true });
+    anyhow::ensure!(
+        !bootstrap || S::NAME == crate::names::TALOS_BOOTSTRAP_STAGE,
+        "--bootstrap belongs to `{} apply`: only stage 01 bootstraps etcd",
+        crate::names::TALOS_BOOTSTRAP_STAGE
+    );
+    let ctx = Context {
+        kubeconfig: cli.global.kubeconfig(&config),
+        config,
+        target,
+        mirror: cli.global.mirror.clone(),
+        bootstrap,
+    };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let output = cli.global.output;
     runtime.block_on(async {
@@ -303,7 +324,7 @@ fn run<S: Stage>(stage: &S, cli: &StageCli, out: &mut impl Write) -> anyhow::Res
             StageCommand::Check => report_checks(stage.check(&ctx).await?, output, out),
             StageCommand::Verify => report_checks(stage.verify(&ctx).await?, output, out),
             StageCommand::Plan => report_changes(stage.plan(&ctx).await?, output, out),
-            StageCommand::Apply => report_changes(stage.apply(&ctx).await?, output, out),
+            StageCommand::Apply { .. } => report_changes(stage.apply(&ctx).await?, output, out),
             StageCommand::Render { out: ref folder } => {
                 for path in stage.render(&ctx, folder).await? {
                     writeln!(out, "{}", path.display())?;

@@ -7,7 +7,11 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 
-/// Polls until the Deployment's `Available` condition is True.
+/// Polls until the Deployment is rolled out: the controller has seen its latest spec
+/// (`observedGeneration`), every replica runs that spec (`updatedReplicas`) and is available,
+/// no old pod is left, and the rollout has not stalled (`Progressing=False`). `Available`
+/// alone is not enough: after a change the old ReplicaSet keeps the Deployment Available
+/// before a single new pod exists (what `kubectl rollout status` checks, in the same order).
 pub async fn deployment_available(
     client: &kube::Client,
     namespace: &str,
@@ -15,22 +19,56 @@ pub async fn deployment_available(
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let look = format!("look at `kubectl -n {namespace} describe deployment {name}` and its pods' events");
     poll(timeout, || async {
         let Some(deployment) = api.get_opt(name).await? else {
             return Ok(Err(format!("Deployment {namespace}/{name} does not exist")));
         };
-        let conditions = deployment.status.and_then(|s| s.conditions).unwrap_or_default();
-        match conditions.iter().find(|c| c.type_ == "Available") {
-            Some(c) if c.status == "True" => Ok(Ok(())),
-            Some(c) => Ok(Err(format!(
-                "Deployment {namespace}/{name} is not Available ({}: {}); look at `kubectl -n {namespace} describe deployment {name}` and its pods' events",
-                c.reason.as_deref().unwrap_or("no reason"),
-                c.message.as_deref().unwrap_or("no message")
-            ))),
-            None => Ok(Err(format!("Deployment {namespace}/{name} reports no Available condition yet; is kube-controller-manager running?"))),
-        }
+        Ok(rollout_state(&deployment).map_err(|why| format!("Deployment {namespace}/{name} {why}; {look}")))
     })
     .await
+}
+
+/// Why a Deployment is not rolled out yet, if it is not.
+pub fn rollout_state(deployment: &Deployment) -> Result<(), String> {
+    let generation = deployment.metadata.generation.unwrap_or_default();
+    let wanted = deployment.spec.as_ref().and_then(|spec| spec.replicas).unwrap_or(1);
+    let status = deployment.status.clone().unwrap_or_default();
+    let conditions = status.conditions.unwrap_or_default();
+    let condition = |kind: &str| conditions.iter().find(|c| c.type_ == kind);
+    if status.observed_generation.unwrap_or_default() < generation {
+        return Err(format!(
+            "has a newer spec (generation {generation}) than its controller has seen; is kube-controller-manager running?"
+        ));
+    }
+    if let Some(stalled) = condition("Progressing").filter(|c| c.status == "False") {
+        return Err(format!(
+            "stopped progressing ({}: {})",
+            stalled.reason.as_deref().unwrap_or("no reason"),
+            stalled.message.as_deref().unwrap_or("no message")
+        ));
+    }
+    let updated = status.updated_replicas.unwrap_or_default();
+    let available = status.available_replicas.unwrap_or_default();
+    let total = status.replicas.unwrap_or_default();
+    if updated < wanted {
+        return Err(format!("has {updated} of {wanted} replicas on its latest spec"));
+    }
+    if total > updated {
+        return Err(format!("still runs {} old replica(s)", total - updated));
+    }
+    if available < wanted {
+        return Err(format!("has {available} of {wanted} replicas available"));
+    }
+    match condition("Available") {
+        Some(c) if c.status == "True" => Ok(()),
+        Some(c) => Err(format!(
+            "is not Available ({}: {})",
+            c.reason.as_deref().unwrap_or("no reason"),
+            c.message.as_deref().unwrap_or("no message")
+        )),
+        None => Err("reports no Available condition yet; is kube-controller-manager running?".to_owned()),
+    }
 }
 
 /// Polls until every desired DaemonSet pod is updated and ready.
@@ -113,5 +151,56 @@ where
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn deployment(
+        generation: i64,
+        observed: i64,
+        replicas: i32,
+        updated: i32,
+        available: i32,
+        total: i32,
+    ) -> Deployment {
+        let condition = |kind: &str, status: &str| DeploymentCondition {
+            type_: kind.into(),
+            status: status.into(),
+            ..DeploymentCondition::default()
+        };
+        Deployment {
+            metadata: ObjectMeta { generation: Some(generation), ..ObjectMeta::default() },
+            spec: Some(DeploymentSpec { replicas: Some(replicas), ..DeploymentSpec::default() }),
+            status: Some(DeploymentStatus {
+                observed_generation: Some(observed),
+                replicas: Some(total),
+                updated_replicas: Some(updated),
+                available_replicas: Some(available),
+                conditions: Some(vec![condition("Available", "True"), condition("Progressing", "True")]),
+                ..DeploymentStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn available_is_not_rolled_out_until_the_new_pods_are() {
+        assert_eq!(rollout_state(&deployment(2, 2, 2, 2, 2, 2)), Ok(()));
+        // Just changed: the old ReplicaSet keeps it Available, but the controller has not
+        // seen the change yet, then no new pod exists, then an old one is still there.
+        assert!(rollout_state(&deployment(3, 2, 2, 2, 2, 2)).is_err_and(|why| why.contains("newer spec")));
+        assert!(
+            rollout_state(&deployment(3, 3, 2, 0, 2, 2))
+                .is_err_and(|why| why.contains("0 of 2 replicas on its latest"))
+        );
+        assert!(rollout_state(&deployment(3, 3, 2, 2, 2, 3)).is_err_and(|why| why.contains("1 old replica")));
+        assert!(
+            rollout_state(&deployment(3, 3, 2, 2, 1, 2)).is_err_and(|why| why.contains("1 of 2 replicas available"))
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! Stage 03: metrics-server, the source of `kubectl top` and of the Horizontal Pod
 //! Autoscaler's numbers. It reads each kubelet over TLS; on Talos the kubelets serve
 //! certificates signed by the cluster CA (stage 01 turned on `rotate-server-certificates`),
-//! and kubelet-serving-cert-approver approves those requests, so metrics-server verifies
-//! every kubelet instead of skipping the check. The lesson is in README.md.
+//! and kubelet-serving-cert-approver approves those requests (stage 01 ships it in the control
+//! planes' configs, so Talos runs it from bootstrap on; this stage checks it runs), so
+//! metrics-server verifies every kubelet instead of skipping the check. The lesson is in
+//! README.md.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,25 +25,16 @@ pub const APPROVER: &str = "kubelet-serving-cert-approver";
 /// The aggregated API metrics-server serves through the API server.
 pub const API_SERVICE: &str = "v1beta1.metrics.k8s.io";
 const MANIFEST: &str = "components.yaml";
-/// The approver's HA variant: two replicas with leader election, for three control planes.
-const APPROVER_MANIFEST: &str = "ha-install.yaml";
 /// The flag that makes metrics-server accept any kubelet certificate: only on explicit opt-in.
 pub const INSECURE_FLAG: &str = "--kubelet-insecure-tls";
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct MetricsServer;
 
-/// Everything this stage applies, in order, with what the lab transform left out.
+/// Everything this stage applies, with what the lab transform left out.
 pub fn bundle(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
-    let mut objects = Vec::new();
-    let mut notes = Vec::new();
-    if !ctx.config.metrics_server_kubelet_insecure_tls {
-        let (approver, approver_notes) = ctx.upstream(Component::KubeletServingCertApprover, APPROVER_MANIFEST)?;
-        objects.extend(approver);
-        notes.extend(approver_notes);
-    }
-    let (mut metrics_server, metrics_notes) = ctx.upstream(Component::MetricsServer, MANIFEST)?;
-    if ctx.config.metrics_server_kubelet_insecure_tls {
+    let (mut metrics_server, notes) = ctx.upstream(Component::MetricsServer, MANIFEST)?;
+    if !ctx.config.kubelet_serving_certificates() {
         patch_typed::<Deployment>(&mut metrics_server, DEPLOYMENT, |deployment| {
             let pod = deployment.spec.as_mut().and_then(|spec| spec.template.spec.as_mut());
             for container in pod.into_iter().flat_map(|pod| pod.containers.iter_mut()) {
@@ -49,9 +42,23 @@ pub fn bundle(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
             }
         })?;
     }
-    objects.extend(metrics_server);
-    notes.extend(metrics_notes);
-    Ok((objects, notes))
+    Ok((metrics_server, notes))
+}
+
+/// kubelet-serving-cert-approver runs: Talos applied it from the control planes' inline
+/// manifests (stage 01). Without it no kubelet serves a certificate metrics-server trusts.
+async fn approver_check(client: &kube::Client, wait: Duration) -> Check {
+    let check = common::deployment(client, APPROVER_NAMESPACE, APPROVER, wait, "talos-bootstrap").await;
+    match check.status {
+        kit::check::Status::Fail => Check::fail(
+            "approver",
+            check.reason,
+            "stage 01 ships kubelet-serving-cert-approver as an inline manifest of the control planes: re-run \
+             `talos-bootstrap apply`, and for control planes configured before that, apply their regenerated \
+             configs (`talos-bootstrap plan` shows the diff)",
+        ),
+        _ => Check { name: "approver".into(), ..check },
+    }
 }
 
 fn metrics_api(client: &kube::Client) -> Api<DynamicObject> {
@@ -116,14 +123,21 @@ impl Stage for MetricsServer {
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
         let (mut checks, client) = common::cluster(ctx).await;
-        if client.is_none() {
+        let Some(client) = client else {
             return Ok(checks);
-        }
-        checks.push(if ctx.config.metrics_server_kubelet_insecure_tls {
-            Check::pass("kubelet tls", "metricsServer.kubeletInsecureTls is set: kubelet certificates are NOT verified")
+        };
+        if ctx.config.kubelet_serving_certificates() {
+            checks.push(Check::pass(
+                "kubelet tls",
+                "kubelet certificates are verified; their serving certificates get approved",
+            ));
+            checks.push(approver_check(&client, Duration::from_secs(60)).await);
         } else {
-            Check::pass("kubelet tls", "kubelet certificates are verified; their serving certificates get approved")
-        });
+            checks.push(Check::pass(
+                "kubelet tls",
+                "metricsServer.kubeletInsecureTls is set: kubelet certificates are NOT verified",
+            ));
+        }
         Ok(checks)
     }
 
@@ -136,10 +150,6 @@ impl Stage for MetricsServer {
         let (objects, _) = bundle(ctx)?;
         let client = ctx.client().await?;
         let changes = Engine::new(client.clone(), Self::NAME).await?.apply(&objects).await?;
-        if !ctx.config.metrics_server_kubelet_insecure_tls {
-            tracing::info!("waiting for kubelet-serving-cert-approver to be Available");
-            kit::wait::deployment_available(&client, APPROVER_NAMESPACE, APPROVER, ROLLOUT_TIMEOUT).await?;
-        }
         tracing::info!("waiting for metrics-server to be Available");
         kit::wait::deployment_available(&client, NAMESPACE, DEPLOYMENT, ROLLOUT_TIMEOUT).await?;
         Ok(changes)
@@ -149,8 +159,8 @@ impl Stage for MetricsServer {
         let client = ctx.client().await?;
         let wait = Duration::from_secs(60);
         let mut checks = Vec::new();
-        if !ctx.config.metrics_server_kubelet_insecure_tls {
-            checks.push(common::deployment(&client, APPROVER_NAMESPACE, APPROVER, wait, Self::NAME).await);
+        if ctx.config.kubelet_serving_certificates() {
+            checks.push(approver_check(&client, wait).await);
         }
         checks.push(common::deployment(&client, NAMESPACE, DEPLOYMENT, wait, Self::NAME).await);
         match ctx.target {

@@ -1,12 +1,18 @@
 //! The order of operations on real nodes, the part people most often get wrong:
 //!
 //! 1. Ask every node first. One that does not answer stops the stage before anything changes.
-//! 2. Send configs only to nodes in maintenance mode; a configured node is left alone (its
+//! 2. Pre-flight every node in maintenance mode (its link selector matches one port, its
+//!    install disk is not the boot stick): a refusal also stops the stage before anything
+//!    changes, because a wrong config can take a node off the network.
+//! 3. Upload the Image Factory schematic, so the installer image the configs name exists.
+//! 4. Send configs only to nodes in maintenance mode; a configured node is left alone (its
 //!    drift shows in `plan`).
-//! 3. Bootstrap etcd on the first control plane only if no control plane knows an etcd
-//!    member: a second bootstrap would start a second, empty cluster.
-//! 4. Wait for `talosctl health` with the node lists spelled out, so a missing node fails it.
-//! 5. Fetch the kubeconfig (it points at the VIP, which exists now that etcd runs).
+//! 5. Wait for every control plane to come back installed, then bootstrap etcd on the first
+//!    one — only when this run installed it and no control plane has etcd data; anything
+//!    less certain needs `apply --bootstrap` (a second bootstrap starts a second cluster).
+//! 6. Fetch the kubeconfig at once (it points at the VIP), so a failed wait still leaves one.
+//! 7. Wait for every node to answer, then for `talosctl health` with the node lists spelled
+//!    out, asked again until its budget is spent.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -15,20 +21,34 @@ use std::time::Duration;
 use anyhow::Context as _;
 use kit::config::{ClusterConfig, Node};
 use kit::stage::{Action, Change};
+use kit::talos::{BootstrapAnswer, NodeState, TalosApi};
 
 use crate::machine_configs::NodeConfig;
-use crate::nodes::{NodeState, TalosNodes};
+use crate::nodes;
 
-/// How long a freshly configured control plane may take to install and come back.
+/// How long a freshly configured node may take to install and come back.
 pub const INSTALL_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// How long Talos may answer "not yet" to a bootstrap.
+pub const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// How long the whole cluster may take to become healthy after bootstrap.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 
+/// What a run of stage 01 on real nodes is given besides the nodes.
+#[derive(Debug)]
+pub struct Run<'a> {
+    pub configs: &'a [NodeConfig],
+    pub kubeconfig: &'a Path,
+    /// `apply --bootstrap`: bootstrap even where the guard cannot prove the cluster is new.
+    pub force_bootstrap: bool,
+    /// The Image Factory the schematic is uploaded to (its installer image is in the configs).
+    pub image_factory: &'a str,
+}
+
 /// Every node's state, or an error naming each node that did not answer, with the fix.
-pub async fn survey(edge: &impl TalosNodes, config: &ClusterConfig) -> anyhow::Result<Vec<(Node, NodeState)>> {
+pub async fn survey(api: &impl TalosApi, config: &ClusterConfig) -> anyhow::Result<Vec<(Node, NodeState)>> {
     let mut states = Vec::new();
     for node in &config.nodes {
-        states.push((node.clone(), edge.state(node).await));
+        states.push((node.clone(), kit::talos::probe(api, node).await));
     }
     let unreachable: Vec<String> = states
         .iter()
@@ -40,7 +60,10 @@ pub async fn survey(edge: &impl TalosNodes, config: &ClusterConfig) -> anyhow::R
     anyhow::ensure!(
         unreachable.is_empty(),
         "nothing was changed: {} node(s) do not answer on the Talos API (port 50000):\n{}\nfix: boot each from the \
-         Talos {} ISO (maintenance mode) and check that this machine reaches its address, then re-run",
+         Talos {} ISO (maintenance mode) and make it reachable at its address in cluster.yaml. In maintenance mode a \
+         node takes its address from DHCP, so either reserve that address for its MAC on the DHCP server, or boot \
+         the ISO with `ip=<address>::<gateway>:<netmask>::<interface>:off` kernel arguments (the console's \
+         dashboard shows the address it has now); then re-run",
         unreachable.len(),
         unreachable.join("\n"),
         config.versions.talos
@@ -48,10 +71,30 @@ pub async fn survey(edge: &impl TalosNodes, config: &ClusterConfig) -> anyhow::R
     Ok(states)
 }
 
-/// True when some control plane already knows an etcd member: the cluster was bootstrapped.
-pub async fn bootstrapped(edge: &impl TalosNodes, config: &ClusterConfig) -> Option<String> {
+/// Every node in maintenance mode pre-flighted; an error lists every refusal.
+pub async fn preflight(
+    api: &impl TalosApi,
+    config: &ClusterConfig,
+    states: &[(Node, NodeState)],
+) -> anyhow::Result<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    let mut refused = Vec::new();
+    for (node, state) in states {
+        if *state == NodeState::Maintenance {
+            match kit::talos::preflight(api, config, node).await {
+                Ok(what) => found.push((node.name.clone(), what)),
+                Err(error) => refused.push(format!("{error:#}")),
+            }
+        }
+    }
+    anyhow::ensure!(refused.is_empty(), "{}", refused.join("\n\n"));
+    Ok(found)
+}
+
+/// Why etcd counts as bootstrapped: some control plane lists members.
+pub async fn bootstrapped(api: &impl TalosApi, config: &ClusterConfig) -> Option<String> {
     for node in config.control_planes() {
-        if let Ok(members) = edge.etcd_members(node).await
+        if let Ok(members) = kit::talos::etcd_members(api, node).await
             && !members.is_empty()
         {
             return Some(format!("{} reports etcd members {}", node.name, members.join(", ")));
@@ -61,25 +104,25 @@ pub async fn bootstrapped(edge: &impl TalosNodes, config: &ClusterConfig) -> Opt
 }
 
 /// Runs the stage on real nodes; returns what changed.
-pub async fn converge(
-    edge: &impl TalosNodes,
-    config: &ClusterConfig,
-    configs: &[NodeConfig],
-    kubeconfig: &Path,
-) -> anyhow::Result<Vec<Change>> {
-    let states = survey(edge, config).await?;
+pub async fn converge(api: &impl TalosApi, config: &ClusterConfig, run: &Run<'_>) -> anyhow::Result<Vec<Change>> {
+    let states = survey(api, config).await?;
+    preflight(api, config, &states).await?;
+    let first = config.control_planes().next().context("the config has no control plane")?;
     let mut changes = Vec::new();
+    if states.iter().any(|(_, state)| *state == NodeState::Maintenance) {
+        changes.push(crate::schematic::upload(run.image_factory).await?);
+    }
     for (node, state) in &states {
         let object = format!("TalosNode {}", node.name);
         if *state == NodeState::Maintenance {
-            let file = &configs.iter().find(|c| c.node.name == node.name).context("no config generated")?.path;
+            let file = &run.configs.iter().find(|c| c.node.name == node.name).context("no config generated")?.path;
             tracing::info!(
                 "applying the machine config to {} ({}); it installs to {} and reboots",
                 node.name,
                 node.ip,
                 node.install_disk
             );
-            edge.apply_config_insecure(node, file)
+            nodes::apply_config_insecure(api, node, file)
                 .await
                 .with_context(|| format!("applying the machine config to {} ({})", node.name, node.ip))?;
             let diff = format!("config applied in maintenance mode; installing to {}", node.install_disk);
@@ -89,43 +132,90 @@ pub async fn converge(
         }
     }
 
-    let first = config.control_planes().next().context("the config has no control plane")?;
-    tracing::info!("waiting for {} to answer with its config", first.name);
-    edge.wait_configured(first, INSTALL_TIMEOUT).await?;
-    let object = format!("EtcdBootstrap {}", first.name);
-    match bootstrapped(edge, config).await {
-        Some(why) => {
-            tracing::info!("etcd is already bootstrapped ({why}); not bootstrapping again");
-            changes.push(Change { object, action: Action::Unchanged, diff: Some(why) });
-        }
-        None => {
-            tracing::info!("bootstrapping etcd on {} ({}), once", first.name, first.ip);
-            edge.bootstrap(first).await.with_context(|| format!("bootstrapping etcd on {}", first.name))?;
-            changes.push(Change { object, action: Action::Created, diff: None });
-        }
+    for node in config.control_planes() {
+        tracing::info!("waiting for {} to answer with its config", node.name);
+        nodes::wait_configured(api, node, INSTALL_TIMEOUT).await?;
     }
+    let first_was_fresh =
+        states.iter().any(|(node, state)| node.name == first.name && *state == NodeState::Maintenance);
+    changes.push(bootstrap_once(api, config, first, first_was_fresh, run.force_bootstrap).await?);
 
+    if let Some(parent) = run.kubeconfig.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let existed = run.kubeconfig.exists();
+    nodes::kubeconfig(api, first, run.kubeconfig).await.context("fetching the admin kubeconfig")?;
+    crate::machine_configs::restrict(run.kubeconfig)?;
+    let action = if existed { Action::Unchanged } else { Action::Created };
+    changes.push(Change { object: format!("Kubeconfig {}", run.kubeconfig.display()), action, diff: None });
+
+    for node in config.workers() {
+        tracing::info!("waiting for {} to answer with its config", node.name);
+        nodes::wait_configured(api, node, INSTALL_TIMEOUT).await?;
+    }
     let control_planes: Vec<&Node> = config.control_planes().collect();
     let workers: Vec<&Node> = config.workers().collect();
     tracing::info!("waiting for the cluster to be healthy (up to {} min)", HEALTH_TIMEOUT.as_secs() / 60);
-    edge.health(&control_planes, &workers, HEALTH_TIMEOUT).await.map_err(|error| {
+    nodes::health(api, &control_planes, &workers, HEALTH_TIMEOUT).await.map_err(|error| {
         anyhow::anyhow!(
             "the cluster did not become healthy: {}; fix what the check names (`talosctl -n <node> dmesg`, \
-             `talosctl -n <node> services` show why), then re-run: configured nodes are skipped and etcd is not \
-             bootstrapped again",
-            name_nodes(&format!("{error:#}"), config)
+             `talosctl -n <node> services` show why; {} is there to look with kubectl), then re-run: configured \
+             nodes are skipped and etcd is not bootstrapped again",
+            name_nodes(&format!("{error:#}"), config),
+            run.kubeconfig.display()
         )
     })?;
-
-    if let Some(parent) = kubeconfig.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let existed = kubeconfig.exists();
-    edge.kubeconfig(first, kubeconfig).await.context("fetching the admin kubeconfig")?;
-    crate::machine_configs::restrict(kubeconfig)?;
-    let action = if existed { Action::Unchanged } else { Action::Created };
-    changes.push(Change { object: format!("Kubeconfig {}", kubeconfig.display()), action, diff: None });
     Ok(changes)
+}
+
+/// Bootstraps etcd on `first` only when that is certainly right: this run installed it and
+/// every control plane answers without any having etcd data. Anything less (a control plane
+/// that does not answer, a reinstalled first node beside an old cluster) needs `--bootstrap`,
+/// because Talos refuses a second bootstrap only on a node that still has etcd data
+/// (AlreadyExists), not on a wiped one beside unreachable members.
+async fn bootstrap_once(
+    api: &impl TalosApi,
+    config: &ClusterConfig,
+    first: &Node,
+    first_was_fresh: bool,
+    forced: bool,
+) -> anyhow::Result<Change> {
+    let object = format!("EtcdBootstrap {}", first.name);
+    if let Some(why) = bootstrapped(api, config).await {
+        tracing::info!("etcd is already bootstrapped ({why}); not bootstrapping again");
+        return Ok(Change { object, action: Action::Unchanged, diff: Some(why) });
+    }
+    if !forced {
+        let mut silent = Vec::new();
+        for node in config.control_planes() {
+            if kit::talos::probe(api, node).await != NodeState::Configured {
+                silent.push(node.name.clone());
+            }
+        }
+        anyhow::ensure!(
+            first_was_fresh && silent.is_empty(),
+            "etcd was not bootstrapped: no control plane reports etcd members, but {}. Bootstrapping now could \
+             start a second, empty cluster beside an existing one. If this is a new cluster (or you restore one on \
+             purpose), run `talos-bootstrap apply --bootstrap`",
+            if silent.is_empty() {
+                format!("{} was not installed by this run", first.name)
+            } else {
+                format!("{} do(es) not answer the Talos API", silent.join(", "))
+            }
+        );
+    }
+    tracing::info!("bootstrapping etcd on {} ({}), once", first.name, first.ip);
+    let answer = nodes::bootstrap_with_retry(api, first, BOOTSTRAP_TIMEOUT)
+        .await
+        .with_context(|| format!("bootstrapping etcd on {}", first.name))?;
+    Ok(match answer {
+        BootstrapAnswer::AlreadyBootstrapped => Change {
+            object,
+            action: Action::Unchanged,
+            diff: Some(format!("{} says its etcd data directory is not empty: bootstrapped before", first.name)),
+        },
+        _ => Change { object, action: Action::Created, diff: None },
+    })
 }
 
 /// `text` with every node address written as `name (address)`, so messages from talosctl

@@ -14,16 +14,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node as KubeNode;
+use kit::apply::Engine;
+use kit::artifacts::{Artifact, Component};
 use kit::check::{Check, common};
 use kit::config::ClusterConfig;
 use kit::stage::{Action, Change, Context, Stage, Target};
 use kit::tool::Tool;
 use kube::Api;
 
-use crate::machine_configs::{GenOutput, NodeConfig, Secrets};
+use crate::machine_configs::{GenOutput, InlineManifest, NodeConfig, Secrets};
 use kit::tool::talos_node_args as node_args;
 
-use crate::nodes::{KUBECONFIG_FLAGS, NodeState, TalosNodes, Talosctl, health_args};
+use crate::nodes::{KUBECONFIG_FLAGS, health_args};
+use kit::talos::{NodeState, Talosctl};
 
 pub struct TalosBootstrap;
 
@@ -59,6 +62,7 @@ pub async fn talosctl(config: &ClusterConfig) -> anyhow::Result<Tool> {
 async fn generate_into_state(
     talosctl: &mut Tool,
     config: &ClusterConfig,
+    inline: &[InlineManifest],
 ) -> anyhow::Result<(Vec<NodeConfig>, Vec<Change>)> {
     let paths = StatePaths::new(config);
     let (secrets, created) = Secrets::ensure(talosctl, &paths.secrets).await?;
@@ -73,7 +77,7 @@ async fn generate_into_state(
     let before: Vec<Option<String>> =
         config.nodes.iter().map(|node| std::fs::read_to_string(node_config_path(&paths, node)).ok()).collect();
     private_dir(&paths.machine_configs)?;
-    let configs = machine_configs::generate(talosctl, config, &secrets, &paths.machine_configs).await?;
+    let configs = machine_configs::generate(talosctl, config, inline, &secrets, &paths.machine_configs).await?;
     for (generated, old) in configs.iter().zip(before) {
         changes.push(config_change(talosctl, generated, old.as_deref()));
     }
@@ -125,8 +129,9 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("restricting {} to 0700", dir.display()))
 }
 
-/// talosctl's client config, made once from the secrets (a new one would carry a new client
-/// certificate each time), its endpoints and default node set on every run.
+/// talosctl's client config, made from the secrets once (a new one would carry a new client
+/// certificate each time) and again when its certificate has fewer than 30 days left (it is
+/// signed for a year); its endpoints and default node set on every run.
 async fn ensure_talosconfig(
     talosctl: &Tool,
     config: &ClusterConfig,
@@ -134,7 +139,17 @@ async fn ensure_talosconfig(
     path: &Path,
 ) -> anyhow::Result<Change> {
     let created = !path.exists();
-    if created {
+    let renewed = !created && kit::talos::talosconfig::needs_renewal(path);
+    if renewed {
+        tracing::info!(
+            "{}: the client certificate expires within {} days; making a new one from {}",
+            path.display(),
+            kit::talos::talosconfig::RENEW_WITHIN_DAYS,
+            secrets.path.display()
+        );
+        std::fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    if created || renewed {
         let args = machine_configs::gen_config_args(config, &secrets.path, GenOutput::Talosconfig { file: path });
         talosctl.run(args, std::time::Duration::from_secs(60)).await?.ok("talosctl gen config (talosconfig)")?;
     }
@@ -142,7 +157,12 @@ async fn ensure_talosconfig(
         talosctl.run(args, std::time::Duration::from_secs(30)).await?.ok("talosctl config")?;
     }
     machine_configs::restrict(path)?;
-    Ok(file_change(path, if created { Action::Created } else { Action::Unchanged }))
+    let action = match (created, renewed) {
+        (true, _) => Action::Created,
+        (false, true) => Action::Configured,
+        (false, false) => Action::Unchanged,
+    };
+    Ok(file_change(path, action))
 }
 
 /// `talosctl config endpoint` and `config node`: the control planes' own addresses, because
@@ -165,7 +185,7 @@ fn talosctl_check(found: &anyhow::Result<Tool>) -> Check {
 }
 
 impl Stage for TalosBootstrap {
-    const NAME: &'static str = "talos-bootstrap";
+    const NAME: &'static str = kit::names::TALOS_BOOTSTRAP_STAGE;
     const FOLDER: &'static str = "01-talos-bootstrap";
     const TITLE: &'static str = "Stage 01: Talos machine configs, install, etcd bootstrapped once, kubeconfig";
     const LESSON: &'static str = include_str!("../README.md");
@@ -177,25 +197,13 @@ impl Stage for TalosBootstrap {
             Target::Lab => checks.push(common::api(ctx).await.0),
             Target::Talos => {
                 let Ok(tool) = found else { return Ok(checks) };
-                let edge = Talosctl { tool, talosconfig: StatePaths::new(&ctx.config).talosconfig };
+                let paths = StatePaths::new(&ctx.config);
+                if paths.talosconfig.exists() {
+                    checks.push(kit::talos::talosconfig::expiry_check(&paths.talosconfig));
+                }
+                let edge = Talosctl { tool, talosconfig: paths.talosconfig };
                 for node in &ctx.config.nodes {
-                    let name = format!("talos-api {}", node.name);
-                    checks.push(match edge.state(node).await {
-                        NodeState::Maintenance => {
-                            Check::pass(name, format!("{} is in maintenance mode, ready for its config", node.ip))
-                        }
-                        NodeState::Configured => {
-                            Check::pass(name, format!("{} is configured and answers our client certificate", node.ip))
-                        }
-                        NodeState::Unreachable(why) => Check::fail(
-                            name,
-                            format!("{} does not answer on the Talos API (port 50000): {why}", node.ip),
-                            format!(
-                                "boot {} from the Talos {} ISO and check this machine reaches {}",
-                                node.name, ctx.config.versions.talos, node.ip
-                            ),
-                        ),
-                    });
+                    checks.push(node_check(&edge, &ctx.config, node).await);
                 }
             }
         }
@@ -212,8 +220,14 @@ impl Stage for TalosBootstrap {
         let (secrets, created) = Secrets::ensure(&talosctl, &secrets_path).await?;
         talosctl.redact_secrets(secrets.values.iter().cloned());
         let mut changes = vec![file_change(&paths.secrets, if created { Action::Created } else { Action::Unchanged })];
-        let configs =
-            machine_configs::generate(&talosctl, &ctx.config, &secrets, &scratch.path().join("talos")).await?;
+        let configs = machine_configs::generate(
+            &talosctl,
+            &ctx.config,
+            &inline_manifests(ctx)?,
+            &secrets,
+            &scratch.path().join("talos"),
+        )
+        .await?;
         for generated in &configs {
             let old = std::fs::read_to_string(node_config_path(&paths, &generated.node)).ok();
             changes.push(config_change(&talosctl, generated, old.as_deref()));
@@ -235,12 +249,15 @@ impl Stage for TalosBootstrap {
                         &configs.iter().find(|c| c.node.name == node.name).context("no config generated")?.path;
                     changes.push(match state {
                         NodeState::Configured => {
-                            let diff = edge.config_diff(&node, generated).await?;
-                            let action =
-                                if diff.contains("No changes") { Action::Unchanged } else { Action::Configured };
-                            let note =
-                                "configured nodes are left alone by apply; apply this with talosctl apply-config";
-                            Change { object, action, diff: Some(format!("{}\n{note}", diff.trim())) }
+                            let file = generated.display().to_string();
+                            match kit::talos::config_diff(&edge, &node, &file).await? {
+                                None => Change { object, action: Action::Unchanged, diff: None },
+                                Some(diff) => {
+                                    let note = "configured nodes are left alone by apply; apply this with talosctl \
+                                                apply-config";
+                                    Change { object, action: Action::Configured, diff: Some(format!("{diff}\n{note}")) }
+                                }
+                            }
                         }
                         _ => Change {
                             object,
@@ -260,12 +277,16 @@ impl Stage for TalosBootstrap {
 
     async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
         let mut talosctl = talosctl(&ctx.config).await?;
-        let (configs, mut changes) = generate_into_state(&mut talosctl, &ctx.config).await?;
+        let inline = inline_manifests(ctx)?;
+        let (configs, mut changes) = generate_into_state(&mut talosctl, &ctx.config, &inline).await?;
         match ctx.target {
             Target::Lab => {
                 // The lab stands in for installed nodes: the config's nodes register as kwok
-                // nodes, as their kubelets would once Talos booted them.
+                // nodes, as their kubelets would once Talos booted them, and the control
+                // planes' inline manifests are applied, as Talos applies them once etcd runs.
                 let client = ctx.client().await?;
+                let (objects, _) = approver_objects(ctx)?;
+                changes.extend(Engine::new(client.clone(), Self::NAME).await?.apply(&objects).await?);
                 let nodes: Api<KubeNode> = Api::all(client.clone());
                 let mut existed = Vec::new();
                 for node in &ctx.config.nodes {
@@ -279,7 +300,13 @@ impl Stage for TalosBootstrap {
             }
             Target::Talos => {
                 let edge = Talosctl { tool: talosctl, talosconfig: StatePaths::new(&ctx.config).talosconfig };
-                changes.extend(converge::converge(&edge, &ctx.config, &configs, &ctx.kubeconfig).await?);
+                let run = converge::Run {
+                    configs: &configs,
+                    kubeconfig: &ctx.kubeconfig,
+                    force_bootstrap: ctx.bootstrap,
+                    image_factory: schematic::IMAGE_FACTORY,
+                };
+                changes.extend(converge::converge(&edge, &ctx.config, &run).await?);
             }
         }
         Ok(changes)
@@ -307,12 +334,11 @@ impl Stage for TalosBootstrap {
             }
         }
         checks.extend(common::cluster(ctx).await.0);
-        let control_planes = ctx.config.control_planes().count();
         match (ctx.target, talosctl) {
             (Target::Lab, _) => {
                 checks.push(Check::not_checkable_in_lab(
-                    "etcd-members",
-                    "the lab runs its own three etcd members; Talos's etcd (talosctl etcd members) needs real nodes",
+                    "etcd",
+                    "the lab runs its own three etcd members; Talos's etcd (talosctl etcd status) needs real nodes",
                 ));
                 checks.push(Check::not_checkable_in_lab(
                     "vip",
@@ -323,19 +349,9 @@ impl Stage for TalosBootstrap {
                 ));
             }
             (Target::Talos, Ok(tool)) => {
+                checks.push(kit::talos::talosconfig::expiry_check(&paths.talosconfig));
                 let edge = Talosctl { tool, talosconfig: paths.talosconfig.clone() };
-                let first = ctx.config.control_planes().next().context("the config has no control plane")?;
-                checks.push(match edge.etcd_members(first).await {
-                    Ok(members) if members.len() == control_planes => {
-                        Check::pass("etcd-members", format!("{control_planes} members: {}", members.join(", ")))
-                    }
-                    Ok(members) => Check::fail(
-                        "etcd-members",
-                        format!("{} member(s) ({}), expected {control_planes}", members.len(), members.join(", ")),
-                        "a control plane has not joined etcd: `talosctl -n <ip> service etcd` and `dmesg` show why",
-                    ),
-                    Err(error) => Check::fail("etcd-members", format!("{error:#}"), "run `talos-bootstrap apply`"),
-                });
+                checks.push(etcd_check(&edge, &ctx.config).await);
                 checks.push(vip_check(ctx).await);
             }
             (Target::Talos, Err(_)) => {}
@@ -350,14 +366,15 @@ impl Stage for TalosBootstrap {
         let scratch = tempfile::tempdir().context("creating a scratch folder")?;
         let (secrets, _) = Secrets::ensure(&talosctl, &scratch.path().join("secrets.yaml")).await?;
         talosctl.redact_secrets(secrets.values.iter().cloned());
+        let inline = inline_manifests(ctx)?;
         let configs =
-            machine_configs::generate(&talosctl, &ctx.config, &secrets, &scratch.path().join("talos")).await?;
+            machine_configs::generate(&talosctl, &ctx.config, &inline, &secrets, &scratch.path().join("talos")).await?;
         let mut files: Vec<(PathBuf, String)> = vec![
             (folder.join("README.md"), Self::LESSON.to_owned()),
             (folder.join("schematic.yaml"), schematic::document(schematic::EXTENSIONS)),
             (folder.join("commands.sh"), commands(&ctx.config)),
         ];
-        for (file, text) in machine_configs::patch_files(&ctx.config)? {
+        for (file, text) in machine_configs::patch_files(&ctx.config, &inline)? {
             files.push((folder.join(file), text));
         }
         for generated in &configs {
@@ -372,6 +389,77 @@ impl Stage for TalosBootstrap {
         }
         Ok(files.into_iter().map(|(path, _)| path).collect())
     }
+}
+
+/// One node before stage 01 touches it: configured, or in maintenance mode and fit for its
+/// config (one link for its address, an install disk that is not the boot stick).
+async fn node_check(edge: &Talosctl, config: &ClusterConfig, node: &kit::config::Node) -> Check {
+    let name = format!("talos-api {}", node.name);
+    match kit::talos::probe(edge, node).await {
+        NodeState::Maintenance => match kit::talos::preflight(edge, config, node).await {
+            Ok(found) => {
+                Check::pass(name, format!("{} is in maintenance mode, ready for its config: {found}", node.ip))
+            }
+            Err(error) => {
+                let text = format!("{error:#}");
+                let (reason, fix) = text.split_once("\nfix: ").unwrap_or((&text, "see above"));
+                Check::fail(name, reason.to_owned(), fix.to_owned())
+            }
+        },
+        NodeState::Configured => {
+            Check::pass(name, format!("{} is configured and answers our client certificate", node.ip))
+        }
+        NodeState::Unreachable(why) => Check::fail(
+            name,
+            format!("{} does not answer on the Talos API (port 50000): {why}", node.ip),
+            format!(
+                "boot {} from the Talos {} ISO and make it reachable at {}: a DHCP reservation for its MAC, or \
+                 `ip=` kernel arguments at boot (in maintenance mode it takes whatever address DHCP gives)",
+                node.name, config.versions.talos, node.ip
+            ),
+        ),
+    }
+}
+
+/// etcd's health, asked of every control plane about its own member: membership alone is
+/// never health (a rebooting member stays listed).
+async fn etcd_check(edge: &Talosctl, config: &ClusterConfig) -> Check {
+    let health = kit::talos::etcd_health(edge, config).await;
+    let healthy = kit::talos::healthy_members(&health);
+    let described = kit::talos::describe_health(&health);
+    if healthy.len() == health.len() {
+        Check::pass("etcd", format!("{} of {} members healthy: {described}", healthy.len(), health.len()))
+    } else {
+        Check::fail(
+            "etcd",
+            format!("{} of {} members healthy: {described}", healthy.len(), health.len()),
+            "`talosctl -n <ip> service etcd` and `talosctl -n <ip> logs etcd` show why a member is down",
+        )
+    }
+}
+
+/// The manifest of kubelet-serving-cert-approver the control planes carry: the pinned release
+/// from the artifact store (so `talos-ha.lock` and `--mirror` cover it).
+const APPROVER_MANIFEST: &str = "ha-install.yaml";
+
+/// The control planes' inline manifests: kubelet-serving-cert-approver, unless kubelets are
+/// not asked for serving certificates (`metricsServer.kubeletInsecureTls`).
+pub fn inline_manifests(ctx: &Context) -> anyhow::Result<Vec<InlineManifest>> {
+    if !ctx.config.kubelet_serving_certificates() {
+        return Ok(Vec::new());
+    }
+    let artifact = Artifact::find(Component::KubeletServingCertApprover, APPROVER_MANIFEST)?;
+    let bytes = tokio::task::block_in_place(|| ctx.artifacts().fetch(&artifact))?;
+    let contents = String::from_utf8(bytes).context("the approver manifest is not UTF-8")?;
+    Ok(vec![InlineManifest { name: Component::KubeletServingCertApprover.dir().to_owned(), contents }])
+}
+
+/// The approver's objects, as Talos's manifest controller applies them on the lab target.
+fn approver_objects(ctx: &Context) -> anyhow::Result<(Vec<kube::api::DynamicObject>, kit::apply::LabNotes)> {
+    if !ctx.config.kubelet_serving_certificates() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    ctx.upstream(Component::KubeletServingCertApprover, APPROVER_MANIFEST)
 }
 
 /// The Kubernetes API answers through the VIP: the kubeconfig's server is the VIP and a
@@ -403,8 +491,8 @@ async fn vip_check(ctx: &Context) -> Check {
 /// functions that build the arguments the stage runs.
 pub fn commands(config: &ClusterConfig) -> String {
     use machine_configs::{
-        ALL_NODES_PATCH, GenOutput, PATCHES_DIR, base_file, gen_config_args, gen_secrets_args, node_config_file,
-        node_patch_file, patch_args, validate_args,
+        ALL_NODES_PATCH, CONTROL_PLANES_PATCH, GenOutput, PATCHES_DIR, base_file, gen_config_args, gen_secrets_args,
+        node_config_file, node_patch_file, patch_args, validate_args,
     };
     let line = |args: Vec<String>| format!("talosctl {}\n", args.join(" "));
     let mut text = String::from(
@@ -414,7 +502,9 @@ pub fn commands(config: &ClusterConfig) -> String {
     text.push_str(&line(gen_secrets_args(Path::new("secrets.yaml"))));
     text.push_str("\n# 2. A base config per role, with the patch every node gets.\n");
     let all_nodes_patch = Path::new(PATCHES_DIR).join(ALL_NODES_PATCH);
-    let base = GenOutput::Configs { all_nodes_patch: &all_nodes_patch, dir: Path::new(".") };
+    let control_planes = Path::new(PATCHES_DIR).join(CONTROL_PLANES_PATCH);
+    let control_planes_patch = config.kubelet_serving_certificates().then_some(control_planes.as_path());
+    let base = GenOutput::Configs { all_nodes_patch: &all_nodes_patch, control_planes_patch, dir: Path::new(".") };
     text.push_str(&line(gen_config_args(config, Path::new("secrets.yaml"), base)));
     text.push_str("\n# 3. Each node's own patch on top, then validation for bare metal.\nmkdir -p configs\n");
     for node in &config.nodes {
@@ -433,22 +523,54 @@ pub fn commands(config: &ClusterConfig) -> String {
     for args in talosconfig_args(config, talosconfig) {
         text.push_str(&line(args));
     }
-    text.push_str("\n# 5. Nodes booted from the ISO wait in maintenance mode: send each its config.\n");
+    text.push_str(&format!(
+        "\n# 5. Upload the schematic: the Image Factory serves installers only for schematics it has\n\
+         #    stored, and answers with the ID the configs name ({}).\n\
+         curl -sSf -X POST --data-binary @schematic.yaml {}/schematics\n",
+        schematic::id(&schematic::document(schematic::EXTENSIONS)),
+        schematic::IMAGE_FACTORY
+    ));
+    text.push_str(
+        "\n# 6. Nodes booted from the ISO wait in maintenance mode, at the address DHCP gave them (reserve\n\
+         #    the configured one for each MAC). Look before sending: exactly one port for the address\n\
+         #    (get links), an install disk that is not the USB stick (get disks). Then send each its config.\n",
+    );
     for node in &config.nodes {
+        text.push_str(&line(node_args(talosconfig, node, &["get", "links", "--insecure"])));
+        text.push_str(&line(node_args(talosconfig, node, &["get", "disks", "--insecure"])));
         text.push_str(&line(node_args(talosconfig, node, &["apply-config", "--insecure", "--file", &configs(node)])));
     }
     let Some(first) = config.control_planes().next() else { return text };
+    let wait = |node: &kit::config::Node| {
+        let version = node_args(talosconfig, node, &["version", "--short"]).join(" ");
+        format!("until talosctl {version} >/dev/null 2>&1; do echo 'waiting for {}'; sleep 10; done\n", node.name)
+    };
     text.push_str(
-        "\n# 6. Start etcd on ONE control plane, ONCE. The others join it; a second bootstrap\n\
-         #    would start a second, empty cluster.\n",
+        "\n# 7. Each node installs and reboots (eject the ISO, or put the disk first in the boot order).\n\
+         #    Wait until every control plane answers with its config.\n",
     );
-    text.push_str(&line(node_args(talosconfig, first, &["bootstrap"])));
-    text.push_str("\n# 7. Wait until etcd, the control plane and every node are healthy.\n");
+    for node in config.control_planes() {
+        text.push_str(&wait(node));
+    }
+    let bootstrap = node_args(talosconfig, first, &["bootstrap"]).join(" ");
+    text.push_str(&format!(
+        "\n# 8. Start etcd on ONE control plane, ONCE. The others join it; a second bootstrap\n\
+         #    would start a second, empty cluster. Talos answers FailedPrecondition until it is\n\
+         #    ready, and AlreadyExists once etcd has data: ask again on the first, stop on the second.\n\
+         until out=$(talosctl {bootstrap} 2>&1); do\n\
+         \x20 case \"$out\" in *AlreadyExists*) echo 'already bootstrapped'; break ;; esac\n\
+         \x20 echo \"not yet: $out\"; sleep 5\n\
+         done\n"
+    ));
+    text.push_str(&format!("\n# 9. An admin kubeconfig; it points at the VIP ({}).\n", config.api_endpoint()));
+    text.push_str(&line(node_args(talosconfig, first, &[&["kubeconfig", "kubeconfig"], KUBECONFIG_FLAGS].concat())));
+    text.push_str("\n# 10. Wait for the workers, then until etcd, the control plane and every node are healthy.\n");
+    for node in config.workers() {
+        text.push_str(&wait(node));
+    }
     let control_planes: Vec<_> = config.control_planes().collect();
     let workers: Vec<_> = config.workers().collect();
     let health = health_args(&control_planes, &workers, converge::HEALTH_TIMEOUT);
     text.push_str(&line(node_args(talosconfig, first, &health.iter().map(String::as_str).collect::<Vec<_>>())));
-    text.push_str(&format!("\n# 8. An admin kubeconfig; it points at the VIP ({}).\n", config.api_endpoint()));
-    text.push_str(&line(node_args(talosconfig, first, &[&["kubeconfig", "kubeconfig"], KUBECONFIG_FLAGS].concat())));
     text
 }

@@ -20,6 +20,15 @@ const TALOSCTL_TIMEOUT: Duration = Duration::from_secs(120);
 /// File names inside a machine-config folder.
 pub const PATCHES_DIR: &str = "patches";
 pub const ALL_NODES_PATCH: &str = "all-nodes.yaml";
+pub const CONTROL_PLANES_PATCH: &str = "control-planes.yaml";
+
+/// A manifest Talos applies to the cluster itself once etcd runs (`cluster.inlineManifests`
+/// of the control planes): what must run from the first minute, before any stage can.
+#[derive(Debug, Clone)]
+pub struct InlineManifest {
+    pub name: String,
+    pub contents: String,
+}
 
 /// One node's finished, validated config.
 #[derive(Debug, Clone)]
@@ -85,8 +94,9 @@ pub fn gen_secrets_args(out: &Path) -> Vec<String> {
 
 /// What one `gen config` run writes.
 pub enum GenOutput<'a> {
-    /// The base controlplane.yaml and worker.yaml, with the all-nodes patch, into a folder.
-    Configs { all_nodes_patch: &'a Path, dir: &'a Path },
+    /// The base controlplane.yaml and worker.yaml, with the all-nodes patch (and the
+    /// control-plane patch, when there is one), into a folder.
+    Configs { all_nodes_patch: &'a Path, control_planes_patch: Option<&'a Path>, dir: &'a Path },
     /// Only talosctl's client config (a client certificate signed by the secrets' OS CA).
     Talosconfig { file: &'a Path },
 }
@@ -118,8 +128,11 @@ pub fn gen_config_args(config: &ClusterConfig, secrets: &Path, output: GenOutput
         sans.join(","),
     ];
     let (types, out) = match output {
-        GenOutput::Configs { all_nodes_patch, dir } => {
+        GenOutput::Configs { all_nodes_patch, control_planes_patch, dir } => {
             args.extend(["--config-patch".into(), format!("@{}", all_nodes_patch.display())]);
+            if let Some(patch) = control_planes_patch {
+                args.extend(["--config-patch-control-plane".into(), format!("@{}", patch.display())]);
+            }
             args.extend(["--with-docs=false".into(), "--with-examples=false".into(), "--force".into()]);
             ("controlplane,worker", dir)
         }
@@ -173,18 +186,25 @@ pub fn node_config_file(node: &Node) -> String {
 pub async fn generate(
     talosctl: &Tool,
     config: &ClusterConfig,
+    inline: &[InlineManifest],
     secrets: &Secrets,
     dir: &Path,
 ) -> anyhow::Result<Vec<NodeConfig>> {
     std::fs::create_dir_all(dir.join(PATCHES_DIR)).with_context(|| format!("creating {}", dir.display()))?;
-    for (file, patch) in patch_files(config)? {
+    for (file, patch) in patch_files(config, inline)? {
         let path = dir.join(&file);
         std::fs::write(&path, patch).with_context(|| format!("writing {}", path.display()))?;
     }
     let all_nodes = dir.join(PATCHES_DIR).join(ALL_NODES_PATCH);
+    let control_planes = dir.join(PATCHES_DIR).join(CONTROL_PLANES_PATCH);
+    let control_planes_patch = (!inline.is_empty()).then_some(control_planes.as_path());
     talosctl
         .run(
-            gen_config_args(config, &secrets.path, GenOutput::Configs { all_nodes_patch: &all_nodes, dir }),
+            gen_config_args(
+                config,
+                &secrets.path,
+                GenOutput::Configs { all_nodes_patch: &all_nodes, control_planes_patch, dir },
+            ),
             TALOSCTL_TIMEOUT,
         )
         .await?
@@ -209,10 +229,14 @@ pub async fn generate(
     Ok(configs)
 }
 
-/// Every patch file, by path relative to the folder: the all-nodes patch and one per node.
-pub fn patch_files(config: &ClusterConfig) -> anyhow::Result<BTreeMap<String, String>> {
+/// Every patch file, by path relative to the folder: the all-nodes patch, the control-plane
+/// patch (when there are inline manifests) and one per node.
+pub fn patch_files(config: &ClusterConfig, inline: &[InlineManifest]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut files = BTreeMap::new();
     files.insert(format!("{PATCHES_DIR}/{ALL_NODES_PATCH}"), patches::all_nodes(config)?.to_yaml());
+    if !inline.is_empty() {
+        files.insert(format!("{PATCHES_DIR}/{CONTROL_PLANES_PATCH}"), patches::control_planes(inline)?.to_yaml());
+    }
     for node in &config.nodes {
         files.insert(node_patch_file(node), patches::node(config, node)?.to_yaml());
     }

@@ -12,6 +12,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use kit::config::{ClusterConfig, DEFAULT_LINK_SELECTOR, Node, Role};
 use serde::Serialize;
 
+use crate::machine_configs::InlineManifest;
+
 /// Where Longhorn keeps replica data on each node (stage 06); the kubelet must see it.
 pub const LONGHORN_DATA_PATH: &str = "/var/lib/longhorn";
 /// The name talos-ha gives the node's LAN port (a Talos link alias), whatever the kernel calls it.
@@ -63,6 +65,7 @@ struct Install {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Kubelet {
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     extra_args: BTreeMap<&'static str, &'static str>,
     extra_mounts: Vec<ExtraMount>,
 }
@@ -185,15 +188,55 @@ pub fn multi_document_network(config: &ClusterConfig) -> bool {
     (talos.major, talos.minor) >= (1, 12)
 }
 
+/// `cluster.inlineManifests` of the control planes.
+#[derive(Serialize)]
+struct ControlPlanes<'a> {
+    cluster: InlineManifests<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct InlineManifests<'a> {
+    inline_manifests: Vec<Inline<'a>>,
+}
+
+#[derive(Serialize)]
+struct Inline<'a> {
+    name: &'a str,
+    /// A block literal (`|`), so the manifest reads as the YAML it is.
+    contents: serde_saphyr::LitStr<'a>,
+}
+
+/// The patch for the control planes: the manifests Talos applies once etcd runs.
+pub fn control_planes(inline: &[InlineManifest]) -> anyhow::Result<Patch> {
+    let inline_manifests = inline
+        .iter()
+        .map(|manifest| Inline { name: &manifest.name, contents: serde_saphyr::LitStr(&manifest.contents) })
+        .collect();
+    let mut patch = Patch::new();
+    patch.push(&ControlPlanes { cluster: InlineManifests { inline_manifests } })?;
+    Ok(patch)
+}
+
 /// The patch for every node: what the kubelet needs for metrics-server and Longhorn.
 pub fn all_nodes(config: &ClusterConfig) -> anyhow::Result<Patch> {
     let mut patch = Patch::new();
+    // The kubelet asks the cluster for a serving certificate signed by the cluster CA, so
+    // metrics-server can verify kubelets over TLS. kubelet-serving-cert-approver approves the
+    // requests; it runs from bootstrap on (an inline manifest of the control planes), because
+    // until a kubelet's request is approved its TLS port fails and `talosctl health` with it.
+    // With metricsServer.kubeletInsecureTls nobody approves them, so none are requested.
+    // (kubelet 1.35 still takes the flag: cmd/kubelet/app/options/options.go, deprecated in
+    // favour of the config file like every KubeletConfiguration flag.)
+    let extra_args = if config.kubelet_serving_certificates() {
+        BTreeMap::from([("rotate-server-certificates", "true")])
+    } else {
+        BTreeMap::new()
+    };
     patch.push(&V1Alpha1 {
         machine: Machine {
             kubelet: Some(Kubelet {
-                // The kubelet asks the cluster for a serving certificate signed by the cluster
-                // CA (stage 03 approves them), so metrics-server can verify kubelets over TLS.
-                extra_args: BTreeMap::from([("rotate-server-certificates", "true")]),
+                extra_args,
                 // Longhorn's engine runs in a container and mounts volumes under this path;
                 // rshared lets those mounts propagate back to the kubelet and the pods.
                 extra_mounts: vec![ExtraMount {

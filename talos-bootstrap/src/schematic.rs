@@ -2,13 +2,18 @@
 //! (stage 06) needs iSCSI and the util-linux tools on every node; Talos is immutable, so they
 //! must be baked into the image the node installs, from the very first install.
 
+use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
 /// Official extensions every node gets (names as the Image Factory lists them).
 pub const EXTENSIONS: &[&str] = &["siderolabs/iscsi-tools", "siderolabs/util-linux-tools"];
 
-/// The Image Factory's registry for installer images.
-const FACTORY_INSTALLER: &str = "factory.talos.dev/installer";
+/// The Image Factory: it serves installer images only for schematics it has stored
+/// (siderolabs/image-factory internal/schematic/schematic.go, Get), so `apply` uploads ours.
+pub const IMAGE_FACTORY: &str = "https://factory.talos.dev";
+/// Its registry path for bare-metal installers (the v1.12 docs and the factory's UI use
+/// `metal-installer/`; plain `installer/` is the older alias for the same image).
+const FACTORY_INSTALLER: &str = "factory.talos.dev/metal-installer";
 
 /// The schematic document, in the exact form the Image Factory hashes (Go's YAML encoder:
 /// four-space indent). `POST https://factory.talos.dev/schematics` with it returns the same ID.
@@ -30,9 +35,52 @@ pub fn id(document: &str) -> String {
     Sha256::digest(document.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// The installer image nodes install from: `factory.talos.dev/installer/<id>:<talos version>`.
+/// The installer image nodes install from: `factory.talos.dev/metal-installer/<id>:<talos version>`.
 pub fn installer_image(talos: kit::config::Version) -> String {
     format!("{FACTORY_INSTALLER}/{}:{talos}", id(&document(EXTENSIONS)))
+}
+
+/// The factory's answer to an upload.
+#[derive(serde::Deserialize)]
+struct Uploaded {
+    id: String,
+}
+
+/// Uploads the schematic to the Image Factory at `factory` (`POST /schematics`, idempotent: the
+/// same document always gets the same ID). The ID it returns must be the one the configs name,
+/// or the nodes would pull an installer that is not ours.
+pub async fn upload(factory: &str) -> anyhow::Result<kit::stage::Change> {
+    let document = document(EXTENSIONS);
+    let wanted = id(&document);
+    let url = format!("{}/schematics", factory.trim_end_matches('/'));
+    tracing::info!("uploading the schematic ({}) to {url}", EXTENSIONS.join(", "));
+    let posted = {
+        let (url, document) = (url.clone(), document.clone());
+        tokio::task::spawn_blocking(move || kit::http::post(&url, "application/yaml", &document)).await?
+    };
+    let answer = posted.with_context(|| {
+        format!("uploading the schematic to {url}; the nodes pull their installer from there, so it must be reachable")
+    })?;
+    anyhow::ensure!(
+        (200..300).contains(&answer.status),
+        "the Image Factory at {url} answered {} to the schematic upload: {}",
+        answer.status,
+        answer.body.trim()
+    );
+    let uploaded: Uploaded = serde_json::from_str(&answer.body).with_context(|| {
+        format!("the Image Factory at {url} answered something else than {{\"id\": …}}: {}", answer.body.trim())
+    })?;
+    anyhow::ensure!(
+        uploaded.id == wanted,
+        "the Image Factory at {url} stored the schematic as {} but the machine configs name {wanted}: nothing was \
+         sent to the nodes; the factory hashes schematics differently from this version of talos-ha, so report it",
+        uploaded.id
+    );
+    Ok(kit::stage::Change {
+        object: format!("Schematic {wanted}"),
+        action: kit::stage::Action::Unchanged,
+        diff: Some(format!("uploaded to {url} (idempotent)")),
+    })
 }
 
 #[cfg(test)]

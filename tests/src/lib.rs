@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use kit::config::ClusterConfig;
 
+pub mod talosctl_double;
+
 /// The documented `cluster.yaml` at the repository root, which the lab was started from.
 pub fn config_path() -> PathBuf {
     xtask::workspace_root().join("cluster.yaml")

@@ -7,7 +7,6 @@ mod mirror;
 mod render;
 use xtask::stages;
 mod status;
-mod talos_state;
 mod test_cmd;
 mod validate;
 mod verify_ha;

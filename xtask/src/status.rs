@@ -122,18 +122,19 @@ async fn node_rows(client: &kube::Client, config: &ClusterConfig) -> anyhow::Res
     Ok(rows)
 }
 
-/// etcd members and the VIP holder: Talos knows them; the lab has neither Talos nor L2.
+/// etcd's health (each control plane asked about its own member), the VIP holder and the
+/// talosconfig's expiry: Talos knows them; the lab has neither Talos nor L2.
 async fn control_plane_rows(config: &ClusterConfig, target: Target) -> Vec<Row> {
     let vip = config.network.vip.to_string();
     if target == Target::Lab {
         let why = "not checkable in the lab (`cargo xtask lab status` shows the lab's own etcd)".to_owned();
         return vec![
-            Row { section: "control plane", name: "etcd members".into(), value: "-".into(), state: why.clone() },
+            Row { section: "control plane", name: "etcd".into(), value: "-".into(), state: why.clone() },
             Row { section: "control plane", name: "VIP holder".into(), value: vip, state: why },
         ];
     }
-    let tool = match kit::tool::Tool::talosctl(config.versions.talos).await {
-        Ok(tool) => tool,
+    let talosctl = match kit::talos::Talosctl::find(config).await {
+        Ok(talosctl) => talosctl,
         Err(error) => {
             return vec![Row {
                 section: "control plane",
@@ -143,19 +144,25 @@ async fn control_plane_rows(config: &ClusterConfig, target: Target) -> Vec<Row> 
             }];
         }
     };
-    let members = match crate::talos_state::etcd_members(&tool, config).await {
-        Ok(members) => members.join(", "),
-        Err(error) => format!("unknown ({error:#})"),
-    };
-    let holders = crate::talos_state::vip_holders(&tool, config).await;
+    let health = kit::talos::etcd_health(&talosctl, config).await;
+    let healthy = kit::talos::healthy_members(&health);
+    let etcd = format!("{} of {} healthy: {}", healthy.len(), health.len(), kit::talos::describe_health(&health));
+    let holders = kit::talos::vip_holders(&talosctl, config).await;
     let state = match holders.len() {
         1 => holders.join(""),
         0 => "nobody (etcd unhealthy, or no control plane reachable)".to_owned(),
         _ => format!("several: {} (split brain?)", holders.join(", ")),
     };
+    let expiry = kit::talos::talosconfig::expiry_check(&talosctl.talosconfig);
     vec![
-        Row { section: "control plane", name: "etcd members".into(), value: "-".into(), state: members },
+        Row { section: "control plane", name: "etcd".into(), value: "-".into(), state: etcd },
         Row { section: "control plane", name: "VIP holder".into(), value: vip, state },
+        Row {
+            section: "control plane",
+            name: "talosconfig".into(),
+            value: talosctl.talosconfig.display().to_string(),
+            state: expiry.reason,
+        },
     ]
 }
 

@@ -31,7 +31,8 @@ pub struct ClusterConfig {
     pub metallb_pool: IpRange,
     /// `metricsServer.kubeletInsecureTls`: the documented opt-out of verifying kubelets' TLS.
     /// Off by default: stage 01 makes kubelets request CA-signed serving certificates and
-    /// stage 03 approves them, so metrics-server can verify every kubelet.
+    /// ships the approver in the control planes' configs, so metrics-server can verify every
+    /// kubelet.
     pub metrics_server_kubelet_insecure_tls: bool,
     /// The pool address pinned to Traefik (the seed's "legacy" Ingress path, .101).
     pub traefik_ip: Ipv4Addr,
@@ -111,6 +112,13 @@ impl ClusterConfig {
 
     pub fn workers(&self) -> impl Iterator<Item = &Node> {
         self.nodes.iter().filter(|node| node.role == Role::Worker)
+    }
+
+    /// Kubelets request serving certificates signed by the cluster CA (and the control planes
+    /// run kubelet-serving-cert-approver to approve them), so metrics-server verifies them:
+    /// always, unless `metricsServer.kubeletInsecureTls` opts out.
+    pub fn kubelet_serving_certificates(&self) -> bool {
+        !self.metrics_server_kubelet_insecure_tls
     }
 
     /// The Kubernetes API through the VIP: what kubeconfigs and `talosctl gen config` use.

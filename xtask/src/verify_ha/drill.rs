@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node;
 use kit::check::Check;
 use kit::config::ClusterConfig;
-use kit::tool::{Tool, talos_node_args, talosconfig_path};
+use kit::talos::{TalosApi, Talosctl, etcd_health, healthy_members};
 use kube::api::Api;
 use xtask::docs::Path;
 
 use super::{seconds, time_until};
-use crate::talos_state::etcd_members;
 
 /// How long a node may take to reboot, and the cluster to heal after it.
 const BACK_WITHIN: Duration = Duration::from_secs(15 * 60);
@@ -63,7 +62,7 @@ fn boot_id(node: &Node) -> Option<&str> {
 pub(super) async fn reboot(
     client: &kube::Client,
     config: &ClusterConfig,
-    talosctl: &Tool,
+    talosctl: &Talosctl,
     node: &kit::config::Node,
 ) -> anyhow::Result<Check> {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -77,10 +76,7 @@ pub(super) async fn reboot(
         .collect();
     let mut api = Outage::default();
 
-    talosctl
-        .run(talos_node_args(&talosconfig_path(config), node, &["reboot", "--wait=false"]), Duration::from_secs(30))
-        .await?
-        .ok("talosctl reboot")?;
+    talosctl.ask(node, &["reboot", "--wait=false"], Duration::from_secs(30)).await?;
     let started = Instant::now();
     tracing::info!("{} is rebooting; sampling the API and every URL each second until it is back", node.name);
     let (mut back, mut seen_not_ready) = (None, false);
@@ -132,7 +128,7 @@ pub(super) async fn reboot(
     };
     let control_planes = config.control_planes().count();
     let etcd = time_until(BACK_WITHIN, || async {
-        etcd_members(talosctl, config).await.is_ok_and(|members| members.len() == control_planes)
+        healthy_members(&etcd_health(talosctl, config).await).len() == control_planes
     })
     .await;
     let volumes = time_until(BACK_WITHIN, || async {
@@ -153,7 +149,7 @@ pub(super) async fn reboot(
         (Some(etcd), Some(volumes)) => Check::pass(
             "drill",
             format!(
-                "{measured}; etcd had all {control_planes} members {} later, Longhorn volumes healthy {} later",
+                "{measured}; etcd had all {control_planes} members healthy {} later, Longhorn volumes healthy {} later",
                 seconds(etcd),
                 seconds(volumes)
             ),
@@ -162,7 +158,11 @@ pub(super) async fn reboot(
             "drill",
             format!(
                 "{measured}; but {} within {}",
-                if etcd.is_none() { "etcd did not have every member" } else { "Longhorn volumes were not healthy" },
+                if etcd.is_none() {
+                    "etcd did not have every member healthy"
+                } else {
+                    "Longhorn volumes were not healthy"
+                },
                 seconds(BACK_WITHIN)
             ),
             "cargo xtask verify-ha (read-only) shows which step is still failing",

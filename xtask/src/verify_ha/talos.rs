@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams};
 use longhorn::volume::VolumeHealth;
 
 use super::{VerifyHaArgs, drill, report};
-use crate::talos_state::{etcd_members, vip_holders};
+use kit::talos::{Talosctl, describe_health, etcd_health, healthy_members, vip_holders};
 
 /// Why a drill on `node` must not run, if it must not: losing it would lose etcd's majority
 /// (a control plane while not all members are healthy), or a volume could lose its last
@@ -55,22 +55,23 @@ pub(super) async fn steps(
     out: &mut impl std::io::Write,
 ) -> anyhow::Result<Vec<Check>> {
     let mut checks = Vec::new();
-    let talosctl = kit::tool::Tool::talosctl(config.versions.talos).await?;
+    let talosctl = Talosctl::find(config).await?;
     let control_planes = config.control_planes().count();
-    let members = etcd_members(&talosctl, config).await;
-    let healthy = members.as_ref().map_or(0, Vec::len);
-    let check = match &members {
-        Ok(members) if members.len() == control_planes => {
-            Check::pass("etcd", format!("{control_planes} of {control_planes} members: {}", members.join(", ")))
-        }
-        Ok(members) => Check::fail(
+    // Each control plane is asked about its own member: a member that is down or rebooting
+    // is still listed by `etcd members`, so membership is never taken for health.
+    let health = etcd_health(&talosctl, config).await;
+    let healthy = healthy_members(&health).len();
+    let described = describe_health(&health);
+    let check = if healthy == control_planes {
+        Check::pass("etcd", format!("{healthy} of {control_planes} members healthy: {described}"))
+    } else {
+        Check::fail(
             "etcd",
-            format!("{} of {control_planes} members: {}", members.len(), members.join(", ")),
-            "talosctl -n <control plane> service etcd; a missing member rejoins when its node is back",
-        ),
-        Err(error) => Check::fail("etcd", format!("{error:#}"), "is the talosconfig in state/talos right?"),
+            format!("{healthy} of {control_planes} members healthy: {described}"),
+            "talosctl -n <control plane> service etcd; a member rejoins when its node is back",
+        )
     };
-    report("1. etcd has every member", "a majority survives losing one control plane", &check, out)?;
+    report("1. etcd is healthy on every control plane", "a majority survives losing one control plane", &check, out)?;
     checks.push(check);
 
     let holders = vip_holders(&talosctl, config).await;
