@@ -32,7 +32,6 @@ const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the webhook may refuse calls after its Deployment turned Available (its serving
 /// certificate is injected by the cainjector a moment later).
-const WEBHOOK_WARMUP: Duration = Duration::from_secs(60);
 /// The throw-away certificate `verify` has issued.
 const PROBE_CERTIFICATE: &str = "talos-ha-verify";
 
@@ -45,24 +44,6 @@ pub fn ca_file(config: &ClusterConfig) -> PathBuf {
 
 fn upstream(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
     ctx.upstream(Component::CertManager, MANIFEST)
-}
-
-/// Applies our issuers once the webhook accepts calls: right after a fresh install it may
-/// still refuse them for a few seconds (`failed calling webhook`), so those are retried.
-async fn apply_issuers(engine: &mut Engine, objects: &[DynamicObject]) -> anyhow::Result<Vec<Change>> {
-    let deadline = tokio::time::Instant::now() + WEBHOOK_WARMUP;
-    loop {
-        match engine.apply(objects).await {
-            Err(error) if format!("{error:#}").contains("failed calling webhook") => {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(error).context("cert-manager's webhook kept refusing calls");
-                }
-                tracing::info!("  cert-manager's webhook is not answering yet; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            result => return result,
-        }
-    }
 }
 
 /// The CA certificate as the controller stored it in its Secret.
@@ -180,7 +161,7 @@ impl Stage for CertManager {
             kit::wait::deployment_available(&client, CERT_MANAGER_NAMESPACE, deployment, ROLLOUT_TIMEOUT).await?;
         }
         // cert-manager.io objects go through its validating webhook (failurePolicy: Fail).
-        changes.extend(apply_issuers(&mut engine, &issuers::all(&ctx.config.name)?).await?);
+        changes.extend(engine.apply_through_webhook(&issuers::all(&ctx.config.name)?, "cert-manager").await?);
         match ctx.target {
             Target::Talos => changes.push(export_ca(&client, &ctx.config).await?),
             Target::Lab => tracing::info!(

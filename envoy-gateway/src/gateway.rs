@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::TopologySpreadConstraint;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kit::config::ClusterConfig;
 use kit::names::METALLB_IP_ANNOTATION;
 use kube::api::{DynamicObject, ObjectMeta};
@@ -14,8 +16,11 @@ use serde::Serialize;
 pub use kit::names::{GATEWAY as NAME, GATEWAY_NAMESPACE as NAMESPACE};
 const CONTROLLER: &str = "gateway.envoyproxy.io/gatewayclass-controller";
 const GATEWAY_API: &str = "gateway.networking.k8s.io/v1";
-/// Envoy runs twice, so a node going down keeps the path served.
-const ENVOY_REPLICAS: u32 = 2;
+/// Envoy runs twice, on two nodes, so a node going down keeps the path served.
+pub const ENVOY_REPLICAS: u32 = 2;
+/// The labels Envoy Gateway puts on the Envoy pods and Service of a Gateway.
+pub const OWNING_GATEWAY_NAME: &str = "gateway.envoyproxy.io/owning-gateway-name";
+pub const OWNING_GATEWAY_NAMESPACE: &str = "gateway.envoyproxy.io/owning-gateway-namespace";
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -51,6 +56,8 @@ struct Provider {
 struct KubernetesProvider {
     envoy_service: EnvoyService,
     envoy_deployment: EnvoyDeployment,
+    #[serde(rename = "envoyPDB")]
+    envoy_pdb: EnvoyPdb,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +71,42 @@ struct EnvoyService {
 #[derive(Debug, Clone, Serialize)]
 struct EnvoyDeployment {
     replicas: u32,
+    pod: EnvoyPod,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvoyPod {
+    topology_spread_constraints: Vec<TopologySpreadConstraint>,
+}
+
+/// At least one Envoy stays up through a drain or an upgrade.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvoyPdb {
+    min_available: u32,
+}
+
+/// The Envoy pods of our Gateway (Envoy Gateway labels them with the Gateway they serve).
+fn envoy_pod_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (OWNING_GATEWAY_NAME.to_owned(), NAME.to_owned()),
+        (OWNING_GATEWAY_NAMESPACE.to_owned(), NAMESPACE.to_owned()),
+    ])
+}
+
+/// One Envoy per node, never two on one: Envoy Gateway sets no spreading of its own
+/// (api/v1alpha1/kubernetes_helpers.go, DefaultKubernetesPod), and its Service keeps
+/// `externalTrafficPolicy: Local`, so only nodes with a ready Envoy announce the address.
+/// Two Envoys on one worker would lose .102 with that worker.
+fn one_envoy_per_node() -> TopologySpreadConstraint {
+    TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "kubernetes.io/hostname".to_owned(),
+        when_unsatisfiable: "DoNotSchedule".to_owned(),
+        label_selector: Some(LabelSelector { match_labels: Some(envoy_pod_labels()), ..LabelSelector::default() }),
+        ..TopologySpreadConstraint::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -148,7 +191,11 @@ pub fn all(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
                 kind: "Kubernetes",
                 kubernetes: KubernetesProvider {
                     envoy_service: EnvoyService { kind: "LoadBalancer", annotations },
-                    envoy_deployment: EnvoyDeployment { replicas: ENVOY_REPLICAS },
+                    envoy_deployment: EnvoyDeployment {
+                        replicas: ENVOY_REPLICAS,
+                        pod: EnvoyPod { topology_spread_constraints: vec![one_envoy_per_node()] },
+                    },
+                    envoy_pdb: EnvoyPdb { min_available: 1 },
                 },
             },
         },

@@ -23,14 +23,15 @@ const MANIFEST: &str = "install.yaml";
 pub const CONTROLLER: &str = "envoy-gateway";
 /// The release's one-off Job that makes the controller's TLS Secrets.
 const CERTGEN_JOB: &str = "eg-gateway-helm-certgen";
-/// Envoy Gateway labels the Envoy Service it makes for a Gateway with the Gateway's name.
-const OWNING_GATEWAY_LABEL: &str = "gateway.envoyproxy.io/owning-gateway-name";
 const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct EnvoyGateway;
 
 /// The release manifest, its certgen Job kept after it finishes: upstream lets the cluster
-/// delete it 30 s after completion, and every later apply would then run it again.
+/// delete it 30 s after completion, and every later apply would then run it again. When the
+/// Job changes (a new `versions.envoyGateway`, a new image), the engine replaces it, since a
+/// Job's pod template is immutable: certgen then runs for the new version, as upstream's
+/// pre-upgrade hook would.
 pub fn upstream(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
     let (mut objects, notes) = ctx.upstream(Component::EnvoyGateway, MANIFEST)?;
     patch_typed::<Job>(&mut objects, CERTGEN_JOB, |job| {
@@ -93,7 +94,7 @@ impl Stage for EnvoyGateway {
         checks.push(addresses::entrypoint_pool(&client, ip, "envoyGateway.ip").await?);
         let ours = |service: &Service| {
             let labels = service.metadata.labels.as_ref();
-            labels.and_then(|labels| labels.get(OWNING_GATEWAY_LABEL)).map(String::as_str) == Some(NAME)
+            labels.and_then(|labels| labels.get(gateway::OWNING_GATEWAY_NAME)).map(String::as_str) == Some(NAME)
         };
         checks.push(addresses::address_free(&client, ip, ours).await?);
         checks.push(exposure::ca_issuer(&client).await);

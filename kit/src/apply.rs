@@ -33,6 +33,8 @@ pub const APPLIED_HASH: &str = "talos-ha.dev/applied-hash";
 const CONCURRENCY: usize = 16;
 /// How long a CRD may take to become Established.
 const CRD_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a freshly installed admission webhook may refuse calls.
+const WEBHOOK_WARMUP: Duration = Duration::from_secs(60);
 
 /// Parses a multi-document YAML manifest. Empty documents are skipped; a document that does
 /// not parse, or is not a Kubernetes object, is an error naming `source` and its index.
@@ -159,6 +161,31 @@ impl Engine {
     }
 
     /// What `apply` would change (server-side dry run); changes nothing.
+    /// Applies objects that a component's admission webhook checks, right after that component
+    /// was installed: for a few seconds its webhook may still refuse calls (`failed calling
+    /// webhook … connection refused / no endpoints`: the Service's endpoints have not reached
+    /// the API server yet, metallb/metallb#1540, #2486), so those errors are retried for up to
+    /// a minute; any other error ends the apply at once.
+    pub async fn apply_through_webhook(
+        &mut self,
+        objects: &[DynamicObject],
+        component: &str,
+    ) -> anyhow::Result<Vec<Change>> {
+        let deadline = tokio::time::Instant::now() + WEBHOOK_WARMUP;
+        loop {
+            match self.apply(objects).await {
+                Err(error) if format!("{error:#}").contains("failed calling webhook") => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(error).with_context(|| format!("{component}'s webhook kept refusing calls"));
+                    }
+                    tracing::info!("  {component}'s webhook is not answering yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     pub async fn plan(&mut self, objects: &[DynamicObject]) -> anyhow::Result<Vec<Change>> {
         self.converge(objects, true).await
     }
@@ -337,6 +364,17 @@ impl Engine {
                 None => return Ok(Change { object: described, action: Action::Unchanged, diff: None }),
                 Some(why) => tracing::debug!("{described} is applied again: {why}"),
             }
+            if must_replace(&desired, live) {
+                let diff = Some("replaced: a Job's pod template cannot change, so the old Job goes first".to_owned());
+                if !dry_run {
+                    tracing::info!("{described} changed: deleting the old Job so the new one can run");
+                    replace_job(&api, &name).await.with_context(|| format!("replacing {described}"))?;
+                    api.patch(&name, &PatchParams::apply(&self.field_manager).force(), &Patch::Apply(&desired))
+                        .await
+                        .with_context(|| format!("applying {described}"))?;
+                }
+                return Ok(Change { object: described, action: Action::Configured, diff });
+            }
         }
         let mut params = PatchParams::apply(&self.field_manager).force();
         if dry_run {
@@ -408,6 +446,27 @@ fn live_key(resource: &ApiResource, caps: &ApiCapabilities, object: &DynamicObje
 /// `apiVersion/plural/namespace/name`: one key for a listed object and for the wanted one.
 fn object_key(resource: &ApiResource, namespace: Option<&str>, name: &str) -> String {
     format!("{}/{}/{}/{name}", resource.api_version, resource.plural, namespace.unwrap_or_default())
+}
+
+/// A Job applied from another version of it: its `spec.template` is immutable, so a server-side
+/// apply would fail with `field is immutable`. Upstream charts make such Jobs Helm hooks (run
+/// anew on every install and upgrade); here the old Job is replaced, as `kubectl replace --force`
+/// does. An unchanged Job is kept, so a no-op re-run does not run it again.
+fn must_replace(desired: &DynamicObject, live: &DynamicObject) -> bool {
+    let is_job = desired.types.as_ref().is_some_and(|types| types.kind == "Job" && types.api_version == "batch/v1");
+    let hash = |object: &DynamicObject| object.metadata.annotations.as_ref().and_then(|a| a.get(APPLIED_HASH)).cloned();
+    is_job && hash(desired) != hash(live)
+}
+
+/// Deletes a Job with its pods (foreground) and waits until it is gone.
+async fn replace_job(api: &Api<DynamicObject>, name: &str) -> anyhow::Result<()> {
+    api.delete(name, &kube::api::DeleteParams::foreground()).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while api.get_opt(name).await?.is_some() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the old Job {name} was not gone after 60s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
 }
 
 /// The object with [`APPLIED_HASH`] set to the hash of the object as given.

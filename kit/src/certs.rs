@@ -110,6 +110,12 @@ pub fn service_certificate(namespace: &str, name: &str, hosts: Vec<String>) -> C
     certificate(namespace, name, CA_ISSUER, spec)
 }
 
+/// Which Traefik entry points serve an Ingress: HTTPS only.
+const ENTRYPOINTS_ANNOTATION: &str = "traefik.ingress.kubernetes.io/router.entrypoints";
+/// Which Traefik middlewares (CRD objects, `<namespace>-<name>@kubernetescrd`) a request
+/// passes through before it reaches the Service.
+pub const MIDDLEWARES_ANNOTATION: &str = "traefik.ingress.kubernetes.io/router.middlewares";
+
 /// An Ingress of class `traefik` sending every path of `host` to `service:port`, over HTTPS
 /// with the Secret of [`service_certificate`] (Traefik redirects plain HTTP to it).
 pub fn traefik_ingress(namespace: &str, name: &str, host: &str, service: &str, port: i32) -> Ingress {
@@ -117,10 +123,7 @@ pub fn traefik_ingress(namespace: &str, name: &str, host: &str, service: &str, p
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(namespace.to_owned()),
-            annotations: Some(BTreeMap::from([(
-                "traefik.ingress.kubernetes.io/router.entrypoints".to_owned(),
-                "websecure".to_owned(),
-            )])),
+            annotations: Some(BTreeMap::from([(ENTRYPOINTS_ANNOTATION.to_owned(), "websecure".to_owned())])),
             ..ObjectMeta::default()
         },
         spec: Some(IngressSpec {

@@ -38,6 +38,23 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     file.write_all(contents).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The password kept in `path` (0600), made the first time from 24 random bytes: the same on
+/// every later run, so re-applying changes nothing.
+pub fn password(path: &Path) -> anyhow::Result<String> {
+    use base64::Engine as _;
+    if let Ok(existing) = fs::read_to_string(path)
+        && !existing.trim().is_empty()
+    {
+        return Ok(existing.trim().to_owned());
+    }
+    let mut bytes = [0u8; 24];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom").context("opening /dev/urandom")?, &mut bytes)
+        .context("reading /dev/urandom")?;
+    let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    write_private(path, format!("{password}\n").as_bytes())?;
+    Ok(password)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,6 +69,18 @@ mod tests {
         write_private(&path, b"new")?;
         assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::read_to_string(&path)?, "new");
+        Ok(())
+    }
+
+    #[test]
+    fn a_password_is_made_once_private_and_kept() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state/ui-password");
+        let first = password(&path)?;
+        assert_eq!(first.len(), 32, "24 random bytes, base64");
+        assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
+        assert_eq!(password(&path)?, first, "kept");
+        assert_ne!(password(&dir.path().join("other"))?, first, "random");
         Ok(())
     }
 }

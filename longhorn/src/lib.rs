@@ -35,21 +35,170 @@ const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct Longhorn;
 
-/// Everything this stage applies: the patched release manifest, then the UI's certificate
-/// and Ingress.
-pub fn bundle(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
+/// Everything this stage applies: the patched release manifest, then the UI's certificate,
+/// login and Ingress. `password` is the UI's (see [`UiPassword`]).
+pub fn bundle(ctx: &Context, password: &UiPassword) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
     let (mut objects, notes) = ctx.upstream(Component::Longhorn, MANIFEST)?;
     settings::patch(&mut objects, &ctx.config)?;
-    objects.extend(ui_objects(ctx)?);
+    objects.extend(ui_objects(ctx, password)?);
     Ok((objects, notes))
 }
 
-fn ui_objects(ctx: &Context) -> anyhow::Result<Vec<DynamicObject>> {
+/// The user the Longhorn UI asks for; its password is in [`password_file`].
+pub const UI_USER: &str = "admin";
+/// The Traefik middleware (and its Secret) that asks for it.
+pub const UI_AUTH: &str = "longhorn-ui-auth";
+
+/// Where the UI's password is kept: beside the config, 0600, made on the first apply.
+pub fn password_file(ctx: &Context) -> PathBuf {
+    ctx.config.state_dir().join("longhorn-ui-password")
+}
+
+/// The UI's password as each command may see it.
+pub enum UiPassword {
+    /// `apply`: the one in the state folder, made there if missing.
+    Kept(String),
+    /// `plan` and `render` change nothing and show no secret: a placeholder.
+    Placeholder,
+}
+
+impl UiPassword {
+    /// For `apply`: read, or made and kept (0600) the first time.
+    pub fn ensure(ctx: &Context) -> anyhow::Result<UiPassword> {
+        Ok(UiPassword::Kept(kit::fsutil::password(&password_file(ctx))?))
+    }
+
+    /// For `plan`: the kept one when there is one, so an unchanged login plans as unchanged.
+    pub fn existing(ctx: &Context) -> UiPassword {
+        match std::fs::read_to_string(password_file(ctx)) {
+            Ok(kept) if !kept.trim().is_empty() => UiPassword::Kept(kept.trim().to_owned()),
+            _ => UiPassword::Placeholder,
+        }
+    }
+
+    fn text(&self) -> &str {
+        match self {
+            UiPassword::Kept(password) => password,
+            UiPassword::Placeholder => "<generated into state/longhorn-ui-password on apply>",
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Middleware {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: kube::api::ObjectMeta,
+    spec: MiddlewareSpec,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MiddlewareSpec {
+    basic_auth: BasicAuth,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BasicAuth {
+    secret: &'static str,
+    realm: &'static str,
+    /// The UI never sees the credentials.
+    remove_header: bool,
+}
+
+/// The UI behind Traefik: a CA certificate, and a BasicAuth login in front, since the UI
+/// itself has none and can delete every volume. Traefik reads a `kubernetes.io/basic-auth`
+/// Secret's username and password (traefik v3.3.7 pkg/provider/kubernetes/crd/kubernetes.go,
+/// loadBasicAuthCredentials).
+fn ui_objects(ctx: &Context, password: &UiPassword) -> anyhow::Result<Vec<DynamicObject>> {
+    use k8s_openapi::ByteString;
     let host = kit::certs::legacy_host(&ctx.config, "longhorn");
+    let metadata = kube::api::ObjectMeta {
+        name: Some(UI_AUTH.into()),
+        namespace: Some(NAMESPACE.into()),
+        ..kube::api::ObjectMeta::default()
+    };
+    let secret = k8s_openapi::api::core::v1::Secret {
+        metadata: metadata.clone(),
+        type_: Some("kubernetes.io/basic-auth".into()),
+        data: Some(std::collections::BTreeMap::from([
+            ("username".to_owned(), ByteString(UI_USER.as_bytes().to_vec())),
+            ("password".to_owned(), ByteString(password.text().as_bytes().to_vec())),
+        ])),
+        ..k8s_openapi::api::core::v1::Secret::default()
+    };
+    let middleware = Middleware {
+        api_version: "traefik.io/v1alpha1",
+        kind: "Middleware",
+        metadata,
+        spec: MiddlewareSpec { basic_auth: BasicAuth { secret: UI_AUTH, realm: "Longhorn", remove_header: true } },
+    };
+    let mut ingress = kit::certs::traefik_ingress(NAMESPACE, UI, &host, FRONTEND, 80);
+    ingress
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(kit::certs::MIDDLEWARES_ANNOTATION.to_owned(), format!("{NAMESPACE}-{UI_AUTH}@kubernetescrd"));
     Ok(vec![
         to_dynamic(&kit::certs::service_certificate(NAMESPACE, UI, vec![host.clone()]))?,
-        to_dynamic(&kit::certs::traefik_ingress(NAMESPACE, UI, &host, FRONTEND, 80))?,
+        to_dynamic(&secret)?,
+        to_dynamic(&middleware)?,
+        to_dynamic(&ingress)?,
     ])
+}
+
+/// The UI asks for a login: its Ingress passes through the BasicAuth middleware, whose Secret
+/// holds the kept password; on Talos, an HTTPS request without it gets 401 from Traefik.
+async fn ui_login_check(client: &kube::Client, ctx: &Context) -> Check {
+    let fix = "longhorn apply (it makes the login and puts it in front of the UI)";
+    let stored = async {
+        let ingress =
+            Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(client.clone(), NAMESPACE).get(UI).await?;
+        let annotations = ingress.metadata.annotations.unwrap_or_default();
+        let wanted = format!("{NAMESPACE}-{UI_AUTH}@kubernetescrd");
+        anyhow::ensure!(
+            annotations.get(kit::certs::MIDDLEWARES_ANNOTATION) == Some(&wanted),
+            "Ingress {UI} does not pass through {wanted}"
+        );
+        let secret =
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), NAMESPACE).get(UI_AUTH).await?;
+        let kept = std::fs::read_to_string(password_file(ctx)).unwrap_or_default();
+        let stored = secret.data.unwrap_or_default().get("password").map(|bytes| bytes.0.clone()).unwrap_or_default();
+        anyhow::ensure!(
+            !kept.trim().is_empty() && stored == kept.trim().as_bytes(),
+            "Secret {UI_AUTH} does not hold the password in {}",
+            password_file(ctx).display()
+        );
+        anyhow::Ok(())
+    };
+    if let Err(error) = stored.await {
+        return Check::fail("ui login", format!("{error:#}"), fix);
+    }
+    if ctx.target == Target::Lab {
+        return Check::pass(
+            "ui login",
+            format!(
+                "the UI's Ingress passes through BasicAuth ({UI_USER}, password in {})",
+                password_file(ctx).display()
+            ),
+        );
+    }
+    let url = format!("https://{}/", kit::certs::legacy_host(&ctx.config, "longhorn"));
+    let ca = std::fs::read(ctx.config.state_dir().join("ca.crt")).ok();
+    let probe = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || kit::http::get(&url, ca.as_deref(), &[])).await
+    };
+    match probe {
+        Ok(Ok(answer)) if answer.status == 401 => {
+            Check::pass("ui login", format!("{url} asks for a login (401 without one)"))
+        }
+        Ok(Ok(answer)) => Check::fail("ui login", format!("{url} answers {} without a login", answer.status), fix),
+        Ok(Err(error)) => Check::fail("ui login", format!("{error:#}"), "cargo xtask status"),
+        Err(error) => Check::fail("ui login", format!("{error:#}"), "cargo xtask status"),
+    }
 }
 
 /// Other StorageClasses marked default lose the mark: with two defaults, a PVC without a
@@ -183,7 +332,7 @@ impl Stage for Longhorn {
     }
 
     async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (objects, _) = bundle(ctx)?;
+        let (objects, _) = bundle(ctx, &UiPassword::existing(ctx))?;
         let client = ctx.client().await?;
         let mut changes = Engine::new(client.clone(), Self::NAME).await?.plan(&objects).await?;
         changes.extend(demote_other_defaults(&client, true).await?);
@@ -191,7 +340,11 @@ impl Stage for Longhorn {
     }
 
     async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (objects, _) = bundle(ctx)?;
+        let (objects, _) = bundle(ctx, &UiPassword::ensure(ctx)?)?;
+        tracing::info!(
+            "the Longhorn UI asks for user {UI_USER} and the password in {} (0600)",
+            password_file(ctx).display()
+        );
         let client = ctx.client().await?;
         let mut changes = Engine::new(client.clone(), Self::NAME).await?.apply(&objects).await?;
         changes.extend(demote_other_defaults(&client, false).await?);
@@ -221,6 +374,7 @@ impl Stage for Longhorn {
             Err(error) => Check::fail("manager", format!("{error:#}"), "longhorn apply, then look at its pods"),
         });
         checks.push(common::deployment(&client, NAMESPACE, UI, wait, Self::NAME).await);
+        checks.push(ui_login_check(&client, ctx).await);
         checks.push(settings_check(&client, ctx).await?);
         match ctx.target {
             Target::Talos => {
@@ -240,7 +394,7 @@ impl Stage for Longhorn {
                 checks.push(Check::not_checkable_in_lab("csi", why));
                 checks.push(Check::not_checkable_in_lab("default storage class", why));
                 checks.push(Check::not_checkable_in_lab("volume", why));
-                let (_, notes) = bundle(ctx)?;
+                let (_, notes) = bundle(ctx, &UiPassword::Placeholder)?;
                 checks.extend(common::lab_notes(notes));
             }
         }
@@ -254,7 +408,7 @@ impl Stage for Longhorn {
         settings::patch(&mut patched, &ctx.config)?;
         let files = vec![
             ("longhorn.yaml".to_owned(), objects_yaml(&patched)?),
-            ("longhorn-ui.yaml".to_owned(), objects_yaml(&ui_objects(&talos)?)?),
+            ("longhorn-ui.yaml".to_owned(), objects_yaml(&ui_objects(&talos, &UiPassword::Placeholder)?)?),
             ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
         ];
         write_folder(out, Self::FOLDER, files)

@@ -170,7 +170,7 @@ impl Stage for Metallb {
         // controller serves: wait until it runs before writing them.
         tracing::info!("waiting for the MetalLB controller to be Available");
         kit::wait::deployment_available(&client, NAMESPACE, CONTROLLER, ROLLOUT_TIMEOUT).await?;
-        changes.extend(engine.apply(&our_objects(&ctx.config)?).await?);
+        changes.extend(engine.apply_through_webhook(&our_objects(&ctx.config)?, "MetalLB").await?);
         Ok(changes)
     }
 

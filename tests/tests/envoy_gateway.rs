@@ -38,8 +38,14 @@ async fn apply_installs_the_gateway_api_and_our_gateway_and_a_rerun_changes_noth
             "envoyproxies",
         ),
     );
-    let service = &proxy.get(NAME).await?.data["spec"]["provider"]["kubernetes"]["envoyService"];
-    assert_eq!(service["annotations"]["metallb.io/loadBalancerIPs"], "172.16.16.102");
+    let kubernetes = proxy.get(NAME).await?.data["spec"]["provider"]["kubernetes"].clone();
+    assert_eq!(kubernetes["envoyService"]["annotations"]["metallb.io/loadBalancerIPs"], "172.16.16.102");
+    // Two Envoys, never on one node, and one kept through a drain.
+    let spread = &kubernetes["envoyDeployment"]["pod"]["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(spread["whenUnsatisfiable"], "DoNotSchedule");
+    assert_eq!(spread["labelSelector"]["matchLabels"]["gateway.envoyproxy.io/owning-gateway-name"], NAME);
+    assert_eq!(kubernetes["envoyPDB"]["minAvailable"], 1);
     let gateways: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), NAMESPACE, &kit::names::gateway_api_resource("Gateway", "gateways"));
     let listeners = gateways.get(NAME).await?.data["spec"]["listeners"].clone();
@@ -57,6 +63,46 @@ async fn apply_installs_the_gateway_api_and_our_gateway_and_a_rerun_changes_noth
     let (code, verify) = run_stage_async(EnvoyGateway, &["verify"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
     assert!(verify.contains("lab   address: not checkable in the lab"), "{verify}");
+
+    certgen_is_replaced_when_it_changes(&client).await
+}
+
+/// Add-ons review item 6: a new release changes the certgen Job's image; its pod template is
+/// immutable, so the apply replaces the Job (and certgen runs for the new version), then the
+/// stage's own apply puts the pinned one back, and a third run changes nothing.
+async fn certgen_is_replaced_when_it_changes(client: &kube::Client) -> anyhow::Result<()> {
+    const CERTGEN: &str = "eg-gateway-helm-certgen";
+    const NEWER: &str = "docker.io/envoyproxy/gateway:v1.6.7";
+    let jobs = Api::<Job>::namespaced(client.clone(), NAMESPACE);
+    let image = |job: &Job| {
+        job.spec.as_ref().and_then(|spec| spec.template.spec.as_ref()).and_then(|pod| pod.containers[0].image.clone())
+    };
+    let before = jobs.get(CERTGEN).await?;
+    let ctx = kit::stage::Context {
+        config: tests::config(),
+        target: kit::stage::Target::Lab,
+        kubeconfig: tests::kubeconfig(),
+        mirror: Some(tests::upstream_mirror()),
+        bootstrap: false,
+    };
+    let (mut objects, _) = envoy_gateway::upstream(&ctx)?;
+    kit::apply::patch_typed::<Job>(&mut objects, CERTGEN, |job| {
+        let pod = job.spec.as_mut().and_then(|spec| spec.template.spec.as_mut());
+        pod.into_iter().flat_map(|pod| pod.containers.iter_mut()).for_each(|c| c.image = Some(NEWER.into()));
+    })?;
+    let changes = kit::apply::Engine::new(client.clone(), "envoy-gateway").await?.apply(&objects).await?;
+    let replaced = changes.iter().find(|change| change.object.contains(CERTGEN)).expect("the Job is among the changes");
+    assert!(replaced.diff.as_deref().is_some_and(|diff| diff.contains("replaced")), "{replaced}");
+    let after = jobs.get(CERTGEN).await?;
+    assert_ne!(after.metadata.uid, before.metadata.uid, "a new Job");
+    assert_eq!(image(&after).as_deref(), Some(NEWER));
+
+    let (code, out) = run_stage_async(EnvoyGateway, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "the pinned Job replaces the changed one: {out}");
+    assert_eq!(image(&jobs.get(CERTGEN).await?), image(&before));
+    let (code, again) = run_stage_async(EnvoyGateway, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert!(again.lines().all(|line| line.starts_with("unchanged")), "{again}");
     Ok(())
 }
 

@@ -6,30 +6,13 @@ use std::process::ExitCode;
 use headlamp::{Headlamp, LOGIN, NAME, NAMESPACE};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject};
 use tests::{lab_client, run_stage_async};
 
-/// May the login identity do `verb` on `resource` (in kube-system)? Asked of the API
-/// server's real RBAC authorizer.
+/// May the login identity do `verb` on `resource` (in kube-system)?
 async fn login_may(client: &kube::Client, verb: &str, resource: &str) -> anyhow::Result<bool> {
-    let review = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(format!("system:serviceaccount:{NAMESPACE}:{LOGIN}")),
-            groups: Some(vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{NAMESPACE}")]),
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                resource: Some(resource.into()),
-                namespace: Some(NAMESPACE.into()),
-                ..ResourceAttributes::default()
-            }),
-            ..SubjectAccessReviewSpec::default()
-        },
-        ..SubjectAccessReview::default()
-    };
-    let answer = Api::<SubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
-    Ok(answer.status.is_some_and(|status| status.allowed))
+    tests::service_account_may(client, (NAMESPACE, LOGIN), verb, ("", resource), Some(NAMESPACE)).await
 }
 
 /// One test, in order: the missing-issuer failure needs the issuer gone, the rest needs it.

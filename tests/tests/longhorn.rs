@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use std::os::unix::fs::PermissionsExt as _;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
@@ -58,6 +60,30 @@ async fn apply_patches_the_release_takes_the_default_class_and_a_rerun_changes_n
     let rules = spec.rules.unwrap_or_default();
     assert_eq!(rules[0].host.as_deref(), Some("longhorn.172.16.16.101.sslip.io"));
     assert_eq!(spec.tls.unwrap_or_default()[0].secret_name.as_deref(), Some("longhorn-ui-tls"));
+    // The UI asks for a login (add-ons review item 9): a BasicAuth middleware in front, its
+    // Secret holding the password kept 0600 in the state folder, which apply names by path only.
+    let annotations = ingress.metadata.annotations.unwrap_or_default();
+    assert_eq!(
+        annotations.get(kit::certs::MIDDLEWARES_ANNOTATION).map(String::as_str),
+        Some("longhorn-system-longhorn-ui-auth@kubernetescrd")
+    );
+    let password_file = tests::config().state_dir().join("longhorn-ui-password");
+    assert_eq!(std::fs::metadata(&password_file)?.permissions().mode() & 0o777, 0o600);
+    let password = std::fs::read_to_string(&password_file)?.trim().to_owned();
+    assert!(!out.contains(&password), "the password is never printed");
+    let secret = Api::<Secret>::namespaced(client.clone(), NAMESPACE).get(longhorn::UI_AUTH).await?;
+    assert_eq!(secret.type_.as_deref(), Some("kubernetes.io/basic-auth"));
+    assert_eq!(secret.data.unwrap_or_default()["password"].0, password.as_bytes());
+    let middlewares: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        NAMESPACE,
+        &kube::discovery::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("traefik.io", "v1alpha1", "Middleware"),
+            "middlewares",
+        ),
+    );
+    let middleware = middlewares.get(longhorn::UI_AUTH).await?;
+    assert_eq!(middleware.data["spec"]["basicAuth"]["secret"], longhorn::UI_AUTH);
 
     let (code, again) = run_stage_async(Longhorn, &["apply"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS);
@@ -69,5 +95,6 @@ async fn apply_patches_the_release_takes_the_default_class_and_a_rerun_changes_n
     assert!(verify.contains("ok    manager: longhorn-manager is ready on 3 nodes"), "{verify}");
     assert!(verify.contains("ok    settings: data path /var/lib/longhorn/, 3 replicas"), "{verify}");
     assert!(verify.contains("lab   volume: not checkable in the lab"), "{verify}");
+    assert!(verify.contains("ok    ui login: the UI's Ingress passes through BasicAuth"), "{verify}");
     Ok(())
 }

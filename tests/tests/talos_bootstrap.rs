@@ -11,12 +11,14 @@ use kube::Api;
 use talos_bootstrap::{StatePaths, TalosBootstrap};
 use tests::lab_client;
 
-/// Runs `talos-bootstrap ARGS… --lab --output json` with `config`, against the running lab.
+/// Runs `talos-bootstrap ARGS… --lab --output json --mirror <shared upstream>` with `config`,
+/// against the running lab.
 fn stage(args: &[&str], config: &Path) -> (ExitCode, Vec<serde_json::Value>) {
     let mut argv: Vec<OsString> = vec!["talos-bootstrap".into()];
     argv.extend(args.iter().map(OsString::from));
     argv.extend(["--lab".into(), "--output".into(), "json".into(), "--config".into(), config.into()]);
     argv.extend(["--kubeconfig".into(), tests::kubeconfig().into()]);
+    argv.extend(["--mirror".into(), tests::upstream_mirror().into()]);
     let mut out = Vec::new();
     let code = kit::stage::execute(&TalosBootstrap, argv, &mut out);
     let lines = String::from_utf8_lossy(&out)
@@ -115,7 +117,7 @@ async fn apply_generates_validated_configs_registers_the_nodes_and_a_rerun_chang
     };
     assert_eq!(status("machine-config cp01").as_deref(), Some("pass"));
     assert_eq!(status("nodes").as_deref(), Some("pass"));
-    assert_eq!(status("etcd-members").as_deref(), Some("not-checkable-in-lab"));
+    assert_eq!(status("etcd").as_deref(), Some("not-checkable-in-lab"));
     assert_eq!(status("vip").as_deref(), Some("not-checkable-in-lab"));
     Ok(())
 }

@@ -58,7 +58,7 @@ async fn traefik_needs_metallbs_pool_then_holds_its_fixed_address() -> anyhow::R
     let (code, verify) = run_stage_async(Traefik, &["verify"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
     assert!(verify.contains("ok    address: Service traefik/traefik has 172.16.16.101 (traefik.ip)"), "{verify}");
-    assert!(verify.contains("lab   http: not checkable in the lab"), "{verify}");
+    assert!(verify.contains("lab   redirect: not checkable in the lab"), "{verify}");
     Ok(())
 }
 

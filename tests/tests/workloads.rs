@@ -3,11 +3,14 @@
 use std::process::ExitCode;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, DynamicObject};
 use tests::{lab_client, run_stage_async};
 use workloads::Workloads;
-use workloads::apps::{DEMO, TARGETS, WHOAMI};
+use workloads::apps::{DEMO, KUBEINVADERS, TARGETS, WHOAMI};
+
+fn routes_in(client: &kube::Client, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), namespace, &workloads::routes::http_route_resource())
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_deploys_both_paths_and_a_rerun_changes_nothing() -> anyhow::Result<()> {
@@ -31,21 +34,49 @@ async fn apply_deploys_both_paths_and_a_rerun_changes_nothing() -> anyhow::Resul
     let limits = pod.containers[0].resources.clone().unwrap_or_default().limits.unwrap_or_default();
     assert!(limits.contains_key("cpu") && limits.contains_key("memory"), "{limits:?}");
 
-    let routes: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), DEMO, &workloads::routes::http_route_resource());
-    let demo = routes.get(DEMO).await?;
+    let demo = routes_in(&client, DEMO).get(DEMO).await?;
     assert_eq!(demo.data["spec"]["hostnames"][0], "demo.172.16.16.102.sslip.io");
     assert_eq!(demo.data["spec"]["parentRefs"][0]["name"], kit::names::GATEWAY);
     let weights: Vec<&serde_json::Value> =
         demo.data["spec"]["rules"][1]["backendRefs"].as_array().into_iter().flatten().map(|b| &b["weight"]).collect();
     assert_eq!(weights, [&serde_json::json!(90), &serde_json::json!(10)]);
 
-    // KubeInvaders may delete pods in its target namespace and nowhere else.
-    let role = Api::<Role>::namespaced(client.clone(), TARGETS).get("kubeinvaders").await?;
-    let rules = role.rules.unwrap_or_default();
-    assert_eq!(rules.len(), 1);
-    assert_eq!(rules[0].resources.as_deref(), Some(&["pods".to_owned()][..]));
-    assert!(Api::<Role>::namespaced(client.clone(), "default").get_opt("kubeinvaders").await?.is_none());
+    // Both of the Gateway's listeners: KubeInvaders' page calls its API over https only.
+    let listeners: Vec<&serde_json::Value> =
+        demo.data["spec"]["parentRefs"].as_array().into_iter().flatten().map(|p| &p["sectionName"]).collect();
+    assert_eq!(listeners, [&serde_json::json!("http"), &serde_json::json!("https")]);
+
+    // KubeInvaders reads ENDPOINT (the host, no scheme) and NAMESPACE, nothing else.
+    let game = Api::<Deployment>::namespaced(client.clone(), KUBEINVADERS).get(KUBEINVADERS).await?;
+    let container = game.spec.unwrap_or_default().template.spec.unwrap_or_default().containers.remove(0);
+    let env: Vec<(String, String)> =
+        container.env.unwrap_or_default().into_iter().map(|var| (var.name, var.value.unwrap_or_default())).collect();
+    assert_eq!(
+        env,
+        [
+            ("ENDPOINT".to_owned(), "kubeinvaders.172.16.16.102.sslip.io".to_owned()),
+            ("NAMESPACE".to_owned(), TARGETS.to_owned())
+        ]
+    );
+    let memory = container.resources.unwrap_or_default().limits.unwrap_or_default()["memory"].0.clone();
+    assert_eq!(memory, "512Mi");
+    let invaders = routes_in(&client, KUBEINVADERS).get(KUBEINVADERS).await?;
+    assert_eq!(invaders.data["spec"]["parentRefs"][1]["sectionName"], "https");
+
+    // What KubeInvaders may do, asked of the API server's RBAC: shoot in its target
+    // namespace only, read its own pods (its loops) and nodes, create nothing.
+    let account = (KUBEINVADERS, KUBEINVADERS);
+    let may = |verb: &'static str, resource: (&'static str, &'static str), namespace: Option<&'static str>| {
+        let client = client.clone();
+        async move { tests::service_account_may(&client, account, verb, resource, namespace).await }
+    };
+    assert!(may("delete", ("", "pods"), Some(TARGETS)).await?, "shoots its targets");
+    assert!(may("list", ("", "pods"), Some(KUBEINVADERS)).await?, "its loops list its own pods");
+    assert!(may("list", ("", "nodes"), None).await?, "node aliens");
+    assert!(!may("delete", ("", "pods"), Some(KUBEINVADERS)).await?, "never shoots itself");
+    assert!(!may("delete", ("", "pods"), Some("default")).await?, "nor anything else");
+    assert!(!may("delete", ("", "nodes"), None).await?, "nodes are read-only");
+    assert!(!may("create", ("batch", "jobs"), Some(KUBEINVADERS)).await?, "no chaos jobs");
 
     let (code, again) = run_stage_async(Workloads, &["apply"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS);

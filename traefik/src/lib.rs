@@ -63,21 +63,34 @@ async fn service_address(client: &kube::Client, timeout: Duration) -> anyhow::Re
     }
 }
 
-/// `GET http://<traefik.ip>/ping` from here: Traefik answers on the address (a redirect to
-/// HTTPS is an answer too: plain HTTP only ever redirects).
-fn http_check(ip: Ipv4Addr) -> Check {
-    let url = format!("http://{ip}/ping");
+/// `GET http://<traefik.ip>/` from here: on port 80 Traefik's redirect router answers every
+/// path (traefik v3.3.7 pkg/provider/traefik/internal.go, the entry point's redirection), so
+/// what proves Traefik holds the address is a permanent redirect to `https://<traefik.ip>`.
+/// (`/ping` lives on the internal `traefik` entry point, which the Service does not expose.)
+fn redirect_check(ip: Ipv4Addr) -> Check {
+    let url = format!("http://{ip}/");
+    let https = format!("https://{ip}");
     match kit::http::get(&url, None, &[]) {
-        Ok(answer) if (200..400).contains(&answer.status) => {
-            Check::pass("http", format!("{url} answers {} {}", answer.status, answer.location.unwrap_or_default()))
+        Ok(answer)
+            if [301, 308].contains(&answer.status)
+                && answer.location.as_deref().is_some_and(|to| to.starts_with(&https)) =>
+        {
+            Check::pass(
+                "redirect",
+                format!("{url} redirects ({}) to {}", answer.status, answer.location.unwrap_or_default()),
+            )
         }
         Ok(answer) => Check::fail(
-            "http",
-            format!("{url} answers {}", answer.status),
-            "look at `kubectl -n traefik logs deploy/traefik`",
+            "redirect",
+            format!(
+                "{url} answers {} {}, not a permanent redirect to {https}",
+                answer.status,
+                answer.location.unwrap_or_default()
+            ),
+            "look at `kubectl -n traefik logs deploy/traefik` and the web entry point's redirection flags",
         ),
         Err(error) => Check::fail(
-            "http",
+            "redirect",
             format!("{error:#}"),
             "is this machine on the LAN, and is MetalLB's speaker announcing the address (metallb verify)?",
         ),
@@ -145,9 +158,9 @@ impl Stage for Traefik {
             None => Check::fail("ingress class", format!("IngressClass {INGRESS_CLASS} is missing"), "traefik apply"),
         });
         checks.push(match ctx.target {
-            Target::Talos => tokio::task::spawn_blocking(move || http_check(ip)).await?,
+            Target::Talos => tokio::task::spawn_blocking(move || redirect_check(ip)).await?,
             Target::Lab => {
-                Check::not_checkable_in_lab("http", format!("nothing listens on {ip}: kwok runs no Traefik"))
+                Check::not_checkable_in_lab("redirect", format!("nothing listens on {ip}: kwok runs no Traefik"))
             }
         });
         Ok(checks)

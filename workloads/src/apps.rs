@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::{
     EmptyDirVolumeSource, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
     ServiceAccount, Volume, VolumeMount, VolumeResourceRequirements,
 };
-use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kit::apply::to_dynamic;
 use kit::config::ClusterConfig;
@@ -21,6 +21,8 @@ pub const DEMO: &str = "demo";
 pub const KUBEINVADERS: &str = "kubeinvaders";
 /// The namespace whose pods KubeInvaders may shoot: nothing else.
 pub const TARGETS: &str = "kubeinvaders-targets";
+/// How many pods wait there to be shot.
+pub const VICTIMS: usize = 4;
 pub const NOTES: &str = "notes";
 /// The header that picks the demo's version (the split Ingress cannot express).
 pub const DEMO_HEADER: &str = "x-demo-version";
@@ -45,7 +47,8 @@ pub fn whoami(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
         command: vec![],
         args: vec!["--port".into(), APP_PORT.to_string()],
         replicas: 3,
-        requests: ("10m", "16Mi"),
+        // A 100m limit: lower ones throttle (CFS) and add latency under any load.
+        requests: ("50m", "16Mi"),
         non_root: true,
         volumes: vec![],
         service_account: None,
@@ -66,7 +69,7 @@ fn echo(version: &str) -> App<'static> {
     App {
         namespace: DEMO,
         name,
-        image: "docker.io/hashicorp/http-echo:1.0",
+        image: "docker.io/hashicorp/http-echo:1.0.0",
         command: vec![],
         args: vec![format!("-listen=:{APP_PORT}"), format!("-text=demo {version}")],
         replicas: 2,
@@ -112,7 +115,9 @@ pub fn demo(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
 }
 
 /// KubeInvaders behind the Envoy Gateway. Its ServiceAccount may list and delete pods in
-/// one namespace only, which holds a few victims (pause containers).
+/// one namespace only, which holds a few victims (pause containers); it may also read its own
+/// namespace's pods (its metrics and logs loops list them) and nodes (the page shows nodes as
+/// aliens). It may not create Jobs, so the chaos-job and programming modes stay off.
 pub fn kubeinvaders(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
     let host = config.service_host(KUBEINVADERS, config.envoy_gateway_ip);
     // The image runs nginx as root and writes to its filesystem: baseline, not restricted.
@@ -123,11 +128,14 @@ pub fn kubeinvaders(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>
         command: vec![],
         args: vec![],
         replicas: 1,
-        requests: ("100m", "128Mi"),
+        // redis, two Python loops and OpenResty in one container: 512Mi of limit.
+        requests: ("100m", "256Mi"),
         non_root: false,
         volumes: vec![],
         service_account: Some(KUBEINVADERS),
-        env: vec![("TARGET_NAMESPACE", TARGETS.to_owned()), ("ROUTE_HOST", host.clone())],
+        // The only variables the image reads (nginx/nginx.conf declares `env ENDPOINT; env
+        // NAMESPACE;`): the page calls `https://<ENDPOINT>/kube/…`, so the host without scheme.
+        env: vec![("ENDPOINT", host.clone()), ("NAMESPACE", TARGETS.to_owned())],
     };
     let victims = App {
         namespace: TARGETS,
@@ -135,40 +143,39 @@ pub fn kubeinvaders(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>
         image: "registry.k8s.io/pause:3.10",
         command: vec![],
         args: vec![],
-        replicas: 4,
+        replicas: i32::try_from(VICTIMS).unwrap_or(4),
         requests: ("5m", "8Mi"),
         non_root: true,
         volumes: vec![],
         service_account: None,
         env: vec![],
     };
-    let verbs = |list: &[&str]| list.iter().map(|verb| (*verb).to_owned()).collect::<Vec<_>>();
-    let role = Role {
-        metadata: ObjectMeta {
-            name: Some(KUBEINVADERS.into()),
-            namespace: Some(TARGETS.into()),
-            ..ObjectMeta::default()
-        },
+    let pods = |verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["pods".into()]),
+        verbs: verbs.iter().map(|verb| (*verb).to_owned()).collect(),
+        ..PolicyRule::default()
+    };
+    let shoot = namespaced_role(TARGETS, KUBEINVADERS, pods(&["get", "list", "watch", "delete"]));
+    let own = namespaced_role(KUBEINVADERS, KUBEINVADERS, pods(&["get", "list"]));
+    let nodes = ClusterRole {
+        metadata: ObjectMeta { name: Some(KUBEINVADERS_NODES.into()), ..ObjectMeta::default() },
         rules: Some(vec![PolicyRule {
             api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["pods".into()]),
-            verbs: verbs(&["get", "list", "watch", "delete"]),
+            resources: Some(vec!["nodes".into()]),
+            verbs: vec!["get".into(), "list".into()],
             ..PolicyRule::default()
         }]),
+        ..ClusterRole::default()
     };
-    let binding = RoleBinding {
-        metadata: role.metadata.clone(),
+    let nodes_binding = ClusterRoleBinding {
+        metadata: nodes.metadata.clone(),
         role_ref: RoleRef {
             api_group: "rbac.authorization.k8s.io".into(),
-            kind: "Role".into(),
-            name: KUBEINVADERS.into(),
+            kind: "ClusterRole".into(),
+            name: KUBEINVADERS_NODES.into(),
         },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: KUBEINVADERS.into(),
-            namespace: Some(KUBEINVADERS.into()),
-            ..Subject::default()
-        }]),
+        subjects: Some(vec![kubeinvaders_account()]),
     };
     let route = http_route(
         KUBEINVADERS,
@@ -176,17 +183,48 @@ pub fn kubeinvaders(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>
         host,
         vec![Rule { matches: vec![], backend_refs: vec![Backend::service(KUBEINVADERS, 1)] }],
     );
-    Ok(vec![
+    let mut objects = vec![
         to_dynamic(&namespace(KUBEINVADERS, "baseline"))?,
         to_dynamic(&namespace(TARGETS, "restricted"))?,
         to_dynamic(&ServiceAccount { metadata: metadata(KUBEINVADERS, KUBEINVADERS), ..ServiceAccount::default() })?,
-        to_dynamic(&role)?,
-        to_dynamic(&binding)?,
+    ];
+    for (role, binding) in [shoot, own] {
+        objects.push(to_dynamic(&role)?);
+        objects.push(to_dynamic(&binding)?);
+    }
+    objects.extend([
+        to_dynamic(&nodes)?,
+        to_dynamic(&nodes_binding)?,
         to_dynamic(&game.deployment())?,
         to_dynamic(&game.service())?,
         to_dynamic(&victims.deployment())?,
         to_dynamic(&route)?,
-    ])
+    ]);
+    Ok(objects)
+}
+
+/// The ClusterRole that lets KubeInvaders read nodes, and nothing else cluster-wide.
+pub const KUBEINVADERS_NODES: &str = "kubeinvaders-nodes-read";
+
+fn kubeinvaders_account() -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: KUBEINVADERS.into(),
+        namespace: Some(KUBEINVADERS.into()),
+        ..Subject::default()
+    }
+}
+
+/// A Role in `namespace` with one rule, bound to KubeInvaders' ServiceAccount.
+fn namespaced_role(namespace: &str, name: &str, rule: PolicyRule) -> (Role, RoleBinding) {
+    let metadata = ObjectMeta { name: Some(name.into()), namespace: Some(namespace.into()), ..ObjectMeta::default() };
+    let role = Role { metadata: metadata.clone(), rules: Some(vec![rule]) };
+    let binding = RoleBinding {
+        metadata,
+        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.into() },
+        subjects: Some(vec![kubeinvaders_account()]),
+    };
+    (role, binding)
 }
 
 /// A stateful app on a Longhorn volume (three replicas): on its first start it writes the

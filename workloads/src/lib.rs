@@ -88,36 +88,100 @@ fn url_check(name: &str, url: &str, ca: Option<&[u8]>, header: Option<(&str, &st
     }
 }
 
-/// The stateful app serves its first-boot file; after its pod is deleted, the new pod
-/// serves the same file (read through the API server's service proxy).
+/// KubeInvaders works as its page uses it: over HTTPS (the page calls `https://<ENDPOINT>`),
+/// `/kube/namespaces` names the target namespace (its NAMESPACE variable), and listing pods
+/// there returns the victims (its RBAC). Together: env, route, TLS and RBAC.
+fn kubeinvaders_check(base: &str, ca: Option<&[u8]>) -> Check {
+    let namespaces = format!("{base}/kube/namespaces");
+    let pods = format!("{base}/kube/pods?action=list&namespace={TARGETS}");
+    let fix = "kubectl -n kubeinvaders logs deploy/kubeinvaders; the page needs the cluster CA trusted (state/ca.crt)";
+    let answer = || {
+        let listed = kit::http::get(&namespaces, ca, &[])?;
+        anyhow::ensure!(
+            listed.status == 200 && listed.body.contains(TARGETS),
+            "{namespaces} answers {} without {TARGETS}: {}",
+            listed.status,
+            listed.body.trim()
+        );
+        let victims = kit::http::get(&pods, ca, &[])?;
+        let json: serde_json::Value = serde_json::from_str(&victims.body)
+            .with_context(|| format!("{pods} answers {} with no JSON: {}", victims.status, victims.body.trim()))?;
+        let count = json["items"].as_array().map_or(0, Vec::len);
+        anyhow::ensure!(count == apps::VICTIMS, "{pods} lists {count} pods, expected {}", apps::VICTIMS);
+        anyhow::Ok(count)
+    };
+    match answer() {
+        Ok(count) => {
+            Check::pass("kubeinvaders", format!("{namespaces} names {TARGETS}; {count} targets listed over HTTPS"))
+        }
+        Err(error) => Check::fail("kubeinvaders", format!("{error:#}"), fix),
+    }
+}
+
+/// The stateful app serves its first-boot file; a NEW pod (another UID), on ANOTHER node (the
+/// old one is cordoned meanwhile, then uncordoned), serves the same file: the data followed
+/// the volume, not the pod. Each pod is read through the API server's pod proxy, so the
+/// answer is that pod's and no other's.
 async fn persistence_check(client: &kube::Client) -> Check {
-    let read = || async {
-        let request =
-            http::Request::get(format!("/api/v1/namespaces/{NOTES}/services/{NOTES}:80/proxy/{FIRST_BOOT_FILE}"))
-                .body(Vec::new())?;
-        anyhow::Ok(client.request_text(request).await?)
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NOTES);
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let selector = ListParams::default().labels(&format!("app.kubernetes.io/name={NOTES}"));
+    let read = |pod: String| async move {
+        let path = format!("/api/v1/namespaces/{NOTES}/pods/{pod}:{}/proxy/{FIRST_BOOT_FILE}", pods::APP_PORT);
+        anyhow::Ok(client.request_text(http::Request::get(path).body(Vec::new())?).await?)
+    };
+    let cordon = |node: String, unschedulable: bool| {
+        let nodes = nodes.clone();
+        async move {
+            let patch = serde_json::json!({"spec": {"unschedulable": unschedulable}});
+            nodes.patch(&node, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+            anyhow::Ok(())
+        }
+    };
+    let ready_pod = || async {
+        let listed = pods.list(&selector).await?;
+        anyhow::Ok(listed.items.into_iter().filter(kit::lab::pod_is_ready).collect::<Vec<_>>())
     };
     let proof = async {
-        let before = read().await.context("reading the first-boot file")?;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), NOTES);
-        let selector = ListParams::default().labels(&format!("app.kubernetes.io/name={NOTES}"));
-        for pod in pods.list(&selector).await? {
-            pods.delete(&pod.metadata.name.unwrap_or_default(), &DeleteParams::default()).await?;
+        let old = ready_pod().await?.into_iter().next().context("no Ready notes pod")?;
+        let (old_uid, old_name) =
+            (old.metadata.uid.clone().unwrap_or_default(), old.metadata.name.clone().unwrap_or_default());
+        let old_node = old.spec.as_ref().and_then(|spec| spec.node_name.clone()).context("the pod has no node")?;
+        let before = read(old_name.clone()).await.context("reading the first-boot file")?;
+        cordon(old_node.clone(), true).await?;
+        let moved = async {
+            pods.delete(&old_name, &DeleteParams::default()).await?;
+            let deadline = tokio::time::Instant::now() + ROLLOUT_TIMEOUT;
+            let new = loop {
+                let fresh = ready_pod().await?.into_iter().find(|pod| pod.metadata.uid.as_deref() != Some(&old_uid));
+                match fresh {
+                    Some(pod) => break pod,
+                    None if tokio::time::Instant::now() >= deadline => {
+                        anyhow::bail!("no new notes pod was Ready within {}s", ROLLOUT_TIMEOUT.as_secs())
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(2)).await,
+                }
+            };
+            let new_node = new.spec.as_ref().and_then(|spec| spec.node_name.clone()).unwrap_or_default();
+            let after = read(new.metadata.name.clone().unwrap_or_default()).await?;
+            anyhow::Ok((new_node, after))
         }
-        kit::wait::deployment_available(client, NOTES, NOTES, ROLLOUT_TIMEOUT).await?;
-        let deadline = tokio::time::Instant::now() + ROLLOUT_TIMEOUT;
-        let after = loop {
-            match read().await {
-                Ok(text) => break text,
-                Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
-                Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
-            }
-        };
-        anyhow::ensure!(after == before, "the new pod read {after:?}, the old one had written {before:?}");
-        anyhow::Ok(before)
+        .await;
+        // The node is given back whatever happened.
+        let uncordoned = cordon(old_node.clone(), false).await;
+        let (new_node, after) = moved?;
+        uncordoned?;
+        anyhow::ensure!(
+            after == before,
+            "the new pod on {new_node} read {after:?}, the old one had written {before:?}"
+        );
+        anyhow::Ok((before, old_node, new_node))
     };
     match proof.await {
-        Ok(written) => Check::pass("persistence", format!("a new pod still reads `{}`", written.trim())),
+        Ok((written, from, to)) => Check::pass(
+            "persistence",
+            format!("a new pod on {to} (the old one ran on {from}) reads the same `{}`", written.trim()),
+        ),
         Err(error) => Check::fail("persistence", format!("{error:#}"), "kubectl -n notes describe pod,pvc"),
     }
 }
@@ -164,14 +228,14 @@ impl Stage for Workloads {
             Target::Talos => {
                 let ca = std::fs::read(config.state_dir().join("ca.crt")).ok();
                 let whoami = format!("https://{}/", kit::certs::legacy_host(config, WHOAMI));
-                let demo = format!("http://{}/", config.service_host(DEMO, config.envoy_gateway_ip));
-                let invaders = format!("http://{}/", config.service_host(KUBEINVADERS, config.envoy_gateway_ip));
+                let demo = format!("https://{}/", config.service_host(DEMO, config.envoy_gateway_ip));
+                let invaders = format!("https://{}", config.service_host(KUBEINVADERS, config.envoy_gateway_ip));
                 let probes = tokio::task::spawn_blocking(move || {
                     vec![
                         url_check("whoami", &whoami, ca.as_deref(), None, "Hostname"),
-                        url_check("demo", &demo, None, None, "demo v"),
-                        url_check("demo v2 by header", &demo, None, Some((DEMO_HEADER, "v2")), "demo v2"),
-                        url_check("kubeinvaders", &invaders, None, None, "<"),
+                        url_check("demo", &demo, ca.as_deref(), None, "demo v"),
+                        url_check("demo v2 by header", &demo, ca.as_deref(), Some((DEMO_HEADER, "v2")), "demo v2"),
+                        kubeinvaders_check(&invaders, ca.as_deref()),
                     ]
                 })
                 .await?;

@@ -65,7 +65,12 @@ impl Backend {
     }
 }
 
-/// An HTTPRoute for `host` on the Gateway's plain-HTTP listener.
+/// The Gateway's listeners (stage 08): plain HTTP on 80, HTTPS on 443 with the wildcard
+/// certificate of the cluster CA.
+pub const LISTENERS: [&str; 2] = ["http", "https"];
+
+/// An HTTPRoute for `host` on both of the Gateway's listeners, so the app answers at
+/// `http://` and `https://` alike (KubeInvaders' page calls its API over https only).
 pub fn http_route(namespace: &str, name: &str, host: String, rules: Vec<Rule>) -> HttpRoute {
     HttpRoute {
         api_version: "gateway.networking.k8s.io/v1",
@@ -76,7 +81,10 @@ pub fn http_route(namespace: &str, name: &str, host: String, rules: Vec<Rule>) -
             ..ObjectMeta::default()
         },
         spec: HttpRouteSpec {
-            parent_refs: vec![ParentRef { name: GATEWAY, namespace: GATEWAY_NAMESPACE, section_name: "http" }],
+            parent_refs: LISTENERS
+                .iter()
+                .map(|listener| ParentRef { name: GATEWAY, namespace: GATEWAY_NAMESPACE, section_name: listener })
+                .collect(),
             hostnames: vec![host],
             rules,
         },

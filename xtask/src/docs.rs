@@ -40,11 +40,14 @@ pub struct Endpoint {
 /// The seed's Quick Access table, from the config.
 pub fn endpoints(config: &ClusterConfig) -> Vec<Endpoint> {
     let legacy = |service| format!("https://{}", config.service_host(service, config.traefik_ip));
-    let modern = |service| format!("http://{}", config.service_host(service, config.envoy_gateway_ip));
+    // The Gateway serves both listeners; https is what KubeInvaders' page needs, and its
+    // wildcard certificate is the cluster CA's.
+    let modern = |service| format!("https://{}", config.service_host(service, config.envoy_gateway_ip));
+    let gateway_certificate = Some((kit::names::GATEWAY_NAMESPACE, "talos-ha-gateway"));
     let row = |name, url, path, stage, certificate| Endpoint { name, url, path, stage, certificate };
     vec![
-        row("Envoy demo", modern("demo"), Path::Modern, "workloads", None),
-        row("KubeInvaders", modern("kubeinvaders"), Path::Modern, "workloads", None),
+        row("Envoy demo", modern("demo"), Path::Modern, "workloads", gateway_certificate),
+        row("KubeInvaders", modern("kubeinvaders"), Path::Modern, "workloads", gateway_certificate),
         row("whoami", legacy("whoami"), Path::Legacy, "workloads", Some(("whoami", "whoami"))),
         row("Headlamp dashboard", legacy("headlamp"), Path::Legacy, "headlamp", Some(("kube-system", "headlamp"))),
         row("Longhorn UI", legacy("longhorn"), Path::Legacy, "longhorn", Some(("longhorn-system", "longhorn-ui"))),
@@ -168,12 +171,15 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
          ## 1. etcd has a healthy majority\n\n\
          The control planes {} each run an etcd member. A write needs {quorum} of {} members, so the \
          cluster keeps working with one control plane down, and stops accepting writes (but keeps \
-         running pods) with two down.\n\n\
-         ```bash\ntalosctl -n {first} etcd members\ntalosctl -n {first} etcd status\n```\n\n\
+         running pods) with two down. Health is each member's own `etcd status` (answering, no \
+         errors, not a learner), asked of every control plane: a member that is down or rebooting \
+         is still *listed* by `etcd members`.\n\n\
+         ```bash\ntalosctl -n {cps_comma} etcd status\ntalosctl -n {first} etcd members\n```\n\n\
          ## 2. One control plane holds the VIP\n\n\
-         `{vip}` is announced by exactly one healthy control plane. When it goes away, another takes \
-         the address over within seconds; `kubectl` keeps using `{endpoint}`.\n\n\
-         ```bash\nfor n in {cps}; do talosctl -n $n get addresses | grep {vip}; done\nkubectl --server {endpoint} get --raw /readyz\n```\n\n\
+         `{vip}` is announced by exactly one healthy control plane. When it shuts down cleanly, \
+         another takes the address over at once; after a crash or power loss it can take up to a \
+         minute (the holder's etcd lease must expire first). `kubectl` keeps using `{endpoint}`.\n\n\
+         ```bash\nfor n in {cps}; do talosctl -n $n get addresses -o json | grep '\"{vip}/32\"'; done\nkubectl --server {endpoint} get --raw /readyz\n```\n\n\
          ## 3. Workloads are spread so that losing a node keeps each app served\n\n\
          whoami runs 3 replicas spread over the workers ({workers}); Traefik and Envoy run 2 each, \
          never two on one node. Losing any one node leaves every app with a serving replica.\n\n\
@@ -187,14 +193,15 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
          then reboots the node with talosctl: the node goes away and comes back by itself (talosctl \
          cannot power a machine back on). Every second meanwhile it asks the API through the VIP and \
          every Quick Access URL, and reports the longest time each went unanswered and when all \
-         answered again. Once the node is back (a new boot, Ready) it waits for etcd to have every \
-         member and for Longhorn to rebuild the replicas the node held, and times both. It refuses \
+         answered again. Once the node is back (a new boot, Ready) it waits for every etcd member to \
+         be healthy again and for Longhorn to rebuild the replicas the node held, and times both. It refuses \
          a drill that would lose etcd quorum or a volume's last healthy replica.\n",
         control_planes.join(", "),
         config.control_planes().count(),
         vip = config.network.vip,
         endpoint = config.api_endpoint(),
         cps = config.control_planes().map(|n| n.ip.to_string()).collect::<Vec<_>>().join(" "),
+        cps_comma = config.control_planes().map(|n| n.ip.to_string()).collect::<Vec<_>>().join(","),
         workers = workers.join(", "),
     );
     text.push_str(
@@ -252,7 +259,7 @@ mod tests {
         for text in [&moved_readme, &moved_guide] {
             assert!(!text.contains("172.16.16."), "an address did not follow the config");
         }
-        assert!(moved_readme.contains("http://demo.10.40.0.202.sslip.io"));
+        assert!(moved_readme.contains("https://demo.10.40.0.202.sslip.io"));
         assert!(moved_readme.contains("| `10.40.0.201-10.40.0.220` | MetalLB |"));
     }
 }
