@@ -2,6 +2,7 @@
 //! one input every stage reads. Values derived from it (hostnames, the API endpoint, the
 //! state folder) are methods here, so no stage recomputes them.
 
+pub mod compatibility;
 mod range;
 mod raw;
 mod summary;

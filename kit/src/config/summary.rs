@@ -33,7 +33,7 @@ impl ClusterConfig {
         writeln!(out, "traefik   {}  e.g. https://{}", self.traefik_ip, self.service_host("whoami", self.traefik_ip))?;
         writeln!(
             out,
-            "envoy     {}  e.g. http://{}",
+            "envoy     {}  e.g. https://{}",
             self.envoy_gateway_ip,
             self.service_host("demo", self.envoy_gateway_ip)
         )?;

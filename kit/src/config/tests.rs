@@ -46,7 +46,9 @@ fn the_documented_config_is_valid() {
     assert_eq!(config.nodes.len(), 6);
     assert_eq!(config.control_planes().count(), 3);
     assert_eq!(config.workers().count(), 3);
-    assert!(config.warnings.is_empty());
+    // The only warnings: pins whose upstream does not test Kubernetes 1.35 (README lists them).
+    let warned: Vec<&str> = config.warnings.iter().map(|warning| warning.path.as_str()).collect();
+    assert_eq!(warned, ["versions.certManager", "versions.longhorn", "versions.envoyGateway"]);
     assert_eq!(config.versions.talos.to_string(), "v1.12.1");
     assert_eq!(config.versions.metallb.to_string(), "v0.15.3", "component pins default");
 }
@@ -202,12 +204,25 @@ fn control_planes_are_odd_and_workers_exist() {
 }
 
 #[test]
+fn a_pin_outside_its_upstream_range_warns_and_an_unknown_one_is_not_in_the_table() {
+    let config = valid(&edited("  kubernetes: v1.35.0\n", "  kubernetes: v1.32.3\n  envoyGateway: v1.5.0\n"));
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("versions.envoyGateway: v1.5.0 is not in talos-ha's compatibility table")),
+        "{warnings:?}"
+    );
+    assert_eq!(warnings.len(), 1, "every other pin is tested with 1.32: {warnings:?}");
+}
+
+#[test]
 fn a_single_control_plane_is_allowed_with_a_warning() {
     let one_cp = edited("  - { name: cp02, role: controlplane, ip: 172.16.16.148, installDisk: /dev/sda }\n", "")
         .replace("  - { name: cp03, role: controlplane, ip: 172.16.16.149, installDisk: /dev/sda }\n", "");
     let config = valid(&one_cp);
-    assert_eq!(config.warnings.len(), 1);
-    assert!(config.warnings[0].to_string().contains("no fault tolerance"), "{}", config.warnings[0]);
+    let nodes: Vec<String> =
+        config.warnings.iter().filter(|warning| warning.path == "nodes").map(ToString::to_string).collect();
+    assert_eq!(nodes.len(), 1);
+    assert!(nodes[0].contains("no fault tolerance"), "{}", nodes[0]);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 use serde_json::Value;
 
+use super::compatibility::{self, Fit};
 use super::raw::{self, RawConfig, RawNode, RawVersions};
 use super::versions::talos_kubernetes_mismatch;
 use super::{
@@ -232,7 +233,7 @@ impl Validator {
                 "pick a Kubernetes version in that range, or a Talos release that supports this one",
             );
         }
-        Some(Versions {
+        let versions = Versions {
             talos: talos?,
             kubernetes: kubernetes?,
             metallb: self.version("versions.metallb", &raw.metallb, "v0.15.3")?,
@@ -247,7 +248,35 @@ impl Validator {
             longhorn: self.version("versions.longhorn", &raw.longhorn, "v1.7.3")?,
             headlamp: self.version("versions.headlamp", &raw.headlamp, "v0.45.0")?,
             envoy_gateway: self.version("versions.envoyGateway", &raw.envoy_gateway, "v1.6.1")?,
-        })
+        };
+        self.compatibility(&versions);
+        Some(versions)
+    }
+
+    /// A warning for each pin its upstream does not cover on this Kubernetes (never a refusal).
+    fn compatibility(&mut self, versions: &Versions) {
+        let kubernetes = versions.kubernetes;
+        for (key, version, fit) in compatibility::pins(versions) {
+            let (message, fix) = match fit {
+                Fit::Covered => continue,
+                Fit::Outside { range, newest_covering } => (
+                    format!("is tested upstream with Kubernetes {range}, not {kubernetes}"),
+                    match newest_covering {
+                        Some(newest) => format!(
+                            "{newest} is the newest release that covers {kubernetes}; upgrade one minor at a time, as its upstream says"
+                        ),
+                        None => format!(
+                            "no release talos-ha knows covers {kubernetes} yet; expect to be the first to try it"
+                        ),
+                    },
+                ),
+                Fit::NotInTable => (
+                    "is not in talos-ha's compatibility table".to_owned(),
+                    format!("check its upstream's support for Kubernetes {kubernetes}"),
+                ),
+            };
+            self.warnings.push(Problem { path: format!("versions.{key}"), value: version.to_string(), message, fix });
+        }
     }
 
     fn subnet(&mut self, value: &Option<String>) -> Option<Ipv4Net> {
