@@ -1,38 +1,32 @@
 //! What Longhorn needs from each Talos worker, read with talosctl: the system extensions
 //! from stage 01's Image Factory schematic, and the kubelet mount of the data path.
 
-use std::time::Duration;
-
 use kit::check::Check;
-use kit::config::{ClusterConfig, Node};
-use kit::tool::{Tool, talos_node_args, talosconfig_path};
+use kit::config::ClusterConfig;
+use kit::talos::{Access, Resource, Talosctl, resources};
 
 /// The extensions Longhorn needs (names as `talosctl get extensions` shows them).
 pub const EXTENSIONS: &[&str] = &["iscsi-tools", "util-linux-tools"];
-const TIMEOUT: Duration = Duration::from_secs(30);
 const FIX: &str = "stage 01 installs it: re-run `talos-bootstrap apply` for new nodes, or `talosctl upgrade \
                    --image <the installer image in state/talos/<node>.yaml>` for installed ones";
 
-/// talosctl prints one JSON object per resource, one after another.
-fn json_stream(text: &str) -> Vec<serde_json::Value> {
-    serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>().filter_map(Result::ok).collect()
+/// An ExtensionStatus's spec: the extension's layer and its metadata.
+#[derive(Debug, serde::Deserialize)]
+pub struct Extension {
+    pub metadata: ExtensionMetadata,
 }
 
-/// The extension names in `talosctl get extensions -o json`.
-pub fn extension_names(output: &str) -> Vec<String> {
-    json_stream(output)
-        .iter()
-        .filter_map(|resource| resource.pointer("/spec/metadata/name").and_then(|name| name.as_str()))
-        .map(str::to_owned)
-        .collect()
+#[derive(Debug, serde::Deserialize)]
+pub struct ExtensionMetadata {
+    pub name: String,
 }
 
-/// True when the machine config in `talosctl get machineconfig -o json` mounts `path` into
-/// the kubelet (`machine.kubelet.extraMounts[].destination`).
-pub fn kubelet_mounts(output: &str, path: &str) -> bool {
-    json_stream(output).iter().filter_map(|resource| resource["spec"].as_str()).any(|config| {
+/// True when one of the machine configs (`talosctl get machineconfig -o json`: the spec is the
+/// config's YAML text) mounts `path` into the kubelet (`machine.kubelet.extraMounts[].destination`).
+pub fn kubelet_mounts(configs: &[Resource<String>], path: &str) -> bool {
+    configs.iter().any(|config| {
         // The first document is the v1alpha1 config; the rest are other kinds.
-        let first = config.split("\n---").next().unwrap_or_default();
+        let first = config.spec.split("\n---").next().unwrap_or_default();
         let Ok(parsed) = serde_saphyr::from_str::<serde_json::Value>(first) else { return false };
         let mounts =
             parsed.pointer("/machine/kubelet/extraMounts").and_then(|m| m.as_array()).cloned().unwrap_or_default();
@@ -42,15 +36,10 @@ pub fn kubelet_mounts(output: &str, path: &str) -> bool {
     })
 }
 
-async fn talosctl_json(tool: &Tool, config: &ClusterConfig, node: &Node, resource: &str) -> anyhow::Result<String> {
-    let args = talos_node_args(&talosconfig_path(config), node, &["get", resource, "-o", "json"]);
-    tool.run(args, TIMEOUT).await?.ok(format_args!("talosctl get {resource} on {}", node.name))
-}
-
 /// One check per worker and need: the extensions, then the data-path mount.
 pub async fn worker_checks(config: &ClusterConfig, data_path: &str) -> Vec<Check> {
-    let tool = match Tool::talosctl(config.versions.talos).await {
-        Ok(tool) => tool,
+    let talosctl = match Talosctl::find(config).await {
+        Ok(talosctl) => talosctl,
         Err(error) => {
             return vec![Check::fail("talosctl", format!("{error:#}"), "install talosctl as the message says")];
         }
@@ -58,10 +47,13 @@ pub async fn worker_checks(config: &ClusterConfig, data_path: &str) -> Vec<Check
     let mut checks = Vec::new();
     for node in config.workers() {
         let name = format!("extensions {}", node.name);
-        checks.push(match talosctl_json(&tool, config, node, "extensions").await {
-            Ok(output) => {
-                let found = extension_names(&output);
-                let missing: Vec<&str> = EXTENSIONS.iter().copied().filter(|e| !found.iter().any(|f| f == e)).collect();
+        checks.push(match resources::<Extension>(&talosctl, node, "extensions", Access::Secure).await {
+            Ok(found) => {
+                let missing: Vec<&str> = EXTENSIONS
+                    .iter()
+                    .copied()
+                    .filter(|wanted| !found.iter().any(|extension| extension.spec.metadata.name == *wanted))
+                    .collect();
                 if missing.is_empty() {
                     Check::pass(name, format!("{} runs {}", node.name, EXTENSIONS.join(" and ")))
                 } else {
@@ -71,8 +63,8 @@ pub async fn worker_checks(config: &ClusterConfig, data_path: &str) -> Vec<Check
             Err(error) => Check::fail(name, format!("{error:#}"), "check the node answers: talos-bootstrap check"),
         });
         let name = format!("data path {}", node.name);
-        checks.push(match talosctl_json(&tool, config, node, "machineconfig").await {
-            Ok(output) if kubelet_mounts(&output, data_path) => {
+        checks.push(match resources::<String>(&talosctl, node, "machineconfig", Access::Secure).await {
+            Ok(configs) if kubelet_mounts(&configs, data_path) => {
                 Check::pass(name, format!("the kubelet on {} mounts {data_path}", node.name))
             }
             Ok(_) => Check::fail(
@@ -91,17 +83,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_extensions_and_the_kubelet_mount_from_talosctl_output() {
+    fn reads_extensions_and_the_kubelet_mount_from_talosctl_output() -> anyhow::Result<()> {
         let extensions = r#"{"node":"172.16.16.150","metadata":{"id":"0"},"spec":{"metadata":{"name":"iscsi-tools","version":"v0.2.0"}}}
 {"node":"172.16.16.150","metadata":{"id":"1"},"spec":{"metadata":{"name":"util-linux-tools","version":"2.41"}}}"#;
-        assert_eq!(extension_names(extensions), ["iscsi-tools", "util-linux-tools"]);
-        let config = |mount: &str| {
+        let found: Vec<Resource<Extension>> = kit::talos::parse_resources(extensions)?;
+        let names: Vec<&str> = found.iter().map(|extension| extension.spec.metadata.name.as_str()).collect();
+        assert_eq!(names, ["iscsi-tools", "util-linux-tools"]);
+        let config = |mount: &str| -> anyhow::Result<Vec<Resource<String>>> {
             let yaml = format!(
                 "version: v1alpha1\nmachine:\n  kubelet:\n    extraMounts:\n      - destination: {mount}\n        type: bind\n---\napiVersion: v1alpha1\nkind: HostnameConfig\n"
             );
-            serde_json::json!({ "node": "172.16.16.150", "spec": yaml }).to_string()
+            let printed = serde_json::json!({ "node": "172.16.16.150", "metadata": {"id": "v1alpha1"}, "spec": yaml });
+            kit::talos::parse_resources(&printed.to_string())
         };
-        assert!(kubelet_mounts(&config("/var/lib/longhorn"), "/var/lib/longhorn/"));
-        assert!(!kubelet_mounts(&config("/var/mnt/other"), "/var/lib/longhorn/"));
+        assert!(kubelet_mounts(&config("/var/lib/longhorn")?, "/var/lib/longhorn/"));
+        assert!(!kubelet_mounts(&config("/var/mnt/other")?, "/var/lib/longhorn/"));
+        Ok(())
     }
 }

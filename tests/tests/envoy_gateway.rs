@@ -91,7 +91,8 @@ async fn certgen_is_replaced_when_it_changes(client: &kube::Client) -> anyhow::R
         pod.into_iter().flat_map(|pod| pod.containers.iter_mut()).for_each(|c| c.image = Some(NEWER.into()));
     })?;
     let changes = kit::apply::Engine::new(client.clone(), "envoy-gateway").await?.apply(&objects).await?;
-    let replaced = changes.iter().find(|change| change.object.contains(CERTGEN)).expect("the Job is among the changes");
+    let job = format!("Job {NAMESPACE}/{CERTGEN}");
+    let replaced = changes.iter().find(|change| change.object == job).expect("the Job is among the changes");
     assert!(replaced.diff.as_deref().is_some_and(|diff| diff.contains("replaced")), "{replaced}");
     let after = jobs.get(CERTGEN).await?;
     assert_ne!(after.metadata.uid, before.metadata.uid, "a new Job");
