@@ -1,11 +1,14 @@
 //! Starting, finding and stopping the lab's processes. Each component runs detached (its own
 //! process group, so a Ctrl-C in the terminal that ran `lab up` does not take it down), logs to
-//! `logs/<name>.log`, and is remembered by PID in `run/<name>.pid`. A PID is only trusted while
-//! `/proc/<pid>/cmdline` still names our binary, so a recycled PID is never signalled.
+//! `logs/<name>.log`, and is remembered in `run/<name>.pid` by its identity: the PID and the
+//! time the kernel started it (`/proc/<pid>/stat`, field 22). The start time is fixed at fork
+//! and no later process can have both, so a recycled PID is never signalled, and a process
+//! still inside `exec` (state D, its cmdline empty for a moment) is never taken for a dead one:
+//! liveness never reads a cmdline.
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,11 +37,11 @@ impl Process {
 
     /// The PID of the running process, if it is ours and alive.
     pub fn running_pid(&self) -> Option<i32> {
-        self.recorded_pid().filter(|pid| is_our_live_process(*pid, &self.binary))
+        self.recorded().filter(Identity::is_alive).map(|identity| identity.pid)
     }
 
-    fn recorded_pid(&self) -> Option<i32> {
-        fs::read_to_string(self.pid_file()).ok()?.trim().parse().ok()
+    fn recorded(&self) -> Option<Identity> {
+        Identity::parse(&fs::read_to_string(self.pid_file()).ok()?)
     }
 
     /// Starts the process unless it is already running; returns its PID and whether it started.
@@ -62,32 +65,37 @@ impl Process {
             .spawn()
             .with_context(|| format!("starting {} ({})", self.name, self.binary.display()))?;
         let pid = i32::try_from(child.id()).context("PID out of range")?;
-        fs::write(self.pid_file(), pid.to_string())?;
+        // The child exists from fork on, so its start time is there even while it execs.
+        let identity = Identity::of(pid).with_context(|| format!("reading /proc/{pid}/stat of {}", self.name))?;
+        fs::write(self.pid_file(), identity.to_string())?;
         Ok((pid, true))
     }
 
     /// Stops the process: SIGTERM, then SIGKILL after `grace`. Returns whether one was running.
     pub fn stop(&self, grace: Duration) -> anyhow::Result<bool> {
-        let Some(pid) = self.running_pid() else {
+        let Some(identity) = self.recorded().filter(Identity::is_alive) else {
             // It died on its own (or never ran): collect it if it was ours, forget its PID.
-            if let Some(pid) = self.recorded_pid() {
-                reap_if_child(pid);
+            if let Some(identity) = self.recorded() {
+                reap_if_child(identity.pid);
             }
             let _ = fs::remove_file(self.pid_file());
             return Ok(false);
         };
+        let pid = identity.pid;
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         let deadline = Instant::now() + grace;
-        while is_our_live_process(pid, &self.binary) && Instant::now() < deadline {
+        while identity.is_alive() && Instant::now() < deadline {
+            reap_if_exited(pid);
             std::thread::sleep(Duration::from_millis(100));
         }
-        if is_our_live_process(pid, &self.binary) {
+        if identity.is_alive() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             let deadline = Instant::now() + Duration::from_secs(5);
-            while is_our_live_process(pid, &self.binary) && Instant::now() < deadline {
+            while identity.is_alive() && Instant::now() < deadline {
+                reap_if_exited(pid);
                 std::thread::sleep(Duration::from_millis(50));
             }
-            anyhow::ensure!(!is_our_live_process(pid, &self.binary), "{} (pid {pid}) survived SIGKILL", self.name);
+            anyhow::ensure!(!identity.is_alive(), "{} (pid {pid}) survived SIGKILL", self.name);
         }
         reap_if_child(pid);
         fs::remove_file(self.pid_file()).with_context(|| format!("removing {}", self.pid_file().display()))?;
@@ -101,25 +109,74 @@ impl Process {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// What /proc says of the recorded PID, for an error that claims the process is gone.
+    /// What /proc says of the recorded process, for an error that claims it is gone.
     pub fn proc_state(&self) -> String {
-        let Some(pid) = self.recorded_pid() else { return format!("no PID in {}", self.pid_file().display()) };
-        match proc_view(pid) {
-            Ok((argv0, state)) => format!(
-                "pid {pid} runs {:?} (expected {}), state {state:?}",
-                String::from_utf8_lossy(&argv0),
-                self.binary.display()
+        let Some(recorded) = self.recorded() else { return format!("no PID in {}", self.pid_file().display()) };
+        match Identity::of(recorded.pid) {
+            Ok(now) if now.started == recorded.started => {
+                format!("pid {} (started at tick {}) is in state {:?}", recorded.pid, recorded.started, now.state)
+            }
+            Ok(now) => format!(
+                "pid {} now belongs to another process (started at tick {}, ours at {})",
+                recorded.pid, now.started, recorded.started
             ),
-            Err(error) => format!("pid {pid}: /proc unreadable ({error})"),
+            Err(error) => format!("pid {}: gone ({error})", recorded.pid),
         }
     }
 }
 
+/// Which process a PID file means: the PID and the kernel's start time of that process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: i32,
+    /// Clock ticks after boot at which the process was forked (`/proc/<pid>/stat`, field 22).
+    pub started: u64,
+    /// Its state when last read (field 3): R, S, D, Z, …
+    pub state: String,
+}
+
+impl Identity {
+    /// The process that has `pid` now.
+    pub fn of(pid: i32) -> std::io::Result<Identity> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        parse_stat(pid, &stat).ok_or_else(|| std::io::Error::other(format!("unexpected /proc/{pid}/stat: {stat:?}")))
+    }
+
+    /// True while the process this identity names runs: the PID still has the same start time
+    /// and is not a zombie (dead, not yet reaped by its parent).
+    pub fn is_alive(&self) -> bool {
+        Identity::of(self.pid).is_ok_and(|now| now.started == self.started && !matches!(now.state.as_str(), "Z" | "X"))
+    }
+
+    fn parse(text: &str) -> Option<Identity> {
+        let mut words = text.split_whitespace();
+        let pid = words.next()?.parse().ok()?;
+        let started = words.next()?.parse().ok()?;
+        Some(Identity { pid, started, state: String::new() })
+    }
+}
+
+impl std::fmt::Display for Identity {
+    /// The PID file's form: `<pid> <start time>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.pid, self.started)
+    }
+}
+
+/// `pid (comm) state ppid … starttime …`: comm may hold spaces and parentheses, so the fields
+/// are counted from the last `)`; state is field 3, starttime field 22.
+fn parse_stat(pid: i32, stat: &str) -> Option<Identity> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = (*fields.first()?).to_owned();
+    let started = fields.get(22 - 3)?.parse().ok()?;
+    Some(Identity { pid, started, state })
+}
+
 /// Collects the exit status of `pid` if this process started it (`lab up` and `lab down` in one
-/// process, as `cargo xtask test` does), so it leaves no zombie. A process that is exiting has
-/// already lost its cmdline but is not a zombie yet, so this polls for up to 5 s; it never waits
-/// longer (a blocking wait on a child still running hung `cargo xtask test` for good once, in a
-/// `down` after a failed `up`). For anyone else's child it returns ECHILD at once.
+/// process, as `cargo xtask test` does), so it leaves no zombie. It polls for up to 5 s and
+/// never waits longer (a blocking wait on a child still running hung `cargo xtask test` for good
+/// once, in a `down` after a failed `up`). For anyone else's child it returns ECHILD at once.
 fn reap_if_child(pid: i32) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while let Ok(WaitStatus::StillAlive) = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
@@ -131,22 +188,10 @@ fn reap_if_child(pid: i32) {
     }
 }
 
-/// What /proc shows of `pid`: its argv[0], and its state (field 3 of `stat`, after `(comm)`;
-/// empty if unparsable).
-fn proc_view(pid: i32) -> std::io::Result<(Vec<u8>, String)> {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let cmdline = fs::read(proc_dir.join("cmdline"))?;
-    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default().to_vec();
-    let stat = fs::read_to_string(proc_dir.join("stat"))?;
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).unwrap_or_default();
-    Ok((argv0, state.to_owned()))
-}
-
-/// True when `pid` runs `binary` and is not a zombie (a dead child not yet reaped by its parent).
-pub fn is_our_live_process(pid: i32, binary: &Path) -> bool {
-    proc_view(pid).is_ok_and(|(argv0, state)| {
-        argv0 == binary.as_os_str().as_encoded_bytes() && !matches!(state.as_str(), "Z" | "X" | "")
-    })
+/// One look, as a parent: a child of ours that has exited is collected now (it would otherwise
+/// stay a zombie, which [`Identity::is_alive`] already counts as dead).
+fn reap_if_exited(pid: i32) {
+    let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
 }
 
 /// Resident memory of a process in bytes (from /proc), for `lab status`.
@@ -155,4 +200,26 @@ pub fn resident_bytes(pid: i32) -> Option<u64> {
     let kib: u64 =
         status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
     Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        let stat = "4826 (etcd (x) y) D 1 4826 4826 0 -1 4194560 2 0 0 0 0 0 0 0 20 0 1 0 987654 0 0";
+        let identity = parse_stat(4826, stat).expect("parsed");
+        assert_eq!(identity, Identity { pid: 4826, started: 987_654, state: "D".into() });
+        assert_eq!(Identity::parse(&identity.to_string()).map(|i| i.started), Some(987_654));
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_recycled_pid_is_not_ours() -> anyhow::Result<()> {
+        let me = Identity::of(i32::try_from(std::process::id())?)?;
+        assert!(me.is_alive());
+        let recycled = Identity { started: me.started + 1, ..me };
+        assert!(!recycled.is_alive(), "same PID, another start time: another process");
+        Ok(())
+    }
 }
