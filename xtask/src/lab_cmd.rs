@@ -20,8 +20,15 @@ pub enum LabAction {
         #[arg(long, default_value_t = DEFAULT_PORT_BASE, env = "TALOS_HA_LAB_PORT_BASE")]
         port_base: u16,
     },
-    /// Each component's PID, health and memory.
+    /// Each component's PID, health and memory, and the box.
     Status,
+    /// A shell on the workstation inside the box (the config's LAN): talosctl, kubectl and
+    /// curl reach the config's addresses there. `lab shell -- CMD…` runs one command instead.
+    Shell {
+        /// The command to run (default: $SHELL, else bash).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Stop every process the lab started.
     Down {
         /// Also delete the lab's data, certificates and kubeconfig (state/lab).
@@ -88,6 +95,19 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
             }
             let healthy = report.iter().all(|c| c.healthy);
             Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) })
+        }
+        LabAction::Shell { command } => {
+            let lan = lab.lan();
+            lan.up()?;
+            let command = if command.is_empty() {
+                vec![std::env::var("SHELL").unwrap_or_else(|_| "bash".to_owned())]
+            } else {
+                command
+            };
+            let talosconfig = kit::tool::talosconfig_path(&config);
+            let env = [("KUBECONFIG", lab.kubeconfig.as_path()), ("TALOSCONFIG", talosconfig.as_path())];
+            let status = xtask::lab::lan::exec_in(&lan.admin().namespace, &command, &env)?;
+            Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
         }
         LabAction::Down { purge } => {
             let stopped = lab.down(purge)?;

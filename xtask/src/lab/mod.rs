@@ -17,6 +17,7 @@
 //! ranges are inside 127.0.0.0/8.
 
 mod build;
+pub mod lan;
 mod pki;
 pub mod process;
 
@@ -340,6 +341,13 @@ impl Lab {
     pub async fn up(&self, workspace: &Path) -> anyhow::Result<()> {
         ensure_binaries(&self.config.versions, workspace)?;
         self.write_files()?;
+        // The config's LAN (issue 15): built now, so `lab shell` reaches the config's
+        // addresses; the control plane itself still listens on 127.0.0.1 until its machines
+        // move into the box. Without root the lab runs without it, as before.
+        match self.lan().up() {
+            Ok(()) => tracing::info!("the box: the config's LAN in network namespaces ({})", self.lan().switch),
+            Err(error) => tracing::warn!("no box this time: {error:#}"),
+        }
 
         let etcd = self.etcd_members();
         for member in &etcd {
@@ -495,7 +503,33 @@ impl Lab {
                 resident_bytes: pid.and_then(process::resident_bytes),
             });
         }
+        report.push(self.lan_status());
         report
+    }
+
+    /// The box: every namespace there, nothing of it on this machine's own network.
+    fn lan_status(&self) -> ComponentStatus {
+        let lan = self.lan();
+        let (healthy, detail) = match (lan.present(), lan.leaks()) {
+            (Ok(present), Ok(leaks)) if present.len() == lan.namespaces().len() && leaks.is_empty() => (
+                true,
+                format!(
+                    "{} namespaces on {}/{} (workstation {}), sealed",
+                    present.len(),
+                    lan.gateway,
+                    lan.prefix_len,
+                    lan.admin().address
+                ),
+            ),
+            (Ok(present), _) if present.is_empty() => {
+                (true, "not built (needs root; the lab runs without it)".to_owned())
+            }
+            (Ok(present), Ok(leaks)) => {
+                (false, format!("{} of {} namespaces; {}", present.len(), lan.namespaces().len(), leaks.join("; ")))
+            }
+            (Err(error), _) | (_, Err(error)) => (false, format!("{error:#}")),
+        };
+        ComponentStatus { name: "box".to_owned(), pid: None, healthy, detail, resident_bytes: None }
     }
 
     async fn kwok_health(&self, client: &kube::Client) -> (bool, String) {
@@ -506,13 +540,22 @@ impl Lab {
         }
     }
 
-    /// Stops every process, newest first; with `purge`, deletes the lab's folder too.
+    /// The box for this lab's config.
+    pub fn lan(&self) -> lan::Lan {
+        lan::Lan::new(&self.config)
+    }
+
+    /// Stops every process, newest first, and takes the box down; with `purge`, deletes the
+    /// lab's folder too.
     pub fn down(&self, purge: bool) -> anyhow::Result<Vec<String>> {
         let mut stopped = Vec::new();
         for process in self.processes().iter().rev() {
             if process.stop(Duration::from_secs(10))? {
                 stopped.push(process.name.clone());
             }
+        }
+        if self.lan().down()? > 0 {
+            stopped.push(format!("the box ({})", self.lan().switch));
         }
         if purge && self.dir.exists() {
             std::fs::remove_dir_all(&self.dir).with_context(|| format!("deleting {}", self.dir.display()))?;
