@@ -7,7 +7,8 @@
 //! - kwok and MetalLB's controller are plain modules: `go install <package>@<version>`.
 //! - talosctl (stage 01 generates and validates the machine configs with it) comes from the
 //!   wrapper module `xtask/go/talos`, built with the Go checksum database off (some of Talos's
-//!   forked dependencies have no entry there; the committed go.sum pins every module).
+//!   forked dependencies have no entry there; the committed go.sum pins every module), with
+//!   the node twin (`xtask/go/talos/twin`) built from the same module on the same packages.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -31,6 +32,8 @@ const KWOK_STAGES: &[&str] = &[
 ];
 /// The Kubernetes release the committed wrapper module builds.
 const WRAPPER_KUBERNETES: &str = "v1.35.0";
+/// The node twin's binary (`xtask/go/talos/twin`), beside talosctl.
+pub const TWIN: &str = "talos-twin";
 /// The Talos release whose talosctl the committed wrapper module `xtask/go/talos` builds.
 const WRAPPER_TALOS: &str = "v1.12.1";
 
@@ -56,7 +59,7 @@ impl Binaries {
         match name {
             "kwok" => self.kwok_dir.join(name),
             "metallb-controller" => self.metallb_dir.join("controller"),
-            "talosctl" => self.talos_dir.join(name),
+            "talosctl" | TWIN => self.talos_dir.join(name),
             _ => self.kubernetes_dir.join(name),
         }
     }
@@ -85,7 +88,7 @@ pub fn ensure_binaries(versions: &Versions, workspace: &Path) -> anyhow::Result<
     let missing_kwok = !binaries.path("kwok").exists() || binaries.kwok_stages().iter().any(|stage| !stage.exists());
     let missing_metallb = !binaries.path("metallb-controller").exists();
     let talos = binaries.talos_version;
-    let missing_talos = !binaries.path("talosctl").exists();
+    let missing_talos = !binaries.path("talosctl").exists() || !binaries.path(TWIN).exists();
     let talos_buildable = talos.to_string() == WRAPPER_TALOS;
     if missing_talos && !talos_buildable {
         tracing::warn!(
@@ -160,6 +163,8 @@ fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out:
     publish(&staging, out)
 }
 
+/// talosctl and the node twin (`xtask/go/talos/twin`) from the one wrapper module: the twin
+/// is built on the same Talos packages, at the same version, as the talosctl that talks to it.
 fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &Path) -> anyhow::Result<()> {
     let staging = staging_dir(out)?;
     let _dir = sh.push_dir(module);
@@ -167,12 +172,15 @@ fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &
     // talosctl stamps its version from pkg/machinery's own variables (set by the release), so
     // no -X flags are needed: `talosctl version --client` reports the tag.
     let ldflags = "-s -w";
-    let package = "github.com/siderolabs/talos/cmd/talosctl";
-    let command = cmd!(sh, "{go} build -trimpath -buildvcs=false -ldflags {ldflags} -o {staging_arg} {package}")
+    let packages = ["github.com/siderolabs/talos/cmd/talosctl", "./twin"];
+    let command = cmd!(sh, "{go} build -trimpath -buildvcs=false -ldflags {ldflags} -o {staging_arg} {packages...}")
         .env("GOSUMDB", "off");
-    with_heartbeat(&format!("building talosctl {version} from Go modules (cold: about 5 minutes, once)"), || {
-        command.quiet().run().context("go build of the talosctl wrapper module failed (output above)")
-    })?;
+    with_heartbeat(
+        &format!("building talosctl {version} and the node twin from Go modules (cold: about 5 minutes, once)"),
+        || command.quiet().run().context("go build of the talosctl wrapper module failed (output above)"),
+    )?;
+    // `go build` names a package's binary after its folder.
+    std::fs::rename(staging.join("twin"), staging.join(TWIN))?;
     publish(&staging, out)
 }
 

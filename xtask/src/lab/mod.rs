@@ -20,6 +20,7 @@ mod build;
 pub mod lan;
 mod pki;
 pub mod process;
+pub mod twin;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -325,7 +326,8 @@ impl Lab {
 
     /// Every process, in start order.
     fn processes(&self) -> Vec<Process> {
-        let mut all = self.etcd_members();
+        let mut all = self.twins();
+        all.extend(self.etcd_members());
         all.extend([
             self.apiserver(),
             self.controller_manager(),
@@ -334,6 +336,49 @@ impl Lab {
             self.metallb_controller(),
         ]);
         all
+    }
+
+    /// One node twin per node of the config, each in its namespace of the box.
+    fn twins(&self) -> Vec<Process> {
+        let lan = self.lan();
+        let twin = self.binaries.path(build::TWIN);
+        self.config
+            .nodes
+            .iter()
+            .filter_map(|node| lan.member(&node.name).map(|member| twin::process(&self.dir, &twin, member, node.ip)))
+            .collect()
+    }
+
+    /// Restarts one node's twin (after its hardware file was edited, say): the machine
+    /// rebooted into maintenance mode.
+    pub async fn restart_twin(&self, node: &str) -> anyhow::Result<()> {
+        let process = self
+            .twins()
+            .into_iter()
+            .find(|process| process.name == format!("twin-{node}"))
+            .with_context(|| format!("no twin for node {node}"))?;
+        process.stop(Duration::from_secs(10))?;
+        self.start(&process)?;
+        wait_until(&process, Duration::from_secs(30), "listen on port 50000", || async {
+            process.log_tail(1).contains("maintenance mode: waiting for a config")
+        })
+        .await
+    }
+
+    /// Starts the twins (in maintenance mode, waiting for their configs) and waits until each
+    /// says it listens.
+    async fn start_twins(&self) -> anyhow::Result<()> {
+        for (index, node) in self.config.nodes.iter().enumerate() {
+            twin::ensure_hardware(&self.dir, &node.name, index)?;
+        }
+        for process in self.twins() {
+            self.start(&process)?;
+            wait_until(&process, Duration::from_secs(30), "listen on port 50000", || async {
+                process.log_tail(5).contains("maintenance mode: waiting for a config")
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Starts whatever is not running (a running lab is left as it is), registers the config's
@@ -345,7 +390,10 @@ impl Lab {
         // addresses; the control plane itself still listens on 127.0.0.1 until its machines
         // move into the box. Without root the lab runs without it, as before.
         match self.lan().up() {
-            Ok(()) => tracing::info!("the box: the config's LAN in network namespaces ({})", self.lan().switch),
+            Ok(()) => {
+                tracing::info!("the box: the config's LAN in network namespaces ({})", self.lan().switch);
+                self.start_twins().await?;
+            }
             Err(error) => tracing::warn!("no box this time: {error:#}"),
         }
 
@@ -471,7 +519,15 @@ impl Lab {
                 (None, "metallb-controller", Some(client)) if !metallb_installed(client).await => {
                     (true, "waits for stage 02 (metallb apply --lab, then lab up)".to_owned())
                 }
+                (None, name, _) if name.starts_with("twin-") && self.lan().present().is_ok_and(|p| p.is_empty()) => {
+                    (true, "no box (needs root): no twin".to_owned())
+                }
                 (None, _, _) => (false, "not running".to_owned()),
+                (Some(_), name, _) if name.starts_with("twin-") => {
+                    let node = name.trim_start_matches("twin-");
+                    let address = self.config.nodes.iter().find(|n| n.name == node).map(|n| n.ip.to_string());
+                    (true, format!("Talos API on {}:50000 (in the box)", address.unwrap_or_default()))
+                }
                 (Some(_), "kube-apiserver", _) if self.apiserver_ready().await => {
                     (true, format!("ready on {}", self.api_url()))
                 }

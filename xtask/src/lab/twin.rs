@@ -1,0 +1,112 @@
+//! The node twins: one `talos-twin` per node of the config, in that node's namespace of the
+//! box, answering the Talos API on `<node address>:50000` as a machine booted from the Talos
+//! ISO does (maintenance mode; `xtask/go/talos/twin/main.go` says which Talos source each
+//! answer follows). The real talosctl talks to them from the workstation namespace, exactly as
+//! it talks to real nodes.
+//!
+//! Each twin is given its hardware in `state/lab/twins/<node>/hardware.json`: by default one
+//! cabled Ethernet port and an internal SSD at `/dev/sda`, plus the USB stick the ISO was
+//! written to. A test (or a person) may edit the file, e.g. a second port or the stick at
+//! `/dev/sda`, and restart the twin.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::lan::Member;
+use super::process::Process;
+
+/// What the twin reads: the machine's ports and disks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hardware {
+    pub links: Vec<Link>,
+    pub disks: Vec<Disk>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Link {
+    pub name: String,
+    pub mac: String,
+    pub bus_path: String,
+    pub driver: String,
+    /// A cable is in and the other end is up.
+    pub carrier: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Disk {
+    pub dev_path: String,
+    pub size: u64,
+    pub model: String,
+    pub transport: String,
+}
+
+impl Hardware {
+    /// The usual small server: one cabled port, an internal SSD at `/dev/sda`, and the USB
+    /// stick with the Talos ISO. The MAC is locally administered (02:…), one per node.
+    pub fn usual(index: usize) -> Hardware {
+        Hardware {
+            links: vec![Link {
+                name: "enp1s0".into(),
+                mac: format!("02:74:61:6c:00:{index:02x}"),
+                bus_path: "0000:01:00.0".into(),
+                driver: "igc".into(),
+                carrier: true,
+            }],
+            disks: vec![
+                Disk {
+                    dev_path: "/dev/sda".into(),
+                    size: 512_110_190_592,
+                    model: "Samsung SSD 870".into(),
+                    transport: "sata".into(),
+                },
+                Disk {
+                    dev_path: "/dev/sdb".into(),
+                    size: 31_037_849_600,
+                    model: "Ultra USB 3.0".into(),
+                    transport: "usb".into(),
+                },
+            ],
+        }
+    }
+}
+
+/// Where a node's twin keeps its hardware and what it is sent.
+pub fn twin_dir(lab_dir: &Path, node: &str) -> PathBuf {
+    lab_dir.join("twins").join(node)
+}
+
+/// Writes the usual hardware for a node that has none yet (an edited file is kept).
+pub fn ensure_hardware(lab_dir: &Path, node: &str, index: usize) -> anyhow::Result<PathBuf> {
+    let dir = twin_dir(lab_dir, node);
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("hardware.json");
+    if !file.exists() {
+        std::fs::write(&file, serde_json::to_vec_pretty(&Hardware::usual(index))?)?;
+    }
+    Ok(file)
+}
+
+/// The twin of one node: started inside the node's namespace with `ip netns exec`, which
+/// enters the namespace and then execs the twin, so the PID the lab records is the twin's.
+pub fn process(lab_dir: &Path, twin: &Path, member: &Member, address: Ipv4Addr) -> Process {
+    let dir = twin_dir(lab_dir, &member.name);
+    Process {
+        name: format!("twin-{}", member.name),
+        binary: which::which("ip").unwrap_or_else(|_| PathBuf::from("/usr/sbin/ip")),
+        args: vec![
+            "netns".into(),
+            "exec".into(),
+            member.namespace.clone(),
+            twin.display().to_string(),
+            format!("--address={address}"),
+            format!("--hardware={}", dir.join("hardware.json").display()),
+            format!("--state={}", dir.display()),
+        ],
+        run_dir: lab_dir.join("run"),
+        log_dir: lab_dir.join("logs"),
+    }
+}
