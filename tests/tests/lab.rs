@@ -193,10 +193,11 @@ async fn the_api_keeps_serving_writes_when_an_etcd_member_dies() -> anyhow::Resu
     Ok(())
 }
 
-/// A second lab beside the main one: a copy of the config in a temporary folder, other ports.
+/// A second lab beside the main one: a copy of the config in a temporary folder, other ports,
+/// and a box of its own (another cluster name).
 fn second_lab(port_base: u16) -> anyhow::Result<(tempfile::TempDir, Lab)> {
     let dir = tempfile::tempdir()?;
-    let config = xtask::scratch_config(&tests::config_path(), dir.path())?;
+    let config = xtask::scratch_lab_config(&tests::config_path(), dir.path(), &format!("second-{port_base}"))?;
     Ok((dir, Lab::new(&config, port_base)))
 }
 
@@ -208,7 +209,10 @@ async fn up_is_idempotent_and_down_leaves_no_process_behind() -> anyhow::Result<
         lab.up(&xtask::workspace_root()).await?;
         let first = lab.running_pids();
         // MetalLB's controller waits for stage 02's CRDs, which this fresh lab does not have.
-        anyhow::ensure!(first.len() == 7, "3 etcd, apiserver, controller-manager, scheduler, kwok: {first:?}");
+        anyhow::ensure!(
+            first.len() == 13,
+            "6 node twins in its own box, 3 etcd, apiserver, controller-manager, scheduler, kwok: {first:?}"
+        );
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&lab.kubeconfig)?.permissions());
         anyhow::ensure!(mode & 0o777 == 0o600, "the kubeconfig holds a client key path: owner only, not {mode:o}");
         lab.up(&xtask::workspace_root()).await?;
@@ -218,7 +222,7 @@ async fn up_is_idempotent_and_down_leaves_no_process_behind() -> anyhow::Result<
     .await;
     let stopped = lab.down(true)?;
     let first = result?;
-    assert_eq!(stopped.len(), 7, "{stopped:?}");
+    assert_eq!(stopped.len(), 14, "13 processes and the box: {stopped:?}");
     assert!(lab.running_pids().is_empty());
     for (name, pid) in first {
         // Stopped and reaped: not even a zombie is left.

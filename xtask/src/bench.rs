@@ -158,7 +158,8 @@ fn with_fresh_lab<T>(
     port_base: u16,
     measure: impl FnOnce(&Lab) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let lab = Lab::new(&xtask::scratch_config(&config.source, &scratch.join(name))?, port_base);
+    let lab =
+        Lab::new(&xtask::scratch_lab_config(&config.source, &scratch.join(name), &format!("bench-{name}"))?, port_base);
     tracing::info!("starting a fresh lab for the {name} run on port {port_base}");
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(lab.up(&xtask::workspace_root())).and_then(|()| measure(&lab));

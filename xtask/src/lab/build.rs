@@ -59,7 +59,10 @@ impl Binaries {
         match name {
             "kwok" => self.kwok_dir.join(name),
             "metallb-controller" => self.metallb_dir.join("controller"),
-            "talosctl" | TWIN => self.talos_dir.join(name),
+            "talosctl" => self.talos_dir.join(name),
+            // The twin is our own code: its file carries a hash of its source, so a changed
+            // twin is rebuilt although versions.talos did not change.
+            TWIN => self.talos_dir.join(format!("{TWIN}-{}", twin_source_hash())),
             _ => self.kubernetes_dir.join(name),
         }
     }
@@ -180,8 +183,26 @@ fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &
         || command.quiet().run().context("go build of the talosctl wrapper module failed (output above)"),
     )?;
     // `go build` names a package's binary after its folder.
-    std::fs::rename(staging.join("twin"), staging.join(TWIN))?;
+    std::fs::rename(staging.join("twin"), staging.join(format!("{TWIN}-{}", twin_source_hash())))?;
     publish(&staging, out)
+}
+
+/// The first 12 hex digits of the sha256 of the twin's source and the wrapper's go.mod/go.sum.
+fn twin_source_hash() -> String {
+    let module = crate::workspace_root().join("xtask/go/talos");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(module.join("twin"))
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "go"))
+        .collect();
+    files.sort();
+    files.extend([module.join("go.mod"), module.join("go.sum")]);
+    let mut bytes = Vec::new();
+    for file in files {
+        bytes.extend(std::fs::read(&file).unwrap_or_default());
+    }
+    kit::artifacts::sha256_hex(&bytes)[..12].to_owned()
 }
 
 /// `go install PACKAGE@VERSION` into `staging`: for modules that install as they are.
