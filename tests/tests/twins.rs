@@ -7,38 +7,37 @@
 //! at /dev/sda.
 
 use std::ffi::OsString;
+use std::path::Path;
 use std::process::ExitCode;
 
 use talos_bootstrap::TalosBootstrap;
 use xtask::lab::twin::{Disk, Hardware, Link, twin_dir};
 
-/// `talos-bootstrap check --output json` (talos target) run on a thread inside the
-/// workstation's namespace: it and the talosctl it starts see the box's network only.
-fn check_from_the_workstation() -> anyhow::Result<(ExitCode, Vec<serde_json::Value>)> {
-    let config = tests::config();
-    let namespace = xtask::lab::lan::Lan::new(&config).admin().namespace.clone();
-    let path = tests::config_path();
-    let mirror = tests::upstream_mirror();
+/// `talos-bootstrap <command> --output json --config <config> EXTRA…` run on a thread inside
+/// the workstation's namespace: it and the talosctl it starts see the box's network only.
+fn stage_from_the_workstation(
+    command: &str,
+    config: &Path,
+    extra: &[&str],
+) -> anyhow::Result<(ExitCode, Vec<serde_json::Value>)> {
+    let namespace = xtask::lab::lan::Lan::new(&tests::config()).admin().namespace.clone();
+    let mut argv: Vec<OsString> = vec!["talos-bootstrap".into(), command.into(), "--output".into(), "json".into()];
+    argv.extend(["--config".into(), config.into(), "--mirror".into(), tests::upstream_mirror().into()]);
+    argv.extend(extra.iter().map(OsString::from));
     std::thread::spawn(move || {
         let handle = std::fs::File::open(format!("/run/netns/{namespace}"))?;
         nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        let argv: Vec<OsString> = vec![
-            "talos-bootstrap".into(),
-            "check".into(),
-            "--output".into(),
-            "json".into(),
-            "--config".into(),
-            path.into(),
-            "--mirror".into(),
-            mirror.into(),
-        ];
         let mut out = Vec::new();
         let code = kit::stage::execute(&TalosBootstrap, argv, &mut out);
-        let checks = String::from_utf8_lossy(&out).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-        anyhow::Ok((code, checks))
+        let lines = String::from_utf8_lossy(&out).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+        anyhow::Ok((code, lines))
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("the check's thread panicked"))?
+    .map_err(|_| anyhow::anyhow!("the stage's thread panicked"))?
+}
+
+fn check_from_the_workstation() -> anyhow::Result<(ExitCode, Vec<serde_json::Value>)> {
+    stage_from_the_workstation("check", &tests::config_path(), &[])
 }
 
 fn check<'a>(checks: &'a [serde_json::Value], node: &str) -> &'a serde_json::Value {
@@ -123,5 +122,81 @@ async fn stage_01_checks_the_twins_in_maintenance_mode_through_talosctl() -> any
         "{cp03}"
     );
     assert_eq!(check(&checks, "cp01")["status"], "pass", "the other nodes are fine");
+
+    let configured = a_configured_twin_shows_drift_through_talos_own_diff(&lab).await;
+    lab.reset_twin("cp01").await?;
+    configured
+}
+
+/// Review item 7 on a twin: cp01 gets its generated config (`apply-config --insecure`, as
+/// stage 01 sends it), installs and comes back answering the talosconfig's client
+/// certificate. `plan` then reads Talos's own dry-run diff (on talosctl's stderr): no changes
+/// for the same config; the edited field for an edited cluster.yaml.
+async fn a_configured_twin_shows_drift_through_talos_own_diff(lab: &xtask::lab::Lab) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = xtask::scratch_config(&tests::config_path(), dir.path())?;
+    let kubeconfig = tests::kubeconfig().display().to_string();
+    // Secrets, configs and talosconfig into the scratch state: the lab target, on this
+    // machine (it talks to the lab's API on 127.0.0.1 and dials no config address).
+    let source = config.source.clone();
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let argv: Vec<OsString> = ["talos-bootstrap", "apply", "--lab", "--kubeconfig", &kubeconfig, "--mirror"]
+            .iter()
+            .map(OsString::from)
+            .chain([tests::upstream_mirror().into(), "--config".into(), source.into()])
+            .collect();
+        let mut out = Vec::new();
+        (kit::stage::execute(&TalosBootstrap, argv, &mut out), String::from_utf8_lossy(&out).into_owned())
+    })
+    .await?;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let cp01 = config.nodes[0].clone();
+    let talosctl = kit::talos::Talosctl {
+        tool: talos_bootstrap::talosctl(&config).await?,
+        talosconfig: kit::tool::talosconfig_path(&config),
+    };
+    let file = talos_bootstrap::StatePaths::new(&config).machine_configs.join("cp01.yaml");
+    let namespace = xtask::lab::lan::Lan::new(&config).admin().namespace.clone();
+    let node = cp01.clone();
+    tokio::task::spawn_blocking(move || {
+        let handle = std::fs::File::open(format!("/run/netns/{namespace}"))?;
+        nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        tokio::runtime::Runtime::new()?.block_on(async {
+            talos_bootstrap::nodes::apply_config_insecure(&talosctl, &node, &file).await?;
+            talos_bootstrap::nodes::wait_configured(&talosctl, &node, std::time::Duration::from_secs(60)).await
+        })
+    })
+    .await??;
+    anyhow::ensure!(
+        xtask::lab::twin::twin_dir(&lab.dir, "cp01").join("config.yaml").exists(),
+        "cp01 keeps its config, as on disk"
+    );
+
+    let plan = |config: &Path| {
+        let config = config.to_owned();
+        async move { tokio::task::spawn_blocking(move || stage_from_the_workstation("plan", &config, &[])).await? }
+    };
+    let node_change = |changes: &[serde_json::Value], node: &str| {
+        let object = format!("TalosNode {node}");
+        changes.iter().find(|change| change["object"] == object.as_str()).cloned().unwrap_or_default()
+    };
+    let (code, changes) = plan(&config.source).await?;
+    anyhow::ensure!(code == ExitCode::SUCCESS, "{changes:?}");
+    anyhow::ensure!(node_change(&changes, "cp01")["action"] == "unchanged", "the same config: {changes:?}");
+    anyhow::ensure!(node_change(&changes, "cp02")["action"] == "created", "cp02 waits in maintenance mode");
+
+    let text =
+        std::fs::read_to_string(&config.source)?.replace("nameservers: [1.1.1.1, 8.8.8.8]", "nameservers: [9.9.9.9]");
+    std::fs::write(&config.source, text)?;
+    let (code, changes) = plan(&config.source).await?;
+    anyhow::ensure!(code == ExitCode::SUCCESS, "{changes:?}");
+    let cp01 = node_change(&changes, "cp01");
+    let diff = cp01["diff"].as_str().unwrap_or_default();
+    anyhow::ensure!(cp01["action"] == "configured", "{cp01}");
+    anyhow::ensure!(
+        diff.contains("+  - address: 9.9.9.9") || diff.contains("+    - address: 9.9.9.9"),
+        "Talos's diff: {diff}"
+    );
+    anyhow::ensure!(!diff.contains("LS0t"), "no key material in the diff");
     Ok(())
 }

@@ -11,6 +11,7 @@ go 1.25.3
 
 require (
 	github.com/cosi-project/runtime v1.12.0
+	github.com/siderolabs/crypto v0.6.4
 	github.com/siderolabs/talos v1.12.1
 	github.com/siderolabs/talos/pkg/machinery v1.12.1
 	google.golang.org/grpc v1.76.0
@@ -180,7 +181,6 @@ require (
 	github.com/ryanuber/columnize v2.1.2+incompatible // indirect
 	github.com/ryanuber/go-glob v1.0.0 // indirect
 	github.com/sasha-s/go-deadlock v0.3.5 // indirect
-	github.com/siderolabs/crypto v0.6.4 // indirect
 	github.com/siderolabs/gen v0.8.6 // indirect
 	github.com/siderolabs/go-api-signature v0.3.12 // indirect
 	github.com/siderolabs/go-blockdevice/v2 v2.0.22 // indirect

@@ -350,7 +350,7 @@ impl Lab {
     }
 
     /// Restarts one node's twin (after its hardware file was edited, say): the machine
-    /// rebooted into maintenance mode.
+    /// reboots, into its config if it has one, else into maintenance mode.
     pub async fn restart_twin(&self, node: &str) -> anyhow::Result<()> {
         let process = self
             .twins()
@@ -359,10 +359,21 @@ impl Lab {
             .with_context(|| format!("no twin for node {node}"))?;
         process.stop(Duration::from_secs(10))?;
         self.start(&process)?;
-        wait_until(&process, Duration::from_secs(30), "listen on port 50000", || async {
-            process.log_tail(1).contains("maintenance mode: waiting for a config")
+        wait_until(&process, Duration::from_secs(30), "answer on port 50000", || async {
+            let last = process.log_tail(1);
+            last.contains("maintenance mode: waiting for a config") || last.contains("configured: serving")
         })
         .await
+    }
+
+    /// Wipes one node's twin back to a machine booted from the ISO: its config is gone, it
+    /// waits in maintenance mode (what re-imaging a real machine does).
+    pub async fn reset_twin(&self, node: &str) -> anyhow::Result<()> {
+        let config = twin::twin_dir(&self.dir, node).join("config.yaml");
+        if config.exists() {
+            std::fs::remove_file(&config).with_context(|| format!("removing {}", config.display()))?;
+        }
+        self.restart_twin(node).await
     }
 
     /// Starts the twins (in maintenance mode, waiting for their configs) and waits until each
@@ -373,8 +384,9 @@ impl Lab {
         }
         for process in self.twins() {
             self.start(&process)?;
-            wait_until(&process, Duration::from_secs(30), "listen on port 50000", || async {
-                process.log_tail(5).contains("maintenance mode: waiting for a config")
+            wait_until(&process, Duration::from_secs(30), "answer on port 50000", || async {
+                let last = process.log_tail(1);
+                last.contains("maintenance mode: waiting for a config") || last.contains("configured: serving")
             })
             .await?;
         }
@@ -526,7 +538,12 @@ impl Lab {
                 (Some(_), name, _) if name.starts_with("twin-") => {
                     let node = name.trim_start_matches("twin-");
                     let address = self.config.nodes.iter().find(|n| n.name == node).map(|n| n.ip.to_string());
-                    (true, format!("Talos API on {}:50000 (in the box)", address.unwrap_or_default()))
+                    let mode = if twin::twin_dir(&self.dir, node).join("config.yaml").exists() {
+                        "configured"
+                    } else {
+                        "maintenance mode"
+                    };
+                    (true, format!("Talos API on {}:50000 (in the box), {mode}", address.unwrap_or_default()))
                 }
                 (Some(_), "kube-apiserver", _) if self.apiserver_ready().await => {
                     (true, format!("ready on {}", self.api_url()))

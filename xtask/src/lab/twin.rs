@@ -1,8 +1,10 @@
 //! The node twins: one `talos-twin` per node of the config, in that node's namespace of the
-//! box, answering the Talos API on `<node address>:50000` as a machine booted from the Talos
-//! ISO does (maintenance mode; `xtask/go/talos/twin/main.go` says which Talos source each
-//! answer follows). The real talosctl talks to them from the workstation namespace, exactly as
-//! it talks to real nodes.
+//! box, answering the Talos API on `<node address>:50000` as that machine would: booted from
+//! the Talos ISO (maintenance mode) until it is sent a config, then installed and answering
+//! only clients with a certificate from the config's OS CA (`xtask/go/talos/twin/main.go` says
+//! which Talos source each answer follows). The real talosctl talks to them from the
+//! workstation namespace, exactly as it talks to real nodes. A twin keeps its config in
+//! `state/lab/twins/<node>/config.yaml`, as a machine keeps it on disk.
 //!
 //! Each twin is given its hardware in `state/lab/twins/<node>/hardware.json`: by default one
 //! cabled Ethernet port and an internal SSD at `/dev/sda`, plus the USB stick the ISO was

@@ -4,8 +4,10 @@
 // the config loader and its validation). What talosctl is told here is what a real node in
 // maintenance mode would tell it.
 //
-// This first step is maintenance mode only: the node waits for its config. A configured node
-// (secure API, etcd, the control plane) is the next step of the cluster in a box.
+// A machine boots in maintenance mode and waits for its config. A valid config "installs" (the
+// node is away for a few seconds) and the machine comes back configured: the secure API, with
+// mutual TLS from the config's OS CA, so the generated talosconfig works unchanged. Running
+// etcd and the control plane from the config is the next step of the cluster in a box.
 //
 // Each behaviour names the Talos source file (at v1.12.1) it follows.
 package main
@@ -41,12 +43,17 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	talosx509 "github.com/siderolabs/crypto/x509"
+
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/config/configdiff"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/nethelpers"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
 	"github.com/siderolabs/talos/pkg/machinery/resources/network"
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
+	"github.com/siderolabs/talos/pkg/machinery/version"
 )
 
 // Hardware is what the lab says this machine has: its network ports and its disks.
@@ -91,6 +98,10 @@ func main() {
 	}
 }
 
+// installTime is how long a machine is away between taking its config and answering with it
+// (the install to disk and the reboot, much shortened).
+const installTime = 3 * time.Second
+
 func run(address, hardwareFile, stateDir string) error {
 	raw, err := os.ReadFile(hardwareFile)
 	if err != nil {
@@ -109,6 +120,23 @@ func run(address, hardwareFile, stateDir string) error {
 		return err
 	}
 
+	configFile := filepath.Join(stateDir, "config.yaml")
+
+	// A machine with a config on its disk boots into it; one without waits in maintenance mode.
+	if _, err = os.Stat(configFile); err != nil {
+		if err = serveMaintenance(resources, address, configFile); err != nil {
+			return err
+		}
+
+		log.Printf("installing the config and rebooting")
+		time.Sleep(installTime)
+	}
+
+	return serveConfigured(ctx, resources, address, configFile)
+}
+
+// serveMaintenance answers as a machine booted from the ISO until a valid config arrives.
+func serveMaintenance(resources state.State, address, configFile string) error {
 	certificate, err := selfSigned()
 	if err != nil {
 		return err
@@ -120,7 +148,7 @@ func run(address, hardwareFile, stateDir string) error {
 	}
 
 	grpcServer := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{certificate}})))
-	node := &maintenance{resources: resources, stateDir: stateDir, stop: grpcServer.Stop}
+	node := &maintenance{resources: resources, configFile: configFile, stop: grpcServer.Stop}
 
 	machine.RegisterMachineServiceServer(grpcServer, node)
 	// Maintenance mode serves the COSI state read-only, and only what is not sensitive
@@ -130,6 +158,95 @@ func run(address, hardwareFile, stateDir string) error {
 	log.Printf("maintenance mode: waiting for a config on %s", listener.Addr())
 
 	return grpcServer.Serve(listener)
+}
+
+// serveConfigured answers as the installed machine: only clients with a certificate from the
+// config's OS CA (apid: internal/app/apid/main.go and the secrets controller's API
+// certificate, internal/app/machined/pkg/controllers/secrets/api.go).
+func serveConfigured(ctx context.Context, resources state.State, address, configFile string) error {
+	raw, err := os.ReadFile(configFile)
+	if err != nil {
+		return err
+	}
+
+	provider, err := configloader.NewFromBytes(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", configFile, err)
+	}
+
+	if err = markRunning(ctx, resources); err != nil {
+		return err
+	}
+
+	tlsConfig, err := apiTLS(provider, address)
+	if err != nil {
+		return err
+	}
+
+	listener, err := net.Listen("tcp", net.JoinHostPort(address, "50000"))
+	if err != nil {
+		return err
+	}
+
+	grpcServer := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)))
+	machine.RegisterMachineServiceServer(grpcServer, &configured{config: provider, configFile: configFile})
+	cosiv1alpha1.RegisterStateServer(grpcServer, server.NewState(resources))
+
+	log.Printf("configured: serving the Talos API on %s", listener.Addr())
+
+	return grpcServer.Serve(listener)
+}
+
+// markRunning moves MachineStatus to stage "running": the machine booted its config.
+func markRunning(ctx context.Context, resources state.State) error {
+	current, err := resources.Get(ctx, runtime.NewMachineStatus().Metadata())
+	if err != nil {
+		return err
+	}
+
+	status, ok := current.(*runtime.MachineStatus)
+	if !ok {
+		return fmt.Errorf("unexpected MachineStatus %T", current)
+	}
+
+	status.TypedSpec().Stage = runtime.MachineStageRunning
+	status.TypedSpec().Status.Ready = true
+
+	return resources.Update(ctx, status)
+}
+
+// apiTLS is the API's server certificate, signed by the config's OS CA for the node's
+// address, and client certificates required from that same CA.
+func apiTLS(provider config.Provider, address string) (*tls.Config, error) {
+	issuing := provider.Machine().Security().IssuingCA()
+	if issuing == nil {
+		return nil, fmt.Errorf("the config has no machine.ca")
+	}
+
+	ca, err := talosx509.NewCertificateAuthorityFromCertificateAndKey(issuing)
+	if err != nil {
+		return nil, fmt.Errorf("machine.ca: %w", err)
+	}
+
+	keyPair, err := talosx509.NewKeyPair(ca,
+		talosx509.IPAddresses([]net.IP{net.ParseIP(address)}),
+		talosx509.CommonName(address),
+		talosx509.ExtKeyUsage([]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}),
+		talosx509.NotAfter(time.Now().Add(24*time.Hour)),
+	)
+	if err != nil {
+		return nil, err
+	}
+
+	clients := x509.NewCertPool()
+	clients.AddCert(ca.Crt)
+
+	return &tls.Config{
+		Certificates: []tls.Certificate{*keyPair.Certificate},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    clients,
+		MinVersion:   tls.VersionTLS13,
+	}, nil
 }
 
 // boot fills the state as a machine booted from the ISO has it: the resource definitions
@@ -219,9 +336,9 @@ func readOnly(_ context.Context, access state.Access) error {
 type maintenance struct {
 	machine.UnimplementedMachineServiceServer
 
-	resources state.State
-	stateDir  string
-	stop      func()
+	resources  state.State
+	configFile string
+	stop       func()
 }
 
 // Version needs the admin role, which only SideroLink peers get in maintenance mode
@@ -255,7 +372,7 @@ func (m *maintenance) ApplyConfiguration(ctx context.Context, in *machine.ApplyC
 		return nil, status.Errorf(codes.InvalidArgument, "runtime configuration validation failed: %s", err)
 	}
 
-	if err = os.WriteFile(filepath.Join(m.stateDir, "config.yaml"), in.GetData(), 0o600); err != nil {
+	if err = os.WriteFile(m.configFile, in.GetData(), 0o600); err != nil {
 		return nil, status.Errorf(codes.Internal, "keeping the config: %s", err)
 	}
 
@@ -272,6 +389,64 @@ func (m *maintenance) ApplyConfiguration(ctx context.Context, in *machine.ApplyC
 			ModeDetails: "Applied configuration with a reboot",
 		}},
 	}, nil
+}
+
+// configured answers the MachineService as an installed node does.
+type configured struct {
+	machine.UnimplementedMachineServiceServer
+
+	config     config.Provider
+	configFile string
+}
+
+// Version reports the Talos release the twin models (pkg/machinery/version).
+func (*configured) Version(context.Context, *emptypb.Empty) (*machine.VersionResponse, error) {
+	return &machine.VersionResponse{Messages: []*machine.Version{{Version: version.NewVersion()}}}, nil
+}
+
+// ApplyConfiguration on a configured node: with --dry-run, Talos's own diff of the running
+// config against the new one ("No changes." when equal), as the summary talosctl prints on
+// stderr (internal/app/machined/internal/server/v1alpha1/v1alpha1_server.go, ApplyConfiguration
+// and generateDiff). Whether a change could apply without a reboot (Talos's CanApplyImmediate)
+// is not modelled: the twin says "with a reboot". Without --dry-run the new config is kept.
+func (c *configured) ApplyConfiguration(_ context.Context, in *machine.ApplyConfigurationRequest) (*machine.ApplyConfigurationResponse, error) {
+	provider, err := configloader.NewFromBytes(in.GetData())
+	if err != nil {
+		return nil, fmt.Errorf("failed to parse config: %w", err)
+	}
+
+	if _, err = provider.Validate(metal{}); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "configuration validation failed: %s", err)
+	}
+
+	modeDetails := "Applied configuration with a reboot"
+
+	if in.DryRun {
+		diff, err := configdiff.DiffToString(c.config, provider)
+		if err != nil {
+			return nil, fmt.Errorf("failed to generate diff: %w", err)
+		}
+
+		if diff == "" {
+			diff = "No changes."
+		}
+
+		return &machine.ApplyConfigurationResponse{Messages: []*machine.ApplyConfiguration{{
+			Mode:        machine.ApplyConfigurationRequest_REBOOT,
+			ModeDetails: fmt.Sprintf("Dry run summary:\n%s (skipped in dry-run).\nConfig diff:\n\n%s", modeDetails, diff),
+		}}}, nil
+	}
+
+	if err = os.WriteFile(c.configFile, in.GetData(), 0o600); err != nil {
+		return nil, status.Errorf(codes.Internal, "keeping the config: %s", err)
+	}
+
+	c.config = provider
+
+	return &machine.ApplyConfigurationResponse{Messages: []*machine.ApplyConfiguration{{
+		Mode:        machine.ApplyConfigurationRequest_REBOOT,
+		ModeDetails: modeDetails,
+	}}}, nil
 }
 
 // selfSigned is the maintenance API's certificate: made at boot, trusted by no one (talosctl
