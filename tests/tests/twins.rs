@@ -123,21 +123,41 @@ async fn stage_01_checks_the_twins_in_maintenance_mode_through_talosctl() -> any
     );
     assert_eq!(check(&checks, "cp01")["status"], "pass", "the other nodes are fine");
 
-    let configured = a_configured_twin_shows_drift_through_talos_own_diff(&lab).await;
-    lab.reset_twin("cp01").await?;
+    let dir = tempfile::tempdir()?;
+    let scratch = generated_configs(dir.path()).await?;
+    let configured = async {
+        a_configured_twin_shows_drift_through_talos_own_diff(&lab, &scratch).await?;
+        three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healthy(&lab, &scratch).await
+    }
+    .await;
+    for node in ["cp01", "cp02", "cp03"] {
+        lab.reset_twin(node).await?;
+    }
     configured
 }
 
-/// Review item 7 on a twin: cp01 gets its generated config (`apply-config --insecure`, as
-/// stage 01 sends it), installs and comes back answering the talosconfig's client
-/// certificate. `plan` then reads Talos's own dry-run diff (on talosctl's stderr): no changes
-/// for the same config; the edited field for an edited cluster.yaml.
-async fn a_configured_twin_shows_drift_through_talos_own_diff(lab: &xtask::lab::Lab) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = xtask::scratch_config(&tests::config_path(), dir.path())?;
+/// Runs `work` on a thread inside the workstation's namespace, with a runtime of its own.
+async fn in_the_box<T, F, Fut>(work: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let namespace = xtask::lab::lan::Lan::new(&tests::config()).admin().namespace.clone();
+    tokio::task::spawn_blocking(move || {
+        let handle = std::fs::File::open(format!("/run/netns/{namespace}"))?;
+        nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(work())
+    })
+    .await?
+}
+
+/// A copy of the config whose secrets, machine configs and talosconfig stage 01 generated
+/// (the lab target, on this machine: it talks to the lab's API on 127.0.0.1 and dials no
+/// config address).
+async fn generated_configs(dir: &Path) -> anyhow::Result<kit::config::ClusterConfig> {
+    let config = xtask::scratch_config(&tests::config_path(), dir)?;
     let kubeconfig = tests::kubeconfig().display().to_string();
-    // Secrets, configs and talosconfig into the scratch state: the lab target, on this
-    // machine (it talks to the lab's API on 127.0.0.1 and dials no config address).
     let source = config.source.clone();
     let (code, out) = tokio::task::spawn_blocking(move || {
         let argv: Vec<OsString> = ["talos-bootstrap", "apply", "--lab", "--kubeconfig", &kubeconfig, "--mirror"]
@@ -149,28 +169,117 @@ async fn a_configured_twin_shows_drift_through_talos_own_diff(lab: &xtask::lab::
         (kit::stage::execute(&TalosBootstrap, argv, &mut out), String::from_utf8_lossy(&out).into_owned())
     })
     .await?;
-    assert_eq!(code, ExitCode::SUCCESS, "{out}");
-    let cp01 = config.nodes[0].clone();
-    let talosctl = kit::talos::Talosctl {
-        tool: talos_bootstrap::talosctl(&config).await?,
-        talosconfig: kit::tool::talosconfig_path(&config),
-    };
-    let file = talos_bootstrap::StatePaths::new(&config).machine_configs.join("cp01.yaml");
-    let namespace = xtask::lab::lan::Lan::new(&config).admin().namespace.clone();
-    let node = cp01.clone();
-    tokio::task::spawn_blocking(move || {
-        let handle = std::fs::File::open(format!("/run/netns/{namespace}"))?;
-        nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
-        tokio::runtime::Runtime::new()?.block_on(async {
-            talos_bootstrap::nodes::apply_config_insecure(&talosctl, &node, &file).await?;
-            talos_bootstrap::nodes::wait_configured(&talosctl, &node, std::time::Duration::from_secs(60)).await
-        })
+    anyhow::ensure!(code == ExitCode::SUCCESS, "{out}");
+    Ok(config)
+}
+
+/// The edge stage 01 uses, with the scratch config's talosconfig.
+async fn talosctl(config: &kit::config::ClusterConfig) -> anyhow::Result<kit::talos::Talosctl> {
+    Ok(kit::talos::Talosctl {
+        tool: talos_bootstrap::talosctl(config).await?,
+        talosconfig: kit::tool::talosconfig_path(config),
     })
-    .await??;
+}
+
+/// Sends each named node its generated config in maintenance mode and waits until it answers
+/// with it, as stage 01 does.
+async fn install(config: &kit::config::ClusterConfig, names: &[&str]) -> anyhow::Result<()> {
+    let edge = talosctl(config).await?;
+    let machine_configs = talos_bootstrap::StatePaths::new(config).machine_configs;
+    let nodes: Vec<kit::config::Node> =
+        config.nodes.iter().filter(|node| names.contains(&node.name.as_str())).cloned().collect();
+    in_the_box(move || async move {
+        for node in &nodes {
+            let file = machine_configs.join(format!("{}.yaml", node.name));
+            talos_bootstrap::nodes::apply_config_insecure(&edge, node, &file).await?;
+        }
+        for node in &nodes {
+            talos_bootstrap::nodes::wait_configured(&edge, node, std::time::Duration::from_secs(60)).await?;
+        }
+        anyhow::Ok(())
+    })
+    .await
+}
+
+/// Review items 3 and 6 and the HA review's member-down case, on three control-plane twins
+/// running real etcd members from their configs: bootstrap is refused with FailedPrecondition
+/// at first (stage 01 asks again), runs once, and is AlreadyExists after; the other two join;
+/// all three are healthy by their own `etcd status`. With cp02 off, `etcd members` still lists
+/// it but it is not healthy; back on, it is again.
+async fn three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healthy(
+    lab: &xtask::lab::Lab,
+    config: &kit::config::ClusterConfig,
+) -> anyhow::Result<()> {
+    install(config, &["cp02", "cp03"]).await?;
+    let edge = talosctl(config).await?;
+    let cluster = config.clone();
+    let (answer, again) = in_the_box(move || async move {
+        let cp01 = &cluster.nodes[0];
+        let answer =
+            talos_bootstrap::nodes::bootstrap_with_retry(&edge, cp01, std::time::Duration::from_secs(60)).await?;
+        let again = kit::talos::bootstrap(&edge, cp01).await;
+        anyhow::Ok((answer, again))
+    })
+    .await?;
+    anyhow::ensure!(answer == kit::talos::BootstrapAnswer::Bootstrapped, "{answer:?}");
+    anyhow::ensure!(again == kit::talos::BootstrapAnswer::AlreadyBootstrapped, "a second bootstrap: {again:?}");
+
+    let healthy = |wanted: usize| {
+        let cluster = config.clone();
+        async move {
+            let edge = talosctl(&cluster).await?;
+            in_the_box(move || async move {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+                loop {
+                    let health = kit::talos::etcd_health(&edge, &cluster).await;
+                    let names = kit::talos::healthy_members(&health);
+                    if names.len() == wanted || tokio::time::Instant::now() >= deadline {
+                        let members = kit::talos::etcd_members(&edge, &cluster.nodes[0]).await?;
+                        return anyhow::Ok((names, members, kit::talos::describe_health(&health)));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            })
+            .await
+        }
+    };
+    let (names, members, described) = healthy(3).await?;
+    anyhow::ensure!(names == ["cp01", "cp02", "cp03"], "all three healthy: {described}");
+    anyhow::ensure!(members.len() == 3, "{members:?}");
+
+    lab.stop_twin("cp02")?;
+    let (names, members, described) = healthy(2).await?;
+    anyhow::ensure!(names == ["cp01", "cp03"], "cp02 is off: {described}");
+    anyhow::ensure!(members.iter().any(|member| member == "cp02"), "but still a member: {members:?}");
+    anyhow::ensure!(described.contains("cp02 does not answer"), "{described}");
+
+    lab.restart_twin("cp02").await?;
+    let (names, _, described) = healthy(3).await?;
+    anyhow::ensure!(names == ["cp01", "cp02", "cp03"], "cp02 rejoined: {described}");
+    Ok(())
+}
+
+/// Review item 7 on a twin: cp01 gets its generated config (`apply-config --insecure`, as
+/// stage 01 sends it), installs and comes back answering the talosconfig's client
+/// certificate. `plan` then reads Talos's own dry-run diff (on talosctl's stderr): no changes
+/// for the same config; the edited field for an edited cluster.yaml.
+async fn a_configured_twin_shows_drift_through_talos_own_diff(
+    lab: &xtask::lab::Lab,
+    config: &kit::config::ClusterConfig,
+) -> anyhow::Result<()> {
+    install(config, &["cp01"]).await?;
     anyhow::ensure!(
         xtask::lab::twin::twin_dir(&lab.dir, "cp01").join("config.yaml").exists(),
         "cp01 keeps its config, as on disk"
     );
+    // The cluster.yaml is edited below: a copy, so the other steps keep the original.
+    let dir = tempfile::tempdir()?;
+    let edited = dir.path().join("cluster.yaml");
+    std::fs::copy(&config.source, &edited)?;
+    std::fs::create_dir_all(dir.path().join("state"))?;
+    for file in ["secrets.yaml", "talosconfig"] {
+        std::fs::copy(config.state_dir().join(file), dir.path().join("state").join(file))?;
+    }
 
     let plan = |config: &Path| {
         let config = config.to_owned();
@@ -180,7 +289,7 @@ async fn a_configured_twin_shows_drift_through_talos_own_diff(lab: &xtask::lab::
         let object = format!("TalosNode {node}");
         changes.iter().find(|change| change["object"] == object.as_str()).cloned().unwrap_or_default()
     };
-    let (code, changes) = plan(&config.source).await?;
+    let (code, changes) = plan(&edited).await?;
     anyhow::ensure!(code == ExitCode::SUCCESS, "{changes:?}");
     anyhow::ensure!(node_change(&changes, "cp01")["action"] == "unchanged", "the same config: {changes:?}");
     anyhow::ensure!(node_change(&changes, "cp02")["action"] == "created", "cp02 waits in maintenance mode");

@@ -342,22 +342,35 @@ impl Lab {
     fn twins(&self) -> Vec<Process> {
         let lan = self.lan();
         let twin = self.binaries.path(build::TWIN);
+        let etcd = self.binaries.path("etcd");
+        let control_planes: Vec<_> = self.config.control_planes().map(|node| node.ip).collect();
+        let peers = twin::Peers { etcd: &etcd, control_planes: &control_planes };
         self.config
             .nodes
             .iter()
-            .filter_map(|node| lan.member(&node.name).map(|member| twin::process(&self.dir, &twin, member, node.ip)))
+            .filter_map(|node| {
+                lan.member(&node.name).map(|member| twin::process(&self.dir, &twin, member, node.ip, &peers))
+            })
             .collect()
+    }
+
+    fn twin(&self, node: &str) -> anyhow::Result<Process> {
+        self.twins()
+            .into_iter()
+            .find(|process| process.name == format!("twin-{node}"))
+            .with_context(|| format!("no twin for node {node}"))
+    }
+
+    /// Shuts one node's twin down (its etcd member with it): the machine is off.
+    pub fn stop_twin(&self, node: &str) -> anyhow::Result<()> {
+        self.twin(node)?.stop(Duration::from_secs(15)).map(drop)
     }
 
     /// Restarts one node's twin (after its hardware file was edited, say): the machine
     /// reboots, into its config if it has one, else into maintenance mode.
     pub async fn restart_twin(&self, node: &str) -> anyhow::Result<()> {
-        let process = self
-            .twins()
-            .into_iter()
-            .find(|process| process.name == format!("twin-{node}"))
-            .with_context(|| format!("no twin for node {node}"))?;
-        process.stop(Duration::from_secs(10))?;
+        let process = self.twin(node)?;
+        process.stop(Duration::from_secs(15))?;
         self.start(&process)?;
         wait_until(&process, Duration::from_secs(30), "answer on port 50000", || async {
             let last = process.log_tail(1);
@@ -369,9 +382,17 @@ impl Lab {
     /// Wipes one node's twin back to a machine booted from the ISO: its config is gone, it
     /// waits in maintenance mode (what re-imaging a real machine does).
     pub async fn reset_twin(&self, node: &str) -> anyhow::Result<()> {
-        let config = twin::twin_dir(&self.dir, node).join("config.yaml");
-        if config.exists() {
-            std::fs::remove_file(&config).with_context(|| format!("removing {}", config.display()))?;
+        self.stop_twin(node)?;
+        let dir = twin::twin_dir(&self.dir, node);
+        for wiped in ["config.yaml", "etcd"] {
+            let path = dir.join(wiped);
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            match removed {
+                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(error).with_context(|| format!("wiping {}", path.display()));
+                }
+                _ => {}
+            }
         }
         self.restart_twin(node).await
     }

@@ -92,10 +92,18 @@ pub fn ensure_hardware(lab_dir: &Path, node: &str, index: usize) -> anyhow::Resu
     Ok(file)
 }
 
+/// What a twin runs besides itself: the etcd binary a control plane starts from its config,
+/// and the control planes' addresses (a stand-in for Talos's discovery of its peers).
+pub struct Peers<'a> {
+    pub etcd: &'a Path,
+    pub control_planes: &'a [Ipv4Addr],
+}
+
 /// The twin of one node: started inside the node's namespace with `ip netns exec`, which
 /// enters the namespace and then execs the twin, so the PID the lab records is the twin's.
-pub fn process(lab_dir: &Path, twin: &Path, member: &Member, address: Ipv4Addr) -> Process {
+pub fn process(lab_dir: &Path, twin: &Path, member: &Member, address: Ipv4Addr, peers: &Peers<'_>) -> Process {
     let dir = twin_dir(lab_dir, &member.name);
+    let control_planes: Vec<String> = peers.control_planes.iter().map(Ipv4Addr::to_string).collect();
     Process {
         name: format!("twin-{}", member.name),
         binary: which::which("ip").unwrap_or_else(|_| PathBuf::from("/usr/sbin/ip")),
@@ -107,6 +115,8 @@ pub fn process(lab_dir: &Path, twin: &Path, member: &Member, address: Ipv4Addr) 
             format!("--address={address}"),
             format!("--hardware={}", dir.join("hardware.json").display()),
             format!("--state={}", dir.display()),
+            format!("--etcd={}", peers.etcd.display()),
+            format!("--control-planes={}", control_planes.join(",")),
         ],
         run_dir: lab_dir.join("run"),
         log_dir: lab_dir.join("logs"),

@@ -27,7 +27,10 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
 	cosiv1alpha1 "github.com/cosi-project/runtime/api/v1alpha1"
@@ -44,7 +47,9 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	talosx509 "github.com/siderolabs/crypto/x509"
+	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configdiff"
@@ -91,9 +96,12 @@ func main() {
 	address := flag.String("address", "", "the node's address (it listens on <address>:50000)")
 	hardwareFile := flag.String("hardware", "", "a JSON file describing the node's links and disks")
 	stateDir := flag.String("state", "", "where the node keeps what it is sent (its config)")
+	etcdBinary := flag.String("etcd", "etcd", "the etcd binary a control plane runs")
+	controlPlanes := flag.String("control-planes", "", "the control planes' addresses, comma-separated (a stand-in for Talos's discovery)")
 	flag.Parse()
 
-	if err := run(*address, *hardwareFile, *stateDir); err != nil {
+	node := nodeFlags{address: *address, stateDir: *stateDir, etcd: *etcdBinary, controlPlanes: strings.Split(*controlPlanes, ",")}
+	if err := run(node, *hardwareFile); err != nil {
 		log.Fatalf("talos-twin: %v", err)
 	}
 }
@@ -102,7 +110,15 @@ func main() {
 // (the install to disk and the reboot, much shortened).
 const installTime = 3 * time.Second
 
-func run(address, hardwareFile, stateDir string) error {
+// nodeFlags is what the lab tells a twin besides its hardware.
+type nodeFlags struct {
+	address       string
+	stateDir      string
+	etcd          string
+	controlPlanes []string
+}
+
+func run(node nodeFlags, hardwareFile string) error {
 	raw, err := os.ReadFile(hardwareFile)
 	if err != nil {
 		return err
@@ -120,11 +136,11 @@ func run(address, hardwareFile, stateDir string) error {
 		return err
 	}
 
-	configFile := filepath.Join(stateDir, "config.yaml")
+	configFile := filepath.Join(node.stateDir, "config.yaml")
 
 	// A machine with a config on its disk boots into it; one without waits in maintenance mode.
 	if _, err = os.Stat(configFile); err != nil {
-		if err = serveMaintenance(resources, address, configFile); err != nil {
+		if err = serveMaintenance(resources, node.address, configFile); err != nil {
 			return err
 		}
 
@@ -132,7 +148,7 @@ func run(address, hardwareFile, stateDir string) error {
 		time.Sleep(installTime)
 	}
 
-	return serveConfigured(ctx, resources, address, configFile)
+	return serveConfigured(ctx, resources, node, configFile)
 }
 
 // serveMaintenance answers as a machine booted from the ISO until a valid config arrives.
@@ -163,7 +179,9 @@ func serveMaintenance(resources state.State, address, configFile string) error {
 // serveConfigured answers as the installed machine: only clients with a certificate from the
 // config's OS CA (apid: internal/app/apid/main.go and the secrets controller's API
 // certificate, internal/app/machined/pkg/controllers/secrets/api.go).
-func serveConfigured(ctx context.Context, resources state.State, address, configFile string) error {
+func serveConfigured(ctx context.Context, resources state.State, node nodeFlags, configFile string) error {
+	address := node.address
+
 	raw, err := os.ReadFile(configFile)
 	if err != nil {
 		return err
@@ -188,8 +206,28 @@ func serveConfigured(ctx context.Context, resources state.State, address, config
 		return err
 	}
 
+	served := &configured{config: provider, configFile: configFile, address: address, bootedAt: time.Now()}
+
+	if provider.Machine().Type().IsControlPlane() {
+		if served.etcd, err = newEtcdMember(provider, node.etcd, address, node.stateDir, node.controlPlanes); err != nil {
+			return err
+		}
+
+		served.etcd.run(ctx)
+
+		// A machine that shuts down takes its etcd member down with it.
+		stopping := make(chan os.Signal, 1)
+		signal.Notify(stopping, syscall.SIGTERM, syscall.SIGINT)
+
+		go func() {
+			<-stopping
+			served.etcd.stop()
+			os.Exit(0)
+		}()
+	}
+
 	grpcServer := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)))
-	machine.RegisterMachineServiceServer(grpcServer, &configured{config: provider, configFile: configFile})
+	machine.RegisterMachineServiceServer(grpcServer, served)
 	cosiv1alpha1.RegisterStateServer(grpcServer, server.NewState(resources))
 
 	log.Printf("configured: serving the Talos API on %s", listener.Addr())
@@ -397,6 +435,122 @@ type configured struct {
 
 	config     config.Provider
 	configFile string
+	address    string
+	bootedAt   time.Time
+	// The node's etcd member: control planes only.
+	etcd *etcdMember
+}
+
+// bootstrapReadyAfter models how long after boot Talos refuses Bootstrap because the
+// container runtime is not up yet (v1alpha1_runtime.go, IsBootstrapAllowed).
+const bootstrapReadyAfter = 5 * time.Second
+
+// metadata is what apid adds to every answer it proxies: the node it came from
+// (talosctl prints it as the NODE column).
+func (c *configured) metadata() *common.Metadata {
+	return &common.Metadata{Hostname: c.address}
+}
+
+// checkControlplane refuses etcd calls on workers
+// (internal/app/machined/internal/server/v1alpha1/v1alpha1_server.go, checkControlplane).
+func (c *configured) checkControlplane(api string) error {
+	if c.etcd == nil {
+		return status.Errorf(codes.Unimplemented, "%s is only available on control plane nodes", api)
+	}
+
+	return nil
+}
+
+// Bootstrap starts a new etcd cluster on this node, once in the cluster's life
+// (v1alpha1_server.go, Bootstrap): FailedPrecondition while the node is not ready for it or
+// is a worker, AlreadyExists once the etcd data directory holds data.
+func (c *configured) Bootstrap(context.Context, *machine.BootstrapRequest) (*machine.BootstrapResponse, error) {
+	if time.Since(c.bootedAt) < bootstrapReadyAfter {
+		return nil, status.Error(codes.FailedPrecondition, "bootstrap is not available yet")
+	}
+
+	if c.etcd == nil {
+		return nil, status.Error(codes.FailedPrecondition, "bootstrap can only be performed on a control plane node")
+	}
+
+	if c.etcd.hasData() {
+		return nil, status.Error(codes.AlreadyExists, "etcd data directory is not empty")
+	}
+
+	if err := c.etcd.bootstrap(); err != nil {
+		return nil, status.Errorf(codes.Internal, "starting etcd: %s", err)
+	}
+
+	return &machine.BootstrapResponse{Messages: []*machine.Bootstrap{{Metadata: c.metadata()}}}, nil
+}
+
+// EtcdMemberList asks the local member (talosctl etcd members sends QueryLocal), and needs a
+// leader (v1alpha1_server.go, EtcdMemberList).
+func (c *configured) EtcdMemberList(ctx context.Context, _ *machine.EtcdMemberListRequest) (*machine.EtcdMemberListResponse, error) {
+	if err := c.checkControlplane("member list"); err != nil {
+		return nil, err
+	}
+
+	client, err := c.etcd.localClient()
+	if err != nil {
+		return nil, err
+	}
+	defer client.Close() //nolint:errcheck
+
+	callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+
+	resp, err := client.MemberList(clientv3.WithRequireLeader(callCtx))
+	if err != nil {
+		return nil, err
+	}
+
+	members := make([]*machine.EtcdMember, 0, len(resp.Members))
+	for _, member := range resp.Members {
+		members = append(members, &machine.EtcdMember{
+			Id: member.ID, Hostname: member.Name, PeerUrls: member.PeerURLs, ClientUrls: member.ClientURLs, IsLearner: member.IsLearner,
+		})
+	}
+
+	return &machine.EtcdMemberListResponse{Messages: []*machine.EtcdMembers{{Metadata: c.metadata(), Members: members}}}, nil
+}
+
+// EtcdStatus is the local member's own status (v1alpha1_server.go, EtcdStatus).
+func (c *configured) EtcdStatus(ctx context.Context, _ *emptypb.Empty) (*machine.EtcdStatusResponse, error) {
+	if err := c.checkControlplane("etcd status"); err != nil {
+		return nil, err
+	}
+
+	client, err := c.etcd.localClient()
+	if err != nil {
+		return nil, fmt.Errorf("failed to create etcd client: %w", err)
+	}
+	defer client.Close() //nolint:errcheck
+
+	callCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+
+	resp, err := client.Status(callCtx, c.etcd.clientURL("127.0.0.1"))
+	if err != nil {
+		return nil, fmt.Errorf("failed to query etcd status: %w", err)
+	}
+
+	return &machine.EtcdStatusResponse{Messages: []*machine.EtcdStatus{{
+		Metadata: c.metadata(),
+		MemberStatus: &machine.EtcdMemberStatus{
+			MemberId:         resp.Header.MemberId,
+			ProtocolVersion:  resp.Version,
+			StorageVersion:   resp.StorageVersion,
+			DbSize:           resp.DbSize,
+			DbSizeInUse:      resp.DbSizeInUse,
+			Leader:           resp.Leader,
+			RaftIndex:        resp.RaftIndex,
+			RaftTerm:         resp.RaftTerm,
+			RaftAppliedIndex: resp.RaftAppliedIndex,
+			Errors:           resp.Errors,
+			IsLearner:        resp.IsLearner,
+		},
+	}}}, nil
 }
 
 // Version reports the Talos release the twin models (pkg/machinery/version).
