@@ -25,8 +25,7 @@ fn stage_from_the_workstation(
     argv.extend(["--config".into(), config.into(), "--mirror".into(), tests::upstream_mirror().into()]);
     argv.extend(extra.iter().map(OsString::from));
     std::thread::spawn(move || {
-        let handle = std::fs::File::open(format!("/run/netns/{namespace}"))?;
-        nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        xtask::lab::lan::enter(&namespace)?;
         let mut out = Vec::new();
         let code = kit::stage::execute(&TalosBootstrap, argv, &mut out);
         let lines = String::from_utf8_lossy(&out).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
@@ -145,8 +144,7 @@ where
 {
     let namespace = xtask::lab::lan::Lan::new(&tests::config()).admin().namespace.clone();
     tokio::task::spawn_blocking(move || {
-        let handle = std::fs::File::open(format!("/run/netns/{namespace}"))?;
-        nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        xtask::lab::lan::enter(&namespace)?;
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(work())
     })
     .await?

@@ -25,10 +25,9 @@ fn in_namespace<T: Send + 'static>(
     namespace: &str,
     work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> std::thread::JoinHandle<anyhow::Result<T>> {
-    let path = format!("/run/netns/{namespace}");
+    let namespace = namespace.to_owned();
     std::thread::spawn(move || {
-        let handle = std::fs::File::open(&path)?;
-        nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        xtask::lab::lan::enter(&namespace)?;
         work()
     })
 }

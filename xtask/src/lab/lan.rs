@@ -224,6 +224,15 @@ fn ensure_root() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Moves the calling thread into `namespace`'s network stack (setns affects this thread, the
+/// threads it starts afterwards and the processes they start): how a test or a tool becomes
+/// the workstation of the box without leaving its own process.
+pub fn enter(namespace: &str) -> anyhow::Result<()> {
+    let handle = std::fs::File::open(format!("/run/netns/{namespace}"))
+        .with_context(|| format!("the box has no namespace {namespace}: is the lab up (as root)?"))?;
+    nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {namespace}"))
+}
+
 /// Runs `command` inside `namespace` (`ip netns exec`), with `env` set: what `lab shell` does.
 pub fn exec_in(namespace: &str, command: &[String], env: &[(&str, &Path)]) -> anyhow::Result<std::process::ExitStatus> {
     ensure_root()?;

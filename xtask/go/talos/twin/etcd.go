@@ -115,9 +115,13 @@ func (e *etcdMember) hasData() bool {
 	return len(entries) > 0
 }
 
-func (e *etcdMember) peerURL(ip string) string { return "https://" + net.JoinHostPort(ip, etcdPeerPort) }
+func (e *etcdMember) peerURL(ip string) string {
+	return "https://" + net.JoinHostPort(ip, etcdPeerPort)
+}
 
-func (e *etcdMember) clientURL(ip string) string { return "https://" + net.JoinHostPort(ip, etcdClientPort) }
+func (e *etcdMember) clientURL(ip string) string {
+	return "https://" + net.JoinHostPort(ip, etcdClientPort)
+}
 
 // start runs the etcd binary with the given initial cluster; with data on disk, etcd ignores
 // the initial flags and rejoins as the member it was.

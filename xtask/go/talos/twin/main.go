@@ -242,15 +242,15 @@ func markRunning(ctx context.Context, resources state.State) error {
 		return err
 	}
 
-	status, ok := current.(*runtime.MachineStatus)
+	machineStatus, ok := current.(*runtime.MachineStatus)
 	if !ok {
 		return fmt.Errorf("unexpected MachineStatus %T", current)
 	}
 
-	status.TypedSpec().Stage = runtime.MachineStageRunning
-	status.TypedSpec().Status.Ready = true
+	machineStatus.TypedSpec().Stage = runtime.MachineStageRunning
+	machineStatus.TypedSpec().Status.Ready = true
 
-	return resources.Update(ctx, status)
+	return resources.Update(ctx, machineStatus)
 }
 
 // apiTLS is the API's server certificate, signed by the config's OS CA for the node's
@@ -290,11 +290,11 @@ func apiTLS(provider config.Provider, address string) (*tls.Config, error) {
 // boot fills the state as a machine booted from the ISO has it: the resource definitions
 // talosctl resolves kinds with, MachineStatus in stage "maintenance", its links and disks.
 func boot(ctx context.Context, st state.State, hardware Hardware) error {
-	status := runtime.NewMachineStatus()
-	status.TypedSpec().Stage = runtime.MachineStageMaintenance
-	status.TypedSpec().Status.Ready = false
+	machineStatus := runtime.NewMachineStatus()
+	machineStatus.TypedSpec().Stage = runtime.MachineStageMaintenance
+	machineStatus.TypedSpec().Status.Ready = false
 
-	created := []resource.Resource{status}
+	created := []resource.Resource{machineStatus}
 
 	for index, link := range hardware.Links {
 		mac, err := net.ParseMAC(link.MAC)
