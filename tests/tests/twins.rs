@@ -203,7 +203,8 @@ async fn install(config: &kit::config::ClusterConfig, names: &[&str]) -> anyhow:
 /// running real etcd members from their configs: bootstrap is refused with FailedPrecondition
 /// at first (stage 01 asks again), runs once, and is AlreadyExists after; the other two join;
 /// all three are healthy by their own `etcd status`. With cp02 off, `etcd members` still lists
-/// it but it is not healthy; back on, it is again.
+/// it but it is not healthy; back on, it is again. A rebooted cp03 is the same, through
+/// `talosctl reboot`.
 async fn three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healthy(
     lab: &xtask::lab::Lab,
     config: &kit::config::ClusterConfig,
@@ -254,6 +255,20 @@ async fn three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healt
     lab.restart_twin("cp02").await?;
     let (names, _, described) = healthy(3).await?;
     anyhow::ensure!(names == ["cp01", "cp02", "cp03"], "cp02 rejoined: {described}");
+
+    // `talosctl reboot --wait=false`, as verify-ha's drill sends it: cp03 goes away with its
+    // member, which stays listed, and comes back into its config and its etcd data.
+    let edge = talosctl(config).await?;
+    let cp03 = config.nodes[2].clone();
+    in_the_box(move || async move {
+        kit::talos::TalosApi::ask(&edge, &cp03, &["reboot", "--wait=false"], std::time::Duration::from_secs(30)).await
+    })
+    .await?;
+    let (names, members, described) = healthy(2).await?;
+    anyhow::ensure!(names == ["cp01", "cp02"], "cp03 is rebooting: {described}");
+    anyhow::ensure!(members.iter().any(|member| member == "cp03"), "still a member while it reboots: {members:?}");
+    let (names, _, described) = healthy(3).await?;
+    anyhow::ensure!(names == ["cp01", "cp02", "cp03"], "cp03 is back: {described}");
     Ok(())
 }
 

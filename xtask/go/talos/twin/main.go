@@ -30,6 +30,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -101,6 +102,8 @@ func main() {
 	flag.Parse()
 
 	node := nodeFlags{address: *address, stateDir: *stateDir, etcd: *etcdBinary, controlPlanes: strings.Split(*controlPlanes, ",")}
+	stopOnSignal()
+
 	if err := run(node, *hardwareFile); err != nil {
 		log.Fatalf("talos-twin: %v", err)
 	}
@@ -148,7 +151,38 @@ func run(node nodeFlags, hardwareFile string) error {
 		time.Sleep(installTime)
 	}
 
-	return serveConfigured(ctx, resources, node, configFile)
+	for {
+		rebooted, err := serveConfigured(ctx, resources, node, configFile)
+		if err != nil || !rebooted {
+			return err
+		}
+
+		log.Printf("rebooting")
+		time.Sleep(rebootTime)
+	}
+}
+
+// rebootTime is how long a rebooting machine is away (much shortened).
+const rebootTime = 3 * time.Second
+
+// runningEtcd is the member the machine runs now, if any: a shutdown takes it down first.
+var runningEtcd atomic.Pointer[etcdMember]
+
+// stopOnSignal: a machine that shuts down (SIGTERM from the lab) takes its etcd member down
+// with it.
+func stopOnSignal() {
+	stopping := make(chan os.Signal, 1)
+	signal.Notify(stopping, syscall.SIGTERM, syscall.SIGINT)
+
+	go func() {
+		<-stopping
+
+		if member := runningEtcd.Load(); member != nil {
+			member.stop()
+		}
+
+		os.Exit(0)
+	}()
 }
 
 // serveMaintenance answers as a machine booted from the ISO until a valid config arrives.
@@ -179,60 +213,57 @@ func serveMaintenance(resources state.State, address, configFile string) error {
 // serveConfigured answers as the installed machine: only clients with a certificate from the
 // config's OS CA (apid: internal/app/apid/main.go and the secrets controller's API
 // certificate, internal/app/machined/pkg/controllers/secrets/api.go).
-func serveConfigured(ctx context.Context, resources state.State, node nodeFlags, configFile string) error {
+// It returns true when the machine was asked to reboot (Reboot), after it went down.
+func serveConfigured(ctx context.Context, resources state.State, node nodeFlags, configFile string) (bool, error) {
 	address := node.address
 
 	raw, err := os.ReadFile(configFile)
 	if err != nil {
-		return err
+		return false, err
 	}
 
 	provider, err := configloader.NewFromBytes(raw)
 	if err != nil {
-		return fmt.Errorf("%s: %w", configFile, err)
+		return false, fmt.Errorf("%s: %w", configFile, err)
 	}
 
 	if err = markRunning(ctx, resources); err != nil {
-		return err
+		return false, err
 	}
 
 	tlsConfig, err := apiTLS(provider, address)
 	if err != nil {
-		return err
+		return false, err
 	}
 
 	listener, err := net.Listen("tcp", net.JoinHostPort(address, "50000"))
 	if err != nil {
-		return err
+		return false, err
 	}
 
 	served := &configured{config: provider, configFile: configFile, address: address, bootedAt: time.Now()}
 
 	if provider.Machine().Type().IsControlPlane() {
 		if served.etcd, err = newEtcdMember(provider, node.etcd, address, node.stateDir, node.controlPlanes); err != nil {
-			return err
+			return false, err
 		}
 
+		runningEtcd.Store(served.etcd)
 		served.etcd.run(ctx)
-
-		// A machine that shuts down takes its etcd member down with it.
-		stopping := make(chan os.Signal, 1)
-		signal.Notify(stopping, syscall.SIGTERM, syscall.SIGINT)
-
-		go func() {
-			<-stopping
-			served.etcd.stop()
-			os.Exit(0)
-		}()
 	}
 
 	grpcServer := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)))
+	served.shutDown = grpcServer.Stop
 	machine.RegisterMachineServiceServer(grpcServer, served)
 	cosiv1alpha1.RegisterStateServer(grpcServer, server.NewState(resources))
 
 	log.Printf("configured: serving the Talos API on %s", listener.Addr())
 
-	return grpcServer.Serve(listener)
+	if err = grpcServer.Serve(listener); err != nil {
+		return false, err
+	}
+
+	return served.rebooting.Load(), nil
 }
 
 // markRunning moves MachineStatus to stage "running": the machine booted its config.
@@ -439,6 +470,27 @@ type configured struct {
 	bootedAt   time.Time
 	// The node's etcd member: control planes only.
 	etcd *etcdMember
+	// Stops the API (the machine goes down); rebooting says it comes back.
+	shutDown  func()
+	rebooting atomic.Bool
+}
+
+// Reboot answers, then takes the machine down (its etcd member and API with it) and brings it
+// back booted into its config: what `talosctl reboot --wait=false` sees of a real node
+// (Talos's Reboot does not leave etcd: v1alpha1_sequencer.go, Reboot).
+func (c *configured) Reboot(context.Context, *machine.RebootRequest) (*machine.RebootResponse, error) {
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+
+		if c.etcd != nil {
+			c.etcd.stop()
+		}
+
+		c.rebooting.Store(true)
+		c.shutDown()
+	}()
+
+	return &machine.RebootResponse{Messages: []*machine.Reboot{{Metadata: c.metadata()}}}, nil
 }
 
 // bootstrapReadyAfter models how long after boot Talos refuses Bootstrap because the
