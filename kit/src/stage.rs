@@ -91,6 +91,15 @@ impl Context {
         }
     }
 
+    /// One pinned upstream manifest as it was published (from the cache, the mirror, or its
+    /// official URL, checked against the lock).
+    pub fn upstream_text(&self, component: crate::artifacts::Component, file: &str) -> anyhow::Result<String> {
+        let artifact = crate::artifacts::Artifact::find(component, file)?;
+        // The fetch may download (blocking I/O): keep it off the async worker's back.
+        let bytes = tokio::task::block_in_place(|| self.artifacts().fetch(&artifact))?;
+        String::from_utf8(bytes).with_context(|| format!("{file} is not UTF-8"))
+    }
+
     /// One pinned upstream manifest as objects, lab-transformed on the lab target (never on
     /// the talos target); the notes say what the transform left out.
     pub fn upstream(
@@ -98,11 +107,8 @@ impl Context {
         component: crate::artifacts::Component,
         file: &str,
     ) -> anyhow::Result<(Vec<kube::api::DynamicObject>, crate::apply::LabNotes)> {
-        let artifact = crate::artifacts::Artifact::find(component, file)?;
-        // The fetch may download (blocking I/O): keep it off the async worker's back.
-        let bytes = tokio::task::block_in_place(|| self.artifacts().fetch(&artifact))?;
-        let text = std::str::from_utf8(&bytes).with_context(|| format!("{file} is not UTF-8"))?;
-        let mut objects = crate::apply::parse_manifest(file, text)?;
+        let text = self.upstream_text(component, file)?;
+        let mut objects = crate::apply::parse_manifest(file, &text)?;
         let notes = match self.target {
             Target::Lab => crate::apply::lab_transform(&mut objects),
             Target::Talos => Vec::new(),

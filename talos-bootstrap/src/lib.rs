@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use kit::apply::Engine;
-use kit::artifacts::{Artifact, Component};
+use kit::artifacts::Component;
 use kit::check::{Check, common};
 use kit::config::ClusterConfig;
 use kit::stage::{Action, Change, Context, Stage, Target};
@@ -448,9 +448,7 @@ pub fn inline_manifests(ctx: &Context) -> anyhow::Result<Vec<InlineManifest>> {
     if !ctx.config.kubelet_serving_certificates() {
         return Ok(Vec::new());
     }
-    let artifact = Artifact::find(Component::KubeletServingCertApprover, APPROVER_MANIFEST)?;
-    let bytes = tokio::task::block_in_place(|| ctx.artifacts().fetch(&artifact))?;
-    let contents = String::from_utf8(bytes).context("the approver manifest is not UTF-8")?;
+    let contents = ctx.upstream_text(Component::KubeletServingCertApprover, APPROVER_MANIFEST)?;
     Ok(vec![InlineManifest { name: Component::KubeletServingCertApprover.dir().to_owned(), contents }])
 }
 
