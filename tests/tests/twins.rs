@@ -246,6 +246,20 @@ async fn three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healt
     anyhow::ensure!(names == ["cp01", "cp02", "cp03"], "all three healthy: {described}");
     anyhow::ensure!(members.len() == 3, "{members:?}");
 
+    // The admin kubeconfig stage 01 fetches right after bootstrap: made by Talos's generator
+    // from the config's Kubernetes CA, aimed at the VIP.
+    let edge = talosctl(config).await?;
+    let (cp01, dir) = (config.nodes[0].clone(), tempfile::tempdir()?);
+    let file = dir.path().join("kubeconfig");
+    let fetched = file.clone();
+    in_the_box(move || async move { talos_bootstrap::nodes::kubeconfig(&edge, &cp01, &fetched).await }).await?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(&file)?;
+    let server = kubeconfig.clusters.first().and_then(|named| named.cluster.as_ref()?.server.clone());
+    anyhow::ensure!(server.as_deref() == Some(config.api_endpoint().as_str()), "{server:?}");
+    let client_cert =
+        kubeconfig.auth_infos.first().and_then(|named| named.auth_info.as_ref()?.client_certificate_data.clone());
+    anyhow::ensure!(client_cert.is_some(), "an admin client certificate");
+
     lab.stop_twin("cp02")?;
     let (names, members, described) = healthy(2).await?;
     anyhow::ensure!(names == ["cp01", "cp03"], "cp02 is off: {described}");

@@ -13,6 +13,9 @@
 package main
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -23,6 +26,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"math/big"
 	"net"
@@ -50,6 +54,7 @@ import (
 	talosx509 "github.com/siderolabs/crypto/x509"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/siderolabs/talos/pkg/kubeconfig"
 	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/config"
@@ -534,6 +539,44 @@ func (c *configured) Bootstrap(context.Context, *machine.BootstrapRequest) (*mac
 	}
 
 	return &machine.BootstrapResponse{Messages: []*machine.Bootstrap{{Metadata: c.metadata()}}}, nil
+}
+
+// Kubeconfig streams an admin kubeconfig for the cluster endpoint, made from the config's
+// Kubernetes CA by Talos's own generator, wrapped in a .tar.gz as Talos sends it
+// (v1alpha1_server.go, Kubeconfig; pkg/kubeconfig, GenerateAdmin).
+func (c *configured) Kubeconfig(_ *emptypb.Empty, stream machine.MachineService_KubeconfigServer) error {
+	if err := c.checkControlplane("kubeconfig"); err != nil {
+		return err
+	}
+
+	var kubeconfigYAML bytes.Buffer
+	if err := kubeconfig.GenerateAdmin(c.config.Cluster(), &kubeconfigYAML); err != nil {
+		return err
+	}
+
+	var archive bytes.Buffer
+
+	zipped := gzip.NewWriter(&archive)
+	tarred := tar.NewWriter(zipped)
+
+	header := &tar.Header{Typeflag: tar.TypeReg, Name: "kubeconfig", Size: int64(kubeconfigYAML.Len()), ModTime: time.Now(), Mode: 0o600}
+	if err := tarred.WriteHeader(header); err != nil {
+		return err
+	}
+
+	if _, err := io.Copy(tarred, &kubeconfigYAML); err != nil {
+		return err
+	}
+
+	if err := tarred.Close(); err != nil {
+		return err
+	}
+
+	if err := zipped.Close(); err != nil {
+		return err
+	}
+
+	return stream.Send(&common.Data{Metadata: c.metadata(), Bytes: archive.Bytes()})
 }
 
 // EtcdMemberList asks the local member (talosctl etcd members sends QueryLocal), and needs a
