@@ -451,16 +451,20 @@ fn object_key(resource: &ApiResource, namespace: Option<&str>, name: &str) -> St
 /// A Job applied from another version of it: its `spec.template` is immutable, so a server-side
 /// apply would fail with `field is immutable`. Upstream charts make such Jobs Helm hooks (run
 /// anew on every install and upgrade); here the old Job is replaced, as `kubectl replace --force`
-/// does. An unchanged Job is kept, so a no-op re-run does not run it again.
+/// does (the review's fix: delete it, background propagation, then apply). An unchanged Job is
+/// kept, so a no-op re-run does not run it again.
 fn must_replace(desired: &DynamicObject, live: &DynamicObject) -> bool {
     let is_job = desired.types.as_ref().is_some_and(|types| types.kind == "Job" && types.api_version == "batch/v1");
     let hash = |object: &DynamicObject| object.metadata.annotations.as_ref().and_then(|a| a.get(APPLIED_HASH)).cloned();
     is_job && hash(desired) != hash(live)
 }
 
-/// Deletes a Job with its pods (foreground) and waits until it is gone.
+/// Deletes a Job and waits until the Job object is gone. Its pods go in the background (the
+/// garbage collector follows their owner reference): waiting for them in the foreground can take
+/// minutes while the job controller releases its tracking finalizers, and the new Job, with its
+/// own UID, never selects the old pods.
 async fn replace_job(api: &Api<DynamicObject>, name: &str) -> anyhow::Result<()> {
-    api.delete(name, &kube::api::DeleteParams::foreground()).await?;
+    api.delete(name, &kube::api::DeleteParams::background()).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while api.get_opt(name).await?.is_some() {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "the old Job {name} was not gone after 60s");
