@@ -285,7 +285,11 @@ impl Stage for TalosBootstrap {
                 // nodes, as their kubelets would once Talos booted them, and the control
                 // planes' inline manifests are applied, as Talos applies them once etcd runs.
                 let client = ctx.client().await?;
-                let (objects, _) = approver_objects(ctx)?;
+                let mut objects = Vec::new();
+                for manifest in &inline {
+                    objects.extend(kit::apply::parse_manifest(&manifest.name, &manifest.contents)?);
+                }
+                kit::apply::lab_transform(&mut objects);
                 changes.extend(Engine::new(client.clone(), Self::NAME).await?.apply(&objects).await?);
                 let nodes: Api<KubeNode> = Api::all(client.clone());
                 let mut existed = Vec::new();
@@ -351,7 +355,7 @@ impl Stage for TalosBootstrap {
             (Target::Talos, Ok(tool)) => {
                 checks.push(kit::talos::talosconfig::expiry_check(&paths.talosconfig));
                 let edge = Talosctl { tool, talosconfig: paths.talosconfig.clone() };
-                checks.push(etcd_check(&edge, &ctx.config).await);
+                checks.push(kit::talos::etcd_check(&edge, &ctx.config).await.0);
                 checks.push(vip_check(ctx).await);
             }
             (Target::Talos, Err(_)) => {}
@@ -421,23 +425,6 @@ async fn node_check(edge: &Talosctl, config: &ClusterConfig, node: &kit::config:
     }
 }
 
-/// etcd's health, asked of every control plane about its own member: membership alone is
-/// never health (a rebooting member stays listed).
-async fn etcd_check(edge: &Talosctl, config: &ClusterConfig) -> Check {
-    let health = kit::talos::etcd_health(edge, config).await;
-    let healthy = kit::talos::healthy_members(&health);
-    let described = kit::talos::describe_health(&health);
-    if healthy.len() == health.len() {
-        Check::pass("etcd", format!("{} of {} members healthy: {described}", healthy.len(), health.len()))
-    } else {
-        Check::fail(
-            "etcd",
-            format!("{} of {} members healthy: {described}", healthy.len(), health.len()),
-            "`talosctl -n <ip> service etcd` and `talosctl -n <ip> logs etcd` show why a member is down",
-        )
-    }
-}
-
 /// The manifest of kubelet-serving-cert-approver the control planes carry: the pinned release
 /// from the artifact store (so `talos-ha.lock` and `--mirror` cover it).
 const APPROVER_MANIFEST: &str = "ha-install.yaml";
@@ -450,14 +437,6 @@ pub fn inline_manifests(ctx: &Context) -> anyhow::Result<Vec<InlineManifest>> {
     }
     let contents = ctx.upstream_text(Component::KubeletServingCertApprover, APPROVER_MANIFEST)?;
     Ok(vec![InlineManifest { name: Component::KubeletServingCertApprover.dir().to_owned(), contents }])
-}
-
-/// The approver's objects, as Talos's manifest controller applies them on the lab target.
-fn approver_objects(ctx: &Context) -> anyhow::Result<(Vec<kube::api::DynamicObject>, kit::apply::LabNotes)> {
-    if !ctx.config.kubelet_serving_certificates() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    ctx.upstream(Component::KubeletServingCertApprover, APPROVER_MANIFEST)
 }
 
 /// The Kubernetes API answers through the VIP: the kubeconfig's server is the VIP and a

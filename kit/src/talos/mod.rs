@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::check::Check;
 use crate::config::{ClusterConfig, DEFAULT_LINK_SELECTOR, Node};
 use crate::tool::{Output, Tool, talos_node_args};
 
@@ -457,6 +458,26 @@ pub async fn etcd_health<'c>(
         health.push((node, etcd_status(api, node).await));
     }
     health
+}
+
+/// The `etcd` check every command makes (stage 01's verify, verify-ha): each control plane
+/// asked about its own member, all of them healthy. Also returns how many are healthy, which
+/// a drill's quorum rule counts.
+pub async fn etcd_check(api: &impl TalosApi, config: &ClusterConfig) -> (Check, usize) {
+    let health = etcd_health(api, config).await;
+    let healthy = healthy_members(&health).len();
+    let reason = format!("{healthy} of {} members healthy: {}", health.len(), describe_health(&health));
+    let check = if healthy == health.len() {
+        Check::pass("etcd", reason)
+    } else {
+        Check::fail(
+            "etcd",
+            reason,
+            "`talosctl -n <ip> service etcd` and `talosctl -n <ip> logs etcd` show why a member is down; a member \
+             rejoins when its node is back",
+        )
+    };
+    (check, healthy)
 }
 
 /// The names of the control planes whose etcd member is healthy.

@@ -372,11 +372,7 @@ impl Lab {
         let process = self.twin(node)?;
         process.stop(Duration::from_secs(15))?;
         self.start(&process)?;
-        wait_until(&process, Duration::from_secs(30), "answer on port 50000", || async {
-            let last = process.log_tail(1);
-            last.contains("maintenance mode: waiting for a config") || last.contains("configured: serving")
-        })
-        .await
+        wait_for_twin(&process).await
     }
 
     /// Wipes one node's twin back to a machine booted from the ISO: its config is gone, it
@@ -405,11 +401,7 @@ impl Lab {
         }
         for process in self.twins() {
             self.start(&process)?;
-            wait_until(&process, Duration::from_secs(30), "answer on port 50000", || async {
-                let last = process.log_tail(1);
-                last.contains("maintenance mode: waiting for a config") || last.contains("configured: serving")
-            })
-            .await?;
+            wait_for_twin(&process).await?;
         }
         Ok(())
     }
@@ -661,6 +653,16 @@ impl Lab {
     pub fn running_pids(&self) -> Vec<(String, i32)> {
         self.processes().iter().filter_map(|p| p.running_pid().map(|pid| (p.name.clone(), pid))).collect()
     }
+}
+
+/// Waits until a twin says it answers on port 50000, in maintenance mode or configured (the
+/// last line the twin logs when it listens).
+async fn wait_for_twin(process: &Process) -> anyhow::Result<()> {
+    wait_until(process, Duration::from_secs(30), "answer on port 50000", || async {
+        let last = process.log_tail(1);
+        last.contains("maintenance mode: waiting for a config") || last.contains("configured: serving")
+    })
+    .await
 }
 
 /// Polls `probe` until it holds; fails early, with the log tail, if the process dies.

@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams};
 use longhorn::volume::VolumeHealth;
 
 use super::{VerifyHaArgs, drill, report};
-use kit::talos::{Talosctl, describe_health, etcd_health, healthy_members, vip_holders};
+use kit::talos::{Talosctl, etcd_check, vip_holders};
 
 /// Why a drill on `node` must not run, if it must not: losing it would lose etcd's majority
 /// (a control plane while not all members are healthy), or a volume could lose its last
@@ -59,18 +59,7 @@ pub(super) async fn steps(
     let control_planes = config.control_planes().count();
     // Each control plane is asked about its own member: a member that is down or rebooting
     // is still listed by `etcd members`, so membership is never taken for health.
-    let health = etcd_health(&talosctl, config).await;
-    let healthy = healthy_members(&health).len();
-    let described = describe_health(&health);
-    let check = if healthy == control_planes {
-        Check::pass("etcd", format!("{healthy} of {control_planes} members healthy: {described}"))
-    } else {
-        Check::fail(
-            "etcd",
-            format!("{healthy} of {control_planes} members healthy: {described}"),
-            "talosctl -n <control plane> service etcd; a member rejoins when its node is back",
-        )
-    };
+    let (check, healthy) = etcd_check(&talosctl, config).await;
     report("1. etcd is healthy on every control plane", "a majority survives losing one control plane", &check, out)?;
     checks.push(check);
 
