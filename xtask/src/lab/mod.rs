@@ -343,8 +343,11 @@ impl Lab {
         let lan = self.lan();
         let twin = self.binaries.path(build::TWIN);
         let etcd = self.binaries.path("etcd");
+        let kubernetes_bin = etcd.parent().unwrap_or(Path::new("."));
         let control_planes: Vec<_> = self.config.control_planes().map(|node| node.ip).collect();
-        let peers = twin::Peers { etcd: &etcd, control_planes: &control_planes };
+        let (kwok, kwok_config) = (self.binaries.path("kwok"), self.dir.join("kwok.yaml"));
+        let peers =
+            twin::Peers { kubernetes_bin, kwok: &kwok, kwok_config: &kwok_config, control_planes: &control_planes };
         self.config
             .nodes
             .iter()
@@ -375,20 +378,19 @@ impl Lab {
         wait_for_twin(&process).await
     }
 
-    /// Wipes one node's twin back to a machine booted from the ISO: its config is gone, it
-    /// waits in maintenance mode (what re-imaging a real machine does).
+    /// Wipes one node's twin back to a machine booted from the ISO: everything it kept (its
+    /// config, etcd data, certificates) is gone but its hardware; it waits in maintenance mode
+    /// (what re-imaging a real machine does).
     pub async fn reset_twin(&self, node: &str) -> anyhow::Result<()> {
         self.stop_twin(node)?;
         let dir = twin::twin_dir(&self.dir, node);
-        for wiped in ["config.yaml", "etcd"] {
-            let path = dir.join(wiped);
-            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            match removed {
-                Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(error).with_context(|| format!("wiping {}", path.display()));
-                }
-                _ => {}
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.file_name().is_some_and(|name| name == twin::HARDWARE_FILE) {
+                continue;
             }
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.with_context(|| format!("wiping {}", path.display()))?;
         }
         self.restart_twin(node).await
     }

@@ -76,6 +76,9 @@ impl Hardware {
     }
 }
 
+/// The file of a twin's hardware, in its folder.
+pub const HARDWARE_FILE: &str = "hardware.json";
+
 /// Where a node's twin keeps its hardware and what it is sent.
 pub fn twin_dir(lab_dir: &Path, node: &str) -> PathBuf {
     lab_dir.join("twins").join(node)
@@ -85,22 +88,28 @@ pub fn twin_dir(lab_dir: &Path, node: &str) -> PathBuf {
 pub fn ensure_hardware(lab_dir: &Path, node: &str, index: usize) -> anyhow::Result<PathBuf> {
     let dir = twin_dir(lab_dir, node);
     std::fs::create_dir_all(&dir)?;
-    let file = dir.join("hardware.json");
+    let file = dir.join(HARDWARE_FILE);
     if !file.exists() {
         std::fs::write(&file, serde_json::to_vec_pretty(&Hardware::usual(index))?)?;
     }
     Ok(file)
 }
 
-/// What a twin runs besides itself: the etcd binary a control plane starts from its config,
-/// and the control planes' addresses (a stand-in for Talos's discovery of its peers).
+/// What a twin runs besides itself: the folder of the binaries a control plane starts from its
+/// config (etcd, kube-apiserver, kube-controller-manager, kube-scheduler), kwok and its
+/// stages (the stand-in for the kubelet's containers), and the control planes' addresses (a
+/// stand-in for Talos's discovery of its peers).
 pub struct Peers<'a> {
-    pub etcd: &'a Path,
+    pub kubernetes_bin: &'a Path,
+    pub kwok: &'a Path,
+    pub kwok_config: &'a Path,
     pub control_planes: &'a [Ipv4Addr],
 }
 
-/// The twin of one node: started inside the node's namespace with `ip netns exec`, which
-/// enters the namespace and then execs the twin, so the PID the lab records is the twin's.
+/// The twin of one node: started inside the node's network namespace with `ip netns exec`,
+/// and in a UTS namespace of its own with `unshare --uts` (so the hostname it takes from its
+/// config names that machine only). Each execs the next, so the PID the lab records is the
+/// twin's.
 pub fn process(lab_dir: &Path, twin: &Path, member: &Member, address: Ipv4Addr, peers: &Peers<'_>) -> Process {
     let dir = twin_dir(lab_dir, &member.name);
     let control_planes: Vec<String> = peers.control_planes.iter().map(Ipv4Addr::to_string).collect();
@@ -111,11 +120,15 @@ pub fn process(lab_dir: &Path, twin: &Path, member: &Member, address: Ipv4Addr, 
             "netns".into(),
             "exec".into(),
             member.namespace.clone(),
+            "unshare".into(),
+            "--uts".into(),
             twin.display().to_string(),
             format!("--address={address}"),
-            format!("--hardware={}", dir.join("hardware.json").display()),
+            format!("--hardware={}", dir.join(HARDWARE_FILE).display()),
             format!("--state={}", dir.display()),
-            format!("--etcd={}", peers.etcd.display()),
+            format!("--kubernetes-bin={}", peers.kubernetes_bin.display()),
+            format!("--kwok={}", peers.kwok.display()),
+            format!("--kwok-config={}", peers.kwok_config.display()),
             format!("--control-planes={}", control_planes.join(",")),
         ],
         run_dir: lab_dir.join("run"),

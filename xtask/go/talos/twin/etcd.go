@@ -19,11 +19,9 @@ import (
 	"log"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	talosx509 "github.com/siderolabs/crypto/x509"
@@ -47,18 +45,13 @@ type etcdMember struct {
 	tls *tls.Config
 
 	mu      sync.Mutex
-	process *exec.Cmd
+	service *service
 }
 
-func newEtcdMember(provider config.Provider, binary, address, stateDir string, controlPlanes []string) (*etcdMember, error) {
+func newEtcdMember(provider config.Provider, binary, address, name, stateDir string, controlPlanes []string) (*etcdMember, error) {
 	ca, err := talosx509.NewCertificateAuthorityFromCertificateAndKey(provider.Cluster().Etcd().CA())
 	if err != nil {
 		return nil, fmt.Errorf("cluster.etcd.ca: %w", err)
-	}
-
-	name := address
-	if hostname := provider.NetworkHostnameConfig(); hostname != nil && hostname.Hostname() != "" {
-		name = hostname.Hostname()
 	}
 
 	dir := filepath.Join(stateDir, "etcd")
@@ -129,77 +122,43 @@ func (e *etcdMember) start(initialCluster, state string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 
-	if e.process != nil {
+	if e.service != nil && e.service.running() {
 		return nil
 	}
 
 	pki := filepath.Join(e.dir, "pki")
-	cmd := exec.Command(e.binary,
-		"--name="+e.name,
-		"--data-dir="+e.dataDir(),
-		"--listen-peer-urls="+e.peerURL(e.address),
-		"--initial-advertise-peer-urls="+e.peerURL(e.address),
-		"--listen-client-urls="+e.clientURL(e.address)+","+e.clientURL("127.0.0.1"),
-		"--advertise-client-urls="+e.clientURL(e.address),
-		"--initial-cluster="+initialCluster,
-		"--initial-cluster-state="+state,
-		"--cert-file="+filepath.Join(pki, "member.crt"),
-		"--key-file="+filepath.Join(pki, "member.key"),
-		"--trusted-ca-file="+filepath.Join(pki, "ca.crt"),
+	e.service = newService("etcd", e.binary, e.dir, []string{
+		"--name=" + e.name,
+		"--data-dir=" + e.dataDir(),
+		"--listen-peer-urls=" + e.peerURL(e.address),
+		"--initial-advertise-peer-urls=" + e.peerURL(e.address),
+		"--listen-client-urls=" + e.clientURL(e.address) + "," + e.clientURL("127.0.0.1"),
+		"--advertise-client-urls=" + e.clientURL(e.address),
+		"--initial-cluster=" + initialCluster,
+		"--initial-cluster-state=" + state,
+		"--cert-file=" + filepath.Join(pki, "member.crt"),
+		"--key-file=" + filepath.Join(pki, "member.key"),
+		"--trusted-ca-file=" + filepath.Join(pki, "ca.crt"),
 		"--client-cert-auth",
-		"--peer-cert-file="+filepath.Join(pki, "member.crt"),
-		"--peer-key-file="+filepath.Join(pki, "member.key"),
-		"--peer-trusted-ca-file="+filepath.Join(pki, "ca.crt"),
+		"--peer-cert-file=" + filepath.Join(pki, "member.crt"),
+		"--peer-key-file=" + filepath.Join(pki, "member.key"),
+		"--peer-trusted-ca-file=" + filepath.Join(pki, "ca.crt"),
 		"--peer-client-cert-auth",
-	)
+	})
+	log.Printf("etcd member %s starts, cluster state %s", e.name, state)
 
-	logFile, err := os.OpenFile(filepath.Join(e.dir, "etcd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-
-	if err = cmd.Start(); err != nil {
-		return err
-	}
-
-	e.process = cmd
-	log.Printf("etcd member %s started (pid %d), %s", e.name, cmd.Process.Pid, state)
-
-	go func() {
-		err := cmd.Wait()
-		log.Printf("etcd member %s exited: %v", e.name, err)
-
-		e.mu.Lock()
-		e.process = nil
-		e.mu.Unlock()
-	}()
-
-	return nil
+	return e.service.start()
 }
 
-// stop ends the etcd process (the machine shuts down), waiting up to 10 s for it.
+// stop ends the etcd process (the machine shuts down).
 func (e *etcdMember) stop() {
 	e.mu.Lock()
-	process := e.process
+	service := e.service
 	e.mu.Unlock()
 
-	if process == nil {
-		return
+	if service != nil {
+		service.stop()
 	}
-
-	_ = process.Process.Signal(syscall.SIGTERM) //nolint:errcheck
-
-	for range 100 {
-		if !e.running() {
-			return
-		}
-
-		time.Sleep(100 * time.Millisecond)
-	}
-
-	_ = process.Process.Kill() //nolint:errcheck
 }
 
 // bootstrap starts a new cluster of one: this member.
@@ -253,7 +212,7 @@ func (e *etcdMember) running() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 
-	return e.process != nil
+	return e.service != nil && e.service.running()
 }
 
 func (e *etcdMember) joinOnce(ctx context.Context) error {
@@ -340,6 +299,22 @@ func (e *etcdMember) promote(ctx context.Context) {
 			log.Printf("etcd member %s not promoted yet: %v", e.name, err)
 		}
 	}
+}
+
+// voting says whether the local member answers and is a voting member (no longer a learner).
+func (e *etcdMember) voting(ctx context.Context) bool {
+	local, err := e.localClient()
+	if err != nil {
+		return false
+	}
+	defer local.Close() //nolint:errcheck
+
+	callCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+
+	status, err := local.Status(callCtx, e.clientURL("127.0.0.1"))
+
+	return err == nil && !status.IsLearner
 }
 
 // promoteOnce says whether this member votes; if it does not, it asks for its promotion.

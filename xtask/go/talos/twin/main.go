@@ -51,7 +51,6 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 
-	talosx509 "github.com/siderolabs/crypto/x509"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/siderolabs/talos/pkg/kubeconfig"
@@ -102,11 +101,15 @@ func main() {
 	address := flag.String("address", "", "the node's address (it listens on <address>:50000)")
 	hardwareFile := flag.String("hardware", "", "a JSON file describing the node's links and disks")
 	stateDir := flag.String("state", "", "where the node keeps what it is sent (its config)")
-	etcdBinary := flag.String("etcd", "etcd", "the etcd binary a control plane runs")
+	kubernetesBin := flag.String("kubernetes-bin", "", "the folder of the etcd, kube-apiserver, kube-controller-manager and kube-scheduler binaries a control plane runs")
+	kwok := flag.String("kwok", "kwok", "the kwok binary that stands in for the kubelet's container runtime")
+	kwokConfig := flag.String("kwok-config", "", "the stages kwok plays for the pods")
 	controlPlanes := flag.String("control-planes", "", "the control planes' addresses, comma-separated (a stand-in for Talos's discovery)")
 	flag.Parse()
 
-	node := nodeFlags{address: *address, stateDir: *stateDir, etcd: *etcdBinary, controlPlanes: strings.Split(*controlPlanes, ",")}
+	node := nodeFlags{address: *address, stateDir: *stateDir, kubernetesBin: *kubernetesBin, kwok: *kwok, kwokConfig: *kwokConfig,
+		controlPlanes: strings.Split(*controlPlanes, ","),
+	}
 	stopOnSignal()
 
 	if err := run(node, *hardwareFile); err != nil {
@@ -122,7 +125,9 @@ const installTime = 3 * time.Second
 type nodeFlags struct {
 	address       string
 	stateDir      string
-	etcd          string
+	kubernetesBin string
+	kwok          string
+	kwokConfig    string
 	controlPlanes []string
 }
 
@@ -170,11 +175,12 @@ func run(node nodeFlags, hardwareFile string) error {
 // rebootTime is how long a rebooting machine is away (much shortened).
 const rebootTime = 3 * time.Second
 
-// runningEtcd is the member the machine runs now, if any: a shutdown takes it down first.
-var runningEtcd atomic.Pointer[etcdMember]
+// runningServices is what the configured machine runs now, if anything: a shutdown takes it
+// down first.
+var runningServices atomic.Pointer[services]
 
-// stopOnSignal: a machine that shuts down (SIGTERM from the lab) takes its etcd member down
-// with it.
+// stopOnSignal: a machine that shuts down (SIGTERM from the lab) takes its services down with
+// it (the VIP released, etcd stopped cleanly).
 func stopOnSignal() {
 	stopping := make(chan os.Signal, 1)
 	signal.Notify(stopping, syscall.SIGTERM, syscall.SIGINT)
@@ -182,8 +188,8 @@ func stopOnSignal() {
 	go func() {
 		<-stopping
 
-		if member := runningEtcd.Load(); member != nil {
-			member.stop()
+		if running := runningServices.Load(); running != nil {
+			running.stop()
 		}
 
 		os.Exit(0)
@@ -236,7 +242,7 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 		return false, err
 	}
 
-	tlsConfig, err := apiTLS(provider, address)
+	tlsConfig, err := apiTLS(ctx, provider, address, node.controlPlanes)
 	if err != nil {
 		return false, err
 	}
@@ -246,19 +252,26 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 		return false, err
 	}
 
-	served := &configured{config: provider, configFile: configFile, address: address, bootedAt: time.Now()}
-
-	if provider.Machine().Type().IsControlPlane() {
-		if served.etcd, err = newEtcdMember(provider, node.etcd, address, node.stateDir, node.controlPlanes); err != nil {
-			return false, err
-		}
-
-		runningEtcd.Store(served.etcd)
-		served.etcd.run(ctx)
+	running, err := startServices(ctx, provider, node)
+	if err != nil {
+		return false, err
 	}
+
+	runningServices.Store(running)
+
+	served := &configured{config: provider, configFile: configFile, address: address, bootedAt: time.Now(), services: running, etcd: running.etcd}
 
 	grpcServer := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)))
 	served.shutDown = grpcServer.Stop
+
+	if provider.Machine().Type().IsControlPlane() {
+		trustdServer, err := serveTrustd(provider, address, tlsConfig)
+		if err != nil {
+			return false, err
+		}
+
+		defer trustdServer.Stop()
+	}
 	machine.RegisterMachineServiceServer(grpcServer, served)
 	cosiv1alpha1.RegisterStateServer(grpcServer, server.NewState(resources))
 
@@ -287,40 +300,6 @@ func markRunning(ctx context.Context, resources state.State) error {
 	machineStatus.TypedSpec().Status.Ready = true
 
 	return resources.Update(ctx, machineStatus)
-}
-
-// apiTLS is the API's server certificate, signed by the config's OS CA for the node's
-// address, and client certificates required from that same CA.
-func apiTLS(provider config.Provider, address string) (*tls.Config, error) {
-	issuing := provider.Machine().Security().IssuingCA()
-	if issuing == nil {
-		return nil, fmt.Errorf("the config has no machine.ca")
-	}
-
-	ca, err := talosx509.NewCertificateAuthorityFromCertificateAndKey(issuing)
-	if err != nil {
-		return nil, fmt.Errorf("machine.ca: %w", err)
-	}
-
-	keyPair, err := talosx509.NewKeyPair(ca,
-		talosx509.IPAddresses([]net.IP{net.ParseIP(address)}),
-		talosx509.CommonName(address),
-		talosx509.ExtKeyUsage([]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}),
-		talosx509.NotAfter(time.Now().Add(24*time.Hour)),
-	)
-	if err != nil {
-		return nil, err
-	}
-
-	clients := x509.NewCertPool()
-	clients.AddCert(ca.Crt)
-
-	return &tls.Config{
-		Certificates: []tls.Certificate{*keyPair.Certificate},
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-		ClientCAs:    clients,
-		MinVersion:   tls.VersionTLS13,
-	}, nil
 }
 
 // boot fills the state as a machine booted from the ISO has it: the resource definitions
@@ -473,8 +452,9 @@ type configured struct {
 	configFile string
 	address    string
 	bootedAt   time.Time
-	// The node's etcd member: control planes only.
-	etcd *etcdMember
+	// What the machine runs; its etcd member (control planes only).
+	services *services
+	etcd     *etcdMember
 	// Stops the API (the machine goes down); rebooting says it comes back.
 	shutDown  func()
 	rebooting atomic.Bool
@@ -487,10 +467,7 @@ func (c *configured) Reboot(context.Context, *machine.RebootRequest) (*machine.R
 	go func() {
 		time.Sleep(500 * time.Millisecond)
 
-		if c.etcd != nil {
-			c.etcd.stop()
-		}
-
+		c.services.stop()
 		c.rebooting.Store(true)
 		c.shutDown()
 	}()

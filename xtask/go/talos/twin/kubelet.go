@@ -1,0 +1,359 @@
+package main
+
+// The kubelet's side of a configured machine, as far as the control plane can see it. Talos
+// starts the kubelet with a bootstrap kubeconfig holding the config's cluster token; the
+// kubelet asks for its client certificate with a CertificateSigningRequest the controller
+// manager approves (the bootstrap RBAC Talos deploys allows it), then registers its Node, with
+// the control-plane taint on control planes (internal/app/machined/pkg/controllers/k8s/
+// kubelet_spec.go). With `rotate-server-certificates` it also asks for a serving certificate,
+// which the approver the config ships approves.
+//
+// Talos then labels a control plane's Node with its own admin credentials
+// (k8s/node_apply.go, k8s/node_label_spec.go).
+//
+// What no twin can do is run containers. Once its Node is registered, each twin runs kwok for
+// that Node alone, with the kubelet's own credentials: kwok is the stand-in for the kubelet's
+// container side. It keeps the Node Ready (its status and its Lease), and runs the pods
+// scheduled to it as fakes, with addresses from the Node's pod range. A machine that goes
+// down takes its kwok with it, so its Node goes NotReady as a real one would.
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/util/cert"
+	"k8s.io/client-go/util/certificate/csr"
+
+	talosx509 "github.com/siderolabs/crypto/x509"
+
+	"github.com/siderolabs/talos/pkg/machinery/config"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
+)
+
+type kubelet struct {
+	config   config.Provider
+	address  string
+	hostname string
+	dir      string
+	// kwok and the stages it plays (written by the lab).
+	kwokBinary string
+	kwokConfig string
+
+	mu      sync.Mutex
+	runtime *service
+}
+
+// restConfig is a client of the local endpoint (KubePrism) trusting the cluster CA.
+func (k *kubelet) restConfig(certPEM, keyPEM []byte) *rest.Config {
+	return &rest.Config{
+		Host:    localEndpoint(k.config),
+		Timeout: 10 * time.Second,
+		TLSClientConfig: rest.TLSClientConfig{
+			CAData:   caBundle(k.config.Cluster()),
+			CertData: certPEM,
+			KeyData:  keyPEM,
+		},
+	}
+}
+
+// admin is the control plane's own admin client config (CN talos:admin, O system:masters), as
+// machined's local admin kubeconfig (secrets/kubernetes.go).
+func (k *kubelet) admin() (*rest.Config, error) {
+	ca, err := talosx509.NewCertificateAuthorityFromCertificateAndKey(k.config.Cluster().IssuingCA())
+	if err != nil {
+		return nil, err
+	}
+
+	pair, err := talosx509.NewKeyPair(ca,
+		talosx509.CommonName(constants.KubernetesTalosAdminCertCommonName),
+		talosx509.Organization(constants.KubernetesAdminCertOrganization),
+		talosx509.ExtKeyUsage([]x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}),
+		talosx509.NotAfter(time.Now().Add(certLifetime)),
+	)
+	if err != nil {
+		return nil, err
+	}
+
+	return k.restConfig(pair.CrtPEM, pair.KeyPEM), nil
+}
+
+// run bootstraps the kubelet's credentials, registers the Node and, when asked to, files the
+// serving-certificate request; each step is retried until it works or the machine stops.
+func (k *kubelet) run(ctx context.Context) {
+	for _, step := range []struct {
+		what string
+		do   func(context.Context) error
+	}{
+		{"client certificate (TLS bootstrap)", k.bootstrapCredentials},
+		{"node registration", k.register},
+		{"serving certificate request", k.requestServingCertificate},
+		{"container runtime stand-in (kwok)", k.startRuntime},
+	} {
+		for {
+			err := step.do(ctx)
+			if err == nil {
+				break
+			}
+
+			if ctx.Err() != nil {
+				return
+			}
+
+			log.Printf("kubelet: %s: %v", step.what, err)
+			time.Sleep(3 * time.Second)
+		}
+	}
+}
+
+func (k *kubelet) credentials() (certPEM, keyPEM []byte, err error) {
+	if certPEM, err = os.ReadFile(filepath.Join(k.dir, "kubelet.crt")); err != nil {
+		return nil, nil, err
+	}
+
+	keyPEM, err = os.ReadFile(filepath.Join(k.dir, "kubelet.key"))
+
+	return certPEM, keyPEM, err
+}
+
+func (k *kubelet) client() (*kubernetes.Clientset, error) {
+	certPEM, keyPEM, err := k.credentials()
+	if err != nil {
+		return nil, err
+	}
+
+	return kubernetes.NewForConfig(k.restConfig(certPEM, keyPEM))
+}
+
+// bootstrapCredentials: with the cluster token, ask for a client certificate for
+// system:node:<hostname> and wait for the controller manager to sign it.
+func (k *kubelet) bootstrapCredentials(ctx context.Context) error {
+	if _, _, err := k.credentials(); err == nil {
+		return nil
+	}
+
+	token := k.config.Cluster().Token()
+	bootstrap := k.restConfig(nil, nil)
+	bootstrap.BearerToken = token.ID() + "." + token.Secret()
+
+	client, err := kubernetes.NewForConfig(bootstrap)
+	if err != nil {
+		return err
+	}
+
+	key, keyPEM, err := newKey()
+	if err != nil {
+		return err
+	}
+
+	request, err := cert.MakeCSR(key, &pkix.Name{CommonName: "system:node:" + k.hostname, Organization: []string{"system:nodes"}}, nil, nil)
+	if err != nil {
+		return err
+	}
+
+	usages := []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth}
+
+	name, uid, err := csr.RequestCertificateWithContext(ctx, client, request, "", certificatesv1.KubeAPIServerClientKubeletSignerName, nil, usages, key)
+	if err != nil {
+		return err
+	}
+
+	waitCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+
+	certPEM, err := csr.WaitForCertificate(waitCtx, client, name, uid)
+	if err != nil {
+		return err
+	}
+
+	if err = os.WriteFile(filepath.Join(k.dir, "kubelet.key"), keyPEM, 0o600); err != nil {
+		return err
+	}
+
+	log.Printf("kubelet: client certificate for system:node:%s signed (%s)", k.hostname, name)
+
+	return os.WriteFile(filepath.Join(k.dir, "kubelet.crt"), certPEM, 0o600)
+}
+
+// register creates the Node as the kubelet does, then, on a control plane, labels it with the
+// machine's admin credentials as Talos does.
+func (k *kubelet) register(ctx context.Context) error {
+	client, err := k.client()
+	if err != nil {
+		return err
+	}
+
+	controlPlane := k.config.Machine().Type().IsControlPlane()
+
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: k.hostname,
+			Labels: map[string]string{
+				"kubernetes.io/hostname": k.hostname, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+				"beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "amd64",
+			},
+		},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{
+			{Type: corev1.NodeInternalIP, Address: k.address},
+			{Type: corev1.NodeHostName, Address: k.hostname},
+		}},
+	}
+	if controlPlane && !k.config.Cluster().ScheduleOnControlPlanes() {
+		node.Spec.Taints = []corev1.Taint{{Key: constants.LabelNodeRoleControlPlane, Effect: corev1.TaintEffectNoSchedule}}
+	}
+
+	if _, err = client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+
+	if !controlPlane {
+		return nil
+	}
+
+	adminConfig, err := k.admin()
+	if err != nil {
+		return err
+	}
+
+	admin, err := kubernetes.NewForConfig(adminConfig)
+	if err != nil {
+		return err
+	}
+
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:""}}}`, constants.LabelNodeRoleControlPlane)
+	_, err = admin.CoreV1().Nodes().Patch(ctx, k.hostname, "application/merge-patch+json", []byte(patch), metav1.PatchOptions{})
+
+	return err
+}
+
+// requestServingCertificate files the kubelet-serving CSR when the config turns on
+// `rotate-server-certificates`, as the kubelet does; it does not wait: the approver decides.
+func (k *kubelet) requestServingCertificate(ctx context.Context) error {
+	if !strings.EqualFold(k.config.Machine().Kubelet().ExtraArgs()["rotate-server-certificates"], "true") {
+		return nil
+	}
+
+	client, err := k.client()
+	if err != nil {
+		return err
+	}
+
+	existing, err := client.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+
+	for _, request := range existing.Items {
+		if request.Spec.SignerName == certificatesv1.KubeletServingSignerName && request.Spec.Username == "system:node:"+k.hostname {
+			return nil
+		}
+	}
+
+	key, _, err := newKey()
+	if err != nil {
+		return err
+	}
+
+	request, err := cert.MakeCSR(key, &pkix.Name{CommonName: "system:node:" + k.hostname, Organization: []string{"system:nodes"}},
+		[]string{k.hostname}, []net.IP{net.ParseIP(k.address)})
+	if err != nil {
+		return err
+	}
+
+	usages := []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageServerAuth}
+	name, _, err := csr.RequestCertificateWithContext(ctx, client, request, "", certificatesv1.KubeletServingSignerName, nil, usages, key)
+
+	if err == nil {
+		log.Printf("kubelet: serving certificate requested (%s)", name)
+	}
+
+	return err
+}
+
+// startRuntime runs kwok for this Node once the controller manager gave it a pod range.
+func (k *kubelet) startRuntime(ctx context.Context) error {
+	client, err := k.client()
+	if err != nil {
+		return err
+	}
+
+	node, err := client.CoreV1().Nodes().Get(ctx, k.hostname, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+
+	if node.Spec.PodCIDR == "" {
+		return fmt.Errorf("node %s has no pod range yet", k.hostname)
+	}
+
+	kubeconfig := filepath.Join(k.dir, "kubelet.kubeconfig")
+	text := fmt.Sprintf("apiVersion: v1\nkind: Config\nclusters:\n- name: cluster\n  cluster:\n    server: %s\n"+
+		"    certificate-authority-data: %s\nusers:\n- name: kubelet\n  user:\n    client-certificate: %s\n"+
+		"    client-key: %s\ncontexts:\n- name: kubelet\n  context:\n    cluster: cluster\n    user: kubelet\n"+
+		"current-context: kubelet\n",
+		localEndpoint(k.config), base64.StdEncoding.EncodeToString(caBundle(k.config.Cluster())),
+		filepath.Join(k.dir, "kubelet.crt"), filepath.Join(k.dir, "kubelet.key"))
+
+	if err = os.WriteFile(kubeconfig, []byte(text), 0o600); err != nil {
+		return err
+	}
+
+	runtime := newService("kwok", k.kwokBinary, k.dir, []string{
+		"--kubeconfig=" + kubeconfig,
+		"--config=" + k.kwokConfig,
+		"--manage-single-node=" + k.hostname,
+		"--node-ip=" + k.address,
+		"--cidr=" + node.Spec.PodCIDR,
+	})
+
+	k.mu.Lock()
+	defer k.mu.Unlock()
+
+	k.runtime = runtime
+
+	return runtime.start()
+}
+
+// stopRuntime stops kwok with the machine.
+func (k *kubelet) stopRuntime() {
+	k.mu.Lock()
+	runtime := k.runtime
+	k.mu.Unlock()
+
+	if runtime != nil {
+		runtime.stop()
+	}
+}
+
+func newKey() (*ecdsa.PrivateKey, []byte, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+
+	return key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
+}

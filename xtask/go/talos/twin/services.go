@@ -1,0 +1,139 @@
+package main
+
+// What a configured machine runs besides its API, started from its config when it boots and
+// stopped as a whole when it goes down (reboot, shutdown):
+//
+//   - every machine: KubePrism and its kubelet's side (credentials, its Node, kwok for its pods);
+//   - a control plane also: its etcd member, then kube-apiserver, kube-controller-manager and
+//     kube-scheduler, the VIP election, and the manifests Talos deploys.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/siderolabs/go-loadbalancer/controlplane"
+	"golang.org/x/sys/unix"
+
+	"github.com/siderolabs/talos/pkg/machinery/config"
+)
+
+type services struct {
+	cancel       context.CancelFunc
+	campaigns    sync.WaitGroup
+	kubePrism    *controlplane.LoadBalancer
+	etcd         *etcdMember
+	controlPlane *controlPlane
+	kubelet      *kubelet
+	stopOnce     sync.Once
+}
+
+// hostname is the machine's name from its config (its address when it has none), the name of
+// its etcd member and its Node.
+func hostname(provider config.Provider, address string) string {
+	if named := provider.NetworkHostnameConfig(); named != nil && named.Hostname() != "" {
+		return named.Hostname()
+	}
+
+	return address
+}
+
+func startServices(parent context.Context, provider config.Provider, node nodeFlags) (*services, error) {
+	ctx, cancel := context.WithCancel(parent)
+	running := &services{cancel: cancel}
+
+	var err error
+
+	if running.kubePrism, err = startKubePrism(provider, node.controlPlanes); err != nil {
+		cancel()
+
+		return nil, err
+	}
+
+	// The machine takes its name (it runs in a UTS namespace of its own, so this names this
+	// machine only): the API server's identity lease and the etcd member are named after it.
+	name := hostname(provider, node.address)
+	if err = unix.Sethostname([]byte(name)); err != nil {
+		cancel()
+
+		return nil, fmt.Errorf("setting the hostname %s: %w", name, err)
+	}
+	kubelet := &kubelet{
+		config: provider, address: node.address, hostname: name, dir: filepath.Join(node.stateDir, "kubelet"),
+		kwokBinary: node.kwok, kwokConfig: node.kwokConfig,
+	}
+	running.kubelet = kubelet
+
+	if err = os.MkdirAll(kubelet.dir, 0o700); err != nil {
+		cancel()
+
+		return nil, err
+	}
+
+	if provider.Machine().Type().IsControlPlane() {
+		etcdBinary := filepath.Join(node.kubernetesBin, "etcd")
+		if running.etcd, err = newEtcdMember(provider, etcdBinary, node.address, name, node.stateDir, node.controlPlanes); err != nil {
+			cancel()
+
+			return nil, err
+		}
+
+		if running.controlPlane, err = newControlPlane(provider, node.kubernetesBin, node.address, node.stateDir); err != nil {
+			cancel()
+
+			return nil, err
+		}
+
+		running.etcd.run(ctx)
+
+		go running.controlPlane.run(ctx, running.etcd)
+		go deployManifests(ctx, kubelet, running.etcd)
+
+		for _, shared := range provider.NetworkVirtualIPConfigs() {
+			election := &vip{address: shared.VIP(), hostname: name, etcd: running.etcd}
+
+			running.campaigns.Go(func() { election.run(ctx) })
+		}
+	}
+
+	go kubelet.run(ctx)
+
+	return running, nil
+}
+
+// stop: the VIP is resigned and released while etcd still answers, then the control plane
+// goes, then etcd, then KubePrism.
+func (s *services) stop() {
+	s.stopOnce.Do(func() {
+		s.cancel()
+
+		released := make(chan struct{})
+
+		go func() {
+			s.campaigns.Wait()
+			close(released)
+		}()
+
+		select {
+		case <-released:
+		case <-time.After(15 * time.Second):
+		}
+
+		s.kubelet.stopRuntime()
+
+		if s.controlPlane != nil {
+			s.controlPlane.stop()
+		}
+
+		if s.etcd != nil {
+			s.etcd.stop()
+		}
+
+		if s.kubePrism != nil {
+			s.kubePrism.Shutdown() //nolint:errcheck
+		}
+	})
+}
