@@ -14,16 +14,25 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use super::lan::Member;
 use super::process::Process;
 
-/// What the twin reads: the machine's ports and disks.
+/// What the twin reads: the machine's ports, disks and memory.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Hardware {
     pub links: Vec<Link>,
     pub disks: Vec<Disk>,
+    /// Bytes of memory (`talosctl health` checks each machine has Talos's minimum).
+    #[serde(default = "usual_memory")]
+    pub memory: u64,
+}
+
+/// 16 GiB, a usual small server's.
+fn usual_memory() -> u64 {
+    16 << 30
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -72,6 +81,7 @@ impl Hardware {
                     transport: "usb".into(),
                 },
             ],
+            memory: usual_memory(),
         }
     }
 }
@@ -84,14 +94,19 @@ pub fn twin_dir(lab_dir: &Path, node: &str) -> PathBuf {
     lab_dir.join("twins").join(node)
 }
 
-/// Writes the usual hardware for a node that has none yet (an edited file is kept).
+/// Writes the usual hardware for a node that has none yet; an edited file is kept, written
+/// back with every field (one written before a field existed gets its usual value).
 pub fn ensure_hardware(lab_dir: &Path, node: &str, index: usize) -> anyhow::Result<PathBuf> {
     let dir = twin_dir(lab_dir, node);
     std::fs::create_dir_all(&dir)?;
     let file = dir.join(HARDWARE_FILE);
-    if !file.exists() {
-        std::fs::write(&file, serde_json::to_vec_pretty(&Hardware::usual(index))?)?;
-    }
+    let hardware = match std::fs::read(&file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!("{} is not a hardware description; delete it for the usual one", file.display())
+        })?,
+        Err(_) => Hardware::usual(index),
+    };
+    std::fs::write(&file, serde_json::to_vec_pretty(&hardware)?)?;
     Ok(file)
 }
 

@@ -44,10 +44,13 @@ import (
 	"k8s.io/client-go/util/cert"
 	"k8s.io/client-go/util/certificate/csr"
 
+	"github.com/cosi-project/runtime/pkg/state"
 	talosx509 "github.com/siderolabs/crypto/x509"
 
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
+	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
+	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
 )
 
 type kubelet struct {
@@ -58,6 +61,9 @@ type kubelet struct {
 	// kwok and the stages it plays (written by the lab).
 	kwokBinary string
 	kwokConfig string
+
+	// The machine's resources: the kubelet-csr diagnostic and the static pods' status.
+	resources state.State
 
 	mu      sync.Mutex
 	runtime *service
@@ -108,6 +114,7 @@ func (k *kubelet) run(ctx context.Context) {
 		{"node registration", k.register},
 		{"serving certificate request", k.requestServingCertificate},
 		{"container runtime stand-in (kwok)", k.startRuntime},
+		{"static pods", k.mirrorStaticPods},
 	} {
 		for {
 			err := step.do(ctx)
@@ -123,7 +130,165 @@ func (k *kubelet) run(ctx context.Context) {
 			time.Sleep(3 * time.Second)
 		}
 	}
+
+	k.reportServingCertificate(ctx)
 }
+
+// ready: the kubelet runs (its pods do, through kwok).
+func (k *kubelet) ready() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+
+	return k.runtime != nil && k.runtime.running()
+}
+
+// mirrorStaticPods: a control plane's kubelet runs kube-apiserver, kube-controller-manager and
+// kube-scheduler as static pods and mirrors each into the API as a pod of kube-system bound to
+// its Node (what `kubectl get pods -n kube-system` and health's control-plane checks see), and
+// machined records their status (k8s/static_pod_status.go). The twin runs them as services
+// (controlplane.go); these pods are their mirrors, run by kwok.
+func (k *kubelet) mirrorStaticPods(ctx context.Context) error {
+	if !k.config.Machine().Type().IsControlPlane() {
+		return nil
+	}
+
+	client, err := k.client()
+	if err != nil {
+		return err
+	}
+
+	node, err := client.CoreV1().Nodes().Get(ctx, k.hostname, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+
+	cluster := k.config.Cluster()
+	images := map[string]string{
+		"kube-apiserver":          cluster.APIServer().Image(),
+		"kube-controller-manager": cluster.ControllerManager().Image(),
+		"kube-scheduler":          cluster.Scheduler().Image(),
+	}
+
+	for component, image := range images {
+		name := component + "-" + k.hostname
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{
+				Name:      name,
+				Namespace: "kube-system",
+				Labels: map[string]string{
+					"tier": "control-plane", "k8s-app": component, "component": component,
+					"app.kubernetes.io/component": "control-plane", "app.kubernetes.io/managed-by": "Talos",
+				},
+				Annotations: map[string]string{
+					"kubernetes.io/config.mirror": name, "kubernetes.io/config.hash": name, "kubernetes.io/config.source": "file",
+				},
+				OwnerReferences: []metav1.OwnerReference{{
+					APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID, Controller: ptr(true),
+				}},
+			},
+			Spec: corev1.PodSpec{
+				NodeName:          k.hostname,
+				HostNetwork:       true,
+				PriorityClassName: "system-cluster-critical",
+				Containers:        []corev1.Container{{Name: component, Image: image}},
+				Tolerations:       []corev1.Toleration{{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute}},
+			},
+		}
+
+		if _, err = client.CoreV1().Pods("kube-system").Create(ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("mirror pod %s: %w", name, err)
+		}
+
+		podStatus := k8s.NewStaticPodStatus(k8s.NamespaceName, "kube-system/"+name)
+		podStatus.TypedSpec().PodStatus = map[string]any{
+			"phase":      "Running",
+			"conditions": []any{map[string]any{"type": "Ready", "status": "True"}},
+		}
+
+		if err = k.resources.Create(ctx, podStatus); err != nil && !state.IsConflictError(err) {
+			return err
+		}
+	}
+
+	return nil
+}
+
+// reportServingCertificate keeps the "kubelet-csr" diagnostic while this kubelet's serving
+// certificate request waits for approval, as Talos does
+// (runtime/internal/diagnostics/kubelet_csr_not_approved.go; Talos first sees the kubelet's
+// API fail its TLS handshake, which the twin has no kubelet API to show).
+func (k *kubelet) reportServingCertificate(ctx context.Context) {
+	if !k.rotatesServingCertificate() {
+		return
+	}
+
+	for ctx.Err() == nil {
+		pending, err := k.pendingServingRequests(ctx)
+		if err == nil {
+			k.setDiagnostic(ctx, pending)
+		}
+
+		select {
+		case <-ctx.Done():
+		case <-time.After(3 * time.Second):
+		}
+	}
+}
+
+func (k *kubelet) pendingServingRequests(ctx context.Context) ([]string, error) {
+	client, err := k.client()
+	if err != nil {
+		return nil, err
+	}
+
+	requests, err := client.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{
+		FieldSelector: "spec.signerName=" + certificatesv1.KubeletServingSignerName,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	var pending []string
+
+	for _, request := range requests.Items {
+		approved := false
+		for _, condition := range request.Status.Conditions {
+			approved = approved || condition.Type == certificatesv1.CertificateApproved
+		}
+
+		if request.Spec.Username == "system:node:"+k.hostname && !approved {
+			pending = append(pending, request.Name)
+		}
+	}
+
+	return pending, nil
+}
+
+func (k *kubelet) setDiagnostic(ctx context.Context, pending []string) {
+	diagnostic := runtime.NewDiagnostic(runtime.NamespaceName, "kubelet-csr")
+	if len(pending) == 0 {
+		_ = k.resources.Destroy(ctx, diagnostic.Metadata()) //nolint:errcheck
+
+		return
+	}
+
+	diagnostic.TypedSpec().Message = "kubelet server certificate rotation is enabled, but CSR is not approved"
+	diagnostic.TypedSpec().Details = []string{"pending CSRs: " + strings.Join(pending, ", ")}
+
+	if err := k.resources.Create(ctx, diagnostic); state.IsConflictError(err) {
+		current, err := k.resources.Get(ctx, diagnostic.Metadata())
+		if err == nil {
+			diagnostic.Metadata().SetVersion(current.Metadata().Version())
+			_ = k.resources.Update(ctx, diagnostic) //nolint:errcheck
+		}
+	}
+}
+
+func (k *kubelet) rotatesServingCertificate() bool {
+	return strings.EqualFold(k.config.Machine().Kubelet().ExtraArgs()["rotate-server-certificates"], "true")
+}
+
+func ptr[T any](value T) *T { return &value }
 
 func (k *kubelet) credentials() (certPEM, keyPEM []byte, err error) {
 	if certPEM, err = os.ReadFile(filepath.Join(k.dir, "kubelet.crt")); err != nil {
@@ -248,7 +413,7 @@ func (k *kubelet) register(ctx context.Context) error {
 // requestServingCertificate files the kubelet-serving CSR when the config turns on
 // `rotate-server-certificates`, as the kubelet does; it does not wait: the approver decides.
 func (k *kubelet) requestServingCertificate(ctx context.Context) error {
-	if !strings.EqualFold(k.config.Machine().Kubelet().ExtraArgs()["rotate-server-certificates"], "true") {
+	if !k.rotatesServingCertificate() {
 		return nil
 	}
 

@@ -54,22 +54,27 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/siderolabs/talos/pkg/kubeconfig"
+	clusterapi "github.com/siderolabs/talos/pkg/machinery/api/cluster"
 	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configdiff"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
 	"github.com/siderolabs/talos/pkg/machinery/nethelpers"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
+	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
 	"github.com/siderolabs/talos/pkg/machinery/resources/network"
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
 	"github.com/siderolabs/talos/pkg/machinery/version"
 )
 
-// Hardware is what the lab says this machine has: its network ports and its disks.
+// Hardware is what the lab says this machine has: its network ports, its disks and its memory.
 type Hardware struct {
 	Links []Link `json:"links"`
 	Disks []Disk `json:"disks"`
+	// Memory in bytes.
+	Memory uint64 `json:"memory"`
 }
 
 // Link is one network port.
@@ -129,6 +134,7 @@ type nodeFlags struct {
 	kwok          string
 	kwokConfig    string
 	controlPlanes []string
+	hardware      Hardware
 }
 
 func run(node nodeFlags, hardwareFile string) error {
@@ -142,6 +148,7 @@ func run(node nodeFlags, hardwareFile string) error {
 		return fmt.Errorf("%s: %w", hardwareFile, err)
 	}
 
+	node.hardware = hardware
 	ctx := context.Background()
 	resources := state.WrapCore(namespaced.NewState(inmem.Build))
 
@@ -242,6 +249,10 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 		return false, err
 	}
 
+	if err = mountEphemeral(ctx, resources, provider, node.hardware); err != nil {
+		return false, err
+	}
+
 	tlsConfig, err := apiTLS(ctx, provider, address, node.controlPlanes)
 	if err != nil {
 		return false, err
@@ -252,16 +263,58 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 		return false, err
 	}
 
-	running, err := startServices(ctx, provider, node)
+	running, err := startServices(ctx, provider, node, resources)
 	if err != nil {
 		return false, err
 	}
 
 	runningServices.Store(running)
 
-	served := &configured{config: provider, configFile: configFile, address: address, bootedAt: time.Now(), services: running, etcd: running.etcd}
+	served := &configured{
+		config: provider, configFile: configFile, address: address, bootedAt: time.Now(),
+		services: running, etcd: running.etcd, hardware: node.hardware,
+	}
 
-	grpcServer := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConfig)))
+	// machined: the machine's own services, reached through apid only.
+	socket := filepath.Join(node.stateDir, "machined.sock")
+	_ = os.Remove(socket) //nolint:errcheck
+
+	machinedListener, err := net.Listen("unix", socket)
+	if err != nil {
+		return false, err
+	}
+
+	apidSocket := filepath.Join(node.stateDir, "apid.sock")
+
+	machined := grpc.NewServer()
+	machine.RegisterMachineServiceServer(machined, served)
+	cosiv1alpha1.RegisterStateServer(machined, server.NewState(resources))
+	clusterapi.RegisterClusterServiceServer(machined, &health{apidSocket: apidSocket})
+
+	go machined.Serve(machinedListener) //nolint:errcheck
+
+	defer machined.Stop()
+
+	front, err := newAPID(provider, address, socket)
+	if err != nil {
+		return false, err
+	}
+
+	// apid also answers this machine's own services on a unix socket, without TLS (Talos's
+	// local API socket, what its health check dials).
+	_ = os.Remove(apidSocket) //nolint:errcheck
+
+	localListener, err := net.Listen("unix", apidSocket)
+	if err != nil {
+		return false, err
+	}
+
+	local := front.server(nil)
+	go local.Serve(localListener) //nolint:errcheck
+
+	defer local.Stop()
+
+	grpcServer := front.server(tlsConfig)
 	served.shutDown = grpcServer.Stop
 
 	if provider.Machine().Type().IsControlPlane() {
@@ -272,8 +325,6 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 
 		defer trustdServer.Stop()
 	}
-	machine.RegisterMachineServiceServer(grpcServer, served)
-	cosiv1alpha1.RegisterStateServer(grpcServer, server.NewState(resources))
 
 	log.Printf("configured: serving the Talos API on %s", listener.Addr())
 
@@ -300,6 +351,46 @@ func markRunning(ctx context.Context, resources state.State) error {
 	machineStatus.TypedSpec().Status.Ready = true
 
 	return resources.Update(ctx, machineStatus)
+}
+
+// ephemeralReserved is what the install leaves to the other partitions (EFI, META, STATE)
+// before EPHEMERAL takes the rest of the disk.
+const ephemeralReserved = 3 << 30
+
+// mountEphemeral records the EPHEMERAL volume (/var) on the install disk, as the volume
+// manager reports it once mounted (internal/app/machined/pkg/controllers/block/volume_manager.go).
+func mountEphemeral(ctx context.Context, resources state.State, provider config.Provider, hardware Hardware) error {
+	installDisk := provider.Machine().Install().Disk()
+
+	for _, disk := range hardware.Disks {
+		if disk.DevPath != installDisk {
+			continue
+		}
+
+		separator := ""
+		if strings.Contains(disk.DevPath, "nvme") {
+			separator = "p"
+		}
+
+		volume := block.NewVolumeStatus(block.NamespaceName, constants.EphemeralPartitionLabel)
+		spec := volume.TypedSpec()
+		spec.Phase = block.VolumePhaseReady
+		spec.Type = block.VolumeTypePartition
+		spec.Location = disk.DevPath + separator + "6"
+		spec.ParentLocation = disk.DevPath
+		spec.MountLocation = "/var"
+		spec.Filesystem = block.FilesystemTypeXFS
+		spec.Size = disk.Size - ephemeralReserved
+		spec.PrettySize = fmt.Sprintf("%d GB", spec.Size/1_000_000_000)
+
+		if err := resources.Create(ctx, volume); err != nil && !state.IsConflictError(err) {
+			return err
+		}
+
+		return nil
+	}
+
+	return fmt.Errorf("machine.install.disk %s is not one of this machine's disks", installDisk)
 }
 
 // boot fills the state as a machine booted from the ISO has it: the resource definitions
@@ -353,8 +444,11 @@ func boot(ctx context.Context, st state.State, hardware Hardware) error {
 
 	definitions := []meta.ResourceDefinitionProvider{
 		runtime.MachineStatusExtension{},
+		runtime.DiagnosticExtension{},
 		network.LinkStatusExtension{},
 		block.DiskExtension{},
+		block.VolumeStatusExtension{},
+		k8s.StaticPodStatusExtension{},
 	}
 
 	for _, provider := range definitions {
@@ -452,6 +546,7 @@ type configured struct {
 	configFile string
 	address    string
 	bootedAt   time.Time
+	hardware Hardware
 	// What the machine runs; its etcd member (control planes only).
 	services *services
 	etcd     *etcdMember
@@ -626,8 +721,13 @@ func (c *configured) EtcdStatus(ctx context.Context, _ *emptypb.Empty) (*machine
 }
 
 // Version reports the Talos release the twin models (pkg/machinery/version).
+// A bare-metal machine: its platform is "metal" (health's memory and disk checks skip only
+// containers).
 func (*configured) Version(context.Context, *emptypb.Empty) (*machine.VersionResponse, error) {
-	return &machine.VersionResponse{Messages: []*machine.Version{{Version: version.NewVersion()}}}, nil
+	return &machine.VersionResponse{Messages: []*machine.Version{{
+		Version:  version.NewVersion(),
+		Platform: &machine.PlatformInfo{Name: "metal", Mode: "metal"},
+	}}}, nil
 }
 
 // ApplyConfiguration on a configured node: with --dry-run, Talos's own diff of the running

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/siderolabs/go-loadbalancer/controlplane"
 	"golang.org/x/sys/unix"
 
@@ -41,7 +42,7 @@ func hostname(provider config.Provider, address string) string {
 	return address
 }
 
-func startServices(parent context.Context, provider config.Provider, node nodeFlags) (*services, error) {
+func startServices(parent context.Context, provider config.Provider, node nodeFlags, resources state.State) (*services, error) {
 	ctx, cancel := context.WithCancel(parent)
 	running := &services{cancel: cancel}
 
@@ -63,7 +64,7 @@ func startServices(parent context.Context, provider config.Provider, node nodeFl
 	}
 	kubelet := &kubelet{
 		config: provider, address: node.address, hostname: name, dir: filepath.Join(node.stateDir, "kubelet"),
-		kwokBinary: node.kwok, kwokConfig: node.kwokConfig,
+		kwokBinary: node.kwok, kwokConfig: node.kwokConfig, resources: resources,
 	}
 	running.kubelet = kubelet
 
