@@ -1,27 +1,81 @@
-//! What the local lab takes from the cluster model: the config's nodes, registered as kwok
-//! nodes (kwok keeps their heartbeats and runs their pods as fakes), and the client that
-//! reaches the lab's API server. `cargo xtask lab up` uses this, and so does stage 01 on the
-//! lab target, so both register nodes the same way.
+//! What every stage shares about the lab, the cluster in a box: where its kubeconfig is, how
+//! a process joins the box's workstation (a `--lab` run does, so everything it dials, talosctl
+//! included, stays inside the box), and how Node and pod readiness is read.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{Node, NodeAddress, NodeSpec, NodeStatus, NodeSystemInfo, Pod, Taint};
-use kube::api::{Api, ObjectMeta, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::config::{self, ClusterConfig, Role};
+use crate::config::ClusterConfig;
 
-/// The field manager for objects the lab itself owns.
-pub const FIELD_MANAGER: &str = "talos-ha-lab";
-/// kwok manages only nodes carrying this annotation (`--manage-nodes-with-annotation-selector`),
-/// so a real node could never be taken over by mistake.
-pub const KWOK_ANNOTATION: (&str, &str) = ("kwok.x-k8s.io/node", "fake");
 /// The label and taint Talos puts on control planes (workloads stay off them by default).
 pub const CONTROL_PLANE_ROLE: &str = "node-role.kubernetes.io/control-plane";
 
-/// Where `lab up` writes the admin kubeconfig.
+/// The ports of one lab on 127.0.0.1 (and on the box's workstation), all derived from one base
+/// so two labs can run side by side; `lab up` keeps them in `state/lab/lab.json`.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct Ports {
+    pub base: u16,
+}
+
+impl Ports {
+    /// The ports the lab beside this config was started with, if it was.
+    pub fn stored(state_dir: &Path) -> Option<Ports> {
+        let text = std::fs::read_to_string(ports_file(state_dir)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// The API forward: on this machine and on the workstation.
+    pub fn api(self) -> u16 {
+        self.base
+    }
+
+    /// The Image Factory stand-in, on the workstation.
+    pub fn image_factory(self) -> u16 {
+        self.base + 1
+    }
+
+    /// The metrics port of MetalLB's controller, on the workstation.
+    pub fn metallb_metrics(self) -> u16 {
+        self.base + 2
+    }
+
+    /// What stage 01 uploads its schematic to on the lab.
+    pub fn image_factory_url(self) -> String {
+        format!("http://127.0.0.1:{}", self.image_factory())
+    }
+}
+
+/// Where `lab up` keeps the lab's ports.
+pub fn ports_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("lab").join("lab.json")
+}
+
+/// The network namespace of the box's workstation: `<cluster name>-admin`.
+pub fn workstation_namespace(config: &ClusterConfig) -> String {
+    format!("{}-admin", config.name)
+}
+
+/// Moves the calling thread into `namespace`'s network stack (setns affects this thread, the
+/// threads it starts afterwards and the processes they start).
+pub fn enter_namespace(namespace: &str) -> anyhow::Result<()> {
+    let handle = std::fs::File::open(format!("/run/netns/{namespace}")).with_context(|| {
+        format!("the box has no namespace {namespace}: start it with `cargo xtask lab up` (as root)")
+    })?;
+    nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("entering {namespace} (joining a network namespace needs root, or CAP_SYS_ADMIN)"))
+}
+
+/// Makes the calling thread the box's workstation.
+pub fn enter_box(config: &ClusterConfig) -> anyhow::Result<()> {
+    enter_namespace(&workstation_namespace(config))
+}
+
+/// The lab's admin kubeconfig, aimed at the API forward on 127.0.0.1 (the workstation
+/// services write it once stage 01 has fetched the cluster's own, which is aimed at the VIP).
 pub fn kubeconfig_path(state_dir: &Path) -> PathBuf {
     state_dir.join("lab").join("kubeconfig")
 }
@@ -36,66 +90,6 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client>
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
     kube::Client::try_from(config).context("building a Kubernetes client")
-}
-
-/// The Node object for one config node, as its kubelet would register it on Talos.
-pub fn kwok_node(node: &config::Node, cluster: &ClusterConfig) -> Node {
-    let mut labels = BTreeMap::from([
-        ("kubernetes.io/hostname".to_owned(), node.name.clone()),
-        ("kubernetes.io/os".to_owned(), "linux".to_owned()),
-        ("kubernetes.io/arch".to_owned(), "amd64".to_owned()),
-        ("type".to_owned(), "kwok".to_owned()),
-    ]);
-    let mut taints = Vec::new();
-    if node.role == Role::ControlPlane {
-        labels.insert(CONTROL_PLANE_ROLE.to_owned(), String::new());
-        taints.push(Taint { key: CONTROL_PLANE_ROLE.to_owned(), effect: "NoSchedule".to_owned(), ..Taint::default() });
-    }
-    Node {
-        metadata: ObjectMeta {
-            name: Some(node.name.clone()),
-            labels: Some(labels),
-            annotations: Some(BTreeMap::from([(KWOK_ANNOTATION.0.to_owned(), KWOK_ANNOTATION.1.to_owned())])),
-            ..ObjectMeta::default()
-        },
-        spec: Some(NodeSpec { taints: Some(taints), ..NodeSpec::default() }),
-        status: Some(NodeStatus {
-            // The config's address, as data only: nothing in the lab dials it (the API server
-            // reaches kwok's kubelet stand-in by the node's Hostname, see the lab's flags).
-            addresses: Some(vec![
-                NodeAddress { type_: "InternalIP".to_owned(), address: node.ip.to_string() },
-                NodeAddress { type_: "Hostname".to_owned(), address: node.name.clone() },
-            ]),
-            node_info: Some(NodeSystemInfo {
-                kubelet_version: cluster.versions.kubernetes.to_string(),
-                os_image: format!("Talos ({}) [kwok node in the talos-ha lab]", cluster.versions.talos),
-                operating_system: "linux".to_owned(),
-                architecture: "amd64".to_owned(),
-                ..NodeSystemInfo::default()
-            }),
-            ..NodeStatus::default()
-        }),
-    }
-}
-
-/// Registers every config node in the lab (server-side apply: re-running changes nothing).
-pub async fn register_nodes(client: &kube::Client, cluster: &ClusterConfig) -> anyhow::Result<()> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    for node in &cluster.nodes {
-        let object = kwok_node(node, cluster);
-        nodes
-            .patch(&node.name, &params, &Patch::Apply(&object))
-            .await
-            .with_context(|| format!("registering node {} in the lab", node.name))?;
-        // Status is a subresource: on update the main endpoint ignores it, so the addresses
-        // and node info are applied there too (kwok keeps what it finds when it initialises).
-        nodes
-            .patch_status(&node.name, &params, &Patch::Apply(&object))
-            .await
-            .with_context(|| format!("setting the status of node {} in the lab", node.name))?;
-    }
-    Ok(())
 }
 
 /// The config nodes that are not Ready yet (missing ones included), by name.

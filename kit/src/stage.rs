@@ -271,12 +271,16 @@ pub mod exit {
 }
 
 /// The `main` of every stage binary.
-pub fn main<S: Stage>(stage: S) -> ExitCode {
+pub fn main<S: Stage + Sync>(stage: S) -> ExitCode {
     execute(&stage, std::env::args_os(), &mut std::io::stdout())
 }
 
 /// Runs one stage command with `args` (argv, program name first), writing data to `out`.
-pub fn execute<S: Stage>(stage: &S, args: impl IntoIterator<Item = OsString>, out: &mut impl Write) -> ExitCode {
+pub fn execute<S: Stage + Sync, W: Write + Send>(
+    stage: &S,
+    args: impl IntoIterator<Item = OsString>,
+    out: &mut W,
+) -> ExitCode {
     let command = StageCli::command()
         .name(S::NAME)
         .about(S::TITLE)
@@ -300,7 +304,7 @@ pub fn execute<S: Stage>(stage: &S, args: impl IntoIterator<Item = OsString>, ou
     }
 }
 
-fn run<S: Stage>(stage: &S, cli: &StageCli, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W) -> anyhow::Result<ExitCode> {
     if let StageCommand::Explain = cli.command {
         out.write_all(S::LESSON.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
@@ -323,22 +327,39 @@ fn run<S: Stage>(stage: &S, cli: &StageCli, out: &mut impl Write) -> anyhow::Res
         mirror: cli.global.mirror.clone(),
         bootstrap,
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let output = cli.global.output;
-    runtime.block_on(async {
-        match cli.command {
-            StageCommand::Check => report_checks(stage.check(&ctx).await?, output, out),
-            StageCommand::Verify => report_checks(stage.verify(&ctx).await?, output, out),
-            StageCommand::Plan => report_changes(stage.plan(&ctx).await?, output, out),
-            StageCommand::Apply { .. } => report_changes(stage.apply(&ctx).await?, output, out),
-            StageCommand::Render { out: ref folder } => {
-                for path in stage.render(&ctx, folder).await? {
-                    writeln!(out, "{}", path.display())?;
+    let work = |out: &mut W| -> anyhow::Result<ExitCode> {
+        let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        runtime.block_on(async {
+            match cli.command {
+                StageCommand::Check => report_checks(stage.check(&ctx).await?, output, out),
+                StageCommand::Verify => report_checks(stage.verify(&ctx).await?, output, out),
+                StageCommand::Plan => report_changes(stage.plan(&ctx).await?, output, out),
+                StageCommand::Apply { .. } => report_changes(stage.apply(&ctx).await?, output, out),
+                StageCommand::Render { out: ref folder } => {
+                    for path in stage.render(&ctx, folder).await? {
+                        writeln!(out, "{}", path.display())?;
+                    }
+                    Ok(ExitCode::SUCCESS)
                 }
-                Ok(ExitCode::SUCCESS)
+                StageCommand::Explain => Ok(ExitCode::SUCCESS),
             }
-            StageCommand::Explain => Ok(ExitCode::SUCCESS),
-        }
+        })
+    };
+    if target == Target::Talos || matches!(cli.command, StageCommand::Render { .. }) {
+        return work(out);
+    }
+    // The lab's machines are at the config's addresses inside the box: a `--lab` run works from
+    // the box's workstation, on a thread that joined it (with every thread and process it
+    // starts, talosctl included), and refuses to start anywhere else.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                crate::lab::enter_box(&ctx.config).context("a --lab run works inside the box")?;
+                work(out)
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the stage's thread panicked"))?
     })
 }
 

@@ -29,7 +29,7 @@ pub fn upstream_mirror() -> PathBuf {
 /// Runs one stage command as its binary would (`<stage> ARGS… --lab --config CONFIG
 /// --mirror <shared upstream>`), returning the exit code and stdout. The kubeconfig is the
 /// config's own lab one unless ARGS name another.
-pub fn run_stage<S: kit::stage::Stage>(stage: &S, args: &[&str], config: &Path) -> (ExitCode, String) {
+pub fn run_stage<S: kit::stage::Stage + Sync>(stage: &S, args: &[&str], config: &Path) -> (ExitCode, String) {
     let mut argv: Vec<OsString> = vec![S::NAME.into()];
     argv.extend(args.iter().map(OsString::from));
     argv.extend(["--lab".into(), "--config".into(), config.into(), "--mirror".into(), upstream_mirror().into()]);
@@ -41,7 +41,7 @@ pub fn run_stage<S: kit::stage::Stage>(stage: &S, args: &[&str], config: &Path) 
 /// [`run_stage`] off the async runtime (a stage starts a runtime of its own).
 pub async fn run_stage_async<S>(stage: S, args: &'static [&'static str], config: PathBuf) -> (ExitCode, String)
 where
-    S: kit::stage::Stage + Send + 'static,
+    S: kit::stage::Stage + Send + Sync + 'static,
 {
     tokio::task::spawn_blocking(move || run_stage(&stage, args, &config))
         .await

@@ -51,14 +51,10 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
     let root = xtask::workspace_root();
     let stages = selected(&root, &args.selection)?;
     let bin_dir = crate::stages::build(&root, &stages)?;
-    // From a fresh clone `install-all --lab` is the whole job: with no lab yet, start one
-    // (a lab that exists, even one that is down, is left to `lab up`: it may use other ports).
+    // From a fresh clone `install-all --lab` is the whole job: the box comes up first (or is
+    // left as it is when it runs), its machines waiting for stage 01.
     if global.lab && global.kubeconfig.is_none() {
-        let config = kit::config::ClusterConfig::load(&global.config)?;
-        if !kit::lab::kubeconfig_path(&config.state_dir()).exists() {
-            tracing::info!("no lab yet: starting one (cargo xtask lab up)");
-            lab_up(global)?;
-        }
+        lab_up(global)?;
     }
 
     let mut stderr = std::io::stderr();
@@ -73,9 +69,12 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
             let outcome = runner.run(step)?;
             let seconds = step_started.elapsed().as_secs_f64();
             writeln!(stderr, "{stage:<16} {step:<7} {seconds:>6.1}s  {}", outcome.summary())?;
-            // In the lab, a stage may enable a host process (MetalLB's controller after 02).
-            if global.lab && *step == "apply" && !matches!(outcome, Outcome::Failed(_)) {
-                lab_up(global)?;
+            // In the lab, stage 01's apply installs the cluster: `lab up` then waits until its
+            // every node is Ready through the forward, before the next stage's check.
+            if global.lab && *stage == kit::names::TALOS_BOOTSTRAP_STAGE && *step == "apply" {
+                if !matches!(outcome, Outcome::Failed(_)) {
+                    lab_up(global)?;
+                }
             }
             let failed = outcome.failure();
             stage_report.steps.push(StepReport { step: (*step).to_owned(), seconds, outcome });
@@ -180,8 +179,8 @@ fn resume_command(stage: &str, global: &GlobalArgs) -> String {
     command
 }
 
-/// `lab up`: starts the lab, or what the stages so far have made startable in it (MetalLB's
-/// controller after stage 02); a no-op otherwise.
+/// `lab up`: builds the box and starts its machines; on an installed cluster, waits until
+/// every node is Ready. A no-op on a running lab.
 fn lab_up(global: &GlobalArgs) -> anyhow::Result<()> {
     let config = kit::config::ClusterConfig::load(&global.config)?;
     let lab = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);

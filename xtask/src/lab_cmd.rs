@@ -12,11 +12,13 @@ use xtask::lab::{DEFAULT_PORT_BASE, Lab};
 pub enum LabAction {
     /// Build the lab's binaries from Go modules into the cache (`up` does this on first use).
     Build,
-    /// Start the lab (building its binaries on first use) and register the config's nodes.
-    /// Re-running it on a running lab changes nothing; on a half-running one it starts what is missing.
+    /// Build the box and start its machines (building the binaries on first use): in
+    /// maintenance mode the first time, waiting for `install-all --lab`; into their configs
+    /// after. Re-running it on a running lab changes nothing; on a half-running one it starts
+    /// what is missing.
     Up {
-        /// The API server's port; etcd and the controllers use the 23 ports just above it.
-        /// Keep it below 32745, out of the range Linux gives outgoing connections.
+        /// The API forward's port on 127.0.0.1; the workstation's stand-ins use the 2 ports
+        /// just above it. Keep it below 32765, out of the range Linux gives outgoing connections.
         #[arg(long, default_value_t = DEFAULT_PORT_BASE, env = "TALOS_HA_LAB_PORT_BASE")]
         port_base: u16,
     },
@@ -62,14 +64,15 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
             let started = std::time::Instant::now();
             runtime.block_on(lab.up(&xtask::workspace_root()))?;
             tracing::info!("lab up in {:.1}s", started.elapsed().as_secs_f64());
-            writeln!(
-                stdout,
-                "The lab is up: a Kubernetes {} control plane on {}.",
-                config.versions.kubernetes,
-                lab.api_url()
-            )?;
-            writeln!(stdout, "  export KUBECONFIG={}", lab.kubeconfig.display())?;
-            writeln!(stdout, "  kubectl get nodes -o wide")?;
+            writeln!(stdout, "The box is up: {} Talos machines at the config's addresses.", config.nodes.len())?;
+            if lab.installed() {
+                writeln!(stdout, "The cluster answers on {} (forwarded to {}):", lab.api_url(), config.api_endpoint())?;
+                writeln!(stdout, "  export KUBECONFIG={}", lab.kubeconfig.display())?;
+                writeln!(stdout, "  kubectl get nodes -o wide")?;
+            } else {
+                writeln!(stdout, "Install the cluster on them: cargo xtask install-all --lab")?;
+            }
+            writeln!(stdout, "Inside the box: cargo xtask lab shell (talosctl, kubectl at the real addresses).")?;
             writeln!(stdout, "Stop it with `cargo xtask lab down` (add --purge to delete its data).")?;
             Ok(ExitCode::SUCCESS)
         }
@@ -104,8 +107,10 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
             } else {
                 command
             };
+            // On the workstation the cluster's own kubeconfig works as on a real LAN (the VIP).
             let talosconfig = kit::tool::talosconfig_path(&config);
-            let env = [("KUBECONFIG", lab.kubeconfig.as_path()), ("TALOSCONFIG", talosconfig.as_path())];
+            let kubeconfig = config.state_dir().join("kubeconfig");
+            let env = [("KUBECONFIG", kubeconfig.as_path()), ("TALOSCONFIG", talosconfig.as_path())];
             let status = xtask::lab::lan::exec_in(&lan.admin().namespace, &command, &env)?;
             Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
         }

@@ -1,5 +1,7 @@
-//! `cargo xtask test`: the one test command (README, CI). The lab tests need a running lab,
-//! so this brings one up, runs `cargo test --workspace`, and stops the lab it started.
+//! `cargo xtask test`: the one test command (README, CI). The lab tests need the cluster in a
+//! box, so this brings the box up, installs the cluster on its machines with stage 01 (as a
+//! user's first `install-all --lab` does) unless it is installed, runs `cargo test
+//! --workspace`, and stops the lab it started.
 
 use std::process::ExitCode;
 
@@ -15,7 +17,22 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
     let lab = Lab::new(&config, DEFAULT_PORT_BASE);
     let was_running = !lab.running_pids().is_empty();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let up = runtime.block_on(lab.up(&root));
+    let up = runtime.block_on(lab.up(&root)).and_then(|()| {
+        if lab.installed() {
+            return Ok(());
+        }
+        let stage_01 = GlobalArgs {
+            lab: true,
+            mirror: global.mirror.clone().or_else(|| Some(root.join("../shared/upstream"))),
+            ..global.clone()
+        };
+        let selection =
+            crate::install_all::Selection { from: None, only: Some(kit::names::TALOS_BOOTSTRAP_STAGE.to_owned()) };
+        let install = crate::install_all::InstallArgs { selection, dry_run: false };
+        let code = crate::install_all::run(&stage_01, &install)?;
+        anyhow::ensure!(code == ExitCode::SUCCESS, "stage 01 did not install the cluster in the box (see above)");
+        Ok(())
+    });
     let tests = up.and_then(|()| {
         let status = xtask::cargo()
             .current_dir(&root)

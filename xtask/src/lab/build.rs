@@ -34,6 +34,8 @@ const KWOK_STAGES: &[&str] = &[
 const WRAPPER_KUBERNETES: &str = "v1.35.0";
 /// The node twin's binary (`xtask/go/talos/twin`), beside talosctl.
 pub const TWIN: &str = "talos-twin";
+/// The workstation services' binary (the API forward and the box's stand-ins), beside the twin.
+pub const WORKSTATION: &str = "talos-workstation";
 /// The Talos release whose talosctl the committed wrapper module `xtask/go/talos` builds.
 const WRAPPER_TALOS: &str = "v1.12.1";
 
@@ -60,9 +62,9 @@ impl Binaries {
             "kwok" => self.kwok_dir.join(name),
             "metallb-controller" => self.metallb_dir.join("controller"),
             "talosctl" => self.talos_dir.join(name),
-            // The twin is our own code: its file carries a hash of its source, so a changed
-            // twin is rebuilt although versions.talos did not change.
-            TWIN => self.talos_dir.join(format!("{TWIN}-{}", twin_source_hash())),
+            // The twin and the workstation services are our own code: their files carry a hash
+            // of their source, so a change rebuilds them although versions.talos did not change.
+            TWIN | WORKSTATION => self.talos_dir.join(format!("{name}-{}", box_source_hash())),
             _ => self.kubernetes_dir.join(name),
         }
     }
@@ -91,7 +93,7 @@ pub fn ensure_binaries(versions: &Versions, workspace: &Path) -> anyhow::Result<
     let missing_kwok = !binaries.path("kwok").exists() || binaries.kwok_stages().iter().any(|stage| !stage.exists());
     let missing_metallb = !binaries.path("metallb-controller").exists();
     let talos = binaries.talos_version;
-    let missing_talos = !binaries.path("talosctl").exists() || !binaries.path(TWIN).exists();
+    let missing_talos = ["talosctl", TWIN, WORKSTATION].iter().any(|name| !binaries.path(name).exists());
     let talos_buildable = talos.to_string() == WRAPPER_TALOS;
     if missing_talos && !talos_buildable {
         tracing::warn!(
@@ -166,8 +168,9 @@ fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out:
     publish(&staging, out)
 }
 
-/// talosctl and the node twin (`xtask/go/talos/twin`) from the one wrapper module: the twin
-/// is built on the same Talos packages, at the same version, as the talosctl that talks to it.
+/// talosctl, the node twin (`xtask/go/talos/twin`) and the workstation services
+/// (`xtask/go/talos/workstation`) from the one wrapper module: the twin is built on the same
+/// Talos packages, at the same version, as the talosctl that talks to it.
 fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &Path) -> anyhow::Result<()> {
     let staging = staging_dir(out)?;
     let _dir = sh.push_dir(module);
@@ -175,7 +178,7 @@ fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &
     // talosctl stamps its version from pkg/machinery's own variables (set by the release), so
     // no -X flags are needed: `talosctl version --client` reports the tag.
     let ldflags = "-s -w";
-    let packages = ["github.com/siderolabs/talos/cmd/talosctl", "./twin"];
+    let packages = ["github.com/siderolabs/talos/cmd/talosctl", "./twin", "./workstation"];
     let command = cmd!(sh, "{go} build -trimpath -buildvcs=false -ldflags {ldflags} -o {staging_arg} {packages...}")
         .env("GOSUMDB", "off");
     with_heartbeat(
@@ -183,16 +186,19 @@ fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &
         || command.quiet().run().context("go build of the talosctl wrapper module failed (output above)"),
     )?;
     // `go build` names a package's binary after its folder.
-    std::fs::rename(staging.join("twin"), staging.join(format!("{TWIN}-{}", twin_source_hash())))?;
+    for (folder, name) in [("twin", TWIN), ("workstation", WORKSTATION)] {
+        std::fs::rename(staging.join(folder), staging.join(format!("{name}-{}", box_source_hash())))?;
+    }
     publish(&staging, out)
 }
 
-/// The first 12 hex digits of the sha256 of the twin's source and the wrapper's go.mod/go.sum.
-fn twin_source_hash() -> String {
+/// The first 12 hex digits of the sha256 of the twin's and the workstation's source and the
+/// wrapper's go.mod/go.sum.
+fn box_source_hash() -> String {
     let module = crate::workspace_root().join("xtask/go/talos");
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(module.join("twin"))
-        .into_iter()
-        .flatten()
+    let mut files: Vec<std::path::PathBuf> = ["twin", "workstation"]
+        .iter()
+        .flat_map(|folder| std::fs::read_dir(module.join(folder)).into_iter().flatten())
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "go"))
         .collect();

@@ -57,7 +57,7 @@ impl Lan {
         let namespace = |who: &str| format!("{}-{who}", config.name);
         let admin = Member {
             name: "admin".to_owned(),
-            namespace: namespace("admin"),
+            namespace: kit::lab::workstation_namespace(config),
             address: admin_address(config),
             port: "port0".to_owned(),
         };
@@ -224,13 +224,19 @@ fn ensure_root() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Moves the calling thread into `namespace`'s network stack (setns affects this thread, the
-/// threads it starts afterwards and the processes they start): how a test or a tool becomes
-/// the workstation of the box without leaving its own process.
-pub fn enter(namespace: &str) -> anyhow::Result<()> {
-    let handle = std::fs::File::open(format!("/run/netns/{namespace}"))
-        .with_context(|| format!("the box has no namespace {namespace}: is the lab up (as root)?"))?;
-    nix::sched::setns(handle, nix::sched::CloneFlags::CLONE_NEWNET).with_context(|| format!("entering {namespace}"))
+/// How a test or a tool becomes the workstation of the box without leaving its own process.
+pub use kit::lab::enter_namespace as enter;
+
+/// Whether something accepts connections at `address` inside `namespace` (asked from a thread
+/// that enters the namespace, so nothing outside the box dials a box address).
+pub fn listens(namespace: &str, address: std::net::SocketAddr) -> bool {
+    let namespace = namespace.to_owned();
+    std::thread::spawn(move || {
+        enter(&namespace).is_ok()
+            && std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(500)).is_ok()
+    })
+    .join()
+    .unwrap_or(false)
 }
 
 /// Runs `command` inside `namespace` (`ip netns exec`), with `env` set: what `lab shell` does.

@@ -29,6 +29,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	talosx509 "github.com/siderolabs/crypto/x509"
@@ -448,9 +449,12 @@ func (cp *controlPlane) run(ctx context.Context, etcd *etcdMember) {
 	}
 }
 
-// stop takes the three components down, newest first.
+// stop takes the three components down together.
 func (cp *controlPlane) stop() {
+	var stopping sync.WaitGroup
 	for _, component := range []*service{cp.scheduler, cp.controllerManager, cp.apiserver} {
-		component.stop()
+		stopping.Go(component.stop)
 	}
+
+	stopping.Wait()
 }

@@ -546,7 +546,7 @@ type configured struct {
 	configFile string
 	address    string
 	bootedAt   time.Time
-	hardware Hardware
+	hardware   Hardware
 	// What the machine runs; its etcd member (control planes only).
 	services *services
 	etcd     *etcdMember

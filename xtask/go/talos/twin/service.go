@@ -60,6 +60,9 @@ func (s *service) spawnLocked() error {
 
 	cmd := exec.Command(s.binary, s.args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	// Should the twin itself be killed, its services die with it (as a machine's do when it
+	// loses power), rather than live on holding the node's ports.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 
 	if err = cmd.Start(); err != nil {
 		logFile.Close() //nolint:errcheck
@@ -108,7 +111,10 @@ func (s *service) running() bool {
 	return s.process != nil
 }
 
-// stop ends the service for good (until start): SIGTERM, then SIGKILL after 10 s.
+// stopGrace is how long a service may take to exit after SIGTERM before it is killed.
+const stopGrace = 5 * time.Second
+
+// stop ends the service for good (until start): SIGTERM, then SIGKILL after stopGrace.
 func (s *service) stop() {
 	s.mu.Lock()
 	s.stopping = true
@@ -123,7 +129,7 @@ func (s *service) stop() {
 
 	select {
 	case <-exited:
-	case <-time.After(10 * time.Second):
+	case <-time.After(stopGrace):
 		_ = process.Process.Kill() //nolint:errcheck
 		<-exited
 	}
