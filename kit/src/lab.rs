@@ -54,9 +54,9 @@ pub fn ports_file(state_dir: &Path) -> PathBuf {
     state_dir.join("lab").join("lab.json")
 }
 
-/// The network namespace of the box's workstation: `<cluster name>-admin`.
-pub fn workstation_namespace(config: &ClusterConfig) -> String {
-    format!("{}-admin", config.name)
+/// The network namespace of a cluster's box's workstation: `<cluster name>-admin`.
+pub fn workstation_namespace(cluster: &str) -> String {
+    format!("{cluster}-admin")
 }
 
 /// Moves the calling thread into `namespace`'s network stack (setns affects this thread, the
@@ -71,7 +71,7 @@ pub fn enter_namespace(namespace: &str) -> anyhow::Result<()> {
 
 /// Makes the calling thread the box's workstation.
 pub fn enter_box(config: &ClusterConfig) -> anyhow::Result<()> {
-    enter_namespace(&workstation_namespace(config))
+    enter_namespace(&workstation_namespace(&config.name))
 }
 
 /// The lab's admin kubeconfig, aimed at the API forward on 127.0.0.1 (the workstation

@@ -373,6 +373,15 @@ async fn node_check(edge: &Talosctl, config: &ClusterConfig, node: &kit::config:
 /// from the artifact store (so `talos-ha.lock` and `--mirror` cover it).
 const APPROVER_MANIFEST: &str = "ha-install.yaml";
 
+/// Generates the secrets (once), every node's machine config and the talosconfig into the state
+/// folder, validated, as `apply` does before it sends them: for a test that sends them to the
+/// machines itself, one step at a time.
+pub async fn generate_configs(ctx: &Context) -> anyhow::Result<Vec<NodeConfig>> {
+    let mut talosctl = talosctl(&ctx.config).await?;
+    let inline = inline_manifests(ctx)?;
+    Ok(generate_into_state(&mut talosctl, &ctx.config, &inline).await?.0)
+}
+
 /// Where stage 01 writes the cluster's admin kubeconfig (aimed at the VIP): `--kubeconfig` on
 /// real nodes. On the lab it is `state/kubeconfig`, as on real nodes; the workstation services
 /// copy it, aimed at the forward on 127.0.0.1, to the lab's kubeconfig.

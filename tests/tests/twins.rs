@@ -1,6 +1,7 @@
-//! Stage 01's `check` on the talos target, from the workstation inside the box, through the
-//! real talosctl, against the node twins at the config's addresses (issue 15). The twins are
-//! in maintenance mode, as machines booted from the ISO: the check must tell so the way Talos
+//! Stage 01's steps one at a time, from the workstation inside a box of this test's own (its
+//! machines are reset and rebooted here, so never the shared cluster's), through the real
+//! talosctl, against the node twins at the config's addresses (issue 15). The twins start in
+//! maintenance mode, as machines booted from the ISO: the check must tell so the way Talos
 //! allows (a maintenance node refuses `version` to clients off SideroLink), and pre-flight
 //! each node's links and disks. Two of the review's stage-01 defects are reproduced on the
 //! twins' hardware: a second port (the default selector matches two links) and the USB stick
@@ -20,7 +21,7 @@ fn stage_from_the_workstation(
     config: &Path,
     extra: &[&str],
 ) -> anyhow::Result<(ExitCode, Vec<serde_json::Value>)> {
-    let namespace = xtask::lab::lan::Lan::new(&tests::config()).admin().namespace.clone();
+    let namespace = kit::lab::workstation_namespace(&kit::config::ClusterConfig::load(config)?.name);
     let mut argv: Vec<OsString> = vec!["talos-bootstrap".into(), command.into(), "--output".into(), "json".into()];
     argv.extend(["--config".into(), config.into(), "--mirror".into(), tests::upstream_mirror().into()]);
     argv.extend(extra.iter().map(OsString::from));
@@ -35,8 +36,8 @@ fn stage_from_the_workstation(
     .map_err(|_| anyhow::anyhow!("the stage's thread panicked"))?
 }
 
-fn check_from_the_workstation() -> anyhow::Result<(ExitCode, Vec<serde_json::Value>)> {
-    stage_from_the_workstation("check", &tests::config_path(), &[])
+fn check_from_the_workstation(config: &Path) -> anyhow::Result<(ExitCode, Vec<serde_json::Value>)> {
+    stage_from_the_workstation("check", config, &[])
 }
 
 fn check<'a>(checks: &'a [serde_json::Value], node: &str) -> &'a serde_json::Value {
@@ -44,12 +45,23 @@ fn check<'a>(checks: &'a [serde_json::Value], node: &str) -> &'a serde_json::Val
     checks.iter().find(|check| check["name"] == name.as_str()).unwrap_or_else(|| panic!("no check {name}: {checks:?}"))
 }
 
+/// This test's box: the config under another cluster name (its own namespaces), on its own ports.
+const OWN_BOX: (&str, u16) = ("twins", 27443);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn stage_01_checks_the_twins_in_maintenance_mode_through_talosctl() -> anyhow::Result<()> {
-    let config = tests::config();
-    let lab = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
+    let dir = tempfile::tempdir()?;
+    let config = xtask::scratch_lab_config(&tests::config_path(), dir.path(), OWN_BOX.0)?;
+    let lab = xtask::lab::Lab::new(&config, OWN_BOX.1);
+    lab.up(&xtask::workspace_root()).await?;
+    let outcome = stage_01_step_by_step(&lab, &config).await;
+    lab.down(true)?;
+    outcome
+}
 
-    let (code, checks) = tokio::task::spawn_blocking(check_from_the_workstation).await??;
+async fn stage_01_step_by_step(lab: &xtask::lab::Lab, config: &kit::config::ClusterConfig) -> anyhow::Result<()> {
+    let source = config.source.clone();
+    let (code, checks) = tokio::task::spawn_blocking(move || check_from_the_workstation(&source)).await??;
     assert_eq!(code, ExitCode::SUCCESS, "{checks:?}");
     for (index, node) in config.nodes.iter().enumerate() {
         let reason = check(&checks, &node.name)["reason"].as_str().unwrap_or_default().to_owned();
@@ -93,7 +105,8 @@ async fn stage_01_checks_the_twins_in_maintenance_mode_through_talosctl() -> any
     })?;
     lab.restart_twin("wk02").await?;
     lab.restart_twin("cp03").await?;
-    let outcome = tokio::task::spawn_blocking(check_from_the_workstation).await?;
+    let source = config.source.clone();
+    let outcome = tokio::task::spawn_blocking(move || check_from_the_workstation(&source)).await?;
 
     // Whatever the outcome, the twins get their usual hardware back.
     for (node, index) in [("wk02", 4), ("cp03", 2)] {
@@ -122,17 +135,9 @@ async fn stage_01_checks_the_twins_in_maintenance_mode_through_talosctl() -> any
     );
     assert_eq!(check(&checks, "cp01")["status"], "pass", "the other nodes are fine");
 
-    let dir = tempfile::tempdir()?;
-    let scratch = generated_configs(dir.path()).await?;
-    let configured = async {
-        a_configured_twin_shows_drift_through_talos_own_diff(&lab, &scratch).await?;
-        three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healthy(&lab, &scratch).await
-    }
-    .await;
-    for node in ["cp01", "cp02", "cp03"] {
-        lab.reset_twin(node).await?;
-    }
-    configured
+    generate_configs(config).await?;
+    a_configured_twin_shows_drift_through_talos_own_diff(lab, config).await?;
+    three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healthy(lab, config).await
 }
 
 /// Runs `work` on a thread inside the workstation's namespace, with a runtime of its own.
@@ -142,7 +147,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let namespace = xtask::lab::lan::Lan::new(&tests::config()).admin().namespace.clone();
+    let namespace = kit::lab::workstation_namespace(OWN_BOX.0);
     tokio::task::spawn_blocking(move || {
         xtask::lab::lan::enter(&namespace)?;
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(work())
@@ -150,25 +155,17 @@ where
     .await?
 }
 
-/// A copy of the config whose secrets, machine configs and talosconfig stage 01 generated
-/// (the lab target, on this machine: it talks to the lab's API on 127.0.0.1 and dials no
-/// config address).
-async fn generated_configs(dir: &Path) -> anyhow::Result<kit::config::ClusterConfig> {
-    let config = xtask::scratch_config(&tests::config_path(), dir)?;
-    let kubeconfig = tests::kubeconfig().display().to_string();
-    let source = config.source.clone();
-    let (code, out) = tokio::task::spawn_blocking(move || {
-        let argv: Vec<OsString> = ["talos-bootstrap", "apply", "--lab", "--kubeconfig", &kubeconfig, "--mirror"]
-            .iter()
-            .map(OsString::from)
-            .chain([tests::upstream_mirror().into(), "--config".into(), source.into()])
-            .collect();
-        let mut out = Vec::new();
-        (kit::stage::execute(&TalosBootstrap, argv, &mut out), String::from_utf8_lossy(&out).into_owned())
-    })
-    .await?;
-    anyhow::ensure!(code == ExitCode::SUCCESS, "{out}");
-    Ok(config)
+/// Generates the secrets, machine configs and talosconfig into the box's config's state
+/// folder, as stage 01's apply does before it sends them (this test sends them itself).
+async fn generate_configs(config: &kit::config::ClusterConfig) -> anyhow::Result<()> {
+    let ctx = kit::stage::Context {
+        kubeconfig: config.state_dir().join("kubeconfig"),
+        config: config.clone(),
+        target: kit::stage::Target::Talos,
+        mirror: Some(tests::upstream_mirror()),
+        bootstrap: false,
+    };
+    talos_bootstrap::generate_configs(&ctx).await.map(drop)
 }
 
 /// The edge stage 01 uses, with the scratch config's talosconfig.

@@ -1,5 +1,5 @@
-//! `cargo xtask verify-ha --lab` as a user runs it: a real etcd drill and a node failure on the
-//! lab, with times.
+//! `cargo xtask verify-ha --lab` as a user runs it: control planes switched off and on (their
+//! etcd members with them) and a node failure on the cluster in a box, with times.
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
@@ -33,11 +33,12 @@ fn the_lab_drill_loses_etcd_quorum_and_a_node_and_measures_both() -> anyhow::Res
     assert!(report.contains("ok    recovered: etcd ready and writes committed"), "{report}");
     assert!(report.contains("ok    node failure: "), "{report}");
     assert!(report.contains("went NotReady") && report.contains("ran on the other nodes"), "{report}");
-    // The drill left the lab whole: every etcd member runs again ...
+    // The drill left the lab whole: every control plane runs again ...
     let config = kit::config::ClusterConfig::load(&tests::config_path())?;
     let running = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE).running_pids();
-    for member in ["etcd-0", "etcd-1", "etcd-2"] {
-        assert!(running.iter().any(|(name, _)| name == member), "{member} runs after the drill");
+    for machine in config.control_planes() {
+        let twin = format!("twin-{}", machine.name);
+        assert!(running.iter().any(|(name, _)| *name == twin), "{twin} runs after the drill");
     }
     // ... and every node and every running pod Ready again: the failed node's heartbeat was
     // given back, and its pods (marked not Ready while it was gone) were reported Ready again.

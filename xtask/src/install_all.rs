@@ -71,10 +71,9 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
             writeln!(stderr, "{stage:<16} {step:<7} {seconds:>6.1}s  {}", outcome.summary())?;
             // In the lab, stage 01's apply installs the cluster: `lab up` then waits until its
             // every node is Ready through the forward, before the next stage's check.
-            if global.lab && *stage == kit::names::TALOS_BOOTSTRAP_STAGE && *step == "apply" {
-                if !matches!(outcome, Outcome::Failed(_)) {
-                    lab_up(global)?;
-                }
+            let installed = *stage == kit::names::TALOS_BOOTSTRAP_STAGE && *step == "apply";
+            if global.lab && installed && !matches!(outcome, Outcome::Failed(_)) {
+                lab_up(global)?;
             }
             let failed = outcome.failure();
             stage_report.steps.push(StepReport { step: (*step).to_owned(), seconds, outcome });

@@ -57,7 +57,7 @@ impl Lan {
         let namespace = |who: &str| format!("{}-{who}", config.name);
         let admin = Member {
             name: "admin".to_owned(),
-            namespace: kit::lab::workstation_namespace(config),
+            namespace: kit::lab::workstation_namespace(&config.name),
             address: admin_address(config),
             port: "port0".to_owned(),
         };

@@ -142,7 +142,7 @@ impl Lab {
         let endpoint = self.config.api_endpoint();
         let endpoint = endpoint.trim_start_matches("https://");
         let args = vec![
-            format!("--namespace={}", kit::lab::workstation_namespace(&self.config)),
+            format!("--namespace={}", kit::lab::workstation_namespace(&self.config.name)),
             format!("--listen=127.0.0.1:{}", self.ports.api()),
             format!("--endpoint={endpoint}"),
             format!("--image-factory=127.0.0.1:{}", self.ports.image_factory()),
@@ -152,8 +152,14 @@ impl Lab {
             format!("--metallb-metrics-port={}", self.ports.metallb_metrics()),
             format!("--run={}", self.dir.join("run").display()),
             format!("--logs={}", self.dir.join("logs").display()),
+            format!("--ready-file={}", self.workstation_ready_file().display()),
         ];
         self.process("workstation", self.binaries.path(build::WORKSTATION), args)
+    }
+
+    /// Where the workstation services write their PID once every listener is up.
+    fn workstation_ready_file(&self) -> PathBuf {
+        self.dir.join("run").join("workstation.ready")
     }
 
     /// MetalLB's controller, as the workstation services start it (known here by its pid file).
@@ -265,10 +271,13 @@ impl Lab {
         tracing::info!("the box: the config's LAN in network namespaces ({})", self.lan().switch);
         self.start_twins().await?;
         let workstation = self.workstation();
+        if workstation.running_pid().is_none() {
+            let _ = std::fs::remove_file(self.workstation_ready_file());
+        }
         self.start(&workstation)?;
-        let port = self.ports.api();
-        wait_until(&workstation, Duration::from_secs(30), "listen for the API forward", || async move {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        wait_until(&workstation, Duration::from_secs(30), "listen for the API forward", || async {
+            let ready = std::fs::read_to_string(self.workstation_ready_file()).ok();
+            ready.is_some_and(|pid| workstation.running_pid().is_some_and(|running| pid == running.to_string()))
         })
         .await?;
         if !self.installed() {
@@ -401,11 +410,19 @@ impl Lab {
     /// lab's folder too (the machines' disks: the next `up` boots them from the ISO again).
     pub fn down(&self, purge: bool) -> anyhow::Result<Vec<String>> {
         let mut stopped = Vec::new();
+        // Every process is asked to stop even if one cannot be: the first failure is reported
+        // after the others are down.
+        let mut failed = None;
         for process in self.processes().iter().rev() {
             let grace = if process.name.starts_with("twin-") { TWIN_SHUTDOWN } else { Duration::from_secs(10) };
-            if process.stop(grace)? {
-                stopped.push(process.name.clone());
+            match process.stop(grace) {
+                Ok(true) => stopped.push(process.name.clone()),
+                Ok(false) => {}
+                Err(error) => failed = failed.or(Some(error)),
             }
+        }
+        if let Some(error) = failed {
+            return Err(error);
         }
         if self.lan().down()? > 0 {
             stopped.push(format!("the box ({})", self.lan().switch));

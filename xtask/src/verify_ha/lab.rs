@@ -1,5 +1,6 @@
-//! The lab drill: etcd members killed and restored for real (the lab runs three), then a
-//! node failure (`node_failure.rs`). Every step measures how long the cluster took.
+//! The lab drill: control-plane machines of the box switched off and back on (each takes its
+//! etcd member with it), then a node failure (`node_failure.rs`). Every step measures how long
+//! the cluster took.
 
 use std::time::{Duration, Instant};
 
@@ -8,8 +9,6 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kit::check::Check;
 use kit::config::ClusterConfig;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use super::{node_failure, report, seconds, time_until};
 
@@ -73,27 +72,27 @@ pub(super) async fn drill(
     let lab = xtask::lab::Lab::new(config, xtask::lab::DEFAULT_PORT_BASE);
     let root = xtask::workspace_root();
     let mut checks = Vec::new();
-    let kill_member = |name: &str| -> anyhow::Result<()> {
-        let (_, pid) = lab
-            .running_pids()
-            .into_iter()
-            .find(|(process, _)| process == name)
-            .with_context(|| format!("{name} is not running: start the lab with `cargo xtask lab up`"))?;
-        kill(Pid::from_raw(pid), Signal::SIGKILL).with_context(|| format!("killing {name}"))
+    // The last two control planes are switched off in turn (a clean shutdown: a VIP they hold
+    // is handed over at once).
+    let control_planes: Vec<&str> = config.control_planes().map(|node| node.name.as_str()).collect();
+    let (first_off, second_off) = match control_planes.as_slice() {
+        [.., second, first] => (*first, *second),
+        _ => anyhow::bail!("the drill needs at least two control planes"),
     };
 
     // Start from a whole cluster: every member healthy (a member restarted a moment ago may
     // still be catching up), and writes committing.
     let whole = time_until(Duration::from_secs(60), || async {
         let status = lab.status().await;
-        status.iter().filter(|c| c.name.starts_with("etcd-")).all(|c| c.healthy)
+        status.iter().filter(|c| c.name.starts_with("twin-")).all(|c| c.healthy)
+            && etcd_ready(client).await
             && write(client, "before", Duration::from_secs(5)).await.committed
     })
     .await;
-    anyhow::ensure!(whole.is_some(), "the lab's etcd is not whole: see `cargo xtask lab status`");
+    anyhow::ensure!(whole.is_some(), "the lab's cluster is not whole: see `cargo xtask lab status`");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    // 1. One of three etcd members dies: a majority (2 of 3) remains.
-    kill_member("etcd-2")?;
+    // 1. One of three control planes goes off: a majority of etcd (2 of 3) remains.
+    lab.stop_twin(first_off)?;
     let killed = Instant::now();
     let (mut longest, mut retried, mut first_error, mut lost) = (Duration::ZERO, 0, None, None);
     for round in 0..20 {
@@ -123,27 +122,28 @@ pub(super) async fn drill(
         Some(error) => Check::fail(
             "one etcd member down",
             format!("a write was not committed within 10s with one member of three down: {error}"),
-            "look at the etcd logs in state/lab/logs",
+            "look at the machines' etcd logs in state/lab/twins/<node>/etcd/",
         ),
     };
-    report("1. kill one of three etcd members", "a majority keeps the API serving writes", &check, out)?;
+    report("1. switch off one of three control planes", "a majority keeps the API serving writes", &check, out)?;
     checks.push(check);
 
-    // 2. A second member dies: no majority; the API server must say so.
-    kill_member("etcd-1")?;
+    // 2. A second control plane goes off: no majority; the API server must say so (or no
+    // longer answer at all: the VIP needs etcd too).
+    lab.stop_twin(second_off)?;
     let detected = time_until(Duration::from_secs(30), || async { !etcd_ready(client).await }).await;
     let check = match detected {
         Some(after) => {
-            Check::pass("quorum lost", format!("/readyz/etcd failed {} after the second member died", seconds(after)))
+            Check::pass("quorum lost", format!("/readyz/etcd failed {} after the second member went", seconds(after)))
         }
         None => Check::fail(
             "quorum lost",
             "the API server still reported etcd ready after 30s",
-            "look at kube-apiserver's log",
+            "look at the control planes' kube-apiserver logs in state/lab/twins/<node>/kubernetes/",
         ),
     };
     report(
-        "2. kill a second member",
+        "2. switch off a second control plane",
         "without a majority etcd refuses writes, and the API server detects it",
         &check,
         out,
@@ -152,7 +152,7 @@ pub(super) async fn drill(
 
     // 3. Both come back: the cluster heals without help.
     let restarted = Instant::now();
-    lab.up(&root).await.context("restarting the killed members (lab up)")?;
+    lab.up(&root).await.context("switching the machines back on (lab up)")?;
     let healed = time_until(Duration::from_secs(60), || async {
         etcd_ready(client).await && write(client, "healed", Duration::from_secs(5)).await.committed
     })
@@ -164,7 +164,7 @@ pub(super) async fn drill(
         ),
         None => Check::fail("recovered", "etcd did not recover within 60s", "cargo xtask lab status"),
     };
-    report("3. restore both members", "restarted members rejoin and the quorum is back", &check, out)?;
+    report("3. switch both back on", "their members rejoin and the quorum is back", &check, out)?;
     checks.push(check);
 
     // 4. A worker's kubelet goes silent: the control plane notices and moves its pods.

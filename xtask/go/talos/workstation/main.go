@@ -35,6 +35,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -59,6 +60,7 @@ func main() {
 	metallbPort := flag.Int("metallb-metrics-port", 16445, "the port of MetalLB's controller's metrics, on the workstation")
 	runDir := flag.String("run", "", "where the pid files of the processes started here go")
 	logDir := flag.String("logs", "", "where their logs go")
+	readyFile := flag.String("ready-file", "", "written with this process's PID once every listener is up")
 	flag.Parse()
 
 	box, err := enterBox(*namespace)
@@ -96,6 +98,10 @@ func main() {
 	go http.Serve(factoryListener, http.HandlerFunc(imageFactory)) //nolint:errcheck,gosec
 
 	log.Printf("forwarding %s (here and on the workstation) to %s in the box; Image Factory stand-in on %s", *listen, *endpoint, *factory)
+
+	if err = os.WriteFile(*readyFile, []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		log.Fatalf("talos-workstation: %v", err)
+	}
 
 	cluster := &clusterServices{
 		box: box, kubeconfig: *kubeconfig, hostKubeconfig: *hostKubeconfig, listen: *listen,
