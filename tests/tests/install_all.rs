@@ -82,15 +82,19 @@ fn a_failed_check_stops_with_the_fix_and_the_resume_command() -> anyhow::Result<
     let lab_kubeconfig = std::fs::read_to_string(tests::kubeconfig())?;
     std::fs::write(&kubeconfig, lab_kubeconfig.replace("https://127.0.0.1:16443", "https://127.0.0.1:9"))?;
 
-    let output = install_all(&config, &["--only", "metallb", "--output", "json"])?;
+    // (Given explicitly, so install-all leaves the box alone: this config's cluster name is the
+    // shared lab's, whose box it must not take.)
+    let kubeconfig_arg = kubeconfig.display().to_string();
+    let output = install_all(&config, &["--only", "metallb", "--output", "json", "--kubeconfig", &kubeconfig_arg])?;
     let log = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{log}");
     assert!(log.contains("FAIL  api: the API does not answer"), "the failing check: {log}");
     assert!(log.contains("fix: start the lab: cargo xtask lab up"), "its fix: {log}");
     // The resume command carries the flags this run was given, so it can be pasted as it is.
     let resume = format!(
-        "cargo xtask install-all --from metallb --lab --config {} --mirror {}",
+        "cargo xtask install-all --from metallb --lab --config {} --kubeconfig {} --mirror {}",
         config.display(),
+        kubeconfig.display(),
         tests::upstream_mirror().display()
     );
     assert!(log.contains(&format!("resume with:\n  {resume}\n")), "the resume command: {log}");

@@ -256,3 +256,15 @@ async fn a_taken_port_fails_with_the_components_log_tail() -> anyhow::Result<()>
     assert!(message.contains("address already in use"), "the log tail says why: {message}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_second_config_with_the_same_cluster_name_cannot_take_the_box() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let same_name = xtask::scratch_config(&tests::config_path(), dir.path())?;
+    let lab = Lab::new(&same_name, 29443);
+    let error = lab.up(&xtask::workspace_root()).await.expect_err("the shared lab's box is taken");
+    let message = format!("{error:#}");
+    assert!(message.contains("the box of cluster `talos-ha` belongs to the lab in"), "{message}");
+    assert!(lab.running_pids().is_empty(), "nothing was started: {:?}", lab.running_pids());
+    Ok(())
+}

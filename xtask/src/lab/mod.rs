@@ -266,6 +266,7 @@ impl Lab {
     /// node is Ready; otherwise the machines wait in maintenance mode for stage 01.
     pub async fn up(&self, workspace: &Path) -> anyhow::Result<()> {
         ensure_binaries(&self.config.versions, workspace)?;
+        self.claim_box()?;
         self.write_files()?;
         self.lan().up().context("building the box")?;
         tracing::info!("the box: the config's LAN in network namespaces ({})", self.lan().switch);
@@ -291,6 +292,26 @@ impl Lab {
             self.cluster_ready().await.is_ok()
         })
         .await
+    }
+
+    /// The box is named after the cluster, so two configs with one cluster name would share
+    /// its namespaces and addresses: the lab that builds it records its folder in
+    /// `/run/talos-ha/<cluster>.owner`, and another lab of that name refuses while that one
+    /// exists.
+    fn claim_box(&self) -> anyhow::Result<()> {
+        let file = box_owner_file(&self.config.name);
+        if let Ok(owner) = std::fs::read_to_string(&file) {
+            let owner = PathBuf::from(owner.trim());
+            anyhow::ensure!(
+                owner == self.dir || !owner.join("lab.json").exists() || self.lan().present()?.is_empty(),
+                "the box of cluster `{}` belongs to the lab in {}: stop that one (`cargo xtask lab down` with its \
+                 config) or give this config another cluster name (`name:` in cluster.yaml)",
+                self.config.name,
+                owner.display()
+            );
+        }
+        std::fs::create_dir_all(file.parent().unwrap_or(Path::new("/run")))?;
+        std::fs::write(&file, self.dir.display().to_string()).with_context(|| format!("writing {}", file.display()))
     }
 
     /// The cluster through the forward: every node of the config Ready.
@@ -427,6 +448,10 @@ impl Lab {
         if self.lan().down()? > 0 {
             stopped.push(format!("the box ({})", self.lan().switch));
         }
+        let owner = box_owner_file(&self.config.name);
+        if std::fs::read_to_string(&owner).is_ok_and(|dir| Path::new(dir.trim()) == self.dir) {
+            std::fs::remove_file(&owner).with_context(|| format!("removing {}", owner.display()))?;
+        }
         if purge && self.dir.exists() {
             std::fs::remove_dir_all(&self.dir).with_context(|| format!("deleting {}", self.dir.display()))?;
         }
@@ -437,6 +462,11 @@ impl Lab {
     pub fn running_pids(&self) -> Vec<(String, i32)> {
         self.processes().iter().filter_map(|p| p.running_pid().map(|pid| (p.name.clone(), pid))).collect()
     }
+}
+
+/// Where the lab that built a cluster's box says so.
+fn box_owner_file(cluster: &str) -> PathBuf {
+    PathBuf::from("/run/talos-ha").join(format!("{cluster}.owner"))
 }
 
 /// Polls `probe` until it holds; fails early, with the log tail, if the process dies.

@@ -194,12 +194,34 @@ fn reap_if_exited(pid: i32) {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
 }
 
-/// Resident memory of a process in bytes (from /proc), for `lab status`.
-pub fn resident_bytes(pid: i32) -> Option<u64> {
+/// Resident memory of a process in bytes (from /proc).
+fn own_resident_bytes(pid: i32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 =
         status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Resident memory of a process and every process below it, in bytes, for `lab status`: a
+/// twin's machine is the twin and what it runs (etcd, the API server, kwok, ...).
+pub fn resident_bytes(pid: i32) -> Option<u64> {
+    let parents: Vec<(i32, i32)> = fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|child| {
+            let stat = fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+            let (_, rest) = stat.rsplit_once(')')?;
+            Some((child, rest.split_whitespace().nth(1)?.parse().ok()?))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        tree.extend(parents.iter().filter(|(_, of)| *of == parent).map(|(child, _)| *child));
+        next += 1;
+    }
+    let total: u64 = tree.iter().filter_map(|member| own_resident_bytes(*member)).sum();
+    own_resident_bytes(pid).map(|_| total)
 }
 
 #[cfg(test)]

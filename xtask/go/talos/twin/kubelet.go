@@ -152,12 +152,7 @@ func (k *kubelet) mirrorStaticPods(ctx context.Context) error {
 		return nil
 	}
 
-	client, err := k.client()
-	if err != nil {
-		return err
-	}
-
-	node, err := client.CoreV1().Nodes().Get(ctx, k.hostname, metav1.GetOptions{})
+	client, node, err := k.ownNode(ctx)
 	if err != nil {
 		return err
 	}
@@ -309,6 +304,18 @@ func (k *kubelet) client() (*kubernetes.Clientset, error) {
 	return kubernetes.NewForConfig(k.restConfig(certPEM, keyPEM))
 }
 
+// ownNode is this kubelet's client and its Node as the API has it.
+func (k *kubelet) ownNode(ctx context.Context) (*kubernetes.Clientset, *corev1.Node, error) {
+	client, err := k.client()
+	if err != nil {
+		return nil, nil, err
+	}
+
+	node, err := client.CoreV1().Nodes().Get(ctx, k.hostname, metav1.GetOptions{})
+
+	return client, node, err
+}
+
 // bootstrapCredentials: with the cluster token, ask for a client certificate for
 // system:node:<hostname> and wait for the controller manager to sign it.
 func (k *kubelet) bootstrapCredentials(ctx context.Context) error {
@@ -456,12 +463,7 @@ func (k *kubelet) requestServingCertificate(ctx context.Context) error {
 
 // startRuntime runs kwok for this Node once the controller manager gave it a pod range.
 func (k *kubelet) startRuntime(ctx context.Context) error {
-	client, err := k.client()
-	if err != nil {
-		return err
-	}
-
-	node, err := client.CoreV1().Nodes().Get(ctx, k.hostname, metav1.GetOptions{})
+	_, node, err := k.ownNode(ctx)
 	if err != nil {
 		return err
 	}

@@ -143,9 +143,8 @@ func (v *vip) message() (*rtnetlink.AddressMessage, *net.Interface, error) {
 	}, link, nil
 }
 
-// hold adds the VIP to the link and announces it: a gratuitous ARP request for the VIP from
-// this link's MAC, so the LAN's ARP caches point the VIP here.
-func (v *vip) hold() error {
+// changeAddress runs change on a netlink connection with the VIP's address message.
+func (v *vip) changeAddress(change func(conn *rtnetlink.Conn, message *rtnetlink.AddressMessage, link *net.Interface) error) error {
 	message, link, err := v.message()
 	if err != nil {
 		return err
@@ -157,40 +156,39 @@ func (v *vip) hold() error {
 	}
 	defer conn.Close() //nolint:errcheck
 
-	if err = conn.Address.New(message); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("adding %s to %s: %w", v.address, boxLink, err)
-	}
+	return change(conn, message, link)
+}
 
-	client, err := arp.Dial(link)
-	if err != nil {
-		return fmt.Errorf("arp on %s: %w", boxLink, err)
-	}
-	defer client.Close() //nolint:errcheck
+// hold adds the VIP to the link and announces it: a gratuitous ARP request for the VIP from
+// this link's MAC, so the LAN's ARP caches point the VIP here.
+func (v *vip) hold() error {
+	return v.changeAddress(func(conn *rtnetlink.Conn, message *rtnetlink.AddressMessage, link *net.Interface) error {
+		if err := conn.Address.New(message); err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("adding %s to %s: %w", v.address, boxLink, err)
+		}
 
-	packet, err := arp.NewPacket(arp.OperationRequest, client.HardwareAddr(), v.address, client.HardwareAddr(), v.address)
-	if err != nil {
-		return err
-	}
+		client, err := arp.Dial(link)
+		if err != nil {
+			return fmt.Errorf("arp on %s: %w", boxLink, err)
+		}
+		defer client.Close() //nolint:errcheck
 
-	return client.WriteTo(packet, ethernet.Broadcast)
+		packet, err := arp.NewPacket(arp.OperationRequest, client.HardwareAddr(), v.address, client.HardwareAddr(), v.address)
+		if err != nil {
+			return err
+		}
+
+		return client.WriteTo(packet, ethernet.Broadcast)
+	})
 }
 
 // release takes the VIP off the link.
 func (v *vip) release() error {
-	message, _, err := v.message()
-	if err != nil {
-		return err
-	}
+	return v.changeAddress(func(conn *rtnetlink.Conn, message *rtnetlink.AddressMessage, _ *net.Interface) error {
+		if err := conn.Address.Delete(message); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			return fmt.Errorf("removing %s from %s: %w", v.address, boxLink, err)
+		}
 
-	conn, err := rtnetlink.Dial(nil)
-	if err != nil {
-		return err
-	}
-	defer conn.Close() //nolint:errcheck
-
-	if err = conn.Address.Delete(message); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-		return fmt.Errorf("removing %s from %s: %w", v.address, boxLink, err)
-	}
-
-	return nil
+		return nil
+	})
 }
