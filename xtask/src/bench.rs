@@ -56,7 +56,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
 
     let scratch = tempfile::tempdir()?;
-    let (engine_cold, engine_noop) = with_fresh_lab(&config, scratch.path(), "engine", ENGINE_LAB_PORT, |lab| {
+    let (engine_cold, engine_noop) = with_fresh_lab(global, &config, scratch.path(), "engine", ENGINE_LAB_PORT, |lab| {
         runtime.block_on(async {
             let client = kit::lab::client_from_kubeconfig(&lab.kubeconfig).await?;
             let started = Instant::now();
@@ -93,7 +93,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "items": objects });
     let list_file = scratch.path().join("all-objects.json");
     std::fs::write(&list_file, serde_json::to_vec(&list)?)?;
-    let (kubectl_cold, kubectl_noop) = with_fresh_lab(&config, scratch.path(), "kubectl", KUBECTL_LAB_PORT, |lab| {
+    let (kubectl_cold, kubectl_noop) = with_fresh_lab(global, &config, scratch.path(), "kubectl", KUBECTL_LAB_PORT, |lab| {
         let kubectl = lab.binary("kubectl");
         let apply = || -> anyhow::Result<Duration> {
             let started = Instant::now();
@@ -149,20 +149,40 @@ fn median(mut runs: Vec<Duration>) -> Duration {
     runs[runs.len() / 2]
 }
 
-/// Runs `measure` against a lab started for it alone (its own state folder and ports), and
-/// always takes that lab down again.
+/// Runs `measure` against a lab started for it alone (its own box, state folder and ports),
+/// its cluster installed by stage 01 as `install-all --lab` installs it, and always takes that
+/// lab down again.
 fn with_fresh_lab<T>(
+    global: &GlobalArgs,
     config: &ClusterConfig,
     scratch: &Path,
     name: &str,
     port_base: u16,
     measure: impl FnOnce(&Lab) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let lab =
-        Lab::new(&xtask::scratch_lab_config(&config.source, &scratch.join(name), &format!("bench-{name}"))?, port_base);
-    tracing::info!("starting a fresh lab for the {name} run on port {port_base}");
+    let lab_config = xtask::scratch_lab_config(&config.source, &scratch.join(name), &format!("bench-{name}"))?;
+    let lab = Lab::new(&lab_config, port_base);
+    tracing::info!("starting a fresh lab for the {name} run on port {port_base}, and installing its cluster");
     let runtime = tokio::runtime::Runtime::new()?;
-    let result = runtime.block_on(lab.up(&xtask::workspace_root())).and_then(|()| measure(&lab));
+    let result = runtime
+        .block_on(lab.up(&xtask::workspace_root()))
+        .and_then(|()| install_cluster(global, &lab_config.source))
+        .and_then(|()| runtime.block_on(lab.up(&xtask::workspace_root())))
+        .and_then(|()| measure(&lab));
     lab.down(true)?;
     result
+}
+
+/// Stage 01's apply on a fresh box: the twins get their configs and become the cluster.
+fn install_cluster(global: &GlobalArgs, config: &Path) -> anyhow::Result<()> {
+    let root = xtask::workspace_root();
+    let stage = kit::names::TALOS_BOOTSTRAP_STAGE;
+    let bin_dir = xtask::stages::build(&root, &[stage])?;
+    let on_lab = GlobalArgs { config: config.to_owned(), lab: true, kubeconfig: None, ..global.clone() };
+    let status = xtask::stages::command(&bin_dir, stage, "apply", &on_lab)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running stage 01")?;
+    anyhow::ensure!(status.success(), "stage 01 did not install the fresh lab's cluster (its log is above)");
+    Ok(())
 }
