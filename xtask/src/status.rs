@@ -123,11 +123,13 @@ async fn node_rows(client: &kube::Client, config: &ClusterConfig) -> anyhow::Res
 }
 
 /// etcd's health (each control plane asked about its own member), the VIP holder and the
-/// talosconfig's expiry: Talos knows them; the lab has neither Talos nor L2.
+/// talosconfig's expiry: Talos knows them. On the lab they are inside the box, where this
+/// command (run on this machine) does not reach yet.
 async fn control_plane_rows(config: &ClusterConfig, target: Target) -> Vec<Row> {
     let vip = config.network.vip.to_string();
     if target == Target::Lab {
-        let why = "not checkable in the lab (`cargo xtask lab status` shows the lab's own etcd)".to_owned();
+        let why = "not read from outside the box yet (`cargo xtask lab shell -- talosctl etcd status` reads it there)"
+            .to_owned();
         return vec![
             Row { section: "control plane", name: "etcd".into(), value: "-".into(), state: why.clone() },
             Row { section: "control plane", name: "VIP holder".into(), value: vip, state: why },

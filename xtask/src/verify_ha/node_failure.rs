@@ -72,7 +72,7 @@ pub(super) async fn drill(client: &kube::Client, config: &ClusterConfig) -> anyh
         Err(why) => Check::fail(
             "node failure",
             format!("{victim}: {why}"),
-            "look at kube-controller-manager's log in state/lab/logs (node lifecycle and taint eviction)",
+            "look at the control planes' kube-controller-manager logs in state/lab/twins/<node>/kubernetes/ (node lifecycle and taint eviction)",
         ),
     })
 }

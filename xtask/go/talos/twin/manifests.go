@@ -3,13 +3,11 @@ package main
 // What a control plane deploys into the cluster once its API answers
 // (internal/app/machined/pkg/controllers/k8s/manifest.go lists them, manifest_apply.go
 // applies them): the kubelets' bootstrap token and the RBAC that lets a kubelet holding it ask
-// for, get and renew its client certificate, then the config's inline manifests. Every control
+// for, get and renew its client certificate, kube-proxy, CoreDNS and Flannel (addons.go), then
+// the config's inline manifests. Every control
 // plane tries, one at a time under an etcd lock; an object that exists is left as it is
 // (Talos creates, it never updates: changing an inline manifest later changes nothing in the
 // cluster).
-//
-// Not deployed yet by the twins: kube-proxy, CoreDNS and Flannel (their pods would be kwok
-// fakes).
 
 import (
 	"bytes"
@@ -111,7 +109,12 @@ func deployManifests(ctx context.Context, k *kubelet, etcd *etcdMember) {
 }
 
 func deployOnce(ctx context.Context, k *kubelet, etcd *etcdMember) error {
-	documents := []string{bootstrapManifests(k.config), kwokStandIn}
+	addons, err := addonManifests(k.config)
+	if err != nil {
+		return err
+	}
+
+	documents := append([]string{bootstrapManifests(k.config), kwokStandIn}, addons...)
 	for _, manifest := range k.config.Cluster().InlineManifests() {
 		documents = append(documents, manifest.Contents())
 	}
