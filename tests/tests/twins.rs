@@ -137,7 +137,8 @@ async fn stage_01_step_by_step(lab: &xtask::lab::Lab, config: &kit::config::Clus
 
     generate_configs(config).await?;
     a_configured_twin_shows_drift_through_talos_own_diff(lab, config).await?;
-    three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healthy(lab, config).await
+    three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healthy(lab, config).await?;
+    without_an_approver_a_serving_certificate_request_keeps_health_waiting(config).await
 }
 
 /// Runs `work` on a thread inside the workstation's namespace, with a runtime of its own.
@@ -289,6 +290,50 @@ async fn three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healt
     );
     let (names, _, described) = healthy(3).await?;
     anyhow::ensure!(names == ["cp01", "cp02", "cp03"], "cp03 is back: {described}");
+    Ok(())
+}
+
+/// The review's CSR deadlock, on the running control planes: with `rotate-server-certificates`
+/// a kubelet's serving certificate waits for kubelet-serving-cert-approver. Before the fix the
+/// approver came with stage 03, after stage 01's `talosctl health`, which Talos's own checks
+/// keep failing while a request is pending. Here the approver goes, cp02 files a new request
+/// on its next boot, and health reports the kubelet-csr diagnostic for it.
+async fn without_an_approver_a_serving_certificate_request_keeps_health_waiting(
+    config: &kit::config::ClusterConfig,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    use kube::api::{Api, DeleteParams, ListParams};
+
+    let edge = talosctl(config).await?;
+    let cluster = config.clone();
+    let failure = in_the_box(move || async move {
+        let control_planes: Vec<&kit::config::Node> = cluster.control_planes().collect();
+        let (cp01, cp02) = (control_planes[0], control_planes[1]);
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("kubeconfig");
+        talos_bootstrap::nodes::kubeconfig(&edge, cp01, &file).await?;
+        let client = kit::lab::client_from_kubeconfig(&file).await?;
+        let approver = "kubelet-serving-cert-approver";
+        Api::<Deployment>::namespaced(client.clone(), approver).delete(approver, &DeleteParams::default()).await?;
+        let requests: Api<CertificateSigningRequest> = Api::all(client);
+        for request in requests.list(&ListParams::default()).await? {
+            let from_cp02 = request.spec.username.as_deref() == Some("system:node:cp02");
+            if let (true, Some(name)) = (from_cp02, request.metadata.name) {
+                requests.delete(&name, &DeleteParams::default()).await?;
+            }
+        }
+        kit::talos::TalosApi::ask(&edge, cp02, &["reboot", "--wait=false"], std::time::Duration::from_secs(30)).await?;
+        let outcome =
+            talos_bootstrap::nodes::health(&edge, &control_planes, &[], std::time::Duration::from_secs(60)).await;
+        anyhow::Ok(outcome.err().map(|error| format!("{error:#}")))
+    })
+    .await?;
+    let failure = failure.unwrap_or_default();
+    anyhow::ensure!(
+        failure.contains("172.16.16.148: kubelet server certificate rotation is enabled, but CSR is not approved"),
+        "health must wait on cp02's pending request: {failure:?}"
+    );
     Ok(())
 }
 

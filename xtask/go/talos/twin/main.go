@@ -602,7 +602,9 @@ func (c *configured) Bootstrap(context.Context, *machine.BootstrapRequest) (*mac
 		return nil, status.Error(codes.FailedPrecondition, "bootstrap can only be performed on a control plane node")
 	}
 
-	if c.etcd.hasData() {
+	// A member already started (bootstrapped a moment ago, or joined) is writing its data
+	// directory: the same answer, without racing etcd's first write.
+	if c.etcd.hasData() || c.etcd.running() {
 		return nil, status.Error(codes.AlreadyExists, "etcd data directory is not empty")
 	}
 

@@ -345,7 +345,16 @@ func (c *clusterServices) writeHostKubeconfig(raw []byte) error {
 // system:node:<name> for a Node that exists, whose subject is that user in system:nodes,
 // asking only for server auth (with digital signature, key encipherment), and naming only
 // that Node's name and addresses.
+//
+// It approves only while the approver itself is deployed and its (fake) pods are ready: a
+// cluster without it keeps its requests pending, as a real one would (the kubelet-csr
+// diagnostic stays, and `talosctl health` waits).
 func approveServingCertificates(ctx context.Context, client *kubernetes.Clientset) error {
+	approver, err := client.AppsV1().Deployments(approverNamespace).Get(ctx, approverNamespace, metav1.GetOptions{})
+	if err != nil || approver.Status.ReadyReplicas == 0 {
+		return nil //nolint:nilerr // no approver runs: nothing approves
+	}
+
 	requests, err := client.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{
 		FieldSelector: "spec.signerName=" + certificatesv1.KubeletServingSignerName,
 	})
@@ -381,6 +390,10 @@ func approveServingCertificates(ctx context.Context, client *kubernetes.Clientse
 
 	return nil
 }
+
+// approverNamespace is where kubelet-serving-cert-approver's release deploys it, under the same
+// name (its ha-install.yaml).
+const approverNamespace = "kubelet-serving-cert-approver"
 
 func decided(request certificatesv1.CertificateSigningRequest) bool {
 	for _, condition := range request.Status.Conditions {
