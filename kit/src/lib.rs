@@ -7,7 +7,7 @@
 //! - [`certs`]: cert-manager Certificates and the Traefik Ingress a stage exposes its UI with.
 //! - [`check`]: named checks with a status, a reason and a fix.
 //! - [`http`]: one request to a service on the LAN, trusting only the cluster CA.
-//! - [`lab`]: what the local lab needs from the model (its kwok nodes).
+//! - [`lab`]: the cluster in a box: its workstation, its ports, its kubeconfig.
 //! - [`names`]: names one stage creates and a later one relies on (pools, the CA issuer).
 //! - [`talos`]: the Talos API through talosctl: node state, pre-flight, etcd health, the VIP.
 //! - [`tool`]: external tools (talosctl): found, version-checked, run with a timeout, redacted.

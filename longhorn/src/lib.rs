@@ -324,8 +324,8 @@ impl Stage for Longhorn {
             Target::Talos => checks.extend(talos::worker_checks(&ctx.config, DATA_PATH).await),
             Target::Lab => checks.push(Check::not_checkable_in_lab(
                 "extensions",
-                "kwok nodes run no Talos: the iscsi-tools and util-linux-tools extensions and the kubelet mount are \
-                 Talos checks (stage 01 generates them; its configs validate)",
+                "the box's twins do not model system extensions yet: the iscsi-tools and util-linux-tools \
+                 extensions and the kubelet mount are Talos checks (stage 01 generates them; its configs validate)",
             )),
         }
         Ok(checks)

@@ -194,7 +194,10 @@ impl Stage for Metallb {
         checks.extend(stored_objects_check(&client, &ctx.config).await?);
         checks.push(load_balancer_check(&client, &ctx.config, ctx.target).await?);
         if ctx.target == Target::Lab {
-            checks.push(Check::not_checkable_in_lab("arp", "the lab has no L2 network; its speakers are kwok fakes"));
+            checks.push(Check::not_checkable_in_lab(
+                "arp",
+                "the speakers are kwok fakes: nothing answers ARP for the addresses on the box's LAN",
+            ));
             let (_, notes) = upstream(ctx)?;
             checks.extend(common::lab_notes(notes));
         }
@@ -244,7 +247,7 @@ async fn kube_proxy_arp_check(client: &kube::Client) -> anyhow::Result<Check> {
 }
 
 /// A throw-away LoadBalancer Service must get an address from the general pool (never an
-/// entry point), in the lab too: MetalLB's controller runs there as a host process.
+/// entry point), in the lab too: MetalLB's controller runs there on the box's workstation.
 async fn load_balancer_check(client: &kube::Client, config: &ClusterConfig, target: Target) -> anyhow::Result<Check> {
     use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
     use kube::api::{DeleteParams, PostParams};

@@ -133,7 +133,7 @@ impl Stage for Traefik {
         let client = ctx.client().await?;
         let ip = ctx.config.traefik_ip;
         let mut checks = vec![common::deployment(&client, NAMESPACE, NAME, Duration::from_secs(60), Self::NAME).await];
-        // In the lab too: MetalLB's controller runs there as a host process.
+        // In the lab too: MetalLB's controller runs there on the box's workstation.
         checks.push(match service_address(&client, ADDRESS_TIMEOUT).await? {
             Some(address) if address == ip.to_string() => {
                 Check::pass("address", format!("Service {NAMESPACE}/{NAME} has {ip} (traefik.ip)"))

@@ -206,8 +206,9 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
     );
     text.push_str(
         "\n## In the lab\n\n\
-         `cargo xtask verify-ha --lab` kills one etcd member (the API keeps serving writes: measured), \
-         then a second (the API server reports etcd unavailable: detected, timed), and restores both \
+         `cargo xtask verify-ha --lab`, on the cluster in a box, switches off one control-plane \
+         machine and its etcd member with it (the API keeps serving writes: measured), then a second \
+         (the API server reports etcd unavailable: detected, timed), and switches both back on \
          (recovery timed). Then it fails a worker the way the control plane sees a dead kubelet: \
          the node's Lease in `kube-node-lease` stops being renewed (the drill takes it from kwok). The \
          node lifecycle controller marks the node NotReady after its grace period (50 s by default) \

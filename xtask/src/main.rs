@@ -41,8 +41,9 @@ enum Command {
     Plan(install_all::Selection),
     /// Check cluster.yaml: prints a summary of a valid config, or every problem with its fix.
     Validate,
-    /// The lab: a real Kubernetes control plane on 127.0.0.1 (etcd ×3, API server,
-    /// controller-manager, scheduler, kwok nodes) to run every stage against.
+    /// The lab: the cluster in a box. The config's LAN in network namespaces, a Talos node
+    /// twin at each node's address (stage 01 installs the cluster on them with talosctl), and
+    /// the API forwarded to 127.0.0.1.
     Lab {
         #[command(subcommand)]
         action: lab_cmd::LabAction,

@@ -43,7 +43,8 @@ const WRAPPER_TALOS: &str = "v1.12.1";
 pub struct Binaries {
     pub kubernetes_dir: PathBuf,
     pub kwok_dir: PathBuf,
-    /// MetalLB's controller, run as a host process so LoadBalancer addresses are really assigned.
+    /// MetalLB's controller, run by the workstation services so LoadBalancer addresses are really
+    /// assigned.
     pub metallb_dir: PathBuf,
     metallb_version: Version,
     /// talosctl at versions.talos, where `kit::tool` looks for it.
