@@ -84,7 +84,8 @@ mod tests {
 
     #[test]
     fn reads_extensions_and_the_kubelet_mount_from_talosctl_output() -> anyhow::Result<()> {
-        let extensions = r#"{"node":"172.16.16.150","metadata":{"id":"0"},"spec":{"metadata":{"name":"iscsi-tools","version":"v0.2.0"}}}
+        // The IDs are numbers as talosctl prints them (its JSON goes through YAML).
+        let extensions = r#"{"node":"172.16.16.150","metadata":{"id":0},"spec":{"metadata":{"name":"iscsi-tools","version":"v0.2.0"}}}
 {"node":"172.16.16.150","metadata":{"id":"1"},"spec":{"metadata":{"name":"util-linux-tools","version":"2.41"}}}"#;
         let found: Vec<Resource<Extension>> = kit::talos::parse_resources(extensions)?;
         let names: Vec<&str> = found.iter().map(|extension| extension.spec.metadata.name.as_str()).collect();

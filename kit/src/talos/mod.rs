@@ -138,7 +138,19 @@ pub struct Resource<T> {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Metadata {
+    #[serde(deserialize_with = "id_text")]
     pub id: String,
+}
+
+/// A resource's ID as text. talosctl's JSON goes through YAML into untyped values
+/// (cmd/talosctl/cmd/talos/output/json.go, lines 50-62), so an ID that looks like a number, as
+/// ExtensionStatus's `0`, `1`, … do, is printed as a number.
+fn id_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::String(text) => Ok(text),
+        serde_json::Value::Number(number) => Ok(number.to_string()),
+        other => Err(serde::de::Error::custom(format!("a resource ID is text or a number, not {other}"))),
+    }
 }
 
 /// `talosctl get <kind> -o json`, every resource of that kind on `node`.

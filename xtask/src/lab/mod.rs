@@ -146,6 +146,7 @@ impl Lab {
             format!("--listen=127.0.0.1:{}", self.ports.api()),
             format!("--endpoint={endpoint}"),
             format!("--image-factory=127.0.0.1:{}", self.ports.image_factory()),
+            format!("--image-factory-dir={}", self.image_factory_dir().display()),
             format!("--kubeconfig={}", state.join("kubeconfig").display()),
             format!("--host-kubeconfig={}", self.kubeconfig.display()),
             format!("--metallb={}", self.binaries.path("metallb-controller").display()),
@@ -155,6 +156,11 @@ impl Lab {
             format!("--ready-file={}", self.workstation_ready_file().display()),
         ];
         self.process("workstation", self.binaries.path(build::WORKSTATION), args)
+    }
+
+    /// Where the Image Factory stand-in keeps the schematics uploaded to it.
+    fn image_factory_dir(&self) -> PathBuf {
+        self.dir.join("image-factory")
     }
 
     /// Where the workstation services write their PID once every listener is up.
@@ -182,8 +188,14 @@ impl Lab {
         let kubernetes_bin = etcd.parent().unwrap_or(Path::new("."));
         let control_planes: Vec<_> = self.config.control_planes().map(|node| node.ip).collect();
         let (kwok, kwok_config) = (self.binaries.path("kwok"), self.dir.join("kwok.yaml"));
-        let peers =
-            twin::Peers { kubernetes_bin, kwok: &kwok, kwok_config: &kwok_config, control_planes: &control_planes };
+        let image_factory_dir = self.image_factory_dir();
+        let peers = twin::Peers {
+            kubernetes_bin,
+            kwok: &kwok,
+            kwok_config: &kwok_config,
+            image_factory_dir: &image_factory_dir,
+            control_planes: &control_planes,
+        };
         self.config
             .nodes
             .iter()

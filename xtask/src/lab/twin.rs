@@ -118,6 +118,8 @@ pub struct Peers<'a> {
     pub kubernetes_bin: &'a Path,
     pub kwok: &'a Path,
     pub kwok_config: &'a Path,
+    /// Where the Image Factory stand-in keeps the schematics (what an installer image carries).
+    pub image_factory_dir: &'a Path,
     pub control_planes: &'a [Ipv4Addr],
 }
 
@@ -144,6 +146,7 @@ pub fn process(lab_dir: &Path, twin: &Path, member: &Member, address: Ipv4Addr, 
             format!("--kubernetes-bin={}", peers.kubernetes_bin.display()),
             format!("--kwok={}", peers.kwok.display()),
             format!("--kwok-config={}", peers.kwok_config.display()),
+            format!("--image-factory-dir={}", peers.image_factory_dir.display()),
             format!("--control-planes={}", control_planes.join(",")),
         ],
         run_dir: lab_dir.join("run"),

@@ -63,6 +63,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 	"github.com/siderolabs/talos/pkg/machinery/nethelpers"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
+	configres "github.com/siderolabs/talos/pkg/machinery/resources/config"
 	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
 	"github.com/siderolabs/talos/pkg/machinery/resources/network"
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
@@ -109,10 +110,11 @@ func main() {
 	kubernetesBin := flag.String("kubernetes-bin", "", "the folder of the etcd, kube-apiserver, kube-controller-manager and kube-scheduler binaries a control plane runs")
 	kwok := flag.String("kwok", "kwok", "the kwok binary that stands in for the kubelet's container runtime")
 	kwokConfig := flag.String("kwok-config", "", "the stages kwok plays for the pods")
+	factoryDir := flag.String("image-factory-dir", "", "where the box's Image Factory stand-in keeps the schematics uploaded to it")
 	controlPlanes := flag.String("control-planes", "", "the control planes' addresses, comma-separated (a stand-in for Talos's discovery)")
 	flag.Parse()
 
-	node := nodeFlags{address: *address, stateDir: *stateDir, kubernetesBin: *kubernetesBin, kwok: *kwok, kwokConfig: *kwokConfig,
+	node := nodeFlags{address: *address, stateDir: *stateDir, kubernetesBin: *kubernetesBin, kwok: *kwok, kwokConfig: *kwokConfig, factoryDir: *factoryDir,
 		controlPlanes: strings.Split(*controlPlanes, ","),
 	}
 	stopOnSignal()
@@ -133,6 +135,7 @@ type nodeFlags struct {
 	kubernetesBin string
 	kwok          string
 	kwokConfig    string
+	factoryDir    string
 	controlPlanes []string
 	hardware      Hardware
 }
@@ -250,6 +253,10 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 	}
 
 	if err = mountEphemeral(ctx, resources, provider, node.hardware); err != nil {
+		return false, err
+	}
+
+	if err = publishSelf(ctx, resources, provider, node.hardware, node.factoryDir); err != nil {
 		return false, err
 	}
 
@@ -445,7 +452,10 @@ func boot(ctx context.Context, st state.State, hardware Hardware) error {
 	definitions := []meta.ResourceDefinitionProvider{
 		runtime.MachineStatusExtension{},
 		runtime.DiagnosticExtension{},
+		runtime.ExtensionStatusExtension{},
+		&configres.MachineConfig{},
 		network.LinkStatusExtension{},
+		network.AddressStatusExtension{},
 		block.DiskExtension{},
 		block.VolumeStatusExtension{},
 		k8s.StaticPodStatusExtension{},

@@ -94,7 +94,9 @@ func startServices(parent context.Context, provider config.Provider, node nodeFl
 		go deployManifests(ctx, kubelet, running.etcd)
 
 		for _, shared := range provider.NetworkVirtualIPConfigs() {
-			election := &vip{address: shared.VIP(), hostname: name, etcd: running.etcd}
+			election := &vip{
+				address: shared.VIP(), hostname: name, etcd: running.etcd, resources: resources, link: cabledLink(node.hardware),
+			}
 
 			running.campaigns.Go(func() { election.run(ctx) })
 		}

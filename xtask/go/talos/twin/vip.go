@@ -23,6 +23,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/jsimonetti/rtnetlink/v2"
 	"github.com/mdlayher/arp"
 	"github.com/mdlayher/ethernet"
@@ -42,6 +43,9 @@ type vip struct {
 	address  netip.Addr
 	hostname string
 	etcd     *etcdMember
+	// Where the machine reports its addresses, and the name of its cabled port there.
+	resources state.State
+	link      string
 }
 
 func (v *vip) electionKey() string {
@@ -178,7 +182,11 @@ func (v *vip) hold() error {
 			return err
 		}
 
-		return client.WriteTo(packet, ethernet.Broadcast)
+		if err = client.WriteTo(packet, ethernet.Broadcast); err != nil {
+			return err
+		}
+
+		return putResource(context.Background(), v.resources, addressStatus(netip.PrefixFrom(v.address, 32), v.link))
 	})
 }
 
@@ -187,6 +195,11 @@ func (v *vip) release() error {
 	return v.changeAddress(func(conn *rtnetlink.Conn, message *rtnetlink.AddressMessage, _ *net.Interface) error {
 		if err := conn.Address.Delete(message); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
 			return fmt.Errorf("removing %s from %s: %w", v.address, boxLink, err)
+		}
+
+		status := addressStatus(netip.PrefixFrom(v.address, 32), v.link)
+		if err := v.resources.Destroy(context.Background(), status.Metadata()); err != nil && !state.IsNotFoundError(err) {
+			return err
 		}
 
 		return nil

@@ -54,6 +54,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:16443", "where the API forward listens, on this machine and on the workstation")
 	endpoint := flag.String("endpoint", "", "the cluster endpoint host:port inside the box (the VIP)")
 	factory := flag.String("image-factory", "127.0.0.1:16444", "where the Image Factory stand-in listens, on the workstation")
+	factoryDir := flag.String("image-factory-dir", "", "where the Image Factory stand-in keeps the schematics uploaded to it")
 	kubeconfig := flag.String("kubeconfig", "", "the cluster's admin kubeconfig (stage 01 writes it)")
 	hostKubeconfig := flag.String("host-kubeconfig", "", "the copy of the admin kubeconfig aimed at the forward, written here")
 	metallb := flag.String("metallb", "", "MetalLB's controller binary")
@@ -95,7 +96,7 @@ func main() {
 		go forward(listener, box, *endpoint)
 	}
 
-	go http.Serve(factoryListener, http.HandlerFunc(imageFactory)) //nolint:errcheck,gosec
+	go http.Serve(factoryListener, imageFactory{dir: *factoryDir}) //nolint:errcheck,gosec
 
 	log.Printf("forwarding %s (here and on the workstation) to %s in the box; Image Factory stand-in on %s", *listen, *endpoint, *factory)
 
@@ -217,8 +218,13 @@ type schematic struct {
 
 // imageFactory answers `POST /schematics` as the Image Factory does: the schematic is parsed,
 // its extensions sorted, and its ID is the sha256 of its canonical YAML (Go's encoder,
-// four-space indent: siderolabs/image-factory pkg/schematic, Marshal and ID).
-func imageFactory(w http.ResponseWriter, r *http.Request) {
+// four-space indent: siderolabs/image-factory pkg/schematic, Marshal and ID). It keeps each
+// schematic as <dir>/<id>.yaml, where the machines read what their installer image carries.
+type imageFactory struct {
+	dir string
+}
+
+func (f imageFactory) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodPost || r.URL.Path != "/schematics" {
 		http.NotFound(w, r)
 
@@ -246,10 +252,23 @@ func imageFactory(w http.ResponseWriter, r *http.Request) {
 	}
 
 	sum := sha256.Sum256([]byte(canonical.String()))
+	id := hex.EncodeToString(sum[:])
+
+	if err := os.MkdirAll(f.dir, 0o700); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+
+		return
+	}
+
+	if err := os.WriteFile(filepath.Join(f.dir, id+".yaml"), []byte(canonical.String()), 0o600); err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+
+		return
+	}
 
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusCreated)
-	fmt.Fprintf(w, "{\"id\":%q}\n", hex.EncodeToString(sum[:])) //nolint:errcheck
+	fmt.Fprintf(w, "{\"id\":%q}\n", id) //nolint:errcheck
 }
 
 // clusterServices is what needs the cluster's API: the host kubeconfig, the approver
