@@ -123,18 +123,35 @@ async fn node_rows(client: &kube::Client, config: &ClusterConfig) -> anyhow::Res
 }
 
 /// etcd's health (each control plane asked about its own member), the VIP holder and the
-/// talosconfig's expiry: Talos knows them. On the lab they are inside the box, where this
-/// command (run on this machine) does not reach yet.
+/// talosconfig's expiry: Talos knows them. On the lab the machines are inside the box, so the
+/// questions are asked from a thread that joined the box's workstation, as a `--lab` stage does.
 async fn control_plane_rows(config: &ClusterConfig, target: Target) -> Vec<Row> {
-    let vip = config.network.vip.to_string();
-    if target == Target::Lab {
-        let why = "not read from outside the box yet (`cargo xtask lab shell -- talosctl etcd status` reads it there)"
-            .to_owned();
-        return vec![
-            Row { section: "control plane", name: "etcd".into(), value: "-".into(), state: why.clone() },
-            Row { section: "control plane", name: "VIP holder".into(), value: vip, state: why },
-        ];
+    if target == Target::Talos {
+        return talos_rows(config).await;
     }
+    let in_the_box = config.clone();
+    let asked = tokio::task::spawn_blocking(move || {
+        kit::lab::enter_box(&in_the_box)?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        anyhow::Ok(runtime.block_on(talos_rows(&in_the_box)))
+    })
+    .await;
+    match asked {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(error)) => {
+            vec![Row { section: "control plane", name: "box".into(), value: "-".into(), state: format!("{error:#}") }]
+        }
+        Err(error) => vec![Row {
+            section: "control plane",
+            name: "box".into(),
+            value: "-".into(),
+            state: format!("asking from the box failed: {error}"),
+        }],
+    }
+}
+
+async fn talos_rows(config: &ClusterConfig) -> Vec<Row> {
+    let vip = config.network.vip.to_string();
     let talosctl = match kit::talos::Talosctl::find(config).await {
         Ok(talosctl) => talosctl,
         Err(error) => {
