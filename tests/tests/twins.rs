@@ -138,7 +138,8 @@ async fn stage_01_step_by_step(lab: &xtask::lab::Lab, config: &kit::config::Clus
     generate_configs(config).await?;
     a_configured_twin_shows_drift_through_talos_own_diff(lab, config).await?;
     three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healthy(lab, config).await?;
-    without_an_approver_a_serving_certificate_request_keeps_health_waiting(config).await
+    without_an_approver_a_serving_certificate_request_keeps_health_waiting(config).await?;
+    a_reset_control_plane_leaves_etcd_and_boots_into_maintenance_mode(config).await
 }
 
 /// Runs `work` on a thread inside the workstation's namespace, with a runtime of its own.
@@ -324,6 +325,17 @@ async fn without_an_approver_a_serving_certificate_request_keeps_health_waiting(
             }
         }
         kit::talos::TalosApi::ask(&edge, cp02, &["reboot", "--wait=false"], std::time::Duration::from_secs(30)).await?;
+        // Back up, its kubelet files the request and Talos raises the diagnostic.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let diagnostics: anyhow::Result<Vec<kit::talos::Resource<serde_json::Value>>> =
+                kit::talos::resources(&edge, cp02, "diagnostics", kit::talos::Access::Secure).await;
+            if diagnostics.is_ok_and(|found| found.iter().any(|diagnostic| diagnostic.metadata.id == "kubelet-csr")) {
+                break;
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no kubelet-csr diagnostic on cp02");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
         let outcome =
             talos_bootstrap::nodes::health(&edge, &control_planes, &[], std::time::Duration::from_secs(60)).await;
         anyhow::Ok(outcome.err().map(|error| format!("{error:#}")))
@@ -334,6 +346,34 @@ async fn without_an_approver_a_serving_certificate_request_keeps_health_waiting(
         failure.contains("172.16.16.148: kubelet server certificate rotation is enabled, but CSR is not approved"),
         "health must wait on cp02's pending request: {failure:?}"
     );
+    Ok(())
+}
+
+/// Taking a control plane out for good, as the HA guide says: `talosctl reset` (graceful: its
+/// member leaves etcd first; `--reboot`: it comes back wiped, in maintenance mode, ready to be
+/// installed again). The other two keep etcd, with two members.
+async fn a_reset_control_plane_leaves_etcd_and_boots_into_maintenance_mode(
+    config: &kit::config::ClusterConfig,
+) -> anyhow::Result<()> {
+    let edge = talosctl(config).await?;
+    let cluster = config.clone();
+    let (state, members) = in_the_box(move || async move {
+        let (cp01, cp03) = (&cluster.nodes[0], &cluster.nodes[2]);
+        let reset = ["reset", "--graceful=true", "--reboot", "--wait=false"];
+        kit::talos::TalosApi::ask(&edge, cp03, &reset, std::time::Duration::from_secs(60)).await?;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let state = loop {
+            let state = kit::talos::probe(&edge, cp03).await;
+            if state == kit::talos::NodeState::Maintenance || tokio::time::Instant::now() >= deadline {
+                break state;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        };
+        anyhow::Ok((state, kit::talos::etcd_members(&edge, cp01).await?))
+    })
+    .await?;
+    anyhow::ensure!(state == kit::talos::NodeState::Maintenance, "cp03 after its reset: {state:?}");
+    anyhow::ensure!(members == ["cp01", "cp02"], "cp03 left etcd: {members:?}");
     Ok(())
 }
 

@@ -153,25 +153,27 @@ func run(node nodeFlags, hardwareFile string) error {
 
 	node.hardware = hardware
 	ctx := context.Background()
-	resources := state.WrapCore(namespaced.NewState(inmem.Build))
-
-	if err = boot(ctx, resources, hardware); err != nil {
-		return err
-	}
-
 	configFile := filepath.Join(node.stateDir, "config.yaml")
 
-	// A machine with a config on its disk boots into it; one without waits in maintenance mode.
-	if _, err = os.Stat(configFile); err != nil {
-		if err = serveMaintenance(resources, node.address, configFile); err != nil {
+	// Each boot starts from nothing but the disk: a machine with a config on it boots into it;
+	// one without (new, or reset) waits in maintenance mode.
+	for {
+		resources := state.WrapCore(namespaced.NewState(inmem.Build))
+		if err = boot(ctx, resources, hardware); err != nil {
 			return err
 		}
 
-		log.Printf("installing the config and rebooting")
-		time.Sleep(installTime)
-	}
+		if _, err = os.Stat(configFile); err != nil {
+			if err = serveMaintenance(resources, node.address, configFile); err != nil {
+				return err
+			}
 
-	for {
+			log.Printf("installing the config and rebooting")
+			time.Sleep(installTime)
+
+			continue
+		}
+
 		rebooted, err := serveConfigured(ctx, resources, node, configFile)
 		if err != nil || !rebooted {
 			return err
