@@ -315,8 +315,15 @@ async fn without_an_approver_a_serving_certificate_request_keeps_health_waiting(
         let file = dir.path().join("kubeconfig");
         talos_bootstrap::nodes::kubeconfig(&edge, cp01, &file).await?;
         let client = kit::lab::client_from_kubeconfig(&file).await?;
+        // The control planes deploy it (their inline manifest) once the API answers.
         let approver = "kubelet-serving-cert-approver";
-        Api::<Deployment>::namespaced(client.clone(), approver).delete(approver, &DeleteParams::default()).await?;
+        let deployments = Api::<Deployment>::namespaced(client.clone(), approver);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
+        while deployments.get_opt(approver).await?.is_none() {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the control planes never deployed {approver}");
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        deployments.delete(approver, &DeleteParams::default()).await?;
         let requests: Api<CertificateSigningRequest> = Api::all(client);
         for request in requests.list(&ListParams::default()).await? {
             let from_cp02 = request.spec.username.as_deref() == Some("system:node:cp02");
