@@ -142,10 +142,16 @@ pub fn objects_yaml(objects: &[kube::api::DynamicObject]) -> anyhow::Result<Vec<
     Ok(text.into_bytes())
 }
 
+/// The cluster's own admin kubeconfig, aimed at the VIP: stage 01 fetches it from a control
+/// plane, on real nodes and in the lab's box alike.
+pub fn cluster_kubeconfig_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("kubeconfig")
+}
+
 /// The kubeconfig a target uses unless `--kubeconfig` says otherwise.
 fn default_kubeconfig(state_dir: &Path, target: Target) -> PathBuf {
     match target {
-        Target::Talos => state_dir.join("kubeconfig"),
+        Target::Talos => cluster_kubeconfig_path(state_dir),
         Target::Lab => crate::lab::kubeconfig_path(state_dir),
     }
 }

@@ -56,14 +56,13 @@ pub async fn talosctl(config: &ClusterConfig) -> anyhow::Result<Tool> {
 }
 
 /// Generates the secrets (if missing), every node's config and the talosconfig into the state
-/// folder; returns the configs and what changed on disk.
-async fn generate_into_state(
-    talosctl: &mut Tool,
-    config: &ClusterConfig,
-    inline: &[InlineManifest],
-) -> anyhow::Result<(Vec<NodeConfig>, Vec<Change>)> {
+/// folder; returns talosctl (redacting the secrets), the configs and what changed on disk.
+async fn generate_into_state(ctx: &Context) -> anyhow::Result<(Tool, Vec<NodeConfig>, Vec<Change>)> {
+    let mut talosctl = talosctl(&ctx.config).await?;
+    let inline = inline_manifests(ctx)?;
+    let config = &ctx.config;
     let paths = StatePaths::new(config);
-    let (secrets, created) = Secrets::ensure(talosctl, &paths.secrets).await?;
+    let (secrets, created) = Secrets::ensure(&talosctl, &paths.secrets).await?;
     if created {
         tracing::info!(
             "generated the cluster's secrets into {} (0600; back it up, never commit it)",
@@ -75,12 +74,12 @@ async fn generate_into_state(
     let before: Vec<Option<String>> =
         config.nodes.iter().map(|node| std::fs::read_to_string(node_config_path(&paths, node)).ok()).collect();
     private_dir(&paths.machine_configs)?;
-    let configs = machine_configs::generate(talosctl, config, inline, &secrets, &paths.machine_configs).await?;
+    let configs = machine_configs::generate(&talosctl, config, &inline, &secrets, &paths.machine_configs).await?;
     for (generated, old) in configs.iter().zip(before) {
-        changes.push(config_change(talosctl, generated, old.as_deref()));
+        changes.push(config_change(&talosctl, generated, old.as_deref()));
     }
-    changes.push(ensure_talosconfig(talosctl, config, &secrets, &paths.talosconfig).await?);
-    Ok((configs, changes))
+    changes.push(ensure_talosconfig(&talosctl, config, &secrets, &paths.talosconfig).await?);
+    Ok((talosctl, configs, changes))
 }
 
 fn node_config_path(paths: &StatePaths, node: &kit::config::Node) -> PathBuf {
@@ -225,45 +224,38 @@ impl Stage for TalosBootstrap {
             let old = std::fs::read_to_string(node_config_path(&paths, &generated.node)).ok();
             changes.push(config_change(&talosctl, generated, old.as_deref()));
         }
-        {
-            {
-                let edge = Talosctl { tool: talosctl, talosconfig: paths.talosconfig.clone() };
-                for (node, state) in converge::survey(&edge, &ctx.config).await? {
-                    let object = format!("TalosNode {}", node.name);
-                    let generated =
-                        &configs.iter().find(|c| c.node.name == node.name).context("no config generated")?.path;
-                    changes.push(match state {
-                        NodeState::Configured => {
-                            let file = generated.display().to_string();
-                            match kit::talos::config_diff(&edge, &node, &file).await? {
-                                None => Change { object, action: Action::Unchanged, diff: None },
-                                Some(diff) => {
-                                    let note = "configured nodes are left alone by apply; apply this with talosctl \
-                                                apply-config";
-                                    Change { object, action: Action::Configured, diff: Some(format!("{diff}\n{note}")) }
-                                }
-                            }
+        let edge = Talosctl { tool: talosctl, talosconfig: paths.talosconfig.clone() };
+        for (node, state) in converge::survey(&edge, &ctx.config).await? {
+            let object = format!("TalosNode {}", node.name);
+            let generated = &configs.iter().find(|c| c.node.name == node.name).context("no config generated")?.path;
+            changes.push(match state {
+                NodeState::Configured => {
+                    let file = generated.display().to_string();
+                    match kit::talos::config_diff(&edge, &node, &file).await? {
+                        None => Change { object, action: Action::Unchanged, diff: None },
+                        Some(diff) => {
+                            let note = "configured nodes are left alone by apply; apply this with talosctl \
+                                        apply-config";
+                            Change { object, action: Action::Configured, diff: Some(format!("{diff}\n{note}")) }
                         }
-                        _ => Change {
-                            object,
-                            action: Action::Created,
-                            diff: Some("apply-config --insecure, install, reboot".into()),
-                        },
-                    });
+                    }
                 }
-                let first = ctx.config.control_planes().next().context("the config has no control plane")?;
-                let bootstrapped = converge::bootstrapped(&edge, &ctx.config).await;
-                let action = if bootstrapped.is_some() { Action::Unchanged } else { Action::Created };
-                changes.push(Change { object: format!("EtcdBootstrap {}", first.name), action, diff: bootstrapped });
-            }
+                _ => Change {
+                    object,
+                    action: Action::Created,
+                    diff: Some("apply-config --insecure, install, reboot".into()),
+                },
+            });
         }
+        let first = ctx.config.control_planes().next().context("the config has no control plane")?;
+        let bootstrapped = converge::bootstrapped(&edge, &ctx.config).await;
+        let action = if bootstrapped.is_some() { Action::Unchanged } else { Action::Created };
+        changes.push(Change { object: format!("EtcdBootstrap {}", first.name), action, diff: bootstrapped });
         Ok(changes)
     }
 
     async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let mut talosctl = talosctl(&ctx.config).await?;
-        let inline = inline_manifests(ctx)?;
-        let (configs, mut changes) = generate_into_state(&mut talosctl, &ctx.config, &inline).await?;
+        let (talosctl, configs, mut changes) = generate_into_state(ctx).await?;
         let edge = Talosctl { tool: talosctl, talosconfig: StatePaths::new(&ctx.config).talosconfig };
         let image_factory = image_factory(ctx)?;
         let run = converge::Run {
@@ -377,9 +369,7 @@ const APPROVER_MANIFEST: &str = "ha-install.yaml";
 /// folder, validated, as `apply` does before it sends them: for a test that sends them to the
 /// machines itself, one step at a time.
 pub async fn generate_configs(ctx: &Context) -> anyhow::Result<Vec<NodeConfig>> {
-    let mut talosctl = talosctl(&ctx.config).await?;
-    let inline = inline_manifests(ctx)?;
-    Ok(generate_into_state(&mut talosctl, &ctx.config, &inline).await?.0)
+    Ok(generate_into_state(ctx).await?.1)
 }
 
 /// Where stage 01 writes the cluster's admin kubeconfig (aimed at the VIP): `--kubeconfig` on
@@ -388,7 +378,7 @@ pub async fn generate_configs(ctx: &Context) -> anyhow::Result<Vec<NodeConfig>> 
 fn cluster_kubeconfig(ctx: &Context) -> PathBuf {
     match ctx.target {
         Target::Talos => ctx.kubeconfig.clone(),
-        Target::Lab => ctx.config.state_dir().join("kubeconfig"),
+        Target::Lab => kit::stage::cluster_kubeconfig_path(&ctx.config.state_dir()),
     }
 }
 

@@ -207,7 +207,7 @@ fn the_lab_kubeconfig_is_the_clusters_aimed_at_the_forward() -> anyhow::Result<(
         Ok(kubeconfig.clusters.into_iter().map(|named| named.cluster.and_then(|c| c.server)).collect())
     };
     assert_eq!(servers(&lab.kubeconfig)?, vec![Some(lab.api_url())]);
-    assert_eq!(servers(&config.state_dir().join("kubeconfig"))?, vec![Some(config.api_endpoint())]);
+    assert_eq!(servers(&kit::stage::cluster_kubeconfig_path(&config.state_dir()))?, vec![Some(config.api_endpoint())]);
     Ok(())
 }
 

@@ -161,7 +161,7 @@ where
 /// folder, as stage 01's apply does before it sends them (this test sends them itself).
 async fn generate_configs(config: &kit::config::ClusterConfig) -> anyhow::Result<()> {
     let ctx = kit::stage::Context {
-        kubeconfig: config.state_dir().join("kubeconfig"),
+        kubeconfig: kit::stage::cluster_kubeconfig_path(&config.state_dir()),
         config: config.clone(),
         target: kit::stage::Target::Talos,
         mirror: Some(tests::upstream_mirror()),
@@ -318,11 +318,10 @@ async fn without_an_approver_a_serving_certificate_request_keeps_health_waiting(
         // The control planes deploy it (their inline manifest) once the API answers.
         let approver = "kubelet-serving-cert-approver";
         let deployments = Api::<Deployment>::namespaced(client.clone(), approver);
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
-        while deployments.get_opt(approver).await?.is_none() {
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the control planes never deployed {approver}");
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
+        tests::eventually(std::time::Duration::from_secs(90), "the control planes to deploy the approver", || async {
+            Ok(deployments.get_opt(approver).await?.map(drop))
+        })
+        .await?;
         deployments.delete(approver, &DeleteParams::default()).await?;
         let requests: Api<CertificateSigningRequest> = Api::all(client);
         for request in requests.list(&ListParams::default()).await? {
@@ -333,16 +332,13 @@ async fn without_an_approver_a_serving_certificate_request_keeps_health_waiting(
         }
         kit::talos::TalosApi::ask(&edge, cp02, &["reboot", "--wait=false"], std::time::Duration::from_secs(30)).await?;
         // Back up, its kubelet files the request and Talos raises the diagnostic.
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(90);
-        loop {
+        tests::eventually(std::time::Duration::from_secs(90), "the kubelet-csr diagnostic on cp02", || async {
             let diagnostics: anyhow::Result<Vec<kit::talos::Resource<serde_json::Value>>> =
                 kit::talos::resources(&edge, cp02, "diagnostics", kit::talos::Access::Secure).await;
-            if diagnostics.is_ok_and(|found| found.iter().any(|diagnostic| diagnostic.metadata.id == "kubelet-csr")) {
-                break;
-            }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no kubelet-csr diagnostic on cp02");
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        }
+            let raised = diagnostics.is_ok_and(|found| found.iter().any(|found| found.metadata.id == "kubelet-csr"));
+            Ok(raised.then_some(()))
+        })
+        .await?;
         let outcome =
             talos_bootstrap::nodes::health(&edge, &control_planes, &[], std::time::Duration::from_secs(60)).await;
         anyhow::Ok(outcome.err().map(|error| format!("{error:#}")))
@@ -364,22 +360,17 @@ async fn a_reset_control_plane_leaves_etcd_and_boots_into_maintenance_mode(
 ) -> anyhow::Result<()> {
     let edge = talosctl(config).await?;
     let cluster = config.clone();
-    let (state, members) = in_the_box(move || async move {
+    let members = in_the_box(move || async move {
         let (cp01, cp03) = (&cluster.nodes[0], &cluster.nodes[2]);
         let reset = ["reset", "--graceful=true", "--reboot", "--wait=false"];
         kit::talos::TalosApi::ask(&edge, cp03, &reset, std::time::Duration::from_secs(60)).await?;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-        let state = loop {
-            let state = kit::talos::probe(&edge, cp03).await;
-            if state == kit::talos::NodeState::Maintenance || tokio::time::Instant::now() >= deadline {
-                break state;
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-        };
-        anyhow::Ok((state, kit::talos::etcd_members(&edge, cp01).await?))
+        tests::eventually(std::time::Duration::from_secs(60), "cp03 in maintenance mode after its reset", || async {
+            Ok((kit::talos::probe(&edge, cp03).await == kit::talos::NodeState::Maintenance).then_some(()))
+        })
+        .await?;
+        kit::talos::etcd_members(&edge, cp01).await
     })
     .await?;
-    anyhow::ensure!(state == kit::talos::NodeState::Maintenance, "cp03 after its reset: {state:?}");
     let mut members = members;
     members.sort();
     anyhow::ensure!(members == ["cp01", "cp02"], "cp03 left etcd: {members:?}");

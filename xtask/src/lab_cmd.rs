@@ -109,7 +109,7 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
             };
             // On the workstation the cluster's own kubeconfig works as on a real LAN (the VIP).
             let talosconfig = kit::tool::talosconfig_path(&config);
-            let kubeconfig = config.state_dir().join("kubeconfig");
+            let kubeconfig = kit::stage::cluster_kubeconfig_path(&config.state_dir());
             let env = [("KUBECONFIG", kubeconfig.as_path()), ("TALOSCONFIG", talosconfig.as_path())];
             let status = xtask::lab::lan::exec_in(&lan.admin().namespace, &command, &env)?;
             Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))

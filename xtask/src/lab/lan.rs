@@ -214,8 +214,8 @@ fn existing_namespaces(sh: &Shell) -> anyhow::Result<Vec<String>> {
 fn ensure_root() -> anyhow::Result<()> {
     anyhow::ensure!(
         nix::unistd::geteuid().is_root(),
-        "the box (the config's LAN in network namespaces) needs root for now: run `sudo -E cargo xtask lab up`, \
-         or run the lab without it on 127.0.0.1 as before (user namespaces for ordinary users are not built yet)"
+        "the box (the config's LAN in network namespaces) needs root for now: run `sudo -E cargo xtask lab up` \
+         (a box for ordinary users, through user namespaces, is not built yet)"
     );
     anyhow::ensure!(
         which::which("ip").is_ok(),

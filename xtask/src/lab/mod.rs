@@ -138,7 +138,6 @@ impl Lab {
     /// The workstation services. Started on this machine's network: the process binds the
     /// forward's port here, then enters the box itself.
     fn workstation(&self) -> Process {
-        let state = self.config.state_dir();
         let endpoint = self.config.api_endpoint();
         let endpoint = endpoint.trim_start_matches("https://");
         let args = vec![
@@ -147,7 +146,7 @@ impl Lab {
             format!("--endpoint={endpoint}"),
             format!("--image-factory=127.0.0.1:{}", self.ports.image_factory()),
             format!("--image-factory-dir={}", self.image_factory_dir().display()),
-            format!("--kubeconfig={}", state.join("kubeconfig").display()),
+            format!("--kubeconfig={}", self.cluster_kubeconfig().display()),
             format!("--host-kubeconfig={}", self.kubeconfig.display()),
             format!("--metallb={}", self.binaries.path("metallb-controller").display()),
             format!("--metallb-metrics-port={}", self.ports.metallb_metrics()),
@@ -184,13 +183,11 @@ impl Lab {
     fn twins(&self) -> Vec<Process> {
         let lan = self.lan();
         let twin = self.binaries.path(build::TWIN);
-        let etcd = self.binaries.path("etcd");
-        let kubernetes_bin = etcd.parent().unwrap_or(Path::new("."));
         let control_planes: Vec<_> = self.config.control_planes().map(|node| node.ip).collect();
         let (kwok, kwok_config) = (self.binaries.path("kwok"), self.dir.join("kwok.yaml"));
         let image_factory_dir = self.image_factory_dir();
         let peers = twin::Peers {
-            kubernetes_bin,
+            kubernetes_bin: &self.binaries.kubernetes_dir,
             kwok: &kwok,
             kwok_config: &kwok_config,
             image_factory_dir: &image_factory_dir,
@@ -226,23 +223,6 @@ impl Lab {
         self.wait_for_twin(node, &process).await
     }
 
-    /// Wipes one node's twin back to a machine booted from the ISO: everything it kept (its
-    /// config, etcd data, certificates) is gone but its hardware; it waits in maintenance mode
-    /// (what re-imaging a real machine does).
-    pub async fn reset_twin(&self, node: &str) -> anyhow::Result<()> {
-        self.stop_twin(node)?;
-        let dir = twin::twin_dir(&self.dir, node);
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let path = entry?.path();
-            if path.file_name().is_some_and(|name| name == twin::HARDWARE_FILE) {
-                continue;
-            }
-            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            removed.with_context(|| format!("wiping {}", path.display()))?;
-        }
-        self.restart_twin(node).await
-    }
-
     /// Waits until a twin answers on its address, port 50000 (in maintenance mode or
     /// configured), asked from inside its own namespace of the box.
     async fn wait_for_twin(&self, node: &str, process: &Process) -> anyhow::Result<()> {
@@ -268,9 +248,14 @@ impl Lab {
         Ok(())
     }
 
+    /// The cluster's own admin kubeconfig (aimed at the VIP), which stage 01 writes.
+    fn cluster_kubeconfig(&self) -> PathBuf {
+        kit::stage::cluster_kubeconfig_path(&self.config.state_dir())
+    }
+
     /// True once stage 01 has installed the cluster (its admin kubeconfig exists).
     pub fn installed(&self) -> bool {
-        self.config.state_dir().join("kubeconfig").exists()
+        self.cluster_kubeconfig().exists()
     }
 
     /// Builds the box and starts whatever is not running (a running lab is left as it is). On
@@ -308,14 +293,15 @@ impl Lab {
 
     /// The box is named after the cluster, so two configs with one cluster name would share
     /// its namespaces and addresses: the lab that builds it records its folder in
-    /// `/run/talos-ha/<cluster>.owner`, and another lab of that name refuses while that one
-    /// exists.
+    /// `/run/talos-ha/<cluster>.owner` (its config's state folder), and another lab of that
+    /// name refuses while that one exists.
     fn claim_box(&self) -> anyhow::Result<()> {
         let file = box_owner_file(&self.config.name);
+        let state = self.config.state_dir();
         if let Ok(owner) = std::fs::read_to_string(&file) {
             let owner = PathBuf::from(owner.trim());
             anyhow::ensure!(
-                owner == self.dir || !owner.join("lab.json").exists() || self.lan().present()?.is_empty(),
+                owner == state || !kit::lab::ports_file(&owner).exists() || self.lan().present()?.is_empty(),
                 "the box of cluster `{}` belongs to the lab in {}: stop that one (`cargo xtask lab down` with its \
                  config) or give this config another cluster name (`name:` in cluster.yaml)",
                 self.config.name,
@@ -323,7 +309,7 @@ impl Lab {
             );
         }
         std::fs::create_dir_all(file.parent().unwrap_or(Path::new("/run")))?;
-        std::fs::write(&file, self.dir.display().to_string()).with_context(|| format!("writing {}", file.display()))
+        std::fs::write(&file, state.display().to_string()).with_context(|| format!("writing {}", file.display()))
     }
 
     /// The cluster through the forward: every node of the config Ready.
@@ -461,7 +447,7 @@ impl Lab {
             stopped.push(format!("the box ({})", self.lan().switch));
         }
         let owner = box_owner_file(&self.config.name);
-        if std::fs::read_to_string(&owner).is_ok_and(|dir| Path::new(dir.trim()) == self.dir) {
+        if std::fs::read_to_string(&owner).is_ok_and(|dir| Path::new(dir.trim()) == self.config.state_dir()) {
             std::fs::remove_file(&owner).with_context(|| format!("removing {}", owner.display()))?;
         }
         if purge && self.dir.exists() {

@@ -215,12 +215,18 @@ func (e *etcdMember) running() bool {
 	return e.service != nil && e.service.running()
 }
 
-func (e *etcdMember) joinOnce(ctx context.Context) error {
-	var endpoints []string
+// peerEndpoints are the client URLs of the other control planes' members.
+func (e *etcdMember) peerEndpoints() []string {
+	endpoints := make([]string, 0, len(e.controlPlane))
 	for _, ip := range e.controlPlane {
 		endpoints = append(endpoints, e.clientURL(ip))
 	}
 
+	return endpoints
+}
+
+func (e *etcdMember) joinOnce(ctx context.Context) error {
+	endpoints := e.peerEndpoints()
 	if len(endpoints) == 0 {
 		return errors.New("no other control plane")
 	}
@@ -337,12 +343,7 @@ func (e *etcdMember) promoteOnce(ctx context.Context) (bool, error) {
 		return true, nil
 	}
 
-	var endpoints []string
-	for _, ip := range e.controlPlane {
-		endpoints = append(endpoints, e.clientURL(ip))
-	}
-
-	voters, err := e.client(endpoints...)
+	voters, err := e.client(e.peerEndpoints()...)
 	if err != nil {
 		return false, err
 	}

@@ -270,13 +270,7 @@ func (k *kubelet) setDiagnostic(ctx context.Context, pending []string) {
 	diagnostic.TypedSpec().Message = "kubelet server certificate rotation is enabled, but CSR is not approved"
 	diagnostic.TypedSpec().Details = []string{"pending CSRs: " + strings.Join(pending, ", ")}
 
-	if err := k.resources.Create(ctx, diagnostic); state.IsConflictError(err) {
-		current, err := k.resources.Get(ctx, diagnostic.Metadata())
-		if err == nil {
-			diagnostic.Metadata().SetVersion(current.Metadata().Version())
-			_ = k.resources.Update(ctx, diagnostic) //nolint:errcheck
-		}
-	}
+	_ = putResource(ctx, k.resources, diagnostic) //nolint:errcheck
 }
 
 func (k *kubelet) rotatesServingCertificate() bool {

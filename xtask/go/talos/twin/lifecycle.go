@@ -27,12 +27,7 @@ import (
 
 // clusterClient talks to every control plane's member (Talos: NewClientFromControlPlaneIPs).
 func (c *configured) clusterClient() (*clientv3.Client, error) {
-	endpoints := []string{c.etcd.clientURL(c.address)}
-	for _, peer := range c.etcd.controlPlane {
-		endpoints = append(endpoints, c.etcd.clientURL(peer))
-	}
-
-	return c.etcd.client(endpoints...)
+	return c.etcd.client(append([]string{c.etcd.clientURL(c.address)}, c.etcd.peerEndpoints()...)...)
 }
 
 // removeMember removes a member through the cluster (a leader is required); NotFound when

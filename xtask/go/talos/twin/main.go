@@ -586,8 +586,9 @@ func (c *configured) Reboot(context.Context, *machine.RebootRequest) (*machine.R
 // container runtime is not up yet (v1alpha1_runtime.go, IsBootstrapAllowed).
 const bootstrapReadyAfter = 5 * time.Second
 
-// metadata is what apid adds to every answer it proxies: the node it came from
-// (talosctl prints it as the NODE column).
+// metadata names the node in machined's own answers. apid tags every answer it merges with
+// the same (apid.go, AppendInfo; talosctl prints it as the NODE column), so this matters only
+// for an answer that reaches a client without apid's tagging, through the local socket.
 func (c *configured) metadata() *common.Metadata {
 	return &common.Metadata{Hostname: c.address}
 }
