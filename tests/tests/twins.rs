@@ -107,8 +107,12 @@ async fn stage_01_step_by_step(lab: &xtask::lab::Lab, config: &kit::config::Clus
     lab.restart_twin("cp03").await?;
     let source = config.source.clone();
     let outcome = tokio::task::spawn_blocking(move || check_from_the_workstation(&source)).await?;
+    generate_configs(config).await?;
+    let off_the_lan = a_selector_matching_two_ports_leaves_the_machine_off_the_lan(lab, config).await;
 
-    // Whatever the outcome, the twins get their usual hardware back.
+    // Whatever the outcome, the twins get their usual hardware back, and wk02 a wiped disk
+    // (booted from the ISO again, as the console would be needed for on a real site).
+    std::fs::remove_file(twin_dir(&lab.dir, "wk02").join("config.yaml")).ok();
     for (node, index) in [("wk02", 4), ("cp03", 2)] {
         std::fs::write(
             twin_dir(&lab.dir, node).join("hardware.json"),
@@ -116,6 +120,7 @@ async fn stage_01_step_by_step(lab: &xtask::lab::Lab, config: &kit::config::Clus
         )?;
         lab.restart_twin(node).await?;
     }
+    off_the_lan?;
     let (code, checks) = outcome?;
     assert_eq!(code, ExitCode::from(1), "{checks:?}");
     let wk02 = check(&checks, "wk02");
@@ -135,11 +140,47 @@ async fn stage_01_step_by_step(lab: &xtask::lab::Lab, config: &kit::config::Clus
     );
     assert_eq!(check(&checks, "cp01")["status"], "pass", "the other nodes are fine");
 
-    generate_configs(config).await?;
     a_configured_twin_shows_drift_through_talos_own_diff(lab, config).await?;
     three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healthy(lab, config).await?;
     without_an_approver_a_serving_certificate_request_keeps_health_waiting(config).await?;
     a_reset_control_plane_leaves_etcd_and_boots_into_maintenance_mode(config).await
+}
+
+/// Review item 5 on the twin's network: wk02, with its second port, is sent its config anyway
+/// (as stage 01 did before its pre-flight). The `lan` alias's selector matches both ports, so
+/// Talos skips the alias, the LinkConfig's address lands on no link, and the default DHCP is
+/// off: once installed, the machine is on no address at all and nothing reaches it again.
+async fn a_selector_matching_two_ports_leaves_the_machine_off_the_lan(
+    lab: &xtask::lab::Lab,
+    config: &kit::config::ClusterConfig,
+) -> anyhow::Result<()> {
+    let edge = talosctl(config).await?;
+    let file = talos_bootstrap::StatePaths::new(config).machine_configs.join("wk02.yaml");
+    let wk02 = config.nodes.iter().find(|node| node.name == "wk02").cloned().expect("wk02 in the config");
+    let log = lab.dir.join("logs").join("twin-wk02.log");
+    in_the_box(move || async move {
+        talos_bootstrap::nodes::apply_config_insecure(&edge, &wk02, &file).await?;
+        tests::eventually(std::time::Duration::from_secs(60), "wk02 to boot into its config", || async {
+            Ok(std::fs::read_to_string(&log)?.contains("with no address on the LAN").then_some(()))
+        })
+        .await?;
+        let answer = kit::talos::probe(&edge, &wk02).await;
+        anyhow::ensure!(matches!(answer, kit::talos::NodeState::Unreachable(_)), "wk02 answers: {answer:?}");
+        anyhow::Ok(())
+    })
+    .await?;
+    let log = std::fs::read_to_string(lab.dir.join("logs").join("twin-wk02.log"))?;
+    anyhow::ensure!(
+        log.contains(r#"link alias "lan": selector link.type == 1 && link.kind == "" && link.bus_path != "" matched 2 links, skipping"#),
+        "Talos's reason, in the machine's log: {log}"
+    );
+    let namespace = lab.lan().member("wk02").expect("wk02 in the box").namespace.clone();
+    let shown = std::process::Command::new("ip")
+        .args(["-n", &namespace, "-4", "-o", "addr", "show", "dev", "eth0"])
+        .output()?;
+    let addresses = String::from_utf8_lossy(&shown.stdout);
+    anyhow::ensure!(shown.status.success() && addresses.trim().is_empty(), "wk02's port has no address: {addresses}");
+    Ok(())
 }
 
 /// Runs `work` on a thread inside the workstation's namespace, with a runtime of its own.

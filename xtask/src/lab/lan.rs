@@ -41,6 +41,14 @@ pub struct Member {
     pub port: String,
 }
 
+/// A DHCP lease: an address on the LAN and the router behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub router: Ipv4Addr,
+}
+
 /// The box for one cluster config.
 #[derive(Debug, Clone)]
 pub struct Lan {
@@ -73,6 +81,13 @@ impl Lan {
             prefix_len: config.network.subnet.prefix_len(),
             members: std::iter::once(admin).chain(nodes).collect(),
         }
+    }
+
+    /// What the site's DHCP server hands a machine booted from the ISO: a reservation at its
+    /// config address (the prerequisite of contacting it there in maintenance mode). Its twin
+    /// takes the lease itself, and drops it once its config's network documents say otherwise.
+    pub fn lease(&self, member: &Member) -> Lease {
+        Lease { address: member.address, prefix_len: self.prefix_len, router: self.gateway }
     }
 
     /// The workstation's namespace: where talosctl, kubectl and the stage binaries run.
@@ -113,12 +128,11 @@ impl Lan {
         Ok(())
     }
 
-    /// One machine: a namespace, a veth pair (`eth0` inside, a port on the bridge), its
-    /// address, and a default route to the gateway.
+    /// One machine: a namespace and a veth pair (`eth0` inside, a port on the bridge). The
+    /// workstation gets its static address and a default route to the gateway; a node's twin
+    /// takes its own (its DHCP lease, then its config's).
     fn plug_in(&self, sh: &Shell, member: &Member) -> anyhow::Result<()> {
         let (namespace, switch, port) = (&member.namespace, &self.switch, &member.port);
-        let address = format!("{}/{}", member.address, self.prefix_len);
-        let gateway = self.gateway.to_string();
         cmd!(sh, "ip netns add {namespace}").quiet().run()?;
         cmd!(sh, "ip -n {namespace} link set lo up").quiet().run()?;
         // Both ends are created straight inside the box: neither ever exists on this machine.
@@ -126,9 +140,13 @@ impl Lan {
             .quiet()
             .run()?;
         cmd!(sh, "ip -n {switch} link set {port} master {BRIDGE} up").quiet().run()?;
-        cmd!(sh, "ip -n {namespace} addr add {address} dev {INTERFACE}").quiet().run()?;
         cmd!(sh, "ip -n {namespace} link set {INTERFACE} up").quiet().run()?;
-        cmd!(sh, "ip -n {namespace} route add default via {gateway}").quiet().run()?;
+        if member == self.admin() {
+            let address = format!("{}/{}", member.address, self.prefix_len);
+            let gateway = self.gateway.to_string();
+            cmd!(sh, "ip -n {namespace} addr add {address} dev {INTERFACE}").quiet().run()?;
+            cmd!(sh, "ip -n {namespace} route add default via {gateway}").quiet().run()?;
+        }
         Ok(())
     }
 

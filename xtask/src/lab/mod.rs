@@ -197,7 +197,7 @@ impl Lab {
             .nodes
             .iter()
             .filter_map(|node| {
-                lan.member(&node.name).map(|member| twin::process(&self.dir, &twin, member, node.ip, &peers))
+                lan.member(&node.name).map(|member| twin::process(&self.dir, &twin, member, &lan.lease(member), &peers))
             })
             .collect()
     }

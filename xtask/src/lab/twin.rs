@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use super::lan::Member;
+use super::lan::{Lease, Member};
 use super::process::Process;
 
 /// What the twin reads: the machine's ports, disks and memory.
@@ -127,7 +127,7 @@ pub struct Peers<'a> {
 /// and in a UTS namespace of its own with `unshare --uts` (so the hostname it takes from its
 /// config names that machine only). Each execs the next, so the PID the lab records is the
 /// twin's.
-pub fn process(lab_dir: &Path, twin: &Path, member: &Member, address: Ipv4Addr, peers: &Peers<'_>) -> Process {
+pub fn process(lab_dir: &Path, twin: &Path, member: &Member, lease: &Lease, peers: &Peers<'_>) -> Process {
     let dir = twin_dir(lab_dir, &member.name);
     let control_planes: Vec<String> = peers.control_planes.iter().map(Ipv4Addr::to_string).collect();
     Process {
@@ -140,7 +140,8 @@ pub fn process(lab_dir: &Path, twin: &Path, member: &Member, address: Ipv4Addr, 
             "unshare".into(),
             "--uts".into(),
             twin.display().to_string(),
-            format!("--address={address}"),
+            format!("--dhcp-lease={}/{}", lease.address, lease.prefix_len),
+            format!("--router={}", lease.router),
             format!("--hardware={}", dir.join(HARDWARE_FILE).display()),
             format!("--state={}", dir.display()),
             format!("--kubernetes-bin={}", peers.kubernetes_bin.display()),

@@ -104,7 +104,8 @@ func (metal) RequiresInstall() bool { return true }
 func (metal) InContainer() bool     { return false }
 
 func main() {
-	address := flag.String("address", "", "the node's address (it listens on <address>:50000)")
+	dhcpLease := flag.String("dhcp-lease", "", "the address/prefix the site's DHCP server reserves for this machine (what it takes in maintenance mode)")
+	router := flag.String("router", "", "the router the DHCP lease names")
 	hardwareFile := flag.String("hardware", "", "a JSON file describing the node's links and disks")
 	stateDir := flag.String("state", "", "where the node keeps what it is sent (its config)")
 	kubernetesBin := flag.String("kubernetes-bin", "", "the folder of the etcd, kube-apiserver, kube-controller-manager and kube-scheduler binaries a control plane runs")
@@ -114,7 +115,12 @@ func main() {
 	controlPlanes := flag.String("control-planes", "", "the control planes' addresses, comma-separated (a stand-in for Talos's discovery)")
 	flag.Parse()
 
-	node := nodeFlags{address: *address, stateDir: *stateDir, kubernetesBin: *kubernetesBin, kwok: *kwok, kwokConfig: *kwokConfig, factoryDir: *factoryDir,
+	lease, err := parseLease(*dhcpLease, *router)
+	if err != nil {
+		log.Fatalf("talos-twin: %v", err)
+	}
+
+	node := nodeFlags{address: lease.address.Addr().String(), lease: lease, stateDir: *stateDir, kubernetesBin: *kubernetesBin, kwok: *kwok, kwokConfig: *kwokConfig, factoryDir: *factoryDir,
 		controlPlanes: strings.Split(*controlPlanes, ","),
 	}
 	stopOnSignal()
@@ -130,7 +136,10 @@ const installTime = 3 * time.Second
 
 // nodeFlags is what the lab tells a twin besides its hardware.
 type nodeFlags struct {
+	// address is the machine's own address: its DHCP lease's in maintenance mode, its config's
+	// once configured.
 	address       string
+	lease         lease
 	stateDir      string
 	kubernetesBin string
 	kwok          string
@@ -164,6 +173,10 @@ func run(node nodeFlags, hardwareFile string) error {
 		}
 
 		if _, err = os.Stat(configFile); err != nil {
+			if err = takeAddressing(node.lease.addressing()); err != nil {
+				return err
+			}
+
 			if err = serveMaintenance(resources, node.address, configFile); err != nil {
 				return err
 			}
@@ -238,8 +251,6 @@ func serveMaintenance(resources state.State, address, configFile string) error {
 // certificate, internal/app/machined/pkg/controllers/secrets/api.go).
 // It returns true when the machine was asked to reboot (Reboot), after it went down.
 func serveConfigured(ctx context.Context, resources state.State, node nodeFlags, configFile string) (bool, error) {
-	address := node.address
-
 	raw, err := os.ReadFile(configFile)
 	if err != nil {
 		return false, err
@@ -253,6 +264,27 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 	if err = markRunning(ctx, resources); err != nil {
 		return false, err
 	}
+
+	addressing, err := configuredAddressing(ctx, resources, provider, node.hardware, node.lease)
+	if err != nil {
+		return false, err
+	}
+
+	if err = takeAddressing(addressing); err != nil {
+		return false, err
+	}
+
+	address, onTheLAN := addressing.listenAddress()
+	if !onTheLAN {
+		// Nothing can reach it; only the console (here: the lab stopping it) gets it back.
+		log.Printf("configured, but with no address on the LAN: nothing can reach this machine")
+
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
+
+	node.address = address
 
 	if err = mountEphemeral(ctx, resources, provider, node.hardware); err != nil {
 		return false, err
