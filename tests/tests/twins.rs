@@ -69,6 +69,10 @@ async fn stage_01_step_by_step(lab: &xtask::lab::Lab, config: &kit::config::Clus
         assert!(reason.contains(&format!("link enp1s0 (MAC 02:74:61:6c:00:{index:02x}, cable in")), "{reason}");
         assert!(reason.contains("install disk /dev/sda (512 GB, Samsung SSD 870, sata)"), "{reason}");
     }
+    // Asking with a client certificate before there is one writes no empty talosconfig (talosctl
+    // would, and apply would then take it for its own: "no context is set").
+    let talosconfig = kit::tool::talosconfig_path(config);
+    assert!(!talosconfig.exists(), "check wrote {}", talosconfig.display());
 
     // wk02 gets a second port, cp03 an NVMe disk with the USB stick at /dev/sda.
     let edit = |node: &str, edit: &dyn Fn(&mut Hardware)| -> anyhow::Result<()> {

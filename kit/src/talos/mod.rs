@@ -72,6 +72,14 @@ impl TalosApi for Talosctl {
         timeout: Duration,
         progress: &mut (dyn FnMut(&str) + Send),
     ) -> anyhow::Result<Output> {
+        // A call with a client certificate and no talosconfig yet would make talosctl write an
+        // empty one (context "", no contexts) in its place; stage 01 would then read that file
+        // as its own. Without the file there is no certificate to answer to anyway.
+        anyhow::ensure!(
+            args.contains(&"--insecure") || self.talosconfig.exists(),
+            "no talosconfig at {} yet (`talos-bootstrap apply` makes it from state/secrets.yaml)",
+            self.talosconfig.display()
+        );
         self.tool.run_with_progress(talos_node_args(&self.talosconfig, node, args), timeout, progress).await
     }
 }
