@@ -1,63 +1,91 @@
-//! `cargo xtask verify-ha --lab` as a user runs it: control planes switched off and on (their
-//! etcd members with them) and a node failure on the cluster in a box, with times.
+//! `cargo xtask verify-ha --lab` as a user runs it, on the cluster in a box: the guide's steps
+//! through talosctl and the VIP from the workstation, and real drills through `talosctl
+//! reboot` of a Talos twin: the control plane holding the VIP (the VIP moves, etcd keeps its
+//! quorum), a worker (NotReady, its pod replaced on another worker, back). A drill that would
+//! cost etcd its quorum is refused before anything is touched, and a lost quorum is reported.
 
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use std::process::Output;
 
-#[test]
-fn the_lab_drill_loses_etcd_quorum_and_a_node_and_measures_both() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    // An earlier drill interrupted mid-way left wk02's Lease taken (by the drill's holder name):
-    // this run must give it back before it starts.
-    runtime.block_on(async {
-        let leases: Api<Lease> = Api::namespaced(tests::lab_client().await?, "kube-node-lease");
-        let taken =
-            serde_json::json!({ "spec": { "holderIdentity": "talos-ha-verify-ha", "leaseDurationSeconds": 3600 } });
-        leases.patch("wk02", &PatchParams::default(), &Patch::Merge(&taken)).await?;
-        anyhow::Ok(())
-    })?;
-    let output = xtask::cargo()
+fn verify_ha(extra: &[&str]) -> anyhow::Result<Output> {
+    Ok(xtask::cargo()
         .current_dir(xtask::workspace_root())
         .args(["xtask", "verify-ha", "--lab", "--config"])
         .arg(tests::config_path())
-        .arg("--kubeconfig")
-        .arg(tests::kubeconfig())
-        .output()?;
-    let report = String::from_utf8_lossy(&output.stdout);
-    let log = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{report}\n{log}");
-    assert!(log.contains("wk02's Lease is still held by an interrupted drill; giving it back"), "{log}");
-    assert!(report.contains("ok    one etcd member down: 20 writes over"), "{report}");
-    assert!(report.contains("ok    quorum lost: /readyz/etcd failed"), "{report}");
-    assert!(report.contains("ok    recovered: etcd ready and writes committed"), "{report}");
-    assert!(report.contains("ok    node failure: "), "{report}");
-    assert!(report.contains("went NotReady") && report.contains("ran on the other nodes"), "{report}");
-    // The drill left the lab whole: every control plane runs again ...
+        .args(extra)
+        .output()?)
+}
+
+fn texts(output: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// The control plane holding the VIP, asked from the box as `status --lab` asks.
+fn vip_holder(config: &kit::config::ClusterConfig) -> anyhow::Result<String> {
+    let config = config.clone();
+    std::thread::spawn(move || {
+        kit::lab::enter_box(&config)?;
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+            let talosctl = kit::talos::Talosctl::find(&config).await?;
+            let holders = kit::talos::vip_holders(&talosctl, &config).await;
+            anyhow::ensure!(holders.len() == 1, "one holder of the VIP: {holders:?}");
+            Ok(holders[0].clone())
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread in the box panicked"))?
+}
+
+#[test]
+fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Result<()> {
     let config = kit::config::ClusterConfig::load(&tests::config_path())?;
-    let running = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE).running_pids();
-    for machine in config.control_planes() {
-        let twin = format!("twin-{}", machine.name);
-        assert!(running.iter().any(|(name, _)| *name == twin), "{twin} runs after the drill");
-    }
-    // ... and every node and every running pod Ready again: the failed node's heartbeat was
-    // given back, and its pods (marked not Ready while it was gone) were reported Ready again.
-    let (not_ready, pods_not_ready) = runtime.block_on(async {
-        let client = tests::lab_client().await?;
-        let nodes = kit::lab::nodes_not_ready(&client, &config).await?;
-        let running = ListParams::default().fields("status.phase=Running");
-        let pods: Vec<String> = Api::<Pod>::all(client)
-            .list(&running)
-            .await?
-            .items
-            .into_iter()
-            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-            .filter(|pod| !kit::lab::pod_is_ready(pod))
-            .filter_map(|pod| pod.metadata.name)
-            .collect();
-        anyhow::Ok((nodes, pods))
+    let holder = vip_holder(&config)?;
+    let output = verify_ha(&["--drill", &format!("node={holder}"), "--yes"])?;
+    let (report, log) = texts(&output);
+    assert!(output.status.success(), "{report}\n{log}");
+    assert!(report.contains("ok    etcd: 3 of 3 members healthy"), "{report}");
+    assert!(report.contains(&format!("ok    vip: {} is held by {holder}", config.network.vip)), "{report}");
+    assert!(report.contains("ok    api via VIP: Kubernetes v"), "{report}");
+    assert!(report.contains("lab   volumes: not checkable in the lab"), "{report}");
+    let drill = report.lines().map(str::trim_start).find(|line| line.starts_with("ok    drill:")).unwrap_or_default();
+    assert!(drill.contains(&format!("{holder} back (rebooted, Ready) after")), "{report}");
+    assert!(drill.contains(&format!("the VIP moved from {holder} to cp0")), "{report}");
+    assert!(drill.contains("etcd kept its quorum throughout (never fewer than 2 of 3 healthy)"), "{report}");
+    assert!(drill.contains("etcd had all 3 members healthy"), "{report}");
+    assert_ne!(vip_holder(&config)?, holder, "the VIP stays where it moved");
+
+    let output = verify_ha(&["--drill", "node=wk02", "--yes"])?;
+    let (report, log) = texts(&output);
+    assert!(output.status.success(), "{report}\n{log}");
+    let drill = report.lines().map(str::trim_start).find(|line| line.starts_with("ok    drill:")).unwrap_or_default();
+    assert!(drill.contains("wk02 back (rebooted, Ready) after"), "{report}");
+    assert!(drill.contains("its probe pod was replaced: all 3 Ready on the other workers after"), "{report}");
+
+    // With one control plane off, a drill of another would leave one member of three: refused
+    // before anything is touched. With two off, the read-only steps report the lost quorum.
+    let lab = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
+    let runtime = tokio::runtime::Runtime::new()?;
+    lab.stop_twin("cp02")?;
+    let refused = verify_ha(&["--drill", "node=cp01", "--yes"]);
+    lab.stop_twin("cp03")?;
+    let lost = verify_ha(&[]);
+    runtime.block_on(async {
+        lab.restart_twin("cp02").await?;
+        lab.restart_twin("cp03").await
     })?;
-    assert!(not_ready.is_empty(), "nodes not Ready after the drill: {not_ready:?}");
-    assert!(pods_not_ready.is_empty(), "running pods not Ready after the drill: {pods_not_ready:?}");
-    Ok(())
+    let (report, log) = texts(&refused?);
+    assert!(log.contains("refusing the drill: cp01 is an etcd member and only 2 of 3 are healthy"), "{report}\n{log}");
+    assert!(!log.contains("is rebooting"), "nothing was touched: {log}");
+    let output = lost?;
+    let (report, _) = texts(&output);
+    assert!(!output.status.success(), "{report}");
+    let etcd = report.lines().map(str::trim_start).find(|line| line.starts_with("FAIL  etcd:")).unwrap_or_default();
+    assert!(etcd.contains("cp02 does not answer") && etcd.contains("cp03 does not answer"), "{report}");
+
+    // Back whole: the read-only guide passes again once the two members rejoined.
+    let whole =
+        runtime.block_on(tests::eventually(std::time::Duration::from_secs(120), "etcd whole again", || async {
+            let output = verify_ha(&[])?;
+            Ok(output.status.success().then_some(()))
+        }));
+    whole.map_err(|error| anyhow::anyhow!("{error:#}\n{}", texts(&verify_ha(&[]).expect("verify-ha")).0))
 }

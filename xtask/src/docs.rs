@@ -177,7 +177,8 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
          ```bash\ntalosctl -n {cps_comma} etcd status\ntalosctl -n {first} etcd members\n```\n\n\
          ## 2. One control plane holds the VIP\n\n\
          `{vip}` is announced by exactly one healthy control plane. When it shuts down cleanly, \
-         another takes the address over at once; after a crash or power loss it can take up to a \
+         another takes the address over as soon as it lets go (on a reboot, after its kubelet's \
+         graceful shutdown); after a crash or power loss it can take up to a \
          minute (the holder's etcd lease must expire first). `kubectl` keeps using `{endpoint}`.\n\n\
          ```bash\nfor n in {cps}; do talosctl -n $n get addresses -o json | grep '\"{vip}/32\"'; done\nkubectl --server {endpoint} get --raw /readyz\n```\n\n\
          ## 3. Workloads are spread so that losing a node keeps each app served\n\n\
@@ -190,12 +191,19 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
          ```bash\nkubectl -n longhorn-system get volumes.longhorn.io,replicas.longhorn.io -o wide\n```\n\n\
          ## 5. The drill: lose a node for real\n\n\
          `cargo xtask verify-ha --drill node=<name>` asks for confirmation (`--yes` for scripts), \
-         then reboots the node with talosctl: the node goes away and comes back by itself (talosctl \
-         cannot power a machine back on). Every second meanwhile it asks the API through the VIP and \
-         every Quick Access URL, and reports the longest time each went unanswered and when all \
-         answered again. Once the node is back (a new boot, Ready) it waits for every etcd member to \
-         be healthy again and for Longhorn to rebuild the replicas the node held, and times both. It refuses \
-         a drill that would lose etcd quorum or a volume's last healthy replica.\n",
+         then reboots the node with `talosctl reboot`: the node goes away and comes back by itself \
+         (talosctl cannot power a machine back on). Talos first lets the kubelet shut down gracefully \
+         (the node reports NotReady, its pods are terminated within 30 s and their controllers \
+         replace them on the other nodes), then stops its services: on a control plane its etcd \
+         member, its API server, and the VIP if it held it. Every second meanwhile the drill asks the \
+         API through the VIP and every Quick Access URL, who holds the VIP and how many etcd members \
+         are healthy. It reports the longest time each went unanswered, when the VIP had a new \
+         holder, the fewest healthy etcd members seen (never below {quorum}, or the drill fails), and, \
+         for a worker, when its pods ran Ready on the other workers (it runs a small probe \
+         Deployment, one pod per worker, for that). Once the node is back (rebooted, Ready) it waits \
+         for every etcd member to be healthy again and for Longhorn to rebuild the replicas the node \
+         held, and times both. It refuses, before touching anything, a drill that would lose etcd \
+         quorum (a control plane while another is down) or a volume's last healthy replica.\n",
         control_planes.join(", "),
         config.control_planes().count(),
         vip = config.network.vip,
@@ -206,16 +214,12 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
     );
     text.push_str(
         "\n## In the lab\n\n\
-         `cargo xtask verify-ha --lab`, on the cluster in a box, switches off one control-plane \
-         machine and its etcd member with it (the API keeps serving writes: measured), then a second \
-         (the API server reports etcd unavailable: detected, timed), and switches both back on \
-         (recovery timed). Then it fails a worker the way the control plane sees a dead kubelet: \
-         the node's Lease in `kube-node-lease` stops being renewed (the drill takes it from kwok). The \
-         node lifecycle controller marks the node NotReady after its grace period (50 s by default) \
-         and taints it `node.kubernetes.io/unreachable`; pods are evicted once their toleration runs \
-         out (300 s by default; the drill's probe pods say 10 s) and their ReplicaSet starts \
-         replacements on the other workers. Giving the Lease back brings the node Ready again. Each \
-         of these is timed.\n",
+         `cargo xtask verify-ha --lab --drill node=<name> --yes` runs the same steps from the box's \
+         workstation: talosctl against the Talos twins at the config's addresses, the API through the \
+         VIP. A twin reboots as Talos does (the kubelet's graceful shutdown, then its services, the VIP \
+         released), so the timings are the cluster's own, minus a real machine's firmware and boot. \
+         What the box cannot show is said, not passed: the Quick Access URLs (their pods are fakes) \
+         and Longhorn's volumes (no disks, no iSCSI).\n",
     );
     text
 }

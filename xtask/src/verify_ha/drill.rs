@@ -1,17 +1,25 @@
-//! The real drill on a Talos cluster: one node rebooted through talosctl (a shutdown it comes
-//! back from by itself; talosctl cannot power a machine on), and what the users of the cluster
-//! saw meanwhile. Every second it asks the API through the VIP and every Quick Access URL,
-//! and keeps, for each, the longest time it did not answer. Once the node is back (a new boot,
-//! Ready) and everything answers, it waits for etcd to have every member and for Longhorn to
-//! rebuild the replicas the node held.
+//! The drill: one node rebooted through talosctl (a shutdown it comes back from by itself;
+//! talosctl cannot power a machine on), and what the users of the cluster saw meanwhile. Every
+//! second it asks the API through the VIP (and, on a real cluster, every Quick Access URL),
+//! who holds the VIP and how many etcd members are healthy, and keeps for each the longest time
+//! it did not answer. A worker's pods are replaced on the other nodes: the drill runs a probe
+//! Deployment on the workers and times the replacement of the probe pod the node ran. Once the
+//! node is back (a new boot, Ready) and everything answers, it waits for etcd to have every
+//! member healthy and for Longhorn to rebuild the replicas the node held.
+//!
+//! The same code runs on the cluster in a box, where the node is a Talos twin: its reboot is
+//! Talos's (the kubelet's graceful shutdown, its services stopped, back into its config). What
+//! the box cannot show is said: the URLs' backends and Longhorn's volumes are not there.
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
+use anyhow::Context as _;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kit::check::Check;
-use kit::config::ClusterConfig;
-use kit::talos::{TalosApi, Talosctl, etcd_health, healthy_members};
-use kube::api::Api;
+use kit::config::{ClusterConfig, Role};
+use kit::talos::{TalosApi, Talosctl, etcd_health, healthy_members, vip_holders};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use xtask::docs::Path;
 
 use super::{seconds, time_until};
@@ -19,6 +27,11 @@ use super::{seconds, time_until};
 /// How long a node may take to reboot, and the cluster to heal after it.
 const BACK_WITHIN: Duration = Duration::from_secs(15 * 60);
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// The drill's own namespace and probe app on the workers, deleted when it ends.
+const NAMESPACE: &str = "talos-ha-drill";
+const PROBE: &str = "drill-probe";
+/// The field manager of what the drill creates.
+const MANAGER: &str = "talos-ha-verify-ha";
 
 /// The outages one probe saw, from samples taken over the drill.
 #[derive(Debug, Default)]
@@ -58,28 +71,59 @@ fn boot_id(node: &Node) -> Option<&str> {
     info.map(|info| info.boot_id.as_str()).filter(|id| !id.is_empty())
 }
 
-/// Reboots `node` and measures the outage it causes, then waits for etcd and Longhorn to heal.
+/// What the drill can watch on this target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// A real cluster: the Quick Access URLs and Longhorn's volumes too.
+    Everything,
+    /// The cluster in a box: the apps' pods are kwok's fakes (no URL answers) and there is no
+    /// Longhorn engine, so neither is watched.
+    ControlPlaneAndNodes,
+}
+
+/// What was seen of the VIP and etcd while a control plane was away.
+#[derive(Debug, Default)]
+struct ControlPlaneWatch {
+    /// Who held the VIP before the drill.
+    holder_before: Option<String>,
+    /// When another control plane first held it.
+    moved_after: Option<(Duration, String)>,
+    /// The fewest healthy etcd members in any sample.
+    fewest_healthy: Option<usize>,
+}
+
+/// Reboots `node` and measures the outage it causes, then waits for etcd (and Longhorn) to heal.
 pub(super) async fn reboot(
     client: &kube::Client,
     config: &ClusterConfig,
     talosctl: &Talosctl,
     node: &kit::config::Node,
+    watch: Watch,
 ) -> anyhow::Result<Check> {
     let nodes: Api<Node> = Api::all(client.clone());
     let before = nodes.get(&node.name).await?;
     let booted = boot_id(&before);
     let ca = std::fs::read(config.state_dir().join("ca.crt")).ok();
-    let mut apps: Vec<(&'static str, String, Outage)> = xtask::docs::endpoints(config)
-        .into_iter()
-        .filter(|endpoint| endpoint.path != Path::Cli)
-        .map(|endpoint| (endpoint.name, format!("{}/", endpoint.url), Outage::default()))
-        .collect();
+    let mut apps: Vec<(&'static str, String, Outage)> = match watch {
+        Watch::Everything => xtask::docs::endpoints(config)
+            .into_iter()
+            .filter(|endpoint| endpoint.path != Path::Cli)
+            .map(|endpoint| (endpoint.name, format!("{}/", endpoint.url), Outage::default()))
+            .collect(),
+        Watch::ControlPlaneAndNodes => Vec::new(),
+    };
     let mut api = Outage::default();
+    let control_plane = node.role == Role::ControlPlane;
+    let mut etcd_watch = ControlPlaneWatch::default();
+    if control_plane {
+        etcd_watch.holder_before = vip_holders(talosctl, config).await.into_iter().next();
+    }
+    let probe = if control_plane { None } else { Some(deploy_probe(client, config, &node.name).await?) };
 
     talosctl.ask(node, &["reboot", "--wait=false"], Duration::from_secs(30)).await?;
     let started = Instant::now();
-    tracing::info!("{} is rebooting; sampling the API and every URL each second until it is back", node.name);
-    let (mut back, mut seen_not_ready) = (None, false);
+    tracing::info!("{} is rebooting; sampling the API, the VIP and etcd each second until it is back", node.name);
+    let (mut back, mut seen_not_ready, mut replaced) = (None, false, None);
     while started.elapsed() < BACK_WITHIN {
         let at = started.elapsed();
         let answered = tokio::time::timeout(Duration::from_secs(3), client.apiserver_version()).await;
@@ -93,6 +137,15 @@ pub(super) async fn reboot(
         for ((_, _, outage), answered) in apps.iter_mut().zip(answers) {
             outage.record(at, answered.unwrap_or(false));
         }
+        if control_plane {
+            sample_control_planes(talosctl, config, node, at, &mut etcd_watch).await;
+        }
+        if let (Some(probe), None) = (&probe, replaced) {
+            let placed = ready_probe_nodes(client).await;
+            if placed.len() >= probe.replicas && placed.iter().all(|placed| *placed != node.name) {
+                replaced = Some(at);
+            }
+        }
         if back.is_none() {
             let now = nodes.get(&node.name).await.ok();
             seen_not_ready |= now.as_ref().is_some_and(|now| !kit::lab::is_ready(now));
@@ -103,22 +156,30 @@ pub(super) async fn reboot(
                 tracing::info!("{} is back after {}", node.name, seconds(at));
             }
         }
-        if back.is_some() && api.answering() && apps.iter().all(|(_, _, outage)| outage.answering()) {
+        let settled = !control_plane || etcd_watch.holder_before.is_none() || etcd_watch.moved_after.is_some();
+        let waiting_for_probe = probe.is_some() && replaced.is_none();
+        if back.is_some()
+            && settled
+            && !waiting_for_probe
+            && api.answering()
+            && apps.iter().all(|(_, _, outage)| outage.answering())
+        {
             break;
         }
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
+    if probe.is_some() {
+        // The namespace goes with its pods, the terminated ones on the rebooted node too.
+        let _ = Api::<Namespace>::all(client.clone()).delete(NAMESPACE, &DeleteParams::default()).await;
+    }
     let answered_again = started.elapsed();
-    let outages = apps
-        .iter()
-        .map(|(name, _, outage)| format!("{name} {}", seconds(outage.longest())))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let outages: String =
+        apps.iter().map(|(name, _, outage)| format!(", {name} {}", seconds(outage.longest()))).collect();
     let Some(back) = back else {
         return Ok(Check::fail(
             "drill",
             format!(
-                "{} was not back within {}; longest outages: API {}, {outages}",
+                "{} was not back within {}; longest outages: API {}{outages}",
                 node.name,
                 seconds(BACK_WITHIN),
                 seconds(api.longest())
@@ -126,48 +187,178 @@ pub(super) async fn reboot(
             format!("talosctl -n {} dmesg (or the machine's console)", node.ip),
         ));
     };
-    let control_planes = config.control_planes().count();
-    let etcd = time_until(BACK_WITHIN, || async {
-        healthy_members(&etcd_health(talosctl, config).await).len() == control_planes
-    })
-    .await;
-    let volumes = time_until(BACK_WITHIN, || async {
-        longhorn::volume::volume_health(client)
-            .await
-            .is_ok_and(|volumes| volumes.iter().all(|volume| volume.robustness == "healthy"))
-    })
-    .await;
-    let measured = format!(
-        "{} back (a new boot, Ready) after {}; longest time without an answer: API through the VIP {}, {outages}; \
+    let mut measured = vec![format!(
+        "{} back (rebooted, Ready) after {}; longest time without an answer: API through the VIP {}{outages}; \
          everything answered again after {}",
         node.name,
         seconds(back),
         seconds(api.longest()),
         seconds(answered_again)
-    );
-    Ok(match (etcd, volumes) {
-        (Some(etcd), Some(volumes)) => Check::pass(
-            "drill",
-            format!(
-                "{measured}; etcd had all {control_planes} members healthy {} later, Longhorn volumes healthy {} later",
-                seconds(etcd),
-                seconds(volumes)
-            ),
-        ),
-        (etcd, _) => Check::fail(
-            "drill",
-            format!(
-                "{measured}; but {} within {}",
-                if etcd.is_none() {
-                    "etcd did not have every member healthy"
-                } else {
-                    "Longhorn volumes were not healthy"
-                },
-                seconds(BACK_WITHIN)
-            ),
-            "cargo xtask verify-ha (read-only) shows which step is still failing",
-        ),
+    )];
+    let mut failures = Vec::new();
+    let control_planes = config.control_planes().count();
+    if control_plane {
+        let quorum = control_planes / 2 + 1;
+        match etcd_watch.fewest_healthy {
+            Some(fewest) if fewest >= quorum => measured.push(format!(
+                "etcd kept its quorum throughout (never fewer than {fewest} of {control_planes} healthy)"
+            )),
+            Some(fewest) => {
+                failures.push(format!("etcd lost its quorum ({fewest} of {control_planes} healthy at worst)"))
+            }
+            None => failures.push("etcd's health was never read during the drill".to_owned()),
+        }
+        match (&etcd_watch.holder_before, &etcd_watch.moved_after) {
+            (Some(holder), Some((after, to))) if holder == &node.name => {
+                measured.push(format!("the VIP moved from {holder} to {to} after {}", seconds(*after)))
+            }
+            (Some(holder), _) if holder != &node.name => measured.push(format!("the VIP stayed on {holder}")),
+            (Some(holder), _) => failures.push(format!("the VIP held by {holder} found no new holder")),
+            (None, _) => failures.push("nobody held the VIP before the drill".to_owned()),
+        }
+    }
+    if let Some(probe) = &probe {
+        match replaced {
+            Some(after) => measured.push(format!(
+                "its probe pod was replaced: all {} Ready on the other workers after {}",
+                probe.replicas,
+                seconds(after)
+            )),
+            None => failures.push("its probe pod was not replaced on another worker".to_owned()),
+        }
+    }
+    let etcd = time_until(BACK_WITHIN, || async {
+        healthy_members(&etcd_health(talosctl, config).await).len() == control_planes
     })
+    .await;
+    match etcd {
+        Some(after) => measured.push(format!("etcd had all {control_planes} members healthy {} later", seconds(after))),
+        None => failures.push(format!("etcd did not have every member healthy within {}", seconds(BACK_WITHIN))),
+    }
+    if watch == Watch::Everything {
+        let volumes = time_until(BACK_WITHIN, || async {
+            longhorn::volume::volume_health(client)
+                .await
+                .is_ok_and(|volumes| volumes.iter().all(|volume| volume.robustness == "healthy"))
+        })
+        .await;
+        match volumes {
+            Some(after) => measured.push(format!("Longhorn volumes healthy {} later", seconds(after))),
+            None => failures.push(format!("Longhorn volumes were not healthy within {}", seconds(BACK_WITHIN))),
+        }
+    }
+    Ok(if failures.is_empty() {
+        Check::pass("drill", measured.join("; "))
+    } else {
+        Check::fail(
+            "drill",
+            format!("{}; but {}", measured.join("; "), failures.join("; ")),
+            "cargo xtask verify-ha (read-only) shows which step is still failing",
+        )
+    })
+}
+
+/// One sample of the control planes while one is away: the VIP's holder, and how many etcd
+/// members answer healthy (each asked about its own).
+async fn sample_control_planes(
+    talosctl: &Talosctl,
+    config: &ClusterConfig,
+    node: &kit::config::Node,
+    at: Duration,
+    watch: &mut ControlPlaneWatch,
+) {
+    let (holders, health) = futures::join!(vip_holders(talosctl, config), etcd_health(talosctl, config));
+    let healthy = healthy_members(&health).len();
+    watch.fewest_healthy = Some(watch.fewest_healthy.map_or(healthy, |fewest| fewest.min(healthy)));
+    if watch.moved_after.is_none()
+        && watch.holder_before.as_deref() == Some(node.name.as_str())
+        && let [holder] = holders.as_slice()
+        && *holder != node.name
+    {
+        tracing::info!("the VIP moved to {holder} after {}", seconds(at));
+        watch.moved_after = Some((at, holder.clone()));
+    }
+}
+
+/// The probe on the workers: one pod per worker where it can (a preferred anti-affinity), so
+/// the drilled worker runs one.
+struct Probe {
+    replicas: usize,
+}
+
+/// Runs the probe and waits until every pod is Ready, one of them on `victim`.
+async fn deploy_probe(client: &kube::Client, config: &ClusterConfig, victim: &str) -> anyhow::Result<Probe> {
+    let replicas = config.workers().count();
+    anyhow::ensure!(replicas >= 2, "a worker drill needs two workers or more; the config has {replicas}");
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    // A namespace left Terminating by a drill a moment ago refuses new objects: let it go.
+    let gone = time_until(Duration::from_secs(60), || async {
+        namespaces.get_opt(NAMESPACE).await.is_ok_and(|namespace| namespace.is_none())
+    })
+    .await;
+    anyhow::ensure!(gone.is_some(), "namespace {NAMESPACE} from an earlier drill is still terminating after 60s");
+    let params = PatchParams::apply(MANAGER).force();
+    namespaces
+        .patch(NAMESPACE, &params, &Patch::Apply(workloads::pods::namespace(NAMESPACE, "restricted")))
+        .await
+        .with_context(|| format!("creating namespace {NAMESPACE}"))?;
+    Api::<Deployment>::namespaced(client.clone(), NAMESPACE)
+        .patch(PROBE, &params, &Patch::Apply(&probe_deployment(replicas)))
+        .await
+        .context("creating the probe Deployment")?;
+    let placed = time_until(Duration::from_secs(90), || async {
+        let placed = ready_probe_nodes(client).await;
+        placed.len() >= replicas && placed.iter().any(|node| node == victim)
+    })
+    .await;
+    anyhow::ensure!(
+        placed.is_some(),
+        "the probe pods did not all turn Ready, one on {victim}, within 90s (Ready on {:?}); look at `kubectl -n {NAMESPACE} get pods -o wide`",
+        ready_probe_nodes(client).await
+    );
+    Ok(Probe { replicas })
+}
+
+fn probe_deployment(replicas: usize) -> Deployment {
+    let app = workloads::pods::App {
+        namespace: NAMESPACE,
+        name: PROBE,
+        image: "registry.k8s.io/pause:3.10",
+        command: Vec::new(),
+        args: Vec::new(),
+        replicas: i32::try_from(replicas).unwrap_or(i32::MAX),
+        requests: ("5m", "8Mi"),
+        non_root: true,
+        volumes: Vec::new(),
+        service_account: None,
+        env: Vec::new(),
+    };
+    let mut deployment = app.deployment();
+    let spread = serde_json::json!({
+        "podAntiAffinity": { "preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100,
+            "podAffinityTerm": {
+                "labelSelector": { "matchLabels": { "app.kubernetes.io/name": PROBE } },
+                "topologyKey": "kubernetes.io/hostname",
+            },
+        }]},
+    });
+    if let Some(pod) = deployment.spec.as_mut().and_then(|spec| spec.template.spec.as_mut()) {
+        pod.affinity = serde_json::from_value(spread).ok();
+    }
+    deployment
+}
+
+/// The nodes of the probe pods that are Ready and not being deleted, one entry per pod.
+async fn ready_probe_nodes(client: &kube::Client) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let Ok(listed) = pods.list(&ListParams::default()).await else { return Vec::new() };
+    listed
+        .items
+        .into_iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none() && kit::lab::pod_is_ready(pod))
+        .filter_map(|pod| pod.spec.and_then(|spec| spec.node_name))
+        .collect()
 }
 
 #[cfg(test)]

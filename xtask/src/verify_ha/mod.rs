@@ -1,25 +1,26 @@
 //! `cargo xtask verify-ha`: the seed's HA verification guide as a tool. Each step prints
-//! what it proves. On the talos target it is read-only unless `--drill node=<name>` is given
-//! (`talos.rs`); on the lab it runs a real drill (`lab.rs`): etcd members killed and
-//! restored, then a node's heartbeat stopped (`node_failure.rs`), each with measured times.
+//! what it proves (`talos.rs`). It is read-only unless `--drill node=<name>` is given: then one
+//! node is rebooted through talosctl and the outage measured (`drill.rs`). With `--lab` the very
+//! same steps run from the box's workstation against the Talos twins, through the VIP.
 
 mod drill;
-mod lab;
-mod node_failure;
 mod talos;
 
 use std::io::Write as _;
+
+use anyhow::Context as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use kit::check::{Check, Status};
 use kit::stage::{GlobalArgs, Output, Target, exit, load_config, write_json_lines};
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct VerifyHaArgs {
-    /// Reboot one node for real (talosctl) and measure the outage, e.g. `--drill node=wk02`
-    /// (talos target; refused if it would cost etcd its majority or a volume its last replica;
-    /// the lab always drills, on etcd and on a node's heartbeat).
+    /// Reboot one node for real (`talosctl reboot`) and measure the outage, e.g.
+    /// `--drill node=cp01`: the API through the VIP, the VIP's move, etcd's quorum, a worker's
+    /// pods replaced elsewhere, the node and its etcd member back. Refused, before anything is
+    /// touched, if it would cost etcd its majority or a volume its last replica.
     #[arg(long, value_name = "node=NAME")]
     pub drill: Option<String>,
     /// Do not ask before a drill (for scripts).
@@ -38,25 +39,46 @@ pub fn run(global: &GlobalArgs, args: &VerifyHaArgs) -> anyhow::Result<ExitCode>
     let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
         return Ok(ExitCode::from(exit::INVALID));
     };
-    let kubeconfig = global.kubeconfig(&config);
     // The guide's text for people; with `--output json`, only the checks, one per line.
-    let mut guide: Box<dyn std::io::Write> = match global.output {
-        Output::Text => Box::new(std::io::stdout()),
-        Output::Json => Box::new(std::io::sink()),
-    };
-    let checks = tokio::runtime::Runtime::new()?.block_on(async {
-        let client = kit::lab::client_from_kubeconfig(&kubeconfig).await?;
-        match global.target() {
-            Target::Lab => lab::drill(&client, &config, &mut guide).await,
-            Target::Talos => talos::steps(&client, &config, args, &mut guide).await,
+    let text = global.output == Output::Text;
+    let checks = match global.target() {
+        Target::Talos => {
+            let kubeconfig = global.kubeconfig(&config);
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(steps(&config, &kubeconfig, args, drill::Watch::Everything, text))?
         }
-    })?;
+        // From the box's workstation, as a user at the site: the cluster's own kubeconfig,
+        // aimed at the VIP, and talosctl at the twins' addresses.
+        Target::Lab => {
+            let (config, args) = (config.clone(), args.clone());
+            std::thread::spawn(move || {
+                kit::lab::enter_box(&config).context("verify-ha --lab runs inside the box")?;
+                let kubeconfig = kit::stage::cluster_kubeconfig_path(&config.state_dir());
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(steps(&config, &kubeconfig, &args, drill::Watch::ControlPlaneAndNodes, text))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("verify-ha's thread in the box panicked"))??
+        }
+    };
     let failed = checks.iter().filter(|check| check.status == Status::Fail).count();
     match global.output {
         Output::Text => writeln!(stdout, "\n{} step(s), {failed} failed", checks.len())?,
         Output::Json => write_json_lines(&checks, &mut stdout)?,
     }
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) })
+}
+
+async fn steps(
+    config: &kit::config::ClusterConfig,
+    kubeconfig: &std::path::Path,
+    args: &VerifyHaArgs,
+    watch: drill::Watch,
+    text: bool,
+) -> anyhow::Result<Vec<Check>> {
+    let mut guide: Box<dyn std::io::Write> = if text { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };
+    let client = kit::lab::client_from_kubeconfig(kubeconfig).await?;
+    talos::steps(&client, config, args, watch, &mut guide).await
 }
 
 /// Polls `probe` every 250 ms until it returns true; the time it took, or `None` on timeout.

@@ -518,3 +518,105 @@ func newKey() (*ecdsa.PrivateKey, []byte, error) {
 
 	return key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), nil
 }
+
+// shutdownGracefully is the kubelet's graceful node shutdown, which Talos's reboot starts
+// before it stops the kubelet (runtime/v1alpha1/v1alpha1_sequencer.go, Reboot: "cleanup",
+// StopAllPods; v1alpha1_sequencer_tasks.go: "shutting down kubelet gracefully", through the
+// logind inhibitor lock the kubelet holds). The kubelet then (kubernetes
+// pkg/kubelet/nodeshutdown/nodeshutdown_manager_linux.go) reports its Node not ready ("node is
+// shutting down") and terminates its pods within shutdownGracePeriod (Talos sets 30 s, 10 s of
+// it for critical pods: constants.KubeletShutdownGracePeriod), each left Failed with reason
+// Terminated, so their controllers replace them on the other nodes.
+//
+// The twin's pods are kwok's fakes, which stop at once; a real kubelet spends seconds in that
+// grace period, while the node lifecycle controller taints the not-ready Node so nothing new is
+// scheduled there. The twin waits for that taint (at most the grace period) before it
+// terminates the pods, so replacements are not placed on the machine going down.
+func (k *kubelet) shutdownGracefully(ctx context.Context) {
+	k.stopRuntime()
+
+	ctx, cancel := context.WithTimeout(ctx, constants.KubeletShutdownGracePeriod)
+	defer cancel()
+
+	client, node, err := k.ownNode(ctx)
+	if err != nil {
+		log.Printf("kubelet: graceful shutdown: %v", err)
+
+		return
+	}
+
+	now := metav1.Now()
+
+	for index, condition := range node.Status.Conditions {
+		if condition.Type == corev1.NodeReady {
+			node.Status.Conditions[index] = corev1.NodeCondition{
+				Type: corev1.NodeReady, Status: corev1.ConditionFalse, Reason: "KubeletNotReady",
+				Message: "node is shutting down", LastHeartbeatTime: now, LastTransitionTime: now,
+			}
+		}
+	}
+
+	if _, err = client.CoreV1().Nodes().UpdateStatus(ctx, node, metav1.UpdateOptions{}); err != nil {
+		log.Printf("kubelet: graceful shutdown: reporting the node not ready: %v", err)
+	}
+
+	for ctx.Err() == nil && !k.tainted(ctx, client, corev1.TaintNodeNotReady) {
+		time.Sleep(250 * time.Millisecond)
+	}
+
+	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + k.hostname})
+	if err != nil {
+		log.Printf("kubelet: graceful shutdown: listing its pods: %v", err)
+
+		return
+	}
+
+	terminated := 0
+
+	for _, pod := range pods.Items {
+		_, mirror := pod.Annotations[corev1.MirrorPodAnnotationKey]
+		if mirror || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+			continue // a static pod's mirror comes back with the machine
+		}
+
+		pod.Status.Phase = corev1.PodFailed
+		pod.Status.Reason = "Terminated"
+		pod.Status.Message = "Pod was terminated in response to imminent node shutdown."
+		pod.Status.Conditions = append(pod.Status.Conditions, corev1.PodCondition{
+			Type: corev1.DisruptionTarget, Status: corev1.ConditionTrue, Reason: "TerminationByKubelet",
+			Message: "Pod was terminated in response to imminent node shutdown.", LastTransitionTime: now,
+		})
+
+		for index := range pod.Status.Conditions {
+			if pod.Status.Conditions[index].Type == corev1.PodReady || pod.Status.Conditions[index].Type == corev1.ContainersReady {
+				pod.Status.Conditions[index].Status = corev1.ConditionFalse
+			}
+		}
+
+		if _, err = client.CoreV1().Pods(pod.Namespace).UpdateStatus(ctx, &pod, metav1.UpdateOptions{}); err != nil {
+			log.Printf("kubelet: graceful shutdown: terminating %s/%s: %v", pod.Namespace, pod.Name, err)
+
+			continue
+		}
+
+		terminated++
+	}
+
+	log.Printf("kubelet: graceful shutdown: node not ready, %d pod(s) terminated", terminated)
+}
+
+// tainted says whether this Node carries the taint key now.
+func (k *kubelet) tainted(ctx context.Context, client *kubernetes.Clientset, key string) bool {
+	node, err := client.CoreV1().Nodes().Get(ctx, k.hostname, metav1.GetOptions{})
+	if err != nil {
+		return false
+	}
+
+	for _, taint := range node.Spec.Taints {
+		if taint.Key == key {
+			return true
+		}
+	}
+
+	return false
+}
