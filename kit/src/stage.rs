@@ -52,7 +52,7 @@ pub trait Stage {
 pub enum Target {
     /// The real Talos cluster described by `cluster.yaml`.
     Talos,
-    /// The local lab: a real control plane on 127.0.0.1 (`cargo xtask lab up`).
+    /// The cluster in a box: Talos twins at the config's addresses (`cargo xtask lab up`).
     Lab,
 }
 
@@ -198,8 +198,8 @@ pub struct GlobalArgs {
     /// The cluster definition (nodes, VIP, MetalLB pool, versions).
     #[arg(long, global = true, default_value = "cluster.yaml", env = "TALOS_HA_CONFIG")]
     pub config: PathBuf,
-    /// Target the local lab (a real control plane on 127.0.0.1, `cargo xtask lab up`)
-    /// instead of the Talos nodes in the config.
+    /// Target the cluster in a box (`cargo xtask lab up`): Talos twins at the config's
+    /// addresses, reached from the box's workstation, instead of the real Talos nodes.
     #[arg(long, global = true)]
     pub lab: bool,
     /// Kubeconfig to use [default: state/kubeconfig, or state/lab/kubeconfig with --lab].

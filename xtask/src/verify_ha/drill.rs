@@ -31,7 +31,7 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const NAMESPACE: &str = "talos-ha-drill";
 const PROBE: &str = "drill-probe";
 /// The field manager of what the drill creates.
-const MANAGER: &str = "talos-ha-verify-ha";
+pub const MANAGER: &str = "talos-ha-verify-ha";
 
 /// The outages one probe saw, from samples taken over the drill.
 #[derive(Debug, Default)]

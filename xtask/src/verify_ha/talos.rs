@@ -188,13 +188,22 @@ fn replicas_check(volumes: &[VolumeHealth], wanted: usize) -> Check {
 /// Every multi-replica Deployment of the stages runs on more than one node.
 async fn spread_check(client: &kube::Client) -> anyhow::Result<Check> {
     let deployments: Api<Deployment> = Api::all(client.clone());
-    let mut single_node = Vec::new();
+    let (mut single_node, mut checked) = (Vec::new(), 0);
     for deployment in deployments.list(&ListParams::default()).await? {
         let replicas = deployment.spec.as_ref().and_then(|spec| spec.replicas).unwrap_or(1);
         let selector = deployment.spec.as_ref().and_then(|spec| spec.selector.match_labels.clone()).unwrap_or_default();
-        if replicas < 2 || selector.is_empty() {
+        // The stages' own, applied under a `talos-ha-<stage>` field manager; Talos's CoreDNS
+        // (preferred anti-affinity only) is Talos's to place, and a drill's probe is no app.
+        let ours = deployment.metadata.managed_fields.iter().flatten().any(|fields| {
+            fields
+                .manager
+                .as_deref()
+                .is_some_and(|manager| manager.starts_with("talos-ha-") && manager != drill::MANAGER)
+        });
+        if replicas < 2 || selector.is_empty() || !ours {
             continue;
         }
+        checked += 1;
         let labels: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let namespace = deployment.metadata.namespace.clone().unwrap_or_default();
         let listed = Api::<Pod>::namespaced(client.clone(), &namespace)
@@ -207,7 +216,7 @@ async fn spread_check(client: &kube::Client) -> anyhow::Result<Check> {
         }
     }
     Ok(if single_node.is_empty() {
-        Check::pass("spread", "every Deployment with 2+ replicas runs on 2+ nodes")
+        Check::pass("spread", format!("each of the stages' {checked} Deployment(s) with 2+ replicas runs on 2+ nodes"))
     } else {
         Check::fail(
             "spread",

@@ -457,13 +457,21 @@ func (k *kubelet) requestServingCertificate(ctx context.Context) error {
 
 // startRuntime runs kwok for this Node once the controller manager gave it a pod range.
 func (k *kubelet) startRuntime(ctx context.Context) error {
-	_, node, err := k.ownNode(ctx)
+	client, node, err := k.ownNode(ctx)
 	if err != nil {
 		return err
 	}
 
 	if node.Spec.PodCIDR == "" {
 		return fmt.Errorf("node %s has no pod range yet", k.hostname)
+	}
+
+	// A kubelet renews its Node's Lease whoever renewed it last. kwok takes the Lease under a
+	// fresh identity each start and waits out the previous holder's 40 s, which would keep a
+	// rebooted machine NotReady for that long: the stand-in starts from no Lease instead.
+	err = client.CoordinationV1().Leases(corev1.NamespaceNodeLease).Delete(ctx, k.hostname, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
 	}
 
 	kubeconfig := filepath.Join(k.dir, "kubelet.kubeconfig")
