@@ -138,7 +138,10 @@ pub(super) async fn reboot(
             outage.record(at, answered.unwrap_or(false));
         }
         if control_plane {
-            sample_control_planes(talosctl, config, node, at, &mut etcd_watch).await;
+            // A member still starting can keep `etcd status` waiting for seconds: such a sample
+            // is dropped, so the API and the node are still asked every second or so.
+            let sampled = sample_control_planes(talosctl, config, node, at, &mut etcd_watch);
+            let _ = tokio::time::timeout(Duration::from_secs(3), sampled).await;
         }
         if let (Some(probe), None) = (&probe, replaced) {
             let placed = ready_probe_nodes(client).await;
@@ -156,7 +159,9 @@ pub(super) async fn reboot(
                 tracing::info!("{} is back after {}", node.name, seconds(at));
             }
         }
-        let settled = !control_plane || etcd_watch.holder_before.is_none() || etcd_watch.moved_after.is_some();
+        // Done waiting for the VIP unless the drilled node held it and nobody took it over yet.
+        let held_by_node = etcd_watch.holder_before.as_deref() == Some(node.name.as_str());
+        let settled = !held_by_node || etcd_watch.moved_after.is_some();
         let waiting_for_probe = probe.is_some() && replaced.is_none();
         if back.is_some()
             && settled

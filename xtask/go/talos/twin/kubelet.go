@@ -64,6 +64,8 @@ type kubelet struct {
 
 	// The machine's resources: the kubelet-csr diagnostic and the static pods' status.
 	resources state.State
+	// This boot's ID (the kernel makes a new one on every boot).
+	bootID string
 
 	mu      sync.Mutex
 	runtime *service
@@ -388,6 +390,13 @@ func (k *kubelet) register(ctx context.Context) error {
 	}
 
 	if _, err = client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+
+	// Each boot has its own boot ID, which the kubelet reports (/proc/sys/kernel/random/boot_id):
+	// how a client tells a rebooted node from one that never went away. kwok keeps it.
+	bootID := fmt.Sprintf(`{"status":{"nodeInfo":{"bootID":%q}}}`, k.bootID)
+	if _, err = client.CoreV1().Nodes().PatchStatus(ctx, k.hostname, []byte(bootID)); err != nil {
 		return err
 	}
 

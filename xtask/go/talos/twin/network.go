@@ -172,6 +172,13 @@ func assignAliases(ctx context.Context, resources state.State, provider config.P
 // takeAddressing makes the box's port carry exactly these addresses (the VIP, a /32 its
 // holder adds, aside) and default routes through these routers.
 func takeAddressing(addressing boxAddressing) error {
+	return onBoxPort(func(conn *rtnetlink.Conn, port *net.Interface) error {
+		return replaceAddressing(conn, port, addressing)
+	})
+}
+
+// onBoxPort runs change with a netlink connection and the box's port.
+func onBoxPort(change func(conn *rtnetlink.Conn, port *net.Interface) error) error {
 	port, err := net.InterfaceByName(boxLink)
 	if err != nil {
 		return err
@@ -183,6 +190,25 @@ func takeAddressing(addressing boxAddressing) error {
 	}
 	defer conn.Close() //nolint:errcheck
 
+	return change(conn, port)
+}
+
+// addressMessage is an IPv4 address on the port, as netlink takes it.
+func addressMessage(port *net.Interface, address netip.Prefix) *rtnetlink.AddressMessage {
+	ip := net.IP(address.Addr().AsSlice())
+
+	return &rtnetlink.AddressMessage{
+		Family:       unix.AF_INET,
+		PrefixLength: uint8(address.Bits()),
+		Scope:        unix.RT_SCOPE_UNIVERSE,
+		Index:        uint32(port.Index),
+		Attributes:   &rtnetlink.AddressAttributes{Address: ip, Local: ip},
+	}
+}
+
+// replaceAddressing removes the port's other IPv4 addresses (but a /32), adds the missing
+// ones and points the default routes at the routers.
+func replaceAddressing(conn *rtnetlink.Conn, port *net.Interface, addressing boxAddressing) error {
 	current, err := conn.Address.List()
 	if err != nil {
 		return err
@@ -215,16 +241,7 @@ func takeAddressing(addressing boxAddressing) error {
 			continue
 		}
 
-		ip := net.IP(address.Addr().AsSlice())
-		message := &rtnetlink.AddressMessage{
-			Family:       unix.AF_INET,
-			PrefixLength: uint8(address.Bits()),
-			Scope:        unix.RT_SCOPE_UNIVERSE,
-			Index:        uint32(port.Index),
-			Attributes:   &rtnetlink.AddressAttributes{Address: ip, Local: ip},
-		}
-
-		if err = conn.Address.New(message); err != nil && !errors.Is(err, unix.EEXIST) {
+		if err = conn.Address.New(addressMessage(port, address)); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("adding %s to %s: %w", address, boxLink, err)
 		}
 	}

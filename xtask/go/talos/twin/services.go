@@ -18,6 +18,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/siderolabs/go-loadbalancer/controlplane"
 	"golang.org/x/sys/unix"
+	"k8s.io/apimachinery/pkg/util/uuid"
 
 	"github.com/siderolabs/talos/pkg/machinery/config"
 )
@@ -63,6 +64,7 @@ func startServices(parent context.Context, provider config.Provider, node nodeFl
 		return nil, fmt.Errorf("setting the hostname %s: %w", name, err)
 	}
 	kubelet := &kubelet{
+		bootID: string(uuid.NewUUID()),
 		config: provider, address: node.address, hostname: name, dir: filepath.Join(node.stateDir, "kubelet"),
 		kwokBinary: node.kwok, kwokConfig: node.kwokConfig, resources: resources,
 	}

@@ -130,37 +130,11 @@ func (v *vip) campaign(ctx context.Context) error {
 	}
 }
 
-func (v *vip) message() (*rtnetlink.AddressMessage, *net.Interface, error) {
-	link, err := net.InterfaceByName(boxLink)
-	if err != nil {
-		return nil, nil, err
-	}
-
-	ip := net.IP(v.address.AsSlice())
-
-	return &rtnetlink.AddressMessage{
-		Family:       unix.AF_INET,
-		PrefixLength: 32,
-		Scope:        unix.RT_SCOPE_UNIVERSE,
-		Index:        uint32(link.Index),
-		Attributes:   &rtnetlink.AddressAttributes{Address: ip, Local: ip},
-	}, link, nil
-}
-
-// changeAddress runs change on a netlink connection with the VIP's address message.
+// changeAddress runs change with a netlink connection, the VIP's address message and the port.
 func (v *vip) changeAddress(change func(conn *rtnetlink.Conn, message *rtnetlink.AddressMessage, link *net.Interface) error) error {
-	message, link, err := v.message()
-	if err != nil {
-		return err
-	}
-
-	conn, err := rtnetlink.Dial(nil)
-	if err != nil {
-		return err
-	}
-	defer conn.Close() //nolint:errcheck
-
-	return change(conn, message, link)
+	return onBoxPort(func(conn *rtnetlink.Conn, port *net.Interface) error {
+		return change(conn, addressMessage(port, netip.PrefixFrom(v.address, 32)), port)
+	})
 }
 
 // hold adds the VIP to the link and announces it: a gratuitous ARP request for the VIP from
