@@ -114,5 +114,15 @@ fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Re
             let output = verify_ha(&[])?;
             Ok(output.status.success().then_some(()))
         }));
-    whole.map_err(|error| anyhow::anyhow!("{error:#}\n{}", texts(&verify_ha(&[]).expect("verify-ha")).0))
+    whole.map_err(|error| anyhow::anyhow!("{error:#}\n{}", texts(&verify_ha(&[]).expect("verify-ha")).0))?;
+    // The next tests use the cluster from this machine, through the forward to the VIP: they
+    // start once its API answers discovery there and every node is Ready (a control plane
+    // restarted a moment ago may still be bringing its API server up).
+    runtime.block_on(tests::eventually(std::time::Duration::from_secs(120), "the cluster settled", || async {
+        let Ok(client) = tests::lab_client().await else { return Ok(None) };
+        let discovered = kit::apply::Engine::new(client.clone(), "verify-ha-test").await.is_ok();
+        let not_ready =
+            kit::lab::nodes_not_ready(&client, &config).await.unwrap_or_else(|error| vec![error.to_string()]);
+        Ok((discovered && not_ready.is_empty()).then_some(()))
+    }))
 }
