@@ -1,5 +1,5 @@
 //! Issue 15, part 1: the box. The config's LAN is built from network namespaces; a machine
-//! in it reaches another at its config address; nothing of it is connected to this machine's
+//! in it, once it took its address, reaches another at its config address; nothing of it is connected to this machine's
 //! own network; building it twice changes nothing; taking it down leaves nothing behind.
 //! (Root only, as the box itself for now: CI runs as root.)
 
@@ -44,9 +44,18 @@ fn the_box_is_the_configs_lan_sealed_inside_this_machine() -> anyhow::Result<()>
         let leaks = lan.leaks()?;
         assert!(leaks.is_empty(), "{leaks:?}");
 
-        // cp01 listens on its config address, port 50000 (where its Talos API will be); the
-        // workstation connects to that address. The packets cross the bridge, inside the box.
+        // A machine takes its own address (its twin: the DHCP lease, then its config's); here
+        // cp01 takes its lease by hand. It then listens on its config address, port 50000
+        // (where its Talos API will be); the workstation connects to that address. The packets
+        // cross the bridge, inside the box.
         let cp01 = lan.member("cp01").expect("cp01 is on the LAN").clone();
+        let lease = lan.lease(&cp01);
+        let took = std::process::Command::new("ip")
+            .args(["-n", &cp01.namespace, "addr", "add"])
+            .arg(format!("{}/{}", lease.address, lease.prefix_len))
+            .args(["dev", "eth0"])
+            .status()?;
+        assert!(took.success(), "cp01 takes its lease");
         let address = SocketAddr::from((cp01.address, 50000));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let server = in_namespace(&cp01.namespace, move || {
