@@ -126,6 +126,88 @@ fn private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("restricting {} to 0700", dir.display()))
 }
 
+/// Every node's config made afresh from `cluster.yaml` in a scratch folder, with the cluster's
+/// secrets (throw-away ones before stage 01 made them): what `plan` and `verify` compare with
+/// the state folder and with each node's running config. Neither writes anything.
+struct Regenerated {
+    /// Holds the configs' folder until they have been compared.
+    _scratch: tempfile::TempDir,
+    secrets_created: bool,
+    configs: Vec<NodeConfig>,
+}
+
+async fn regenerate(ctx: &Context, talosctl: &mut Tool) -> anyhow::Result<Regenerated> {
+    let paths = StatePaths::new(&ctx.config);
+    let scratch = tempfile::tempdir().context("creating a scratch folder")?;
+    let secrets_path = if paths.secrets.exists() { paths.secrets.clone() } else { scratch.path().join("secrets.yaml") };
+    let (secrets, secrets_created) = Secrets::ensure(talosctl, &secrets_path).await?;
+    talosctl.redact_secrets(secrets.values.iter().cloned());
+    let inline = inline_manifests(ctx)?;
+    let configs =
+        machine_configs::generate(talosctl, &ctx.config, &inline, &secrets, &scratch.path().join("talos")).await?;
+    Ok(Regenerated { _scratch: scratch, secrets_created, configs })
+}
+
+/// How many changed lines of Talos's diff a failed check quotes (`plan` shows it whole).
+const DIFF_LINES: usize = 12;
+
+/// Each node runs the config `cluster.yaml` gives it now: regenerated, then compared with the
+/// node's running config by Talos itself (`apply-config --dry-run`). `apply` leaves configured
+/// nodes alone, so an edit of `cluster.yaml` never reaches them by itself: this is where it
+/// shows.
+async fn running_config_checks(ctx: &Context, mut talosctl: Tool) -> Vec<Check> {
+    let paths = StatePaths::new(&ctx.config);
+    if !paths.secrets.exists() {
+        let reason = format!("no cluster secrets at {}: stage 01 has not run", paths.secrets.display());
+        return vec![Check::fail("machine-config", reason, "run `talos-bootstrap apply`")];
+    }
+    let regenerated = match regenerate(ctx, &mut talosctl).await {
+        Ok(regenerated) => regenerated,
+        Err(error) => {
+            let fix = "fix cluster.yaml as the message says; `cargo xtask validate` checks it";
+            return vec![Check::fail("machine-config", format!("regenerating from cluster.yaml: {error:#}"), fix)];
+        }
+    };
+    let edge = Talosctl { tool: talosctl, talosconfig: paths.talosconfig.clone() };
+    let mut checks = Vec::new();
+    for generated in &regenerated.configs {
+        let node = &generated.node;
+        let name = format!("machine-config {}", node.name);
+        let file = generated.path.display().to_string();
+        checks.push(match kit::talos::config_diff(&edge, node, &file).await {
+            Ok(None) => Check::pass(name, "runs the config cluster.yaml gives it (Talos's dry run: no changes)"),
+            Ok(Some(diff)) => {
+                let diff = edge.tool.redact(&diff);
+                // The changed lines, without the dry run's summary and the diff's headers.
+                let changed: Vec<&str> = diff
+                    .lines()
+                    .filter(|line| {
+                        (line.starts_with('+') || line.starts_with('-'))
+                            && !line.starts_with("+++")
+                            && !line.starts_with("---")
+                    })
+                    .take(DIFF_LINES)
+                    .collect();
+                Check::fail(
+                    name,
+                    format!(
+                        "runs another config than cluster.yaml gives it; Talos's dry run changes:\n{}",
+                        changed.join("\n")
+                    ),
+                    format!(
+                        "stage 01 leaves configured nodes alone: `talos-bootstrap plan` shows the whole diff; after \
+                         `talos-bootstrap apply` wrote the new config, `talosctl -n {} apply-config --file {}` applies it",
+                        node.ip,
+                        node_config_path(&paths, node).display()
+                    ),
+                )
+            }
+            Err(error) => Check::fail(name, format!("{error:#}"), "`talos-bootstrap check` says whether the node answers"),
+        });
+    }
+    checks
+}
+
 /// talosctl's client config, made from the secrets once (a new one would carry a new client
 /// certificate each time) and again when its certificate has fewer than 30 days left (it is
 /// signed for a year); its endpoints and default node set on every run.
@@ -205,22 +287,11 @@ impl Stage for TalosBootstrap {
     async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
         let mut talosctl = talosctl(&ctx.config).await?;
         let paths = StatePaths::new(&ctx.config);
-        // Generate into a scratch folder: plan changes nothing, not even the state folder.
-        let scratch = tempfile::tempdir().context("creating a scratch folder")?;
-        let secrets_path =
-            if paths.secrets.exists() { paths.secrets.clone() } else { scratch.path().join("secrets.yaml") };
-        let (secrets, created) = Secrets::ensure(&talosctl, &secrets_path).await?;
-        talosctl.redact_secrets(secrets.values.iter().cloned());
-        let mut changes = vec![file_change(&paths.secrets, if created { Action::Created } else { Action::Unchanged })];
-        let configs = machine_configs::generate(
-            &talosctl,
-            &ctx.config,
-            &inline_manifests(ctx)?,
-            &secrets,
-            &scratch.path().join("talos"),
-        )
-        .await?;
-        for generated in &configs {
+        let regenerated = regenerate(ctx, &mut talosctl).await?;
+        let configs = &regenerated.configs;
+        let action = if regenerated.secrets_created { Action::Created } else { Action::Unchanged };
+        let mut changes = vec![file_change(&paths.secrets, action)];
+        for generated in configs {
             let old = std::fs::read_to_string(node_config_path(&paths, &generated.node)).ok();
             changes.push(config_change(&talosctl, generated, old.as_deref()));
         }
@@ -274,20 +345,7 @@ impl Stage for TalosBootstrap {
         let talosctl = talosctl(&ctx.config).await;
         checks.push(talosctl_check(&talosctl));
         if let Ok(tool) = &talosctl {
-            for node in &ctx.config.nodes {
-                let path = node_config_path(&paths, node);
-                let name = format!("machine-config {}", node.name);
-                checks.push(if !path.exists() {
-                    Check::fail(name, format!("{} is missing", path.display()), "run `talos-bootstrap apply`")
-                } else {
-                    match machine_configs::validate(tool, &ctx.config, node, &path).await {
-                        Ok(()) => Check::pass(name, format!("{} is valid for metal", path.display())),
-                        Err(error) => {
-                            Check::fail(name, format!("{error:#}"), "run `talos-bootstrap apply` to regenerate it")
-                        }
-                    }
-                });
-            }
+            checks.extend(running_config_checks(ctx, tool.clone()).await);
         }
         checks.extend(common::cluster(ctx).await.0);
         if let Ok(tool) = talosctl {

@@ -2,7 +2,7 @@
 //! on the cluster in a box `cargo xtask test` installed with it: a re-run changes nothing, the
 //! state it keeps is private, `verify` reads etcd and the VIP through Talos, and an edited
 //! cluster.yaml shows in `plan` both as a field diff of the machine config and as Talos's own
-//! diff of the running node.
+//! diff of the running node, and fails `verify` for every node still running the old config.
 
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt as _;
@@ -82,7 +82,10 @@ async fn apply_again_changes_nothing_and_verify_reads_etcd_and_the_vip_through_t
             .find(|check| check["name"] == name)
             .map(|check| check["status"].as_str().unwrap_or_default().to_owned())
     };
-    assert_eq!(status("machine-config cp01").as_deref(), Some("pass"));
+    for node in &config.nodes {
+        let name = format!("machine-config {}", node.name);
+        assert_eq!(status(&name).as_deref(), Some("pass"), "runs what cluster.yaml gives it: {verified:?}");
+    }
     assert_eq!(status("nodes").as_deref(), Some("pass"));
     assert_eq!(status("etcd").as_deref(), Some("pass"), "each control plane's own etcd status: {verified:?}");
     assert_eq!(status("vip").as_deref(), Some("pass"), "the API answers at the VIP: {verified:?}");
@@ -124,6 +127,21 @@ async fn an_edited_config_shows_in_plan_as_a_field_diff_and_as_talos_own_diff() 
     assert!(talos_diff.contains("9.9.9.9"), "Talos's dry-run diff of the running node: {talos_diff}");
     for line in &planned {
         assert!(!line.to_string().contains("LS0t"), "no key material in a diff: {line}");
+    }
+
+    // verify says the same of every node: they run what the old cluster.yaml gave them.
+    let (code, verified) = stage_async(&["verify"], config.source.clone()).await;
+    assert_eq!(code, ExitCode::from(1), "{verified:?}");
+    for node in tests::config().nodes {
+        let name = format!("machine-config {}", node.name);
+        let check = verified.iter().find(|check| check["name"] == name.as_str()).cloned().unwrap_or_default();
+        assert_eq!(check["status"], "fail", "{verified:?}");
+        let reason = check["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("runs another config than cluster.yaml gives it") && reason.contains("9.9.9.9"),
+            "{check}"
+        );
+        assert!(!reason.contains("LS0t"), "no key material: {reason}");
     }
     Ok(())
 }
