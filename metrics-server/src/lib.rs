@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::jiff::Timestamp;
 use kit::apply::{Engine, LabNotes, patch_typed};
 use kit::artifacts::Component;
 use kit::check::{Check, common};
@@ -58,6 +60,71 @@ async fn approver_check(client: &kube::Client, wait: Duration) -> Check {
              configs (`talos-bootstrap plan` shows the diff)",
         ),
         _ => Check { name: "approver".into(), ..check },
+    }
+}
+
+/// How long a kubelet's serving-certificate request may wait before it counts as stuck (the
+/// approver answers within seconds).
+const STUCK_AFTER: Duration = Duration::from_secs(60);
+
+/// metrics-server verifies the kubelets' serving certificates, which only exist once their
+/// requests are approved: no kubelet-serving request from a node may be left waiting. (Talos
+/// raises the same as its `kubelet-csr` diagnostic.) Issued requests are garbage-collected after
+/// an hour, so a long-running cluster has none at all, which is fine.
+async fn serving_requests_check(client: &kube::Client) -> Check {
+    let requests: Api<CertificateSigningRequest> = Api::all(client.clone());
+    match requests.list(&Default::default()).await {
+        Ok(list) => serving_requests_verdict(&list.items, Timestamp::now()),
+        Err(error) => {
+            Check::fail("kubelet tls", format!("listing CertificateSigningRequests: {error}"), "kubectl get csr")
+        }
+    }
+}
+
+/// The verdict on the cluster's requests at `now`: the nodes' kubelet-serving requests that
+/// have waited longer than [`STUCK_AFTER`] with neither approval nor denial.
+fn serving_requests_verdict(requests: &[CertificateSigningRequest], now: Timestamp) -> Check {
+    let from_a_node = |request: &&CertificateSigningRequest| {
+        request.spec.signer_name == "kubernetes.io/kubelet-serving"
+            && request.spec.username.as_deref().is_some_and(|user| user.starts_with("system:node:"))
+    };
+    let decided = |request: &CertificateSigningRequest| {
+        request.status.as_ref().and_then(|status| status.conditions.as_ref()).is_some_and(|conditions| {
+            conditions.iter().any(|condition| matches!(condition.type_.as_str(), "Approved" | "Denied"))
+        })
+    };
+    let waited = |request: &CertificateSigningRequest| {
+        let created = request.metadata.creation_timestamp.as_ref().map(|time| time.0);
+        created.map_or(Duration::ZERO, |created| Duration::try_from(now.duration_since(created)).unwrap_or_default())
+    };
+    let nodes: Vec<&CertificateSigningRequest> = requests.iter().filter(from_a_node).collect();
+    let stuck: Vec<String> = nodes
+        .iter()
+        .filter(|request| !decided(request) && waited(request) > STUCK_AFTER)
+        .map(|request| {
+            format!(
+                "{} ({}, waiting {}s)",
+                request.metadata.name.as_deref().unwrap_or_default(),
+                request.spec.username.as_deref().unwrap_or_default(),
+                waited(request).as_secs()
+            )
+        })
+        .collect();
+    if stuck.is_empty() {
+        Check::pass(
+            "kubelet tls",
+            format!(
+                "kubelet certificates are verified, and no node's serving-certificate request waits ({} on record)",
+                nodes.len()
+            ),
+        )
+    } else {
+        Check::fail(
+            "kubelet tls",
+            format!("serving-certificate requests wait for approval: {}", stuck.join(", ")),
+            "kubelet-serving-cert-approver (stage 01's inline manifest) approves them: \
+             `kubectl -n kubelet-serving-cert-approver logs deploy/kubelet-serving-cert-approver` says why not",
+        )
     }
 }
 
@@ -127,11 +194,8 @@ impl Stage for MetricsServer {
             return Ok(checks);
         };
         if ctx.config.kubelet_serving_certificates() {
-            checks.push(Check::pass(
-                "kubelet tls",
-                "kubelet certificates are verified; their serving certificates get approved",
-            ));
             checks.push(approver_check(&client, Duration::from_secs(60)).await);
+            checks.push(serving_requests_check(&client).await);
         } else {
             checks.push(Check::pass(
                 "kubelet tls",
@@ -199,5 +263,65 @@ impl Stage for MetricsServer {
             ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
         ];
         write_folder(out, Self::FOLDER, files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::certificates::v1::{
+        CertificateSigningRequestCondition, CertificateSigningRequestSpec, CertificateSigningRequestStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use kit::check::Status;
+
+    use super::*;
+
+    fn request(
+        name: &str,
+        user: &str,
+        signer: &str,
+        age_seconds: i64,
+        decision: Option<&str>,
+    ) -> CertificateSigningRequest {
+        let now = Timestamp::now();
+        CertificateSigningRequest {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                creation_timestamp: Some(Time(now - k8s_openapi::jiff::SignedDuration::from_secs(age_seconds))),
+                ..ObjectMeta::default()
+            },
+            spec: CertificateSigningRequestSpec {
+                signer_name: signer.to_owned(),
+                username: Some(user.to_owned()),
+                ..CertificateSigningRequestSpec::default()
+            },
+            status: decision.map(|decision| CertificateSigningRequestStatus {
+                conditions: Some(vec![CertificateSigningRequestCondition {
+                    type_: decision.to_owned(),
+                    status: "True".to_owned(),
+                    ..CertificateSigningRequestCondition::default()
+                }]),
+                ..CertificateSigningRequestStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_nodes_serving_request_left_waiting_fails_the_check() {
+        const SERVING: &str = "kubernetes.io/kubelet-serving";
+        let approved = request("csr-1", "system:node:wk01", SERVING, 600, Some("Approved"));
+        let fresh = request("csr-2", "system:node:wk02", SERVING, 5, None);
+        let client_cert =
+            request("csr-3", "system:node:wk03", "kubernetes.io/kube-apiserver-client-kubelet", 600, None);
+        let not_a_node = request("csr-4", "admin", SERVING, 600, None);
+        let passed = serving_requests_verdict(&[approved.clone(), fresh, client_cert, not_a_node], Timestamp::now());
+        assert_eq!(passed.status, Status::Pass, "{}", passed.reason);
+        assert!(passed.reason.contains("(2 on record)"), "{}", passed.reason);
+
+        let stuck = request("csr-5", "system:node:cp02", SERVING, 300, None);
+        let failed = serving_requests_verdict(&[approved, stuck], Timestamp::now());
+        assert_eq!(failed.status, Status::Fail);
+        assert!(failed.reason.contains("csr-5 (system:node:cp02, waiting 300s)"), "{}", failed.reason);
+        assert!(!failed.reason.contains("csr-1"), "{}", failed.reason);
     }
 }

@@ -37,6 +37,13 @@ async fn stage_01_brings_the_approver_and_stage_03_installs_metrics_server_and_a
         ),
         "{check}"
     );
+    // The twins' kubelets filed serving-certificate requests; the approver stand-in approved them.
+    assert!(
+        check.contains(
+            "ok    kubelet tls: kubelet certificates are verified, and no node's serving-certificate request waits"
+        ),
+        "{check}"
+    );
     let (code, out) = run_stage_async(MetricsServer, &["apply"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
     assert!(!out.contains("kubelet-serving-cert-approver"), "stage 03 no longer applies the approver: {out}");
