@@ -1,8 +1,7 @@
 //! `cargo xtask status --lab` as a user runs it: the Quick Access table from the config, and
-//! the nodes, checked against the running lab.
+//! the nodes, checked against the running lab; with a control plane off it exits 1.
 
-#[test]
-fn status_reports_the_quick_access_table_and_the_nodes() -> anyhow::Result<()> {
+fn status() -> anyhow::Result<(std::process::ExitStatus, Vec<serde_json::Value>, String)> {
     let output = xtask::cargo()
         .current_dir(xtask::workspace_root())
         .args(["xtask", "status", "--lab", "--output", "json", "--config"])
@@ -10,9 +9,15 @@ fn status_reports_the_quick_access_table_and_the_nodes() -> anyhow::Result<()> {
         .arg("--kubeconfig")
         .arg(tests::kubeconfig())
         .output()?;
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let rows: Vec<serde_json::Value> =
-        String::from_utf8_lossy(&output.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let rows = String::from_utf8_lossy(&output.stdout).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    Ok((output.status, rows, String::from_utf8_lossy(&output.stderr).into_owned()))
+}
+
+#[test]
+fn status_reports_the_quick_access_table_and_the_nodes() -> anyhow::Result<()> {
+    let (code, rows, log) = status()?;
+    assert!(code.success(), "{log}");
+    assert!(rows.iter().all(|row| row["ok"] == true), "{rows:?}");
     let section = |name: &str| rows.iter().filter(|row| row["section"] == name).collect::<Vec<_>>();
     let quick = section("quick access");
     assert_eq!(quick.len(), 6, "{quick:?}");
@@ -29,5 +34,21 @@ fn status_reports_the_quick_access_table_and_the_nodes() -> anyhow::Result<()> {
     let nodes = section("nodes");
     assert_eq!(nodes.len(), 6);
     assert!(nodes.iter().all(|row| row["state"] == "Ready"), "{nodes:?}");
-    Ok(())
+
+    // A control plane off: its etcd member does not answer, and status says so with exit 1.
+    let config = tests::config();
+    let lab = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
+    lab.stop_twin("cp03")?;
+    let off = status();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(lab.restart_twin("cp03"))?;
+    let (code, rows, log) = off?;
+    assert_eq!(code.code(), Some(1), "{log}");
+    let etcd = rows.iter().find(|row| row["name"] == "etcd").cloned().unwrap_or_default();
+    assert_eq!(etcd["ok"], false, "{etcd}");
+    assert!(etcd["state"].as_str().unwrap_or_default().contains("cp03 does not answer"), "{etcd}");
+    // Back on, its member rejoins and status is clean again (later tests rely on a whole cluster).
+    runtime.block_on(tests::eventually(std::time::Duration::from_secs(120), "status clean again", || async {
+        Ok(status()?.0.success().then_some(()))
+    }))
 }

@@ -1,6 +1,8 @@
 //! `cargo xtask status`: the seed's Quick Access table, computed from `cluster.yaml` and
 //! checked live (reachable from here, certificate expiry), then the nodes, the etcd members
-//! and who holds the VIP.
+//! and who holds the VIP. It exits 1 when a line shows a problem: a node not Ready, an etcd
+//! member not healthy, not exactly one VIP holder, an expiring talosconfig, an entry point
+//! whose proxy answers 5xx.
 
 use std::process::ExitCode;
 
@@ -19,6 +21,8 @@ struct Row {
     name: String,
     value: String,
     state: String,
+    /// False when the line shows a problem: `status` then exits 1.
+    ok: bool,
 }
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
@@ -41,6 +45,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
                 name: "api".into(),
                 value: config.api_endpoint(),
                 state: format!("unreachable: {error:#}"),
+                ok: false,
             }),
         }
         rows.extend(control_plane_rows(&config, target).await);
@@ -50,7 +55,12 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         Output::Json => write_json_lines(&rows, &mut stdout)?,
         Output::Text => print_table(&rows, &config, &mut stdout)?,
     }
-    Ok(ExitCode::SUCCESS)
+    let problems: Vec<&str> = rows.iter().filter(|row| !row.ok).map(|row| row.name.as_str()).collect();
+    if problems.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    tracing::warn!("{} line(s) show a problem: {}", problems.len(), problems.join(", "));
+    Ok(ExitCode::from(exit::FAILED))
 }
 
 async fn endpoint_row(
@@ -59,17 +69,22 @@ async fn endpoint_row(
     target: Target,
     client: Option<&kube::Client>,
 ) -> Row {
-    let reach = match (endpoint.path, target) {
-        (Path::Cli, _) => "-".to_owned(),
-        (_, Target::Lab) => "not checkable in the lab".to_owned(),
+    // An unreachable URL may belong to a stage not installed yet; a 5xx is an installed proxy
+    // with no backend behind it.
+    let (reach, ok) = match (endpoint.path, target) {
+        (Path::Cli, _) => ("-".to_owned(), true),
+        (_, Target::Lab) => ("not checkable in the lab".to_owned(), true),
         (_, Target::Talos) => {
             let url = format!("{}/", endpoint.url);
             let ca = std::fs::read(config.state_dir().join("ca.crt")).ok();
             let answer = tokio::task::spawn_blocking(move || kit::http::get(&url, ca.as_deref(), &[])).await;
             match answer {
-                Ok(Ok(answer)) => format!("reachable ({})", answer.status),
-                Ok(Err(error)) => format!("unreachable ({error:#})"),
-                Err(error) => format!("unreachable ({error})"),
+                Ok(Ok(answer)) if answer.status >= 500 => {
+                    (format!("proxy up, backend down ({})", answer.status), false)
+                }
+                Ok(Ok(answer)) => (format!("reachable ({})", answer.status), true),
+                Ok(Err(error)) => (format!("unreachable ({error:#})"), true),
+                Err(error) => (format!("unreachable ({error})"), true),
             }
         }
     };
@@ -83,6 +98,7 @@ async fn endpoint_row(
         name: endpoint.name.to_owned(),
         value: format!("{}  [{}]", endpoint.url, endpoint.path.describe(config)),
         state: format!("{reach}; certificate: {expiry}"),
+        ok,
     }
 }
 
@@ -117,6 +133,7 @@ async fn node_rows(client: &kube::Client, config: &ClusterConfig) -> anyhow::Res
             name: node.name.clone(),
             value: format!("{} ({})", node.ip, node.role.as_str()),
             state: state.to_owned(),
+            ok: state == "Ready",
         });
     }
     Ok(rows)
@@ -139,13 +156,20 @@ async fn control_plane_rows(config: &ClusterConfig, target: Target) -> Vec<Row> 
     match asked {
         Ok(Ok(rows)) => rows,
         Ok(Err(error)) => {
-            vec![Row { section: "control plane", name: "box".into(), value: "-".into(), state: format!("{error:#}") }]
+            vec![Row {
+                section: "control plane",
+                name: "box".into(),
+                value: "-".into(),
+                state: format!("{error:#}"),
+                ok: false,
+            }]
         }
         Err(error) => vec![Row {
             section: "control plane",
             name: "box".into(),
             value: "-".into(),
             state: format!("asking from the box failed: {error}"),
+            ok: false,
         }],
     }
 }
@@ -160,6 +184,7 @@ async fn talos_rows(config: &ClusterConfig) -> Vec<Row> {
                 name: "talosctl".into(),
                 value: "-".into(),
                 state: format!("{error:#}"),
+                ok: false,
             }];
         }
     };
@@ -167,6 +192,7 @@ async fn talos_rows(config: &ClusterConfig) -> Vec<Row> {
     let healthy = kit::talos::healthy_members(&health);
     let etcd = format!("{} of {} healthy: {}", healthy.len(), health.len(), kit::talos::describe_health(&health));
     let holders = kit::talos::vip_holders(&talosctl, config).await;
+    let (etcd_ok, vip_ok) = (healthy.len() == health.len(), holders.len() == 1);
     let state = match holders.len() {
         1 => holders.join(""),
         0 => "nobody (etcd unhealthy, or no control plane reachable)".to_owned(),
@@ -174,12 +200,13 @@ async fn talos_rows(config: &ClusterConfig) -> Vec<Row> {
     };
     let expiry = kit::talos::talosconfig::expiry_check(&talosctl.talosconfig);
     vec![
-        Row { section: "control plane", name: "etcd".into(), value: "-".into(), state: etcd },
-        Row { section: "control plane", name: "VIP holder".into(), value: vip, state },
+        Row { section: "control plane", name: "etcd".into(), value: "-".into(), state: etcd, ok: etcd_ok },
+        Row { section: "control plane", name: "VIP holder".into(), value: vip, state, ok: vip_ok },
         Row {
             section: "control plane",
             name: "talosconfig".into(),
             value: talosctl.talosconfig.display().to_string(),
+            ok: expiry.status != kit::check::Status::Fail,
             state: expiry.reason,
         },
     ]
