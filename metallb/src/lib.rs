@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Service;
 use kit::apply::{Engine, LabNotes, to_dynamic};
 use kit::artifacts::{Artifact, Component};
 use kit::check::{Check, common};
@@ -129,6 +130,59 @@ fn upstream(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
     ctx.upstream(Component::Metallb, MANIFEST)
 }
 
+/// The annotation MetalLB's controller puts on a Service it gave an address.
+const ALLOCATED_FROM_POOL: &str = "metallb.io/ip-allocated-from-pool";
+
+/// No Service holds an address of the pool that MetalLB did not give it: another load
+/// balancer (an earlier install, kube-vip's, a cloud's) answering for those addresses would
+/// fight MetalLB's announcements for them.
+async fn pool_free_check(client: &kube::Client, pool: IpRange) -> anyhow::Result<Check> {
+    let services: Api<Service> = Api::all(client.clone());
+    let listed = services.list(&Default::default()).await.context("listing Services")?;
+    Ok(pool_free_verdict(&listed.items, pool))
+}
+
+fn pool_free_verdict(services: &[Service], pool: IpRange) -> Check {
+    let mut ours = 0;
+    let mut others = Vec::new();
+    for service in services {
+        let from_metallb = service
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|annotations| annotations.contains_key(ALLOCATED_FROM_POOL));
+        let ingress = service.status.as_ref().and_then(|status| status.load_balancer.as_ref()?.ingress.as_ref());
+        let held: Vec<&str> = ingress
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| entry.ip.as_deref())
+            .filter(|ip| ip.parse::<Ipv4Addr>().is_ok_and(|ip| pool.contains(ip)))
+            .collect();
+        match (held.is_empty(), from_metallb) {
+            (true, _) => {}
+            (false, true) => ours += 1,
+            (false, false) => others.push(format!(
+                "{}/{} ({})",
+                service.metadata.namespace.as_deref().unwrap_or_default(),
+                service.metadata.name.as_deref().unwrap_or_default(),
+                held.join(", ")
+            )),
+        }
+    }
+    if others.is_empty() {
+        Check::pass(
+            "pool",
+            format!("no Service holds an address of {pool} that MetalLB did not give it ({ours} MetalLB gave)"),
+        )
+    } else {
+        Check::fail(
+            "pool",
+            format!("Services hold addresses of {pool} that MetalLB did not give: {}", others.join("; ")),
+            "another load balancer answers for them: remove it, or move metallb.pool in cluster.yaml",
+        )
+    }
+}
+
 impl Stage for Metallb {
     const NAME: &'static str = "metallb";
     const FOLDER: &'static str = "02-metallb";
@@ -138,16 +192,7 @@ impl Stage for Metallb {
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
         let (mut checks, client) = common::cluster(ctx).await;
         let Some(client) = client else { return Ok(checks) }; // nothing else can be checked
-        let pool = ctx.config.metallb_pool;
-        checks.push(Check::pass(
-            "pool",
-            format!(
-                "{pool} ({} addresses) holds traefik.ip {} and envoyGateway.ip {}",
-                pool.address_count(),
-                ctx.config.traefik_ip,
-                ctx.config.envoy_gateway_ip
-            ),
-        ));
+        checks.push(pool_free_check(&client, ctx.config.metallb_pool).await?);
         checks.push(match ctx.target {
             Target::Lab => Check::not_checkable_in_lab("kube-proxy", "the lab runs no kube-proxy"),
             Target::Talos => kube_proxy_arp_check(&client).await?,
@@ -345,5 +390,27 @@ mod tests {
         assert_eq!(ranges_without(range, &middle), ["172.16.16.101-172.16.16.109", "172.16.16.111-172.16.16.120"]);
         let everything: Vec<Ipv4Addr> = (101..=120).map(|last| Ipv4Addr::new(172, 16, 16, last)).collect();
         assert!(ranges_without(range, &everything).is_empty());
+    }
+
+    fn service(name: &str, ip: &str, from_metallb: bool) -> Service {
+        let annotations = from_metallb.then(|| serde_json::json!({ ALLOCATED_FROM_POOL: "general" }));
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "namespace": "default", "annotations": annotations },
+            "status": { "loadBalancer": { "ingress": [{ "ip": ip }] } },
+        }))
+        .expect("a Service")
+    }
+
+    #[test]
+    fn a_pool_address_another_load_balancer_holds_fails_the_check() {
+        let pool: IpRange = "172.16.16.101-172.16.16.120".parse().expect("range");
+        let ours = service("traefik", "172.16.16.101", true);
+        let elsewhere = service("outside", "10.0.0.5", false);
+        let passed = pool_free_verdict(&[ours.clone(), elsewhere], pool);
+        assert_eq!(passed.status, kit::check::Status::Pass, "{}", passed.reason);
+        assert!(passed.reason.contains("(1 MetalLB gave)"), "{}", passed.reason);
+        let failed = pool_free_verdict(&[ours, service("kube-vip-lb", "172.16.16.110", false)], pool);
+        assert_eq!(failed.status, kit::check::Status::Fail);
+        assert!(failed.reason.contains("default/kube-vip-lb (172.16.16.110)"), "{}", failed.reason);
     }
 }

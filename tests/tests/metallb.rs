@@ -54,6 +54,16 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
     assert!(verify.contains("ok    speakers: a speaker is ready on each of the 6 nodes"), "{verify}");
     assert!(verify.contains("lab   arp: not checkable in the lab"), "{verify}");
     assert!(verify.contains("ok    load balancer: a probe LoadBalancer Service got 172.16.16.1"), "{verify}");
+    // Every pool address a Service holds now came from MetalLB.
+    let config = tests::config_path();
+    let (code, check) = tokio::task::spawn_blocking(move || metallb(&["check"], &config)).await?;
+    assert_eq!(code, ExitCode::SUCCESS, "{check}");
+    assert!(
+        check.contains(
+            "ok    pool: no Service holds an address of 172.16.16.101-172.16.16.120 that MetalLB did not give it"
+        ),
+        "{check}"
+    );
     assert!(verify.contains("metallb-webhook-configuration not installed"), "verify lists the lab transform: {verify}");
     Ok(())
 }
