@@ -120,7 +120,7 @@ func main() {
 		log.Fatalf("talos-twin: %v", err)
 	}
 
-	node := nodeFlags{address: lease.address.Addr().String(), lease: lease, stateDir: *stateDir, kubernetesBin: *kubernetesBin, kwok: *kwok, kwokConfig: *kwokConfig, factoryDir: *factoryDir,
+	node := nodeFlags{lease: lease, stateDir: *stateDir, kubernetesBin: *kubernetesBin, kwok: *kwok, kwokConfig: *kwokConfig, factoryDir: *factoryDir,
 		controlPlanes: strings.Split(*controlPlanes, ","),
 	}
 	stopOnSignal()
@@ -136,8 +136,8 @@ const installTime = 3 * time.Second
 
 // nodeFlags is what the lab tells a twin besides its hardware.
 type nodeFlags struct {
-	// address is the machine's own address: its DHCP lease's in maintenance mode, its config's
-	// once configured.
+	// address is the configured machine's own address, from its config (in maintenance mode
+	// it has its DHCP lease's).
 	address       string
 	lease         lease
 	stateDir      string
@@ -177,7 +177,7 @@ func run(node nodeFlags, hardwareFile string) error {
 				return err
 			}
 
-			if err = serveMaintenance(resources, node.address, configFile); err != nil {
+			if err = serveMaintenance(resources, node.lease.address.Addr().String(), configFile); err != nil {
 				return err
 			}
 

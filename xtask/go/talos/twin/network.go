@@ -128,26 +128,36 @@ func assignAliases(ctx context.Context, resources state.State, provider config.P
 		return err
 	}
 
+	// Selectors see the physical links only, as the protos CEL evaluates.
+	var physical []*network.LinkStatus
+
+	var specs []*networkpb.LinkStatusSpec
+
+	for link := range links.All() {
+		if !link.TypedSpec().Physical() {
+			continue
+		}
+
+		var spec networkpb.LinkStatusSpec
+		if err = proto.ResourceSpecToProto(link, &spec); err != nil {
+			return err
+		}
+
+		physical = append(physical, link)
+		specs = append(specs, &spec)
+	}
+
 	for _, alias := range provider.NetworkLinkAliasConfigs() {
 		var matched []*network.LinkStatus
 
-		for link := range links.All() {
-			if !link.TypedSpec().Physical() {
-				continue
-			}
-
-			var spec networkpb.LinkStatusSpec
-			if err = proto.ResourceSpecToProto(link, &spec); err != nil {
-				return err
-			}
-
-			matches, err := alias.LinkSelector().EvalBool(celenv.LinkLocator(), map[string]any{"link": &spec})
+		for index, spec := range specs {
+			matches, err := alias.LinkSelector().EvalBool(celenv.LinkLocator(), map[string]any{"link": spec})
 			if err != nil {
 				return fmt.Errorf("link alias %q: evaluating its selector: %w", alias.Name(), err)
 			}
 
 			if matches {
-				matched = append(matched, link)
+				matched = append(matched, physical[index])
 			}
 		}
 
