@@ -291,14 +291,26 @@ async fn kube_proxy_arp_check(client: &kube::Client) -> anyhow::Result<Check> {
     })
 }
 
-/// A throw-away LoadBalancer Service must get an address from the general pool (never an
-/// entry point), in the lab too: MetalLB's controller runs there on the box's workstation.
+/// What MetalLB's controller did with a LoadBalancer Service: gave it an address, or
+/// refused with an `AllocationFailed` event (metallb v0.15.3 controller/service.go).
+enum Allocation {
+    Address(String),
+    Refused(String),
+    Nothing,
+}
+
+/// A throw-away LoadBalancer Service, which asks no particular address, in the lab too:
+/// MetalLB's controller runs there on the box's workstation. With a general pool it must get
+/// one of its addresses (never an entry point); with only the entry-point pool (a valid
+/// config: `metallb.pool` holding just the two entry points) MetalLB must refuse it, which
+/// is what `autoAssign: false` on the entry points promises.
 async fn load_balancer_check(client: &kube::Client, config: &ClusterConfig, target: Target) -> anyhow::Result<Check> {
-    use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
-    use kube::api::{DeleteParams, PostParams};
+    use k8s_openapi::api::core::v1::{Event, ServicePort, ServiceSpec};
+    use kube::api::{DeleteParams, ListParams, PostParams};
 
     let name = "talos-ha-lb-probe";
     let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let _ = services.delete(name, &DeleteParams::default()).await;
     let probe = Service {
         metadata: ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() },
@@ -309,32 +321,58 @@ async fn load_balancer_check(client: &kube::Client, config: &ClusterConfig, targ
         }),
         ..Service::default()
     };
-    services.create(&PostParams::default(), &probe).await.context("creating the LoadBalancer probe Service")?;
+    let created =
+        services.create(&PostParams::default(), &probe).await.context("creating the LoadBalancer probe Service")?;
+    let uid = created.metadata.uid.unwrap_or_default();
+    let about_probe = ListParams::default().fields(&format!("involvedObject.name={name},involvedObject.uid={uid}"));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let assigned = loop {
+    let allocation = loop {
         let ingress = services.get(name).await?.status.and_then(|s| s.load_balancer).and_then(|lb| lb.ingress);
         if let Some(ip) = ingress.and_then(|list| list.into_iter().find_map(|i| i.ip)) {
-            break Some(ip);
+            break Allocation::Address(ip);
+        }
+        let refused = events.list(&about_probe).await.context("reading the probe's events")?;
+        if let Some(event) = refused.items.into_iter().find(|e| e.reason.as_deref() == Some("AllocationFailed")) {
+            break Allocation::Refused(event.message.unwrap_or_default());
         }
         if tokio::time::Instant::now() >= deadline {
-            break None;
+            break Allocation::Nothing;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     services.delete(name, &DeleteParams::default()).await.context("deleting the probe Service")?;
+    Ok(load_balancer_verdict(allocation, config, target))
+}
+
+fn load_balancer_verdict(allocation: Allocation, config: &ClusterConfig, target: Target) -> Check {
     let reserved = [config.traefik_ip, config.envoy_gateway_ip];
-    Ok(match assigned.as_deref().map(str::parse::<Ipv4Addr>) {
-        Some(Ok(ip)) if config.metallb_pool.contains(ip) && !reserved.contains(&ip) => {
-            Check::pass("load balancer", format!("a probe LoadBalancer Service got {ip} from {GENERAL_POOL}"))
-        }
-        Some(other) => Check::fail(
-            "load balancer",
-            format!("the probe got {other:?}, which is not a free address of {GENERAL_POOL}"),
-            "look at the IPAddressPools (metallb verify) and the controller's log",
+    let general = pools(config).iter().any(|pool| pool.metadata.name.as_deref() == Some(GENERAL_POOL));
+    let name = "load balancer";
+    let look = "look at the IPAddressPools (metallb verify) and the controller's log";
+    match allocation {
+        Allocation::Address(ip) => match ip.parse::<Ipv4Addr>() {
+            Ok(ip) if general && config.metallb_pool.contains(ip) && !reserved.contains(&ip) => {
+                Check::pass(name, format!("a probe LoadBalancer Service got {ip} from {GENERAL_POOL}"))
+            }
+            _ if reserved.iter().any(|entry| entry.to_string() == ip) => Check::fail(
+                name,
+                format!("a probe LoadBalancer Service that asked no address got the entry point {ip}"),
+                format!("{ENTRYPOINT_POOL} must have autoAssign: false: metallb apply"),
+            ),
+            _ => Check::fail(name, format!("the probe got {ip}, which is not a free address of {GENERAL_POOL}"), look),
+        },
+        Allocation::Refused(why) if !general => Check::pass(
+            name,
+            format!(
+                "metallb.pool holds only the entry points, and MetalLB gives them to no other Service                  (a probe was refused: {why})"
+            ),
         ),
-        None => Check::fail(
-            "load balancer",
-            "a probe LoadBalancer Service got no address within 30s",
+        Allocation::Refused(why) => {
+            Check::fail(name, format!("MetalLB refused a probe LoadBalancer Service: {why}"), look)
+        }
+        Allocation::Nothing => Check::fail(
+            name,
+            "a probe LoadBalancer Service got neither an address nor a refusal from MetalLB within 30s",
             match target {
                 // The lab starts MetalLB's controller only once this stage's CRDs exist.
                 Target::Lab => {
@@ -344,7 +382,7 @@ async fn load_balancer_check(client: &kube::Client, config: &ClusterConfig, targ
                 Target::Talos => "look at the controller's log: kubectl -n metallb-system logs deploy/controller",
             },
         ),
-    })
+    }
 }
 
 /// The pools and advertisement as the API stores them, compared with what the config wants.
@@ -358,23 +396,74 @@ async fn stored_objects_check(client: &kube::Client, config: &ClusterConfig) -> 
     };
     let pool_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &kit::names::ip_address_pool());
     let mut checks = Vec::new();
-    for wanted in pools(config) {
+    let wanted_pools = pools(config);
+    for wanted in &wanted_pools {
         let name = wanted.metadata.name.clone().unwrap_or_default();
         let stored = pool_api.get_opt(&name).await.with_context(|| format!("reading IPAddressPool {name}"))?;
-        let addresses = stored.as_ref().and_then(|p| p.data.pointer("/spec/addresses")).cloned();
-        checks.push(if addresses == Some(serde_json::json!(wanted.spec.addresses)) {
-            Check::pass(format!("pool {name}"), format!("stored with {}", wanted.spec.addresses.join(", ")))
-        } else {
-            Check::fail(format!("pool {name}"), format!("stored addresses are {addresses:?}"), "metallb apply")
-        });
+        checks.push(pool_verdict(wanted, stored.as_ref().map(|pool| &pool.data)));
     }
     let advertisements: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), NAMESPACE, &resource("L2Advertisement", "l2advertisements"));
-    checks.push(match advertisements.get_opt(ADVERTISEMENT).await? {
-        Some(_) => Check::pass("l2 advertisement", format!("{ADVERTISEMENT} announces the pools")),
-        None => Check::fail("l2 advertisement", format!("{ADVERTISEMENT} is missing"), "metallb apply"),
-    });
+    let stored = advertisements.get_opt(ADVERTISEMENT).await?;
+    checks.push(advertisement_verdict(&advertisement(config), stored.as_ref().map(|adv| &adv.data)));
     Ok(checks)
+}
+
+/// A stored pool has the config's addresses and its autoAssign: an entry-point pool that
+/// assigns automatically lets any LoadBalancer Service take .101 or .102.
+fn pool_verdict(wanted: &IpAddressPool, stored: Option<&serde_json::Value>) -> Check {
+    let name = wanted.metadata.name.clone().unwrap_or_default();
+    let check = format!("pool {name}");
+    let Some(stored) = stored else {
+        return Check::fail(check, format!("IPAddressPool {NAMESPACE}/{name} is missing"), "metallb apply");
+    };
+    let addresses = stored.pointer("/spec/addresses").cloned().unwrap_or_default();
+    // MetalLB's CRD defaults autoAssign to true.
+    let auto_assign = stored.pointer("/spec/autoAssign").and_then(serde_json::Value::as_bool).unwrap_or(true);
+    if addresses != serde_json::json!(wanted.spec.addresses) {
+        Check::fail(
+            check,
+            format!("stored addresses are {addresses}, the config gives {:?}", wanted.spec.addresses),
+            "metallb apply",
+        )
+    } else if auto_assign != wanted.spec.auto_assign {
+        Check::fail(
+            check,
+            format!("autoAssign is {auto_assign}, the config's pool wants {}", wanted.spec.auto_assign),
+            "metallb apply",
+        )
+    } else {
+        Check::pass(check, format!("{}, autoAssign {auto_assign}", wanted.spec.addresses.join(", ")))
+    }
+}
+
+/// The stored advertisement announces exactly the config's pools: a pool left out is never
+/// answered for over ARP, however well MetalLB assigns it.
+fn advertisement_verdict(wanted: &L2Advertisement, stored: Option<&serde_json::Value>) -> Check {
+    let check = "l2 advertisement";
+    let Some(stored) = stored else {
+        return Check::fail(check, format!("{ADVERTISEMENT} is missing"), "metallb apply");
+    };
+    let mut announced: Vec<String> = stored
+        .pointer("/spec/ipAddressPools")
+        .and_then(serde_json::Value::as_array)
+        .map(|pools| pools.iter().filter_map(|pool| pool.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let mut pools = wanted.spec.ip_address_pools.clone();
+    announced.sort();
+    pools.sort();
+    if announced == pools {
+        Check::pass(check, format!("{ADVERTISEMENT} announces {}", pools.join(", ")))
+    } else if announced.is_empty() {
+        // An empty list announces every pool, ours and anyone else's.
+        Check::fail(check, format!("{ADVERTISEMENT} lists no pools, so it announces every pool"), "metallb apply")
+    } else {
+        Check::fail(
+            check,
+            format!("{ADVERTISEMENT} announces {}, the config's pools are {}", announced.join(", "), pools.join(", ")),
+            "metallb apply",
+        )
+    }
 }
 
 #[cfg(test)]
@@ -412,5 +501,59 @@ mod tests {
         let failed = pool_free_verdict(&[ours, service("kube-vip-lb", "172.16.16.110", false)], pool);
         assert_eq!(failed.status, kit::check::Status::Fail);
         assert!(failed.reason.contains("default/kube-vip-lb (172.16.16.110)"), "{}", failed.reason);
+    }
+
+    fn config_with_pool(pool: &str) -> ClusterConfig {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../cluster.yaml")).expect("cluster.yaml");
+        let edited = text.replace("pool: 172.16.16.101-172.16.16.120", &format!("pool: {pool}"));
+        ClusterConfig::parse(&edited, std::path::Path::new("cluster.yaml")).expect("a valid config")
+    }
+
+    #[test]
+    fn stored_pools_must_keep_the_configs_auto_assign_and_the_advertisement_every_pool() {
+        let config = config_with_pool("172.16.16.101-172.16.16.120");
+        let wanted = pools(&config);
+        let stored = |pool: &IpAddressPool| serde_json::to_value(pool).expect("json");
+        assert_eq!(pool_verdict(&wanted[0], Some(&stored(&wanted[0]))).status, kit::check::Status::Pass);
+        let mut assigning = wanted[0].clone();
+        assigning.spec.auto_assign = true;
+        let failed = pool_verdict(&wanted[0], Some(&stored(&assigning)));
+        assert_eq!(failed.status, kit::check::Status::Fail);
+        assert!(failed.reason.contains("autoAssign is true"), "{}", failed.reason);
+        // A stored pool without the field has MetalLB's default, true.
+        let mut without = stored(&wanted[0]);
+        without["spec"].as_object_mut().expect("spec").remove("autoAssign");
+        assert_eq!(pool_verdict(&wanted[0], Some(&without)).status, kit::check::Status::Fail);
+        assert_eq!(pool_verdict(&wanted[1], None).status, kit::check::Status::Fail);
+
+        let advertised = advertisement(&config);
+        let json = serde_json::to_value(&advertised).expect("json");
+        assert_eq!(advertisement_verdict(&advertised, Some(&json)).status, kit::check::Status::Pass);
+        let mut one = json.clone();
+        one["spec"]["ipAddressPools"] = serde_json::json!([GENERAL_POOL]);
+        let failed = advertisement_verdict(&advertised, Some(&one));
+        assert!(failed.reason.contains(&format!("announces {GENERAL_POOL}, the config")), "{}", failed.reason);
+        let mut every = json;
+        every["spec"]["ipAddressPools"] = serde_json::json!([]);
+        assert!(advertisement_verdict(&advertised, Some(&every)).reason.contains("announces every pool"));
+    }
+
+    #[test]
+    fn a_pool_of_only_the_entry_points_is_valid_and_its_probe_must_be_refused() {
+        let config = config_with_pool("172.16.16.101-172.16.16.102");
+        let names: Vec<_> = pools(&config).into_iter().filter_map(|pool| pool.metadata.name).collect();
+        assert_eq!(names, [ENTRYPOINT_POOL]);
+        let refused = Allocation::Refused("no available IPs".into());
+        assert_eq!(load_balancer_verdict(refused, &config, Target::Lab).status, kit::check::Status::Pass);
+        let taken = load_balancer_verdict(Allocation::Address("172.16.16.101".into()), &config, Target::Lab);
+        assert_eq!(taken.status, kit::check::Status::Fail);
+        assert!(taken.reason.contains("got the entry point 172.16.16.101"), "{}", taken.reason);
+
+        let general = config_with_pool("172.16.16.101-172.16.16.120");
+        let given = load_balancer_verdict(Allocation::Address("172.16.16.103".into()), &general, Target::Lab);
+        assert_eq!(given.status, kit::check::Status::Pass, "{}", given.reason);
+        let refused = Allocation::Refused("no available IPs".into());
+        assert_eq!(load_balancer_verdict(refused, &general, Target::Lab).status, kit::check::Status::Fail);
     }
 }

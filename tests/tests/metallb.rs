@@ -54,6 +54,9 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
     assert!(verify.contains("ok    speakers: a speaker is ready on each of the 6 nodes"), "{verify}");
     assert!(verify.contains("lab   arp: not checkable in the lab"), "{verify}");
     assert!(verify.contains("ok    load balancer: a probe LoadBalancer Service got 172.16.16.1"), "{verify}");
+    assert!(verify.contains("ok    pool talos-ha-entrypoints: 172.16.16.101/32, 172.16.16.102/32, autoAssign false"));
+    assert!(verify.contains("ok    pool talos-ha-pool: 172.16.16.103-172.16.16.120, autoAssign true"), "{verify}");
+    assert!(verify.contains("ok    l2 advertisement: talos-ha-l2 announces talos-ha-entrypoints, talos-ha-pool"));
     // Every pool address a Service holds now came from MetalLB.
     let config = tests::config_path();
     let (code, check) = tokio::task::spawn_blocking(move || metallb(&["check"], &config)).await?;
@@ -65,6 +68,48 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
         "{check}"
     );
     assert!(verify.contains("metallb-webhook-configuration not installed"), "verify lists the lab transform: {verify}");
+
+    entry_points_only_is_a_pool_verify_passes_on(&pools).await?;
+    // Back to the documented pool: the general one is stored again.
+    let config = tests::config_path();
+    let (code, out) = tokio::task::spawn_blocking(move || metallb(&["apply"], &config)).await?;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    assert!(pools.get_opt(metallb::GENERAL_POOL).await?.is_some(), "{out}");
+    Ok(())
+}
+
+/// A config whose pool holds nothing but the two entry points is valid: its stage has no
+/// general pool, and verify proves instead that MetalLB hands the entry points to no Service
+/// that did not ask for them (a probe is refused with MetalLB's AllocationFailed event).
+async fn entry_points_only_is_a_pool_verify_passes_on(pools: &Api<DynamicObject>) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = xtask::scratch_config(&tests::config_path(), dir.path())?.source;
+    let documented = "pool: 172.16.16.101-172.16.16.120";
+    let text = std::fs::read_to_string(&config)?;
+    assert!(text.contains(documented), "cluster.yaml's pool moved: update this test");
+    std::fs::write(&config, text.replace(documented, "pool: 172.16.16.101-172.16.16.102"))?;
+    // apply never deletes what a bundle no longer holds: take the general pool away by hand.
+    pools.delete(metallb::GENERAL_POOL, &Default::default()).await?;
+    let kubeconfig = tests::kubeconfig();
+    let run = |args: &'static [&'static str]| {
+        let (config, kubeconfig) = (config.clone(), kubeconfig.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut argv = args.to_vec();
+            argv.extend(["--kubeconfig", kubeconfig.to_str().unwrap_or_default()]);
+            metallb(&argv, &config)
+        })
+    };
+    let (code, applied) = run(&["apply"]).await?;
+    assert_eq!(code, ExitCode::SUCCESS, "{applied}");
+    let (code, verify) = run(&["verify"]).await?;
+    assert_eq!(code, ExitCode::SUCCESS, "{verify}");
+    assert!(verify.contains("ok    l2 advertisement: talos-ha-l2 announces talos-ha-entrypoints\n"), "{verify}");
+    assert!(
+        verify.contains(
+            "ok    load balancer: metallb.pool holds only the entry points, and MetalLB gives them to no other Service"
+        ) && verify.contains("no available IPs"),
+        "{verify}"
+    );
     Ok(())
 }
 
@@ -72,8 +117,9 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
 fn check_without_a_lab_fails_saying_how_to_start_one() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config = xtask::scratch_config(&tests::config_path(), dir.path())?.source;
-    let (code, _) = metallb(&["check"], &config);
+    let (code, out) = metallb(&["check"], &config);
     assert_eq!(code, ExitCode::from(1), "no kubeconfig in this config's state folder: the stage must fail");
+    assert!(out.contains("FAIL  api: the API does not answer") && out.contains("cargo xtask lab up"), "{out}");
     Ok(())
 }
 
