@@ -2,15 +2,15 @@
 //! years, ECDSA P-256), and a CA ClusterIssuer signs every service's certificate with it.
 
 use kit::certs::{API_VERSION, CertificateSpec, PrivateKey, certificate};
-use kit::names::{CA_ISSUER, CERT_MANAGER_NAMESPACE};
+use kit::names::{CA_ISSUER, CA_SECRET, CERT_MANAGER_NAMESPACE};
 use kube::api::{DynamicObject, ObjectMeta};
 use serde::Serialize;
 
 /// Signs exactly one certificate: the CA's own (a CA has to start somewhere).
 pub const SELF_SIGNED_ISSUER: &str = "talos-ha-selfsigned";
-/// The CA Certificate, and the Secret its key pair lives in (in cert-manager's namespace,
-/// where a ClusterIssuer reads its Secrets).
-pub const CA_CERTIFICATE: &str = "talos-ha-ca";
+/// The CA Certificate, named as the Secret its key pair lives in (in cert-manager's
+/// namespace, where a ClusterIssuer reads its Secrets).
+pub const CA_CERTIFICATE: &str = CA_SECRET;
 /// Ten years: the CA outlives any service certificate it signs (those renew by themselves).
 const CA_DURATION: &str = "87600h0m0s";
 
@@ -50,7 +50,7 @@ pub fn ca_certificate(cluster_name: &str) -> kit::certs::Certificate {
         CA_CERTIFICATE,
         SELF_SIGNED_ISSUER,
         CertificateSpec {
-            secret_name: CA_CERTIFICATE.to_owned(),
+            secret_name: CA_SECRET.to_owned(),
             is_ca: true,
             common_name: Some(format!("{cluster_name} CA")),
             duration: Some(CA_DURATION.to_owned()),
@@ -61,7 +61,7 @@ pub fn ca_certificate(cluster_name: &str) -> kit::certs::Certificate {
 }
 
 pub fn ca_issuer() -> ClusterIssuer {
-    cluster_issuer(CA_ISSUER, IssuerSpec::Ca { secret_name: CA_CERTIFICATE.to_owned() })
+    cluster_issuer(CA_ISSUER, IssuerSpec::Ca { secret_name: CA_SECRET.to_owned() })
 }
 
 /// The chain in the order it must exist.

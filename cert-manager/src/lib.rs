@@ -179,7 +179,7 @@ impl Stage for CertManager {
         for deployment in DEPLOYMENTS {
             checks.push(common::deployment(&client, CERT_MANAGER_NAMESPACE, deployment, wait, Self::NAME).await);
         }
-        checks.push(kit::check::exposure::ca_issuer(&client).await);
+        checks.push(kit::check::exposure::ca_issuer(&client, ctx.target).await);
         match ctx.target {
             Target::Talos => {
                 let resource = certificate_resource();

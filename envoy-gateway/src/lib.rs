@@ -97,7 +97,7 @@ impl Stage for EnvoyGateway {
             labels.and_then(|labels| labels.get(gateway::OWNING_GATEWAY_NAME)).map(String::as_str) == Some(NAME)
         };
         checks.push(addresses::address_free(&client, ip, ours).await?);
-        checks.push(exposure::ca_issuer(&client).await);
+        checks.push(exposure::ca_issuer(&client, ctx.target).await);
         Ok(checks)
     }
 

@@ -185,7 +185,7 @@ impl Stage for Headlamp {
         let (api, client) = common::api(ctx).await;
         let mut checks = vec![api];
         let Some(client) = client else { return Ok(checks) };
-        checks.extend(exposure::https_ingress(&client).await);
+        checks.extend(exposure::https_ingress(&client, ctx.target).await);
         Ok(checks)
     }
 

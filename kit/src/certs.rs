@@ -18,6 +18,10 @@ use crate::names::CA_ISSUER;
 pub const API_VERSION: &str = "cert-manager.io/v1";
 /// The IngressClass of stage 04's Traefik.
 pub const INGRESS_CLASS: &str = "traefik";
+/// What Traefik calls itself in an IngressClass's `spec.controller`.
+pub const INGRESS_CONTROLLER: &str = "traefik.io/ingress-controller";
+/// The annotation that makes an IngressClass the one an Ingress without a class gets.
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 
 /// cert-manager.io/v1 Certificate: the fields talos-ha sets.
 #[derive(Debug, Clone, Serialize)]

@@ -55,6 +55,8 @@ pub fn none_failed(checks: &[Check]) -> bool {
     checks.iter().all(|check| check.status != Status::Fail)
 }
 
+pub mod graph;
+
 /// The checks every stage on Kubernetes starts with, and the ones its `verify` shares.
 pub mod common {
     use std::time::Duration;
@@ -124,6 +126,38 @@ pub mod common {
         }
     }
 
+    /// The stage's objects as the API stores them are what its apply would send now: a dry
+    /// run of the apply (the same server-side apply, as `plan` does) finds nothing to create
+    /// or change. Every field the stage sets is compared, so a hand edit, a lost object or a
+    /// cluster.yaml edited since the last apply shows here, with the fields that differ.
+    pub async fn stored_as_configured(
+        client: &kube::Client,
+        stage: &str,
+        objects: &[kube::api::DynamicObject],
+        what: &str,
+    ) -> Check {
+        let planned = async { crate::apply::Engine::new(client.clone(), stage).await?.plan(objects).await };
+        let fix = format!("{stage} apply (`{stage} plan` shows the same changes)");
+        match planned.await {
+            Ok(changes) => {
+                let differ: Vec<String> = changes
+                    .iter()
+                    .filter(|change| change.action != crate::stage::Action::Unchanged)
+                    .map(|change| change.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect();
+                if differ.is_empty() {
+                    Check::pass(
+                        "stored",
+                        format!("{what} ({} objects) are stored as the config gives them", changes.len()),
+                    )
+                } else {
+                    Check::fail("stored", format!("{what} differ from the config: {}", differ.join("; ")), fix)
+                }
+            }
+            Err(error) => Check::fail("stored", format!("{error:#}"), fix),
+        }
+    }
+
     /// What the lab transform left out, each as a check the lab cannot make.
     pub fn lab_notes(notes: crate::apply::LabNotes) -> Vec<Check> {
         notes.into_iter().map(|note| Check::not_checkable_in_lab("lab transform", note)).collect()
@@ -136,40 +170,157 @@ pub mod exposure {
     use kube::api::{Api, DynamicObject};
 
     use super::Check;
-    use crate::certs::INGRESS_CLASS;
-    use crate::names::CA_ISSUER;
+    use crate::certs::{DEFAULT_CLASS_ANNOTATION, INGRESS_CLASS, INGRESS_CONTROLLER};
+    use crate::names::{CA_ISSUER, CA_SECRET, CERT_MANAGER_NAMESPACE};
+    use crate::stage::Target;
 
     /// What an HTTPS Ingress with a cluster-CA certificate needs (the legacy path): stage 04's
     /// IngressClass and stage 05's issuer.
-    pub async fn https_ingress(client: &kube::Client) -> [Check; 2] {
-        [ingress_class(client).await, ca_issuer(client).await]
+    pub async fn https_ingress(client: &kube::Client, target: Target) -> [Check; 2] {
+        [ingress_class(client).await, ca_issuer(client, target).await]
     }
 
-    /// Stage 04's IngressClass exists (an Ingress of a class nobody serves goes nowhere).
-    async fn ingress_class(client: &kube::Client) -> Check {
+    /// Stage 04's IngressClass is Traefik's and the default (an Ingress of a class nobody
+    /// serves goes nowhere, and stage 06-100's Ingresses name it).
+    pub async fn ingress_class(client: &kube::Client) -> Check {
         match Api::<IngressClass>::all(client.clone()).get_opt(INGRESS_CLASS).await {
-            Ok(Some(_)) => Check::pass("ingress class", format!("IngressClass {INGRESS_CLASS} exists (stage 04)")),
-            Ok(None) => Check::fail(
-                "ingress class",
-                format!("IngressClass {INGRESS_CLASS} does not exist"),
-                "run stage 04 first: `traefik apply` (or `cargo xtask install-all --from traefik`)",
-            ),
+            Ok(class) => ingress_class_verdict(class.as_ref()),
             Err(error) => Check::fail("ingress class", format!("{error:#}"), "make the Kubernetes API reachable first"),
         }
     }
 
-    /// Stage 05's ClusterIssuer exists (a Certificate naming a missing issuer never issues).
-    pub async fn ca_issuer(client: &kube::Client) -> Check {
+    /// What the stored IngressClass says: `spec.controller` is Traefik's and the default-class
+    /// annotation is "true".
+    pub fn ingress_class_verdict(class: Option<&IngressClass>) -> Check {
+        let fix = "run stage 04: `traefik apply` (or `cargo xtask install-all --from traefik`)";
+        let Some(class) = class else {
+            return Check::fail("ingress class", format!("IngressClass {INGRESS_CLASS} does not exist"), fix);
+        };
+        let controller = class.spec.as_ref().and_then(|spec| spec.controller.as_deref()).unwrap_or_default();
+        let default = class.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS_ANNOTATION));
+        if controller != INGRESS_CONTROLLER {
+            Check::fail(
+                "ingress class",
+                format!("IngressClass {INGRESS_CLASS} names controller {controller:?}, not {INGRESS_CONTROLLER}"),
+                fix,
+            )
+        } else if default.map(String::as_str) != Some("true") {
+            Check::fail(
+                "ingress class",
+                format!("IngressClass {INGRESS_CLASS} is not the default ({DEFAULT_CLASS_ANNOTATION} is {default:?})"),
+                fix,
+            )
+        } else {
+            Check::pass(
+                "ingress class",
+                format!("IngressClass {INGRESS_CLASS} is Traefik's ({controller}) and the default"),
+            )
+        }
+    }
+
+    /// Stage 05's ClusterIssuer signs with the CA's Secret and is Ready (a Certificate naming
+    /// a missing or unready issuer never issues). Ready is cert-manager's controller's word:
+    /// in the lab, where none runs, an issuer it never looked at is not checkable.
+    pub async fn ca_issuer(client: &kube::Client, target: Target) -> Check {
         let issuers: Api<DynamicObject> = Api::all_with(client.clone(), &crate::certs::cluster_issuer_resource());
-        let fix = "run stage 05 first: `cert-manager apply` (or `cargo xtask install-all --from cert-manager`)";
         match issuers.get_opt(CA_ISSUER).await {
-            Ok(Some(_)) => Check::pass("ca issuer", format!("ClusterIssuer {CA_ISSUER} exists (stage 05)")),
-            Ok(None) => Check::fail("ca issuer", format!("ClusterIssuer {CA_ISSUER} does not exist"), fix),
+            Ok(issuer) => ca_issuer_verdict(issuer.as_ref().map(|issuer| &issuer.data), target),
             // Without cert-manager's CRDs the kind itself is unknown.
             Err(kube::Error::Api(status)) if status.code == 404 => {
-                Check::fail("ca issuer", "cert-manager is not installed (no ClusterIssuer kind)", fix)
+                Check::fail("ca issuer", "cert-manager is not installed (no ClusterIssuer kind)", ISSUER_FIX)
             }
             Err(error) => Check::fail("ca issuer", format!("{error:#}"), "make the Kubernetes API reachable first"),
+        }
+    }
+
+    const ISSUER_FIX: &str =
+        "run stage 05 first: `cert-manager apply` (or `cargo xtask install-all --from cert-manager`)";
+
+    pub fn ca_issuer_verdict(issuer: Option<&serde_json::Value>, target: Target) -> Check {
+        let name = "ca issuer";
+        let Some(issuer) = issuer else {
+            return Check::fail(name, format!("ClusterIssuer {CA_ISSUER} does not exist"), ISSUER_FIX);
+        };
+        let secret = issuer.pointer("/spec/ca/secretName").and_then(serde_json::Value::as_str);
+        if secret != Some(CA_SECRET) {
+            return Check::fail(
+                name,
+                format!(
+                    "ClusterIssuer {CA_ISSUER} signs with Secret {secret:?}, not {CERT_MANAGER_NAMESPACE}/{CA_SECRET}"
+                ),
+                ISSUER_FIX,
+            );
+        }
+        let ready = issuer
+            .pointer("/status/conditions")
+            .and_then(serde_json::Value::as_array)
+            .and_then(|conditions| conditions.iter().find(|condition| condition["type"] == "Ready"));
+        match (ready, target) {
+            (Some(ready), _) if ready["status"] == "True" => {
+                Check::pass(name, format!("ClusterIssuer {CA_ISSUER} is Ready, signing with Secret {CA_SECRET}"))
+            }
+            (None, Target::Lab) => Check::not_checkable_in_lab(
+                name,
+                format!(
+                    "ClusterIssuer {CA_ISSUER} signs with Secret {CA_SECRET}; whether it is Ready is cert-manager's \
+                     controller's word, and none runs in the lab"
+                ),
+            ),
+            (ready, _) => Check::fail(
+                name,
+                format!(
+                    "ClusterIssuer {CA_ISSUER} is not Ready: {}",
+                    ready
+                        .and_then(|ready| ready["message"].as_str())
+                        .unwrap_or("cert-manager has not looked at it yet")
+                ),
+                "`kubectl describe clusterissuer talos-ha-ca` and `cert-manager verify`: the CA certificate must be issued first",
+            ),
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::check::Status;
+
+        #[test]
+        fn the_ingress_class_must_be_traefiks_and_the_default() {
+            let class = |controller: &str, default: &str| -> IngressClass {
+                serde_json::from_value(serde_json::json!({
+                    "metadata": { "name": INGRESS_CLASS, "annotations": { DEFAULT_CLASS_ANNOTATION: default } },
+                    "spec": { "controller": controller },
+                }))
+                .expect("an IngressClass")
+            };
+            assert_eq!(ingress_class_verdict(Some(&class(INGRESS_CONTROLLER, "true"))).status, Status::Pass);
+            let other = ingress_class_verdict(Some(&class("k8s.io/ingress-nginx", "true")));
+            assert!(other.reason.contains("names controller \"k8s.io/ingress-nginx\""), "{}", other.reason);
+            let not_default = ingress_class_verdict(Some(&class(INGRESS_CONTROLLER, "false")));
+            assert!(not_default.reason.contains("is not the default"), "{}", not_default.reason);
+            assert_eq!(ingress_class_verdict(None).status, Status::Fail);
+        }
+
+        #[test]
+        fn the_ca_issuer_must_sign_with_the_ca_secret_and_be_ready() {
+            let issuer = |secret: &str, ready: Option<&str>| {
+                let conditions: Vec<_> = ready
+                    .map(|status| serde_json::json!({ "type": "Ready", "status": status, "message": "why" }))
+                    .into_iter()
+                    .collect();
+                serde_json::json!({ "spec": { "ca": { "secretName": secret } }, "status": { "conditions": conditions } })
+            };
+            let ready = issuer(CA_SECRET, Some("True"));
+            assert_eq!(ca_issuer_verdict(Some(&ready), Target::Talos).status, Status::Pass);
+            assert_eq!(ca_issuer_verdict(Some(&ready), Target::Lab).status, Status::Pass);
+            let unseen = issuer(CA_SECRET, None);
+            assert_eq!(ca_issuer_verdict(Some(&unseen), Target::Lab).status, Status::NotCheckableInLab);
+            assert_eq!(ca_issuer_verdict(Some(&unseen), Target::Talos).status, Status::Fail);
+            let refused = ca_issuer_verdict(Some(&issuer(CA_SECRET, Some("False"))), Target::Lab);
+            assert!(refused.status == Status::Fail && refused.reason.ends_with("not Ready: why"), "{}", refused.reason);
+            let elsewhere = ca_issuer_verdict(Some(&issuer("other", Some("True"))), Target::Talos);
+            assert!(elsewhere.reason.contains("signs with Secret Some(\"other\")"), "{}", elsewhere.reason);
+            assert_eq!(ca_issuer_verdict(None, Target::Lab).status, Status::Fail);
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod http;
 pub mod lab;
 pub mod logging;
 pub mod names;
+pub mod rbac;
 pub mod stage;
 pub mod talos;
 pub mod tool;

@@ -20,6 +20,9 @@ pub const CERT_MANAGER_NAMESPACE: &str = "cert-manager";
 /// The ClusterIssuer backed by the cluster's private CA (stage 05); every later stage
 /// asks it for its service's certificate.
 pub const CA_ISSUER: &str = "talos-ha-ca";
+/// The Secret (in cert-manager's namespace) holding the CA's key pair, which `CA_ISSUER`
+/// signs with; stage 05's CA Certificate of the same name writes it.
+pub const CA_SECRET: &str = "talos-ha-ca";
 
 /// MetalLB's IPAddressPool type, for stages that read pools.
 pub fn ip_address_pool() -> kube::discovery::ApiResource {

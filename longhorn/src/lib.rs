@@ -319,7 +319,7 @@ impl Stage for Longhorn {
                 "uncordon or repair workers (kubectl get nodes): each replica needs a node of its own",
             )
         });
-        checks.extend(exposure::https_ingress(&client).await);
+        checks.extend(exposure::https_ingress(&client, ctx.target).await);
         // On the lab too: the box's twins report their extensions and configs as Talos does.
         checks.extend(talos::worker_checks(&ctx.config, DATA_PATH).await);
         Ok(checks)

@@ -92,25 +92,8 @@ pub async fn service_account_may(
     client: &kube::Client,
     (namespace, account): (&str, &str),
     verb: &str,
-    (group, resource): (&str, &str),
+    resource: (&str, &str),
     target: Option<&str>,
 ) -> anyhow::Result<bool> {
-    use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
-    let review = SubjectAccessReview {
-        spec: SubjectAccessReviewSpec {
-            user: Some(format!("system:serviceaccount:{namespace}:{account}")),
-            groups: Some(vec!["system:serviceaccounts".into(), format!("system:serviceaccounts:{namespace}")]),
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                group: Some(group.into()),
-                resource: Some(resource.into()),
-                namespace: target.map(str::to_owned),
-                ..ResourceAttributes::default()
-            }),
-            ..SubjectAccessReviewSpec::default()
-        },
-        ..SubjectAccessReview::default()
-    };
-    let answer = kube::Api::<SubjectAccessReview>::all(client.clone()).create(&Default::default(), &review).await?;
-    Ok(answer.status.is_some_and(|status| status.allowed))
+    kit::rbac::may(client, &kit::rbac::service_account(namespace, account), verb, resource, target).await
 }

@@ -85,7 +85,76 @@ async fn apply_deploys_both_paths_and_a_rerun_changes_nothing() -> anyhow::Resul
 
     let (code, verify) = run_stage_async(Workloads, &["verify"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
-    assert!(verify.contains("ok    objects: HTTPRoute demo: header x-demo-version and a 10% canary"), "{verify}");
+    assert!(verify.contains("ok    stored: the apps' objects ("), "{verify}");
+    assert!(
+        verify.contains(
+            "ok    routed whoami: Ingress whoami → whoami.172.16.16.101.sslip.io → Service whoami:80 → 3 Ready pod(s)"
+        ),
+        "{verify}"
+    );
+    assert!(
+        verify.contains(
+            "ok    routed demo: HTTPRoute demo (demo.172.16.16.102.sslip.io) → Gateway talos-ha listener http; \
+             Gateway talos-ha listener https; Service demo-v2:80 → 2 Ready pod(s); Service demo-v1:80 → 2 Ready pod(s)\n"
+        ),
+        "{verify}"
+    );
+    assert!(verify.contains("ok    routed kubeinvaders: HTTPRoute kubeinvaders"), "{verify}");
+    assert!(
+        verify.contains("ok    kubeinvaders rights: its ServiceAccount may delete pods in kubeinvaders-targets only")
+    );
     assert!(verify.contains("lab   persistence: not checkable in the lab"), "{verify}");
+
+    a_broken_link_and_wider_rights_fail_verify(&client).await
+}
+
+/// The same verify fails when a link of the graph breaks (the canary's Service selects
+/// nothing) and when KubeInvaders is given rights beyond its targets; apply repairs the
+/// first, deleting the extra binding the second.
+async fn a_broken_link_and_wider_rights_fail_verify(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+    use kube::api::{Patch, PatchParams, PostParams};
+
+    let services = Api::<Service>::namespaced(client.clone(), DEMO);
+    let nothing = serde_json::json!({ "spec": { "selector": { "app.kubernetes.io/name": "nothing" } } });
+    services.patch("demo-v2", &PatchParams::default(), &Patch::Merge(&nothing)).await?;
+    let bindings = Api::<RoleBinding>::namespaced(client.clone(), "kube-system");
+    let wider = RoleBinding {
+        metadata: kube::api::ObjectMeta { name: Some("talos-ha-test-wider".into()), ..Default::default() },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "ClusterRole".into(),
+            name: "edit".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: KUBEINVADERS.into(),
+            namespace: Some(KUBEINVADERS.into()),
+            ..Subject::default()
+        }]),
+    };
+    bindings.create(&PostParams::default(), &wider).await?;
+    let (code, verify) = run_stage_async(Workloads, &["verify"], tests::config_path()).await;
+    bindings.delete("talos-ha-test-wider", &Default::default()).await?;
+    assert_eq!(code, ExitCode::from(1), "{verify}");
+    assert!(
+        verify.contains("FAIL  routed demo: ")
+            && verify.contains("Service demo/demo-v2 (app.kubernetes.io/name=nothing) selects no Ready pod"),
+        "{verify}"
+    );
+    assert!(
+        verify.contains("FAIL  stored: the apps' objects differ from the config: configured Service demo/demo-v2"),
+        "{verify}"
+    );
+    assert!(
+        verify.contains("FAIL  kubeinvaders rights: its ServiceAccount may delete pods in kube-system"),
+        "{verify}"
+    );
+
+    let (code, repaired) = run_stage_async(Workloads, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{repaired}");
+    let (code, verify) = run_stage_async(Workloads, &["verify"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{verify}");
     Ok(())
 }

@@ -152,11 +152,7 @@ impl Stage for Traefik {
                 },
             ),
         });
-        let classes: Api<k8s_openapi::api::networking::v1::IngressClass> = Api::all(client.clone());
-        checks.push(match classes.get_opt(INGRESS_CLASS).await? {
-            Some(_) => Check::pass("ingress class", format!("IngressClass {INGRESS_CLASS} is the default")),
-            None => Check::fail("ingress class", format!("IngressClass {INGRESS_CLASS} is missing"), "traefik apply"),
-        });
+        checks.push(kit::check::exposure::ingress_class(&client).await);
         checks.push(match ctx.target {
             Target::Talos => tokio::task::spawn_blocking(move || redirect_check(ip)).await?,
             Target::Lab => {

@@ -15,6 +15,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kit::certs::{DEFAULT_CLASS_ANNOTATION, INGRESS_CONTROLLER};
 use kit::config::ClusterConfig;
 use kube::api::{DynamicObject, ObjectMeta};
 
@@ -23,9 +24,7 @@ pub const NAME: &str = "traefik";
 /// The upstream RBAC binds its ClusterRole to a ServiceAccount of this name.
 pub const SERVICE_ACCOUNT: &str = "traefik-ingress-controller";
 /// The IngressClass Ingresses name (or get by default): `spec.ingressClassName: traefik`.
-pub const INGRESS_CLASS: &str = "traefik";
-/// What Traefik calls itself in an IngressClass.
-const CONTROLLER: &str = "traefik.io/ingress-controller";
+pub use kit::certs::INGRESS_CLASS;
 /// Unprivileged ports inside the pod: the container runs as a non-root user, which may not
 /// bind below 1024. The Service maps 80 and 443 onto them.
 const WEB_PORT: i32 = 8000;
@@ -234,13 +233,10 @@ pub fn ingress_class() -> IngressClass {
     IngressClass {
         metadata: ObjectMeta {
             name: Some(INGRESS_CLASS.to_owned()),
-            annotations: Some(BTreeMap::from([(
-                "ingressclass.kubernetes.io/is-default-class".to_owned(),
-                "true".to_owned(),
-            )])),
+            annotations: Some(BTreeMap::from([(DEFAULT_CLASS_ANNOTATION.to_owned(), "true".to_owned())])),
             ..ObjectMeta::default()
         },
-        spec: Some(IngressClassSpec { controller: Some(CONTROLLER.to_owned()), ..IngressClassSpec::default() }),
+        spec: Some(IngressClassSpec { controller: Some(INGRESS_CONTROLLER.to_owned()), ..IngressClassSpec::default() }),
     }
 }
 

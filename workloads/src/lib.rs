@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kit::apply::Engine;
 use kit::check::{Check, common, exposure};
 use kit::stage::{Change, Context, Stage, Target, objects_yaml, write_folder};
@@ -39,14 +39,29 @@ fn deployments(target: Target) -> impl Iterator<Item = (&'static str, &'static s
     DEPLOYMENTS.into_iter().filter(move |(namespace, _)| target == Target::Talos || *namespace != NOTES)
 }
 
-/// Stage 08's Gateway exists (the routes attach to it).
+/// Stage 08's Gateway has the listeners the routes attach to (`routes::LISTENERS`).
 async fn gateway_check(client: &kube::Client) -> Check {
     let resource = kit::names::gateway_api_resource("Gateway", "gateways");
     let gateways: Api<DynamicObject> = Api::namespaced_with(client.clone(), kit::names::GATEWAY_NAMESPACE, &resource);
     let fix = "run stage 08 first: `envoy-gateway apply` (or `cargo xtask install-all --from envoy-gateway`)";
-    match gateways.get_opt(kit::names::GATEWAY).await {
-        Ok(Some(_)) => Check::pass("gateway", format!("Gateway {} exists (stage 08)", kit::names::GATEWAY)),
-        Ok(None) => Check::fail("gateway", format!("Gateway {} does not exist", kit::names::GATEWAY), fix),
+    let gateway = kit::names::GATEWAY;
+    match gateways.get_opt(gateway).await {
+        Ok(Some(stored)) => {
+            let listeners: Vec<&str> = stored.data["spec"]["listeners"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|listener| listener["name"].as_str())
+                .collect();
+            let missing: Vec<&str> =
+                routes::LISTENERS.into_iter().filter(|wanted| !listeners.contains(wanted)).collect();
+            if missing.is_empty() {
+                Check::pass("gateway", format!("Gateway {gateway} (stage 08) has listeners {}", listeners.join(", ")))
+            } else {
+                Check::fail("gateway", format!("Gateway {gateway} has no listener {}", missing.join(", ")), fix)
+            }
+        }
+        Ok(None) => Check::fail("gateway", format!("Gateway {gateway} does not exist"), fix),
         Err(kube::Error::Api(status)) if status.code == 404 => {
             Check::fail("gateway", "the Gateway API is not installed", fix)
         }
@@ -54,25 +69,41 @@ async fn gateway_check(client: &kube::Client) -> Check {
     }
 }
 
-/// The routes and the claim as stored: what the lab can show of the traffic.
-async fn stored_check(client: &kube::Client) -> anyhow::Result<Check> {
-    let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), DEMO, &routes::http_route_resource());
-    let demo = routes.get(DEMO).await.context("reading HTTPRoute demo")?;
-    let rules = &demo.data["spec"]["rules"];
-    let header_rule = rules[0]["matches"][0]["headers"][0]["name"] == DEMO_HEADER;
-    let canary = rules[1]["backendRefs"][1]["weight"] == CANARY_PERCENT;
-    let claim = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NOTES).get(NOTES).await?;
-    let class = claim.spec.and_then(|spec| spec.storage_class_name);
-    Ok(if header_rule && canary && class.as_deref() == Some(kit::names::STORAGE_CLASS) {
+/// Each entry point's path to Ready pods: whoami's Ingress, the demo's and KubeInvaders'
+/// HTTPRoutes (through the Gateway's listeners).
+async fn route_checks(client: &kube::Client) -> anyhow::Result<Vec<Check>> {
+    Ok(vec![
+        kit::check::graph::ingress(client, WHOAMI, WHOAMI).await?,
+        kit::check::graph::http_route(client, DEMO, DEMO).await?,
+        kit::check::graph::http_route(client, KUBEINVADERS, KUBEINVADERS).await?,
+    ])
+}
+
+/// KubeInvaders may shoot (delete) pods in its targets' namespace and nowhere else, and
+/// reads no Secrets: asked of the API server's authorizer, as its token would be.
+async fn kubeinvaders_rights_check(client: &kube::Client) -> anyhow::Result<Check> {
+    use kit::rbac::Expect;
+    let pods = ("", "pods");
+    let expected = [
+        Expect { allowed: true, verb: "delete", resource: pods, namespace: Some(TARGETS) },
+        Expect { allowed: false, verb: "delete", resource: pods, namespace: Some(KUBEINVADERS) },
+        Expect { allowed: false, verb: "delete", resource: pods, namespace: Some("kube-system") },
+        Expect { allowed: false, verb: "delete", resource: pods, namespace: None },
+        Expect { allowed: false, verb: "get", resource: ("", "secrets"), namespace: Some(TARGETS) },
+    ];
+    let account = kit::rbac::service_account(KUBEINVADERS, KUBEINVADERS);
+    let wrong = kit::rbac::unexpected(client, &account, &expected).await?;
+    Ok(if wrong.is_empty() {
         Check::pass(
-            "objects",
-            format!(
-                "HTTPRoute demo: header {DEMO_HEADER} and a {CANARY_PERCENT}% canary; PVC notes on StorageClass {}",
-                kit::names::STORAGE_CLASS
-            ),
+            "kubeinvaders rights",
+            format!("its ServiceAccount may delete pods in {TARGETS} only, and read no Secrets"),
         )
     } else {
-        Check::fail("objects", "the stored routes or claim differ from what apply sends", "workloads apply")
+        Check::fail(
+            "kubeinvaders rights",
+            format!("its ServiceAccount {}", wrong.join(", ")),
+            "workloads apply; look for other RoleBindings naming ServiceAccount kubeinvaders/kubeinvaders",
+        )
     })
 }
 
@@ -85,6 +116,36 @@ fn url_check(name: &str, url: &str, ca: Option<&[u8]>, header: Option<(&str, &st
         }
         Ok(answer) => Check::fail(name, format!("{url} answers {}", answer.status), "look at the route and the pods"),
         Err(error) => Check::fail(name, format!("{error:#}"), "is this machine on the LAN? `cargo xtask status`"),
+    }
+}
+
+/// How many requests the canary check sends: with a 10% canary, the chance that none of
+/// them reaches v2 is 0.9^60, under 0.2%.
+const SPLIT_REQUESTS: usize = 60;
+
+/// The demo's weighted split: requests without the header reach both versions, v1 the large
+/// majority (`CANARY_PERCENT` to v2). A split broken to 100/0 or 0/100, or turned around, fails.
+fn split_check(url: &str, ca: Option<&[u8]>) -> Check {
+    let mut answers = (0, 0, Vec::new());
+    for _ in 0..SPLIT_REQUESTS {
+        match kit::http::get(url, ca, &[]) {
+            Ok(answer) if answer.status == 200 && answer.body.contains("demo v1") => answers.0 += 1,
+            Ok(answer) if answer.status == 200 && answer.body.contains("demo v2") => answers.1 += 1,
+            Ok(answer) => answers.2.push(format!("{} {}", answer.status, answer.body.trim())),
+            Err(error) => answers.2.push(format!("{error:#}")),
+        }
+    }
+    let (v1, v2, other) = answers;
+    let shown = format!("{SPLIT_REQUESTS} requests to {url}: {v1} reached v1, {v2} reached v2");
+    if other.is_empty() && v2 > 0 && v1 >= 3 * v2 {
+        Check::pass("demo", format!("{shown} (a {CANARY_PERCENT}% canary)"))
+    } else {
+        let odd = other.first().map(|first| format!(", {} other answers, first: {first}", other.len()));
+        Check::fail(
+            "demo",
+            format!("{shown}{}; a {CANARY_PERCENT}% canary sends most to v1 and some to v2", odd.unwrap_or_default()),
+            "kubectl -n demo get httproute demo -o yaml: the backendRefs' weights",
+        )
     }
 }
 
@@ -196,7 +257,7 @@ impl Stage for Workloads {
         let (api, client) = common::api(ctx).await;
         let mut checks = vec![api];
         let Some(client) = client else { return Ok(checks) };
-        checks.extend(exposure::https_ingress(&client).await);
+        checks.extend(exposure::https_ingress(&client, ctx.target).await);
         checks.push(gateway_check(&client).await);
         Ok(checks)
     }
@@ -222,7 +283,10 @@ impl Stage for Workloads {
         for (namespace, name) in deployments(ctx.target) {
             checks.push(common::deployment(&client, namespace, name, wait, Self::NAME).await);
         }
-        checks.push(stored_check(&client).await?);
+        let apps = apps::all(&ctx.config)?;
+        checks.push(common::stored_as_configured(&client, Self::NAME, &apps, "the apps' objects").await);
+        checks.extend(route_checks(&client).await?);
+        checks.push(kubeinvaders_rights_check(&client).await?);
         let config = &ctx.config;
         match ctx.target {
             Target::Talos => {
@@ -233,7 +297,7 @@ impl Stage for Workloads {
                 let probes = tokio::task::spawn_blocking(move || {
                     vec![
                         url_check("whoami", &whoami, ca.as_deref(), None, "Hostname"),
-                        url_check("demo", &demo, ca.as_deref(), None, "demo v"),
+                        split_check(&demo, ca.as_deref()),
                         url_check("demo v2 by header", &demo, ca.as_deref(), Some((DEMO_HEADER, "v2")), "demo v2"),
                         kubeinvaders_check(&invaders, ca.as_deref()),
                     ]
@@ -243,7 +307,7 @@ impl Stage for Workloads {
                 checks.push(persistence_check(&client).await);
             }
             Target::Lab => {
-                let why = "kwok runs no containers: nothing answers on the routes";
+                let why = "kwok runs no containers: nothing answers on the routes (their paths to Ready pods are checked above)";
                 for name in ["whoami", "demo", "kubeinvaders"] {
                     checks.push(Check::not_checkable_in_lab(name, why));
                 }
