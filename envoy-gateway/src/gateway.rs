@@ -172,6 +172,11 @@ pub fn wildcard_host(config: &ClusterConfig) -> String {
     config.service_host("*", config.envoy_gateway_ip)
 }
 
+/// The wildcard Certificate of the HTTPS listener.
+pub fn certificate_name() -> String {
+    format!("{NAME}-gateway")
+}
+
 /// The Secret the HTTPS listener serves: cert-manager makes it from the Certificate
 /// `talos-ha-gateway` (see `kit::certs::service_certificate`).
 fn tls_secret() -> String {
@@ -245,7 +250,6 @@ pub fn all(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
         },
     );
     // Its Secret is `<name>-tls`: the listener's certificate.
-    let certificate =
-        kit::certs::service_certificate(NAMESPACE, &format!("{NAME}-gateway"), vec![wildcard_host(config)]);
+    let certificate = kit::certs::service_certificate(NAMESPACE, &certificate_name(), vec![wildcard_host(config)]);
     Ok(vec![to_dynamic(&proxy)?, to_dynamic(&class)?, to_dynamic(&certificate)?, to_dynamic(&gateway)?])
 }

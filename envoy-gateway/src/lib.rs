@@ -81,6 +81,45 @@ async fn address_check(client: &kube::Client, ctx: &Context) -> anyhow::Result<C
     })
 }
 
+/// Every listener of the Gateway reports its conditions True: `Programmed` alone is the
+/// Gateway's, and stays True while the HTTPS listener's certificate is unresolved
+/// (`ResolvedRefs` False).
+async fn listeners_check(client: &kube::Client) -> anyhow::Result<Check> {
+    let gateways: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NAMESPACE, &kit::names::gateway_api_resource("Gateway", "gateways"));
+    let stored = gateways.get(NAME).await?;
+    let listeners = stored.data["status"]["listeners"].as_array().cloned().unwrap_or_default();
+    let mut problems = Vec::new();
+    for listener in &listeners {
+        for condition in listener["conditions"].as_array().into_iter().flatten() {
+            // Conflicted is the one condition whose healthy value is False.
+            let healthy = if condition["type"] == "Conflicted" { "False" } else { "True" };
+            if condition["status"] != healthy {
+                problems.push(format!(
+                    "listener {} {} is {}: {}",
+                    listener["name"], condition["type"], condition["status"], condition["message"]
+                ));
+            }
+        }
+    }
+    let names: Vec<&str> = listeners.iter().filter_map(|listener| listener["name"].as_str()).collect();
+    Ok(if listeners.is_empty() {
+        Check::fail(
+            "listeners",
+            format!("Gateway {NAME} reports no listener status yet"),
+            "look at the controller's log",
+        )
+    } else if problems.is_empty() {
+        Check::pass("listeners", format!("every condition of listeners {} is healthy", names.join(", ")))
+    } else {
+        Check::fail(
+            "listeners",
+            problems.join("; "),
+            "`kubectl -n envoy-gateway-system describe gateway talos-ha`; an unresolved certificate ref: `cert-manager verify`",
+        )
+    })
+}
+
 impl Stage for EnvoyGateway {
     const NAME: &'static str = "envoy-gateway";
     const FOLDER: &'static str = "08-gateway-envoy";
@@ -122,10 +161,25 @@ impl Stage for EnvoyGateway {
         let client = ctx.client().await?;
         let mut checks =
             vec![common::deployment(&client, NAMESPACE, CONTROLLER, Duration::from_secs(60), Self::NAME).await];
+        // What the lab can show too: the EnvoyProxy (its address annotation), the GatewayClass
+        // (its parametersRef), the wildcard Certificate and the Gateway (listeners, hostname,
+        // certificate ref) are stored as the config gives them.
+        let ours = gateway::all(&ctx.config)?;
+        checks.push(
+            common::stored_as_configured(
+                &client,
+                Self::NAME,
+                &ours,
+                "EnvoyProxy, GatewayClass, Certificate and Gateway",
+            )
+            .await,
+        );
         match ctx.target {
             Target::Talos => {
                 checks.push(condition_check(&client, "GatewayClass", "gatewayclasses", None, "Accepted").await);
                 checks.push(condition_check(&client, "Gateway", "gateways", Some(NAMESPACE), "Programmed").await);
+                checks.push(listeners_check(&client).await?);
+                checks.push(common::certificate_ready(ctx, &client, NAMESPACE, &gateway::certificate_name()).await);
                 checks.push(address_check(&client, ctx).await?);
             }
             Target::Lab => {

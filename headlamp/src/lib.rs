@@ -9,14 +9,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{EnvVar, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{EnvVar, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use kit::apply::{Engine, patch_typed, to_dynamic};
 use kit::artifacts::Component;
 use kit::check::{Check, common, exposure};
 use kit::config::ClusterConfig;
-use kit::stage::{Action, Change, Context, Stage, Target, objects_yaml, write_folder};
-use kube::api::{Api, DynamicObject, ListParams, ObjectMeta};
+use kit::stage::{Action, Change, Context, Stage, objects_yaml, write_folder};
+use kube::api::{Api, DynamicObject, ObjectMeta};
 
 pub const NAMESPACE: &str = "kube-system";
 pub const NAME: &str = "headlamp";
@@ -149,29 +149,57 @@ async fn write_token(client: &kube::Client, config: &ClusterConfig) -> anyhow::R
     Ok(Change { object: format!("File {}", path.display()), action, diff: None })
 }
 
-/// The Ingress sends traffic to the Service, and the Service selects a Ready pod (what its
-/// endpoints are made of; the lab's loopback pod addresses are never published as endpoints,
-/// so the pods are read directly).
-async fn routed_check(client: &kube::Client) -> anyhow::Result<Check> {
-    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> = Api::namespaced(client.clone(), NAMESPACE);
-    let backend = ingresses.get_opt(NAME).await?.and_then(|ingress| {
-        let rules = ingress.spec?.rules?;
-        let path = rules.first()?.http.as_ref()?.paths.first()?.clone();
-        path.backend.service.map(|service| service.name)
-    });
-    let service = Api::<Service>::namespaced(client.clone(), NAMESPACE).get_opt(NAME).await?;
-    let selector = service.and_then(|s| s.spec).and_then(|spec| spec.selector).unwrap_or_default();
-    let labels: Vec<String> = selector.iter().map(|(key, value)| format!("{key}={value}")).collect();
-    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
-        .list(&ListParams::default().labels(&labels.join(",")))
-        .await?;
-    let ready = pods.items.iter().filter(|pod| kit::lab::pod_is_ready(pod)).count();
-    Ok(match backend.as_deref() {
-        Some(NAME) if !labels.is_empty() && ready > 0 => {
-            Check::pass("routed", format!("Ingress {NAME} → Service {NAME} → {ready} Ready pod(s)"))
-        }
-        Some(NAME) => Check::fail("routed", format!("Service {NAME} selects no Ready pod"), "look at the pod's events"),
-        other => Check::fail("routed", format!("Ingress {NAME} routes to {other:?}"), "headlamp apply"),
+/// The token in `state/headlamp-token` is one a person can log in with, and only read with:
+/// the file is private (0600), it is the login Secret's current token (a recreated
+/// ServiceAccount gets a new one), the API server authenticates it as the login identity,
+/// and its authorizer lets that identity list pods but not read Secrets or delete.
+async fn token_check(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<Check> {
+    use kit::rbac::Expect;
+    let path = token_file(config);
+    let shown = path.display();
+    let fail = |reason: String| Check::fail("login token", reason, "headlamp apply (it writes the current token)");
+    let Ok(token) = std::fs::read(&path) else {
+        return Ok(fail(format!("{shown} is missing")));
+    };
+    let mode = kit::fsutil::mode(&path)?;
+    if mode & 0o077 != 0 {
+        return Ok(fail(format!("{shown} is {mode:o}: others may read the token (it must be 600)")));
+    }
+    let secret = Api::<Secret>::namespaced(client.clone(), NAMESPACE).get_opt(LOGIN).await?;
+    let current = secret.and_then(|secret| secret.data?.remove("token")).map(|ByteString(token)| token);
+    if current.as_deref() != Some(token.as_slice()) {
+        return Ok(fail(format!("{shown} is not the current token of Secret {NAMESPACE}/{LOGIN}")));
+    }
+    let text = String::from_utf8(token).context("the token is not text")?;
+    let Some(identity) = kit::rbac::token_identity(client, text.trim()).await? else {
+        return Ok(fail(format!("the API server does not accept the token in {shown}")));
+    };
+    let user = identity.username.clone().unwrap_or_default();
+    let expected_user = format!("system:serviceaccount:{NAMESPACE}:{LOGIN}");
+    if user != expected_user {
+        return Ok(fail(format!("the token authenticates as {user}, not {expected_user}")));
+    }
+    let expected = [
+        Expect { allowed: true, verb: "list", resource: ("", "pods"), namespace: None },
+        Expect { allowed: true, verb: "list", resource: ("", "nodes"), namespace: None },
+        Expect { allowed: false, verb: "get", resource: ("", "secrets"), namespace: Some(NAMESPACE) },
+        Expect { allowed: false, verb: "delete", resource: ("", "pods"), namespace: Some("default") },
+        Expect { allowed: false, verb: "update", resource: ("apps", "deployments"), namespace: Some(NAMESPACE) },
+    ];
+    let wrong = kit::rbac::unexpected(client, &identity, &expected).await?;
+    Ok(if wrong.is_empty() {
+        Check::pass(
+            "login token",
+            format!(
+                "{shown} (600) authenticates as {user}, who may list pods and nodes, and not read Secrets or change anything"
+            ),
+        )
+    } else {
+        Check::fail(
+            "login token",
+            format!("{user} {}", wrong.join(", ")),
+            format!("headlamp apply; look for other bindings naming ServiceAccount {NAMESPACE}/{LOGIN}"),
+        )
     })
 }
 
@@ -215,23 +243,13 @@ impl Stage for Headlamp {
         let client = ctx.client().await?;
         let wait = Duration::from_secs(60);
         let mut checks = vec![common::deployment(&client, NAMESPACE, NAME, wait, Self::NAME).await];
-        checks.push(routed_check(&client).await?);
-        let token = token_file(&ctx.config);
-        checks.push(if token.exists() {
-            Check::pass("login token", format!("{} holds the read-only login token", token.display()))
-        } else {
-            Check::fail("login token", format!("{} is missing", token.display()), "headlamp apply")
-        });
-        checks.push(match ctx.target {
-            Target::Talos => {
-                let resource = kit::certs::certificate_resource();
-                match kit::wait::condition_true(&client, &resource, Some(NAMESPACE), NAME, "Ready", wait).await {
-                    Ok(()) => Check::pass("certificate", format!("Certificate {NAMESPACE}/{NAME} is Ready")),
-                    Err(error) => Check::fail("certificate", format!("{error:#}"), "look at cert-manager's log"),
-                }
-            }
-            Target::Lab => Check::not_checkable_in_lab("certificate", "no cert-manager controller runs in the lab"),
-        });
+        let mut ours = login_objects()?;
+        ours.extend(upstream(ctx)?);
+        ours.extend(ui_objects(&ctx.config)?);
+        checks.push(common::stored_as_configured(&client, Self::NAME, &ours, "Headlamp's objects").await);
+        checks.push(kit::check::graph::ingress(&client, NAMESPACE, NAME).await?);
+        checks.push(token_check(&client, &ctx.config).await?);
+        checks.push(common::certificate_ready(ctx, &client, NAMESPACE, NAME).await);
         Ok(checks)
     }
 

@@ -158,6 +158,27 @@ pub mod common {
         }
     }
 
+    /// cert-manager issued Certificate `namespace/name` (Ready within a minute). On the lab
+    /// target no controller issues anything, so the line says so.
+    pub async fn certificate_ready(ctx: &Context, client: &kube::Client, namespace: &str, name: &str) -> Check {
+        if ctx.target == Target::Lab {
+            return Check::not_checkable_in_lab(
+                "certificate",
+                format!("Certificate {namespace}/{name}: no cert-manager controller runs in the lab to issue it"),
+            );
+        }
+        let resource = crate::certs::certificate_resource();
+        let wait = Duration::from_secs(60);
+        match crate::wait::condition_true(client, &resource, Some(namespace), name, "Ready", wait).await {
+            Ok(()) => Check::pass("certificate", format!("Certificate {namespace}/{name} is Ready")),
+            Err(error) => Check::fail(
+                "certificate",
+                format!("{error:#}"),
+                format!("`kubectl -n {namespace} describe certificate {name}` and cert-manager's log"),
+            ),
+        }
+    }
+
     /// What the lab transform left out, each as a check the lab cannot make.
     pub fn lab_notes(notes: crate::apply::LabNotes) -> Vec<Check> {
         notes.into_iter().map(|note| Check::not_checkable_in_lab("lab transform", note)).collect()

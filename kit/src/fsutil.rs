@@ -38,6 +38,11 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     file.write_all(contents).with_context(|| format!("writing {}", path.display()))
 }
 
+/// The permission bits of `path` (`0o600` for a private file).
+pub fn mode(path: &Path) -> anyhow::Result<u32> {
+    Ok(fs::metadata(path).with_context(|| format!("reading {}'s mode", path.display()))?.permissions().mode() & 0o777)
+}
+
 /// The password kept in `path` (0600), made the first time from 24 random bytes: the same on
 /// every later run, so re-applying changes nothing.
 pub fn password(path: &Path) -> anyhow::Result<String> {

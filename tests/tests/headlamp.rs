@@ -59,7 +59,39 @@ async fn headlamp_needs_the_ca_issuer_then_serves_a_read_only_login() -> anyhow:
 
     let (code, verify) = run_stage_async(Headlamp, &["verify"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
-    assert!(verify.contains("ok    routed: Ingress headlamp → Service headlamp → 1 Ready pod(s)"), "{verify}");
+    assert!(
+        verify.contains("ok    routed headlamp: Ingress headlamp → headlamp.172.16.16.101.sslip.io → Service headlamp:80 → 1 Ready pod(s)"),
+        "{verify}"
+    );
+    assert!(verify.contains("ok    stored: Headlamp's objects ("), "{verify}");
+    assert!(
+        verify.contains(
+            "(600) authenticates as system:serviceaccount:kube-system:headlamp-admin, who may list pods and nodes"
+        ),
+        "{verify}"
+    );
     assert!(verify.contains("lab   certificate: not checkable in the lab"), "{verify}");
+
+    a_loose_or_stale_token_fails_verify_and_apply_rewrites_it(&token_file).await
+}
+
+/// verify reads the token file as a person would use it: a file others can read fails, a
+/// token that is not the Secret's fails, and apply writes the current one back (0600).
+async fn a_loose_or_stale_token_fails_verify_and_apply_rewrites_it(token_file: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::set_permissions(token_file, std::fs::Permissions::from_mode(0o644))?;
+    let (code, verify) = run_stage_async(Headlamp, &["verify"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::from(1), "{verify}");
+    assert!(verify.contains("is 644: others may read the token (it must be 600)"), "{verify}");
+
+    kit::fsutil::write_private(token_file, b"a-token-from-an-old-install")?;
+    let (code, verify) = run_stage_async(Headlamp, &["verify"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::from(1), "{verify}");
+    assert!(verify.contains("is not the current token of Secret kube-system/headlamp-admin"), "{verify}");
+
+    let (code, applied) = run_stage_async(Headlamp, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{applied}");
+    assert!(applied.contains(&format!("configured  File {}", token_file.display())), "{applied}");
+    let (code, verify) = run_stage_async(Headlamp, &["verify"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{verify}");
     Ok(())
 }
