@@ -271,8 +271,10 @@ async fn settings_check(client: &kube::Client, ctx: &Context) -> anyhow::Result<
     )
 }
 
-/// The live StorageClass is the only default.
-async fn default_class_check(client: &kube::Client) -> anyhow::Result<Check> {
+/// No StorageClass but longhorn is marked default (apply demotes the others: with two
+/// defaults a claim without a class gets whichever the API server picks), and on Talos
+/// longhorn's own class, which longhorn-manager makes at run time, is the default.
+async fn default_class_check(client: &kube::Client, target: Target) -> anyhow::Result<Check> {
     let classes: Api<StorageClass> = Api::all(client.clone());
     let defaults: Vec<String> = classes
         .list(&Default::default())
@@ -284,14 +286,27 @@ async fn default_class_check(client: &kube::Client) -> anyhow::Result<Check> {
         })
         .filter_map(|class| class.metadata.name)
         .collect();
-    Ok(if defaults == [STORAGE_CLASS] {
-        Check::pass("default storage class", format!("{STORAGE_CLASS} is the only default StorageClass"))
-    } else {
-        Check::fail(
-            "default storage class",
-            format!("the default StorageClasses are {defaults:?}"),
+    let name = "default storage class";
+    let others: Vec<&String> = defaults.iter().filter(|class| *class != STORAGE_CLASS).collect();
+    Ok(match (others.is_empty(), defaults.iter().any(|class| class == STORAGE_CLASS), target) {
+        (false, _, _) => Check::fail(
+            name,
+            format!("other StorageClasses are marked default too: {others:?}"),
+            "longhorn apply (it demotes them)",
+        ),
+        (true, true, _) => Check::pass(name, format!("{STORAGE_CLASS} is the only default StorageClass")),
+        (true, false, Target::Lab) => Check::pass(
+            name,
+            format!(
+                "no other StorageClass is marked default ({STORAGE_CLASS} itself is made by longhorn-manager, \
+                 which kwok does not run)"
+            ),
+        ),
+        (true, false, Target::Talos) => Check::fail(
+            name,
+            format!("no StorageClass is default (the default ones are {defaults:?})"),
             "longhorn apply (longhorn-manager creates its class from ConfigMap longhorn-storageclass)",
-        )
+        ),
     })
 }
 
@@ -370,6 +385,9 @@ impl Stage for Longhorn {
         checks.push(common::deployment(&client, NAMESPACE, UI, wait, Self::NAME).await);
         checks.push(ui_login_check(&client, ctx).await);
         checks.push(settings_check(&client, ctx).await?);
+        checks.push(default_class_check(&client, ctx.target).await?);
+        checks.push(kit::check::graph::ingress(&client, NAMESPACE, UI).await?);
+        checks.push(common::certificate_ready(ctx, &client, NAMESPACE, UI).await);
         match ctx.target {
             Target::Talos => {
                 for deployment in CSI_DEPLOYMENTS {
@@ -379,14 +397,12 @@ impl Stage for Longhorn {
                     Ok(ready) => Check::pass("csi plugin", format!("{CSI_PLUGIN} is ready on {ready} nodes")),
                     Err(error) => Check::fail("csi plugin", format!("{error:#}"), "look at the driver deployer's log"),
                 });
-                checks.push(default_class_check(&client).await?);
                 checks.push(volume::check(&client, replica_count(&ctx.config)).await);
             }
             Target::Lab => {
                 let why = "longhorn-manager creates the CSI driver, the StorageClass and the volumes at run time; \
                            kwok runs no manager";
                 checks.push(Check::not_checkable_in_lab("csi", why));
-                checks.push(Check::not_checkable_in_lab("default storage class", why));
                 checks.push(Check::not_checkable_in_lab("volume", why));
                 let (_, notes) = bundle(ctx, &UiPassword::Placeholder)?;
                 checks.extend(common::lab_notes(notes));

@@ -62,7 +62,9 @@ async fn apply_installs_the_gateway_api_and_our_gateway_and_a_rerun_changes_noth
 
     let (code, verify) = run_stage_async(EnvoyGateway, &["verify"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
-    assert!(verify.contains("ok    stored: EnvoyProxy, GatewayClass, Certificate and Gateway (4 objects) are stored as the config"));
+    assert!(verify.contains(
+        "ok    stored: EnvoyProxy, GatewayClass, Certificate and Gateway (4 objects) are stored as the config"
+    ));
     assert!(verify.contains("lab   address: not checkable in the lab"), "{verify}");
 
     certgen_is_replaced_when_it_changes(&client).await

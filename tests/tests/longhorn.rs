@@ -96,5 +96,21 @@ async fn apply_patches_the_release_takes_the_default_class_and_a_rerun_changes_n
     assert!(verify.contains("ok    settings: data path /var/lib/longhorn/, 3 replicas"), "{verify}");
     assert!(verify.contains("lab   volume: not checkable in the lab"), "{verify}");
     assert!(verify.contains("ok    ui login: the UI's Ingress passes through BasicAuth"), "{verify}");
+    assert!(verify.contains("ok    default storage class: no other StorageClass is marked default"), "{verify}");
+    assert!(
+        verify.contains("ok    routed longhorn-ui: Ingress longhorn-ui → longhorn.172.16.16.101.sslip.io → Service longhorn-frontend:80 → 2 Ready pod(s)"),
+        "{verify}"
+    );
+
+    // A default class made after the apply (another installer) is what verify now catches.
+    classes.create(&PostParams::default(), &other).await?;
+    let (code, verify) = run_stage_async(Longhorn, &["verify"], tests::config_path()).await;
+    classes.delete("local-default", &DeleteParams::default()).await?;
+    assert_eq!(code, ExitCode::from(1), "{verify}");
+    assert!(
+        verify
+            .contains("FAIL  default storage class: other StorageClasses are marked default too: [\"local-default\"]"),
+        "{verify}"
+    );
     Ok(())
 }
