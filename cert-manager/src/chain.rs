@@ -12,8 +12,9 @@ fn first_der(pem: &[u8], what: &str) -> anyhow::Result<Vec<u8>> {
     Ok(block.contents)
 }
 
-/// Ok when `leaf_pem` (its first certificate) was issued and signed by the CA in `ca_pem`.
-pub fn verify(leaf_pem: &[u8], ca_pem: &[u8]) -> anyhow::Result<()> {
+/// Ok when `leaf_pem` (its first certificate) was issued and signed by the CA in `ca_pem`,
+/// for `host` (a DNS name among its subject alternative names: what a browser matches).
+pub fn verify(leaf_pem: &[u8], ca_pem: &[u8], host: &str) -> anyhow::Result<()> {
     let leaf_der = first_der(leaf_pem, "the certificate")?;
     let ca_der = first_der(ca_pem, "the CA certificate")?;
     let (_, leaf) = x509_parser::parse_x509_certificate(&leaf_der).context("parsing the certificate")?;
@@ -30,6 +31,22 @@ pub fn verify(leaf_pem: &[u8], ca_pem: &[u8]) -> anyhow::Result<()> {
     for (name, certificate) in [("certificate", &leaf), ("CA certificate", &ca)] {
         anyhow::ensure!(certificate.validity().is_valid(), "the {name} is outside its validity period");
     }
+    let names: Vec<String> = leaf
+        .subject_alternative_name()
+        .context("reading the certificate's alternative names")?
+        .map(|extension| {
+            extension
+                .value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(names.iter().any(|name| name == host), "the certificate is for {names:?}, not {host}");
     Ok(())
 }
 
@@ -38,6 +55,8 @@ mod tests {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
     use super::*;
+
+    const HOST: &str = "whoami.172.16.16.101.sslip.io";
 
     fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
@@ -49,7 +68,7 @@ mod tests {
     }
 
     fn leaf(issuer: &Issuer<'_, KeyPair>) -> String {
-        let params = CertificateParams::new(vec!["whoami.172.16.16.101.sslip.io".to_owned()]).expect("params");
+        let params = CertificateParams::new(vec![HOST.to_owned()]).expect("params");
         params.signed_by(&KeyPair::generate().expect("key"), issuer).expect("signed").pem()
     }
 
@@ -57,16 +76,18 @@ mod tests {
     fn a_certificate_chains_only_to_the_ca_that_signed_it() {
         let (ca_pem, issuer) = ca("talos-ha CA");
         let leaf_pem = leaf(&issuer);
-        verify(leaf_pem.as_bytes(), ca_pem.as_bytes()).expect("signed by this CA");
+        verify(leaf_pem.as_bytes(), ca_pem.as_bytes(), HOST).expect("signed by this CA");
+        let error = verify(leaf_pem.as_bytes(), ca_pem.as_bytes(), "demo.172.16.16.102.sslip.io").expect_err("host");
+        assert!(error.to_string().contains("not demo.172.16.16.102.sslip.io"), "{error}");
 
         // Another CA with the very same name: the names match, the signature does not.
         let (impostor_pem, _) = ca("talos-ha CA");
-        let error = verify(leaf_pem.as_bytes(), impostor_pem.as_bytes()).expect_err("other key");
+        let error = verify(leaf_pem.as_bytes(), impostor_pem.as_bytes(), HOST).expect_err("other key");
         assert!(error.to_string().contains("did not sign"), "{error}");
 
         let (other_pem, _) = ca("another CA");
-        let error = verify(leaf_pem.as_bytes(), other_pem.as_bytes()).expect_err("other name");
+        let error = verify(leaf_pem.as_bytes(), other_pem.as_bytes(), HOST).expect_err("other name");
         assert!(error.to_string().contains("not by the CA"), "{error}");
-        assert!(verify(b"not pem", ca_pem.as_bytes()).is_err());
+        assert!(verify(b"not pem", ca_pem.as_bytes(), HOST).is_err());
     }
 }

@@ -61,7 +61,7 @@ async fn ca_certificate_pem(client: &kube::Client) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Waits for the CA, then writes its certificate to `state/ca.crt` and says how to trust it.
-async fn export_ca(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<Change> {
+pub async fn export_ca(client: &kube::Client, config: &ClusterConfig) -> anyhow::Result<Change> {
     tracing::info!("waiting for the CA certificate {CA_CERTIFICATE} to be Ready");
     let resource = certificate_resource();
     kit::wait::condition_true(client, &resource, Some(CERT_MANAGER_NAMESPACE), CA_CERTIFICATE, "Ready", ISSUE_TIMEOUT)
@@ -90,8 +90,9 @@ async fn export_ca(client: &kube::Client, config: &ClusterConfig) -> anyhow::Res
     Ok(Change { object: format!("File {shown}"), action, diff: None })
 }
 
-/// Has `talos-ha-ca` issue a throw-away certificate and checks it chains to `state/ca.crt`.
-async fn issuance_check(client: &kube::Client, config: &ClusterConfig) -> Check {
+/// Has `talos-ha-ca` issue a throw-away certificate and checks it chains to `state/ca.crt`
+/// and names the host it was asked for.
+pub async fn issuance_check(client: &kube::Client, config: &ClusterConfig) -> Check {
     let issued = async {
         let ca = std::fs::read(ca_file(config))
             .with_context(|| format!("reading {} (written by `cert-manager apply`)", ca_file(config).display()))?;
@@ -103,7 +104,11 @@ async fn issuance_check(client: &kube::Client, config: &ClusterConfig) -> Check 
             CERT_MANAGER_NAMESPACE,
             PROBE_CERTIFICATE,
             CA_ISSUER,
-            CertificateSpec { secret_name: PROBE_CERTIFICATE.to_owned(), dns_names: vec![host], ..Default::default() },
+            CertificateSpec {
+                secret_name: PROBE_CERTIFICATE.to_owned(),
+                dns_names: vec![host.clone()],
+                ..Default::default()
+            },
         );
         let _ = certificates.delete(PROBE_CERTIFICATE, &DeleteParams::default()).await;
         let _ = secrets.delete(PROBE_CERTIFICATE, &DeleteParams::default()).await;
@@ -117,7 +122,7 @@ async fn issuance_check(client: &kube::Client, config: &ClusterConfig) -> Check 
             let data = secrets.get(PROBE_CERTIFICATE).await.context("reading the probe's Secret")?.data;
             let ByteString(leaf) =
                 data.unwrap_or_default().remove("tls.crt").context("the probe's Secret holds no tls.crt")?;
-            chain::verify(&leaf, &ca)
+            chain::verify(&leaf, &ca, &host)
         }
         .await;
         // The probe is removed whatever happened, so it never lingers in the cluster.
@@ -126,7 +131,10 @@ async fn issuance_check(client: &kube::Client, config: &ClusterConfig) -> Check 
         outcome
     };
     match issued.await {
-        Ok(()) => Check::pass("issuance", format!("{CA_ISSUER} issued a certificate that chains to the exported CA")),
+        Ok(()) => Check::pass(
+            "issuance",
+            format!("{CA_ISSUER} issued a certificate for the host it was asked, chaining to the exported CA"),
+        ),
         Err(error) => Check::fail(
             "issuance",
             format!("{error:#}"),
