@@ -246,7 +246,9 @@ struct StageCli {
 enum StageCommand {
     /// Check preconditions: each check is named, and a failure says how to fix it.
     Check,
-    /// Show what `apply` would change (a server-side dry run); changes nothing.
+    /// Show what `apply` would change (a server-side dry run); changes nothing. Exits 0 when
+    /// nothing would change, 2 when something would, 1 on an error (as
+    /// `terraform plan -detailed-exitcode` does, for CI drift checks).
     Plan,
     /// Converge the cluster to this stage's objects. Idempotent: safe to interrupt and re-run.
     Apply {
@@ -274,6 +276,10 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// The config is invalid or the command line is wrong: nothing was changed.
     pub const INVALID: u8 = 2;
+    /// `plan` only: something would change. `plan` follows the convention CI drift checks
+    /// expect (`terraform plan -detailed-exitcode`): 0 nothing would change, 1 an error
+    /// (an invalid config included), 2 changes.
+    pub const WOULD_CHANGE: u8 = 2;
 }
 
 /// The `main` of every stage binary.
@@ -317,6 +323,8 @@ fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W)
     }
     let config = match load_config(&cli.global.config, cli.global.output, out)? {
         Some(config) => config,
+        // For `plan`, 2 means "would change": an invalid config is one of its errors.
+        None if matches!(cli.command, StageCommand::Plan) => return Ok(ExitCode::from(exit::FAILED)),
         None => return Ok(ExitCode::from(exit::INVALID)),
     };
     let target = cli.global.target();
@@ -340,8 +348,16 @@ fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W)
             match cli.command {
                 StageCommand::Check => report_checks(stage.check(&ctx).await?, output, out),
                 StageCommand::Verify => report_checks(stage.verify(&ctx).await?, output, out),
-                StageCommand::Plan => report_changes(stage.plan(&ctx).await?, output, out),
-                StageCommand::Apply { .. } => report_changes(stage.apply(&ctx).await?, output, out),
+                StageCommand::Plan => {
+                    let changes = stage.plan(&ctx).await?;
+                    let would_change = changes.iter().any(|change| change.action != Action::Unchanged);
+                    report_changes(&changes, output, out)?;
+                    Ok(if would_change { ExitCode::from(exit::WOULD_CHANGE) } else { ExitCode::SUCCESS })
+                }
+                StageCommand::Apply { .. } => {
+                    report_changes(&stage.apply(&ctx).await?, output, out)?;
+                    Ok(ExitCode::SUCCESS)
+                }
                 StageCommand::Render { out: ref folder } => {
                     for path in stage.render(&ctx, folder).await? {
                         writeln!(out, "{}", path.display())?;
@@ -391,12 +407,12 @@ fn report_checks(checks: Vec<Check>, output: Output, out: &mut impl Write) -> an
     Ok(if none_failed(&checks) { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) })
 }
 
-fn report_changes(changes: Vec<Change>, output: Output, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+fn report_changes(changes: &[Change], output: Output, out: &mut impl Write) -> anyhow::Result<()> {
     match output {
         Output::Text => changes.iter().try_for_each(|change| writeln!(out, "{change}"))?,
-        Output::Json => write_json_lines(&changes, out)?,
+        Output::Json => write_json_lines(changes, out)?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Writes one JSON object per line, the form scripts read with `jq -c` or line by line.

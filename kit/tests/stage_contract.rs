@@ -24,8 +24,10 @@ impl Stage for FixtureStage {
         ])
     }
 
-    async fn plan(&self, _: &Context) -> anyhow::Result<Vec<Change>> {
-        Ok(vec![Change { object: "Namespace fixture".into(), action: Action::Created, diff: None }])
+    /// On the lab its Namespace already exists; on Talos it would be created.
+    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
+        let action = if ctx.target == stage::Target::Lab { Action::Unchanged } else { Action::Created };
+        Ok(vec![Change { object: "Namespace fixture".into(), action, diff: None }])
     }
 
     async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
@@ -120,8 +122,22 @@ fn an_invalid_config_exits_2_listing_every_problem() -> anyhow::Result<()> {
     assert!(out.contains("cluster.name: Talos is not a valid DNS label"), "{out}");
     assert!(out.contains("metallb.pool") && out.contains("control-plane VIP"), "{out}");
     let (code, json) = run(&["plan", "--output", "json", "--config", broken.to_str().unwrap_or_default()]);
-    assert_eq!(code, ExitCode::from(2));
+    assert_eq!(code, ExitCode::from(1), "for plan, 2 means 'would change': a broken config is an error");
     assert_eq!(json.lines().count(), 2, "one JSON object per problem: {json}");
+    Ok(())
+}
+
+#[test]
+fn plan_exits_2_when_something_would_change_and_0_when_nothing_would() -> anyhow::Result<()> {
+    let config = config_path();
+    let config = config.to_str().unwrap_or_default();
+    let (code, out) = run(&["plan", "--output", "json", "--config", config]);
+    assert_eq!(code, ExitCode::from(2), "{out}");
+    let change: serde_json::Value = serde_json::from_str(out.trim())?;
+    assert_eq!(change["action"], "created", "the JSON says the same: {out}");
+    let (code, out) = run(&["plan", "--lab", "--config", config]);
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    assert!(out.contains("unchanged   Namespace fixture"), "{out}");
     Ok(())
 }
 

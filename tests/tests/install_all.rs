@@ -12,12 +12,16 @@ fn install_all(config: &Path, extra: &[&str]) -> anyhow::Result<Output> {
 
 /// `cargo xtask <command> --lab` with the test config and the upstream mirror.
 fn xtask_on_lab(command: &str, config: &Path, extra: &[&str]) -> anyhow::Result<Output> {
+    xtask_with_mirror(command, config, &tests::upstream_mirror(), extra)
+}
+
+fn xtask_with_mirror(command: &str, config: &Path, mirror: &Path, extra: &[&str]) -> anyhow::Result<Output> {
     let output = xtask::cargo()
         .current_dir(xtask::workspace_root())
         .args(["xtask", command, "--lab", "--config"])
         .arg(config)
         .arg("--mirror")
-        .arg(tests::upstream_mirror())
+        .arg(mirror)
         .args(extra)
         .output()?;
     Ok(output)
@@ -61,7 +65,7 @@ async fn install_all_converges_and_a_second_run_changes_nothing() -> anyhow::Res
     deployments.patch("traefik", &PatchParams::default(), &Patch::Merge(&scale)).await?;
     let plan = xtask_on_lab("plan", &config, &["--only", "traefik"])?;
     let log = String::from_utf8_lossy(&plan.stderr);
-    assert!(plan.status.success(), "{log}");
+    assert_eq!(plan.status.code(), Some(2), "plan exits 2 when something would change: {log}");
     assert!(log.contains("traefik          plan") && log.contains("1 changed"), "{log}");
     assert!(log.contains("1 objects would change"), "{log}");
     let replicas = |deployment: Deployment| deployment.spec.and_then(|spec| spec.replicas);
@@ -69,6 +73,118 @@ async fn install_all_converges_and_a_second_run_changes_nothing() -> anyhow::Res
     let restored = install_all(&config, &["--only", "traefik"])?;
     assert!(restored.status.success(), "{}", String::from_utf8_lossy(&restored.stderr));
     assert_eq!(replicas(deployments.get("traefik").await?), Some(2), "install-all restored it");
+
+    // In this test, not beside it: they run install-all on the same cluster.
+    an_apply_that_fails_after_its_check_resumes_with_the_printed_command()?;
+    a_stage_killed_mid_apply_converges_on_the_next_run().await
+}
+
+/// Audit U1: `apply` fails after `check` passed (metrics-server's check needs no upstream
+/// file, its apply does, and the mirror is empty). The report says where it stopped, with
+/// the step's error; the printed resume command, given the real mirror, converges.
+fn an_apply_that_fails_after_its_check_resumes_with_the_printed_command() -> anyhow::Result<()> {
+    let config = tests::config_path();
+    let empty = tempfile::tempdir()?;
+    let failed =
+        xtask_with_mirror("install-all", &config, empty.path(), &["--only", "metrics-server", "--output", "json"])?;
+    let log = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{log}");
+    let report: serde_json::Value = serde_json::from_slice(&failed.stdout)?;
+    assert_eq!(report["stopped"]["stage"], "metrics-server", "{report:#}");
+    assert_eq!(report["stopped"]["step"], "apply", "{report:#}");
+    let steps = &report["stages"][0]["steps"];
+    assert!(steps[0]["checks"].as_array().is_some_and(|checks| checks.iter().all(|c| c["status"] != "fail")));
+    let error = steps[1]["failed"].as_str().unwrap_or_default();
+    assert!(error.contains(&empty.path().display().to_string()), "the error names the mirror it read: {report:#}");
+
+    let resume = report["stopped"]["resume"].as_str().unwrap_or_default().to_owned();
+    let mirror = format!("--mirror {}", empty.path().display());
+    assert!(resume.starts_with("cargo xtask install-all --from metrics-server --lab") && resume.contains(&mirror));
+    let fixed = resume.replace(&mirror, &format!("--mirror {}", tests::upstream_mirror().display()));
+    let words: Vec<&str> = fixed.split_whitespace().collect();
+    let resumed = xtask::cargo().current_dir(xtask::workspace_root()).args(&words[1..]).output()?;
+    let log = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "the printed command, with the real mirror, converges: {log}");
+    assert!(log.contains("metrics-server   verify") && log.contains("workloads        verify"), "{log}");
+    Ok(())
+}
+
+/// Audit U2, the stage contract's "apply is safe to interrupt and re-run": a stage binary
+/// killed (SIGKILL, no clean-up) after its first wave of objects and before the rest; the
+/// next run converges and the one after changes nothing.
+async fn a_stage_killed_mid_apply_converges_on_the_next_run() -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+
+    let root = xtask::workspace_root();
+    let bin_dir = xtask::stages::build(&root, &["longhorn"])?;
+    // Objects the interrupted apply has to create again, in its second wave.
+    let client = tests::lab_client().await?;
+    let ui: Api<Deployment> = Api::namespaced(client.clone(), "longhorn-system");
+    ui.delete("longhorn-ui", &Default::default()).await?;
+    let apply = |verbose: bool| {
+        let mut command = std::process::Command::new(bin_dir.join("longhorn"));
+        command.args(["apply", "--lab", "--config"]).arg(tests::config_path());
+        command.arg("--mirror").arg(tests::upstream_mirror());
+        if verbose {
+            command.arg("-v");
+        }
+        command
+    };
+    let mut interrupted = apply(true).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let stderr = interrupted.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let mut seen = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line?;
+        let first_wave_done = line.contains("CRDs, Namespaces and cluster-scoped objects applied");
+        seen.push(line);
+        if first_wave_done {
+            interrupted.kill()?;
+            break;
+        }
+    }
+    let status = interrupted.wait()?;
+    assert!(!status.success(), "killed before it finished: {seen:?}");
+    assert!(ui.get_opt("longhorn-ui").await?.is_none(), "killed before the second wave: {seen:?}");
+
+    let converged = apply(false).output()?;
+    let out = String::from_utf8_lossy(&converged.stdout);
+    assert!(converged.status.success(), "{}", String::from_utf8_lossy(&converged.stderr));
+    assert!(out.contains("created     Deployment longhorn-system/longhorn-ui"), "{out}");
+    let again = apply(false).output()?;
+    let out = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let changed: Vec<&str> = out.lines().filter(|line| !line.starts_with("unchanged")).collect();
+    assert!(changed.is_empty(), "a third run changes nothing: {changed:?}");
+    Ok(())
+}
+
+/// Audit U14: an invalid config inside install-all prints its problems (field, value, fix),
+/// not a report-parsing error, before anything is built or changed; plan calls it an error.
+#[test]
+fn an_invalid_config_stops_install_all_with_its_problems() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = xtask::scratch_config(&tests::config_path(), dir.path())?.source;
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, text.replace("vip: 172.16.16.100", "vip: 172.16.16.110"))?;
+    let output = xtask::cargo()
+        .current_dir(xtask::workspace_root())
+        .args(["xtask", "install-all", "--config"])
+        .arg(&config)
+        .output()?;
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(2), "{out}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(out.contains("metallb.pool") && out.contains("control-plane VIP (network.vip)"), "{out}");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("reading the report"));
+    let plan = xtask::cargo()
+        .current_dir(xtask::workspace_root())
+        .args(["xtask", "plan", "--output", "json", "--config"])
+        .arg(&config)
+        .output()?;
+    assert_eq!(plan.status.code(), Some(1), "for plan, 2 means 'would change'");
+    let problem: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&plan.stdout).lines().next().unwrap_or_default())?;
+    assert!(problem["path"].is_string() && problem["fix"].is_string(), "{problem}");
     Ok(())
 }
 

@@ -48,6 +48,11 @@ fn selected<'a>(root: &Path, args: &Selection) -> anyhow::Result<Vec<&'a str>> {
 }
 
 pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
+    // An invalid config is reported as the problems it has, before anything is built or
+    // started (each stage would report them too, in a shape the report reader does not take).
+    if kit::stage::load_config(&global.config, global.output, &mut std::io::stdout())?.is_none() {
+        return Ok(ExitCode::from(if args.dry_run { exit::FAILED } else { exit::INVALID }));
+    }
     let root = xtask::workspace_root();
     let stages = selected(&root, &args.selection)?;
     let bin_dir = crate::stages::build(&root, &stages)?;
@@ -98,7 +103,7 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
     };
     writeln!(stderr, "{} stage(s) in {:.1}s: {verdict}", stages.len(), started.elapsed().as_secs_f64())?;
     report.finish(started, global.output)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(if args.dry_run && changed > 0 { ExitCode::from(exit::WOULD_CHANGE) } else { ExitCode::SUCCESS })
 }
 
 /// What `--output json` prints on stdout: every step of every stage that ran, with each check
@@ -245,7 +250,10 @@ impl StageRunner<'_> {
             .with_context(|| format!("running {} {step}", self.stage))?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         let lines: Vec<serde_json::Value> = stdout.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
-        if !output.status.success() && lines.is_empty() {
+        // plan's 2 is "would change", a report like its 0.
+        let reported =
+            output.status.success() || (step == "plan" && output.status.code() == Some(exit::WOULD_CHANGE.into()));
+        if !reported && lines.is_empty() {
             let stderr = String::from_utf8_lossy(&output.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
             return Ok(Outcome::Failed(tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")));

@@ -37,7 +37,8 @@ enum Command {
     /// if there is none); --output json for a report of every check and change on stdout.
     InstallAll(install_all::InstallArgs),
     /// What install-all would change, stage by stage (each stage's check, then its plan: a
-    /// server-side dry run with a field diff); changes nothing.
+    /// server-side dry run with a field diff); changes nothing. Exits 0 when nothing would
+    /// change, 2 when something would, 1 on an error (terraform's -detailed-exitcode).
     Plan(install_all::Selection),
     /// Check cluster.yaml: prints a summary of a valid config, or every problem with its fix.
     Validate,
