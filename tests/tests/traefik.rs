@@ -59,6 +59,44 @@ async fn traefik_needs_metallbs_pool_then_holds_its_fixed_address() -> anyhow::R
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
     assert!(verify.contains("ok    address: Service traefik/traefik has 172.16.16.101 (traefik.ip)"), "{verify}");
     assert!(verify.contains("lab   redirect: not checkable in the lab"), "{verify}");
+    assert!(
+        verify.contains(
+            "ok    ingress class: IngressClass traefik is Traefik's (traefik.io/ingress-controller) and the default"
+        ),
+        "{verify}"
+    );
+
+    another_service_asking_for_the_entry_point_fails_check(&client).await
+}
+
+/// Audit U9: a Service of someone else's asking MetalLB for traefik.ip is an address
+/// conflict check names, before Traefik's Service could lose it.
+async fn another_service_asking_for_the_entry_point_fails_check(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    let squatter = Service {
+        metadata: kube::api::ObjectMeta {
+            name: Some("talos-ha-test-squatter".into()),
+            annotations: Some([(kit::names::METALLB_IP_ANNOTATION.to_owned(), "172.16.16.101".to_owned())].into()),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            ports: Some(vec![ServicePort { port: 8080, ..Default::default() }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let services = Api::<Service>::namespaced(client.clone(), "default");
+    services.create(&Default::default(), &squatter).await?;
+    let (code, check) = run_stage_async(Traefik, &["check"], tests::config_path()).await;
+    services.delete("talos-ha-test-squatter", &DeleteParams::default()).await?;
+    assert_eq!(code, ExitCode::from(1), "{check}");
+    assert!(
+        check.contains(
+            "FAIL  address free: 172.16.16.101 is held or requested by Service default/talos-ha-test-squatter"
+        ),
+        "{check}"
+    );
     Ok(())
 }
 
