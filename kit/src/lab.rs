@@ -92,6 +92,16 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client>
     kube::Client::try_from(config).context("building a Kubernetes client")
 }
 
+/// The API server a kubeconfig file points at (its current context's cluster), to name it in
+/// an error: `None` when the file cannot be read.
+pub fn api_server_of(path: &Path) -> Option<String> {
+    let kubeconfig = Kubeconfig::read_from(path).ok()?;
+    let context_name = kubeconfig.current_context.clone()?;
+    let context = kubeconfig.contexts.iter().find(|named| named.name == context_name)?.context.clone()?;
+    let cluster = kubeconfig.clusters.iter().find(|named| named.name == context.cluster)?.cluster.clone()?;
+    cluster.server
+}
+
 /// The config nodes that are not Ready yet (missing ones included), by name.
 pub async fn nodes_not_ready(client: &kube::Client, cluster: &ClusterConfig) -> anyhow::Result<Vec<String>> {
     let nodes: Api<Node> = Api::all(client.clone());

@@ -368,6 +368,7 @@ fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W)
             }
         })
     };
+    let work = |out: &mut W| work(out).map_err(|error| where_to_look(error, &ctx, S::NAME, &cli.command));
     if target == Target::Talos || matches!(cli.command, StageCommand::Render { .. }) {
         return work(out);
     }
@@ -383,6 +384,44 @@ fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W)
             .join()
             .map_err(|_| anyhow::anyhow!("the stage's thread panicked"))?
     })
+}
+
+/// An error on the way to the Kubernetes API (no connection, TLS, a timeout, a 5xx, a refused
+/// credential) gains where to look: the API server, the kubeconfig that named it, and the
+/// next command. A lost API server otherwise reads `API discovery: … Connection reset by peer`
+/// and nothing else. Errors the API answered on purpose (404, 409, 422) are left as they are.
+fn where_to_look(error: anyhow::Error, ctx: &Context, stage: &str, command: &StageCommand) -> anyhow::Error {
+    let unreachable = error.chain().any(|cause| match cause.downcast_ref::<kube::Error>() {
+        Some(kube::Error::Api(status)) => matches!(status.code, 401 | 403) || status.code >= 500,
+        Some(_) => true,
+        None => cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            use std::io::ErrorKind::*;
+            matches!(io.kind(), ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | NotConnected)
+        }),
+    });
+    if !unreachable {
+        return error;
+    }
+    let server = crate::lab::api_server_of(&ctx.kubeconfig).unwrap_or_else(|| "(unreadable)".to_owned());
+    let step = match command {
+        StageCommand::Check => "check",
+        StageCommand::Plan => "plan",
+        StageCommand::Apply { .. } => "apply",
+        StageCommand::Verify => "verify",
+        StageCommand::Render { .. } | StageCommand::Explain => "render",
+    };
+    let next = match ctx.target {
+        Target::Lab => format!(
+            "`cargo xtask lab status` (is the box up? `cargo xtask lab up` starts it), then `{stage} {step} --lab` again"
+        ),
+        Target::Talos => format!(
+            "`cargo xtask status` (nodes, etcd, who holds the VIP) or `talos-bootstrap verify`, then `{stage} {step}` again"
+        ),
+    };
+    error.context(format!(
+        "the Kubernetes API at {server} (kubeconfig {}) did not answer; next: {next}",
+        ctx.kubeconfig.display()
+    ))
 }
 
 /// Loads the config, or reports every problem in it (text or JSON) and returns `None`.

@@ -119,6 +119,9 @@ impl Tool {
     }
 
     /// From now on, these strings are replaced by [`REDACTED`] in everything this tool returns.
+    /// Strings under 8 characters are not: every secret registered (Talos's bootstrap token,
+    /// `abcdef.0123456789abcdef`, its keys and certificates) is far longer, and replacing a
+    /// short string would blank ordinary words of the output that happen to match it.
     pub fn redact_secrets(&mut self, secrets: impl IntoIterator<Item = String>) {
         self.secrets.extend(secrets.into_iter().filter(|secret| secret.len() >= 8));
         // Longest first, so a secret that contains another is replaced whole.

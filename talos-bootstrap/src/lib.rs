@@ -574,3 +574,41 @@ pub fn commands(config: &ClusterConfig) -> String {
     text.push_str(&line(node_args(talosconfig, first, &health.iter().map(String::as_str).collect::<Vec<_>>())));
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Audit U12a: an old config on disk made from another secrets bundle (its keys are not
+    /// this bundle's, so redaction does not know them) shows in the diff by its ordinary
+    /// fields only; none of its secret lines, old or new, is printed.
+    #[test]
+    fn a_diff_against_a_config_of_another_bundle_shows_no_secret_of_either() -> anyhow::Result<()> {
+        let config = kit::config::ClusterConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.yaml"))?;
+        let node = config.nodes[0].clone();
+        let text = |token: &str, key: &str, secret: &str, nameserver: &str| {
+            format!(
+                "machine:\n  token: {token}\n  ca:\n    crt: LS0tLS1CRUdJTi{key}\n    key: LS0tLS1CRUdJTi{key}KEY\n\
+                 cluster:\n  secret: {secret}\n  id: {secret}ID\n  network:\n    nameservers:\n      - {nameserver}\n"
+            )
+        };
+        let old = text("oldold.0123456789abcdef", "OLDCA", "old-cluster-secret-0123", "1.1.1.1");
+        let generated = NodeConfig {
+            node,
+            path: PathBuf::from("cp01.yaml"),
+            text: text("newnew.0123456789abcdef", "NEWCA", "new-cluster-secret-0123", "9.9.9.9"),
+        };
+        let mut talosctl =
+            Tool::at("talosctl", PathBuf::from("/bin/true"), kit::config::Version { major: 1, minor: 12, patch: 1 });
+        talosctl.redact_secrets(
+            ["newnew.0123456789abcdef", "LS0tLS1CRUdJTiNEWCA", "new-cluster-secret-0123"].map(String::from),
+        );
+        let change = config_change(&talosctl, &generated, Some(&old));
+        let diff = change.diff.unwrap_or_default();
+        assert!(diff.contains("+ - 9.9.9.9") && diff.contains("- - 1.1.1.1"), "{diff}");
+        for secret in ["oldold", "newnew", "OLDCA", "NEWCA", "old-cluster-secret", "new-cluster-secret"] {
+            assert!(!diff.contains(secret), "{secret} shows in {diff}");
+        }
+        Ok(())
+    }
+}

@@ -136,3 +136,30 @@ fn render_writes_the_seed_folder() -> anyhow::Result<()> {
     assert!(folder.join("metallb-native.yaml").exists());
     Ok(())
 }
+
+/// Errors that say where to look: a plan whose API server does not answer names the server,
+/// the kubeconfig that named it and the next command, on stderr, with exit 1.
+#[test]
+fn an_unreachable_api_names_the_server_the_kubeconfig_and_the_next_command() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let server = kit::lab::api_server_of(&tests::kubeconfig()).unwrap_or_default();
+    let text = std::fs::read_to_string(tests::kubeconfig())?.replace(&server, "https://127.0.0.1:9");
+    std::fs::write(&kubeconfig, text)?;
+    let bin_dir = xtask::stages::build(&xtask::workspace_root(), &["metallb"])?;
+    let output = std::process::Command::new(bin_dir.join("metallb"))
+        .args(["plan", "--lab", "--config"])
+        .arg(tests::config_path())
+        .arg("--mirror")
+        .arg(tests::upstream_mirror())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .output()?;
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    let named =
+        format!("the Kubernetes API at https://127.0.0.1:9 (kubeconfig {}) did not answer", kubeconfig.display());
+    assert!(log.contains(&named), "{log}");
+    assert!(log.contains("next: `cargo xtask lab status`") && log.contains("`metallb plan --lab` again"), "{log}");
+    Ok(())
+}
