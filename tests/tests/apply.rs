@@ -130,3 +130,92 @@ async fn a_dropped_field_is_pruned_and_drift_is_repaired_before_applies_go_quiet
     config_maps.delete("prune-probe", &DeleteParams::default()).await?;
     Ok(())
 }
+
+/// Audit U8: on a real cluster, a component's admission webhook refuses calls for a few seconds
+/// after its install (`failed calling webhook`), and the objects it validates must wait it
+/// out. Here a webhook whose endpoint is a closed port refuses for real, in the real API
+/// server; a plain apply fails on it, `apply_through_webhook` retries until it is gone.
+#[tokio::test]
+async fn apply_through_webhook_waits_out_a_webhook_that_refuses_then_goes() -> anyhow::Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::{
+        RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    };
+    use k8s_openapi::api::core::v1::Namespace;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    const NAME: &str = "talos-ha-test-refusing";
+    const NAMESPACE: &str = "webhook-warmup";
+    let client = lab_client().await?;
+    let label = ("talos-ha-test".to_owned(), "webhook".to_owned());
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(NAMESPACE.into()),
+            labels: Some([label.clone()].into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Engine::new(client.clone(), "apply-test").await?.apply(&[to_dynamic(&namespace)?]).await?;
+    let webhook = ValidatingWebhookConfiguration {
+        metadata: ObjectMeta { name: Some(NAME.into()), ..Default::default() },
+        webhooks: Some(vec![ValidatingWebhook {
+            name: "refuse.talos-ha.test".into(),
+            client_config: WebhookClientConfig {
+                url: Some("https://127.0.0.1:9/validate".into()),
+                ..Default::default()
+            },
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec![String::new()]),
+                api_versions: Some(vec!["v1".into()]),
+                operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                resources: Some(vec!["configmaps".into()]),
+                ..Default::default()
+            }]),
+            namespace_selector: Some(LabelSelector { match_labels: Some([label].into()), ..Default::default() }),
+            failure_policy: Some("Fail".into()),
+            side_effects: "None".into(),
+            admission_review_versions: vec!["v1".into()],
+            ..Default::default()
+        }]),
+    };
+    let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    let _ = webhooks.delete(NAME, &DeleteParams::default()).await;
+    webhooks.create(&Default::default(), &webhook).await?;
+
+    let config_map = |name: &str| {
+        let object = ConfigMap {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some(NAMESPACE.into()), ..Default::default() },
+            data: Some([("checked".to_owned(), "by the webhook".to_owned())].into()),
+            ..Default::default()
+        };
+        to_dynamic(&object)
+    };
+    // Each API server picks the new webhook up from its informer: within moments a write fails.
+    let mut engine = Engine::new(client.clone(), "apply-test").await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut attempt = 0;
+    let refused = loop {
+        attempt += 1;
+        if let Err(error) = engine.apply(&[config_map(&format!("before-{attempt}"))?]).await {
+            break format!("{error:#}");
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the webhook never refused a write");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert!(refused.contains("failed calling webhook"), "{refused}");
+
+    let gone = tokio::spawn({
+        let webhooks = webhooks.clone();
+        async move {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            webhooks.delete(NAME, &DeleteParams::default()).await
+        }
+    });
+    let started = std::time::Instant::now();
+    let changes = engine.apply_through_webhook(&[config_map("after")?], "the test's").await?;
+    gone.await??;
+    assert_eq!(changes[0].action, Action::Created, "{changes:?}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(4), "it waited for the webhook to go");
+    Api::<Namespace>::all(client).delete(NAMESPACE, &DeleteParams::default()).await?;
+    Ok(())
+}
