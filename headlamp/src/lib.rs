@@ -254,11 +254,12 @@ impl Stage for Headlamp {
     }
 
     async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let mut objects = login_objects()?;
-        objects.extend(upstream(&ctx.as_talos_target())?);
-        objects.extend(ui_objects(&ctx.config)?);
+        // The release (its image pinned) apart from our login identity and UI exposure.
+        let mut ours = login_objects()?;
+        ours.extend(ui_objects(&ctx.config)?);
         let files = vec![
-            ("headlamp.yaml".to_owned(), objects_yaml(&objects)?),
+            ("headlamp.yaml".to_owned(), objects_yaml(&upstream(&ctx.as_talos_target())?)?),
+            ("login-and-ui.yaml".to_owned(), objects_yaml(&ours)?),
             ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
         ];
         write_folder(out, Self::FOLDER, files)

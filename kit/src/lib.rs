@@ -18,6 +18,7 @@ pub mod certs;
 pub mod check;
 pub mod config;
 pub mod fsutil;
+pub mod golden;
 pub mod http;
 pub mod lab;
 pub mod logging;

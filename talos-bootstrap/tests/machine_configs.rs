@@ -97,14 +97,7 @@ fn render_matches_the_golden_folder_and_shows_no_secret() -> anyhow::Result<()> 
         if file == Path::new("README.md") {
             continue; // the lesson, checked by `explain`
         }
-        let golden_file = golden.join(file);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(golden_file.parent().unwrap_or(&golden))?;
-            std::fs::write(&golden_file, &text)?;
-        }
-        let expected = std::fs::read_to_string(&golden_file)
-            .unwrap_or_else(|_| panic!("no golden {}; run with UPDATE_GOLDEN=1 and review", golden_file.display()));
-        assert_eq!(text, expected, "{} differs from its golden copy", file.display());
+        kit::golden::assert_matches(&golden.join(file), &text);
     }
     let cp01 = std::fs::read_to_string(rendered.join("configs/cp01.yaml"))?;
     assert!(cp01.contains("kind: Layer2VIPConfig\nname: 172.16.16.100\nlink: lan"), "the VIP on control planes");

@@ -242,14 +242,10 @@ mod tests {
     }
 
     fn golden(name: &str, text: &str) {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-        if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::create_dir_all(path.parent().expect("golden folder")).expect("golden folder");
-            std::fs::write(&path, text).expect("writing golden");
-        }
-        let expected = std::fs::read_to_string(&path)
-            .unwrap_or_else(|_| panic!("no golden {}; run with UPDATE_GOLDEN=1 and review", path.display()));
-        assert_eq!(text, expected, "{name} differs from its golden copy");
+        kit::golden::assert_matches(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name),
+            text,
+        );
     }
 
     #[test]

@@ -66,13 +66,7 @@ fn derived_values_live_on_the_model() {
 #[test]
 fn summary_matches_golden_file() {
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/summary.txt");
-    let summary = valid(DEFAULT).summary();
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&golden, &summary).unwrap_or_else(|e| panic!("writing {}: {e}", golden.display()));
-    }
-    let expected = std::fs::read_to_string(&golden)
-        .unwrap_or_else(|e| panic!("reading {} (UPDATE_GOLDEN=1 writes it): {e}", golden.display()));
-    assert_eq!(summary, expected, "summary changed; review and rerun with UPDATE_GOLDEN=1");
+    crate::golden::assert_matches(&golden, &valid(DEFAULT).summary());
 }
 
 #[test]
