@@ -193,10 +193,8 @@ impl Stage for Metallb {
         let (mut checks, client) = common::cluster(ctx).await;
         let Some(client) = client else { return Ok(checks) }; // nothing else can be checked
         checks.push(pool_free_check(&client, ctx.config.metallb_pool).await?);
-        checks.push(match ctx.target {
-            Target::Lab => Check::not_checkable_in_lab("kube-proxy", "the lab runs no kube-proxy"),
-            Target::Talos => kube_proxy_arp_check(&client).await?,
-        });
+        // In the lab too: the box's control planes deploy Talos's own kube-proxy DaemonSet.
+        checks.push(kube_proxy_arp_check(&client).await?);
         Ok(checks)
     }
 

@@ -35,7 +35,7 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
     assert_eq!(general.data["spec"]["addresses"], serde_json::json!(["172.16.16.103-172.16.16.120"]));
 
     // The speakers need hostNetwork: upstream's privileged Pod Security labels are kept.
-    let namespace = Api::<Namespace>::all(client).get(metallb::NAMESPACE).await?;
+    let namespace = Api::<Namespace>::all(client.clone()).get(metallb::NAMESPACE).await?;
     let labels = namespace.metadata.labels.unwrap_or_default();
     assert_eq!(labels.get("pod-security.kubernetes.io/enforce").map(String::as_str), Some("privileged"));
 
@@ -67,6 +67,8 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
         ),
         "{check}"
     );
+    assert!(check.contains("ok    kube-proxy: iptables/nftables mode: L2 announcements work"), "{check}");
+    kube_proxy_in_ipvs_mode_needs_strict_arp(&client).await?;
     assert!(verify.contains("metallb-webhook-configuration not installed"), "verify lists the lab transform: {verify}");
 
     entry_points_only_is_a_pool_verify_passes_on(&pools).await?;
@@ -75,6 +77,46 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
     let (code, out) = tokio::task::spawn_blocking(move || metallb(&["apply"], &config)).await?;
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
     assert!(pools.get_opt(metallb::GENERAL_POOL).await?.is_some(), "{out}");
+    Ok(())
+}
+
+/// Audit U4: Talos's kube-proxy (the box's control planes deploy it) switched to IPVS mode
+/// fails check until strictARP is on; the DaemonSet is put back as Talos made it.
+async fn kube_proxy_in_ipvs_mode_needs_strict_arp(client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use kube::api::{Patch, PatchParams};
+
+    let daemonsets: Api<DaemonSet> = Api::namespaced(client.clone(), "kube-system");
+    let original = daemonsets.get("kube-proxy").await?;
+    let command = original
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.spec.as_ref())
+        .map(|pod| pod.containers[0].command.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert!(command.iter().any(|arg| arg == "--proxy-mode=iptables"), "Talos's kube-proxy: {command:?}");
+    let with = |extra: &[&str]| {
+        let mut edited: Vec<String> =
+            command.iter().map(|arg| arg.replace("--proxy-mode=iptables", "--proxy-mode=ipvs")).collect();
+        edited.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        serde_json::json!({ "spec": { "template": { "spec": { "containers": [{ "name": "kube-proxy", "command": edited }] } } } })
+    };
+    let run_check = || async {
+        let config = tests::config_path();
+        tokio::task::spawn_blocking(move || metallb(&["check"], &config)).await
+    };
+    daemonsets.patch("kube-proxy", &PatchParams::default(), &Patch::Strategic(&with(&[]))).await?;
+    let (ipvs_code, ipvs) = run_check().await?;
+    daemonsets
+        .patch("kube-proxy", &PatchParams::default(), &Patch::Strategic(&with(&["--ipvs-strict-arp=true"])))
+        .await?;
+    let (strict_code, strict) = run_check().await?;
+    let restore = serde_json::json!({ "spec": { "template": { "spec": { "containers": [{ "name": "kube-proxy", "command": command }] } } } });
+    daemonsets.patch("kube-proxy", &PatchParams::default(), &Patch::Strategic(&restore)).await?;
+    assert_eq!(ipvs_code, ExitCode::from(1), "{ipvs}");
+    assert!(ipvs.contains("FAIL  kube-proxy: kube-proxy runs in IPVS mode without strictARP"), "{ipvs}");
+    assert_eq!(strict_code, ExitCode::SUCCESS, "{strict}");
+    assert!(strict.contains("ok    kube-proxy: IPVS mode with strictARP"), "{strict}");
     Ok(())
 }
 
