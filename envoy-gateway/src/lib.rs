@@ -95,9 +95,13 @@ async fn listeners_check(client: &kube::Client) -> anyhow::Result<Check> {
             // Conflicted is the one condition whose healthy value is False.
             let healthy = if condition["type"] == "Conflicted" { "False" } else { "True" };
             if condition["status"] != healthy {
+                let text = |value: &serde_json::Value| value.as_str().unwrap_or_default().to_owned();
                 problems.push(format!(
                     "listener {} {} is {}: {}",
-                    listener["name"], condition["type"], condition["status"], condition["message"]
+                    text(&listener["name"]),
+                    text(&condition["type"]),
+                    text(&condition["status"]),
+                    text(&condition["message"])
                 ));
             }
         }

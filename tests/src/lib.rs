@@ -38,6 +38,27 @@ pub fn run_stage<S: kit::stage::Stage + Sync>(stage: &S, args: &[&str], config: 
     (code, String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Runs one stage command on the **Talos target** (no `--lab`: the cluster's own kubeconfig at
+/// the VIP, talosctl at the nodes' addresses) from the box's workstation, where the config's
+/// addresses are: the path a user runs on real machines. Returns the exit code and stdout.
+pub fn run_stage_in_box<S>(stage: S, args: &[&str], config: &Path) -> anyhow::Result<(ExitCode, String)>
+where
+    S: kit::stage::Stage + Send + Sync + 'static,
+{
+    let namespace = kit::lab::workstation_namespace(&ClusterConfig::load(config)?.name);
+    let mut argv: Vec<OsString> = vec![S::NAME.into()];
+    argv.extend(args.iter().map(OsString::from));
+    argv.extend(["--config".into(), config.into(), "--mirror".into(), upstream_mirror().into()]);
+    std::thread::spawn(move || {
+        xtask::lab::lan::enter(&namespace)?;
+        let mut out = Vec::new();
+        let code = kit::stage::execute(&stage, argv, &mut out);
+        anyhow::Ok((code, String::from_utf8_lossy(&out).into_owned()))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the stage's thread panicked"))?
+}
+
 /// [`run_stage`] off the async runtime (a stage starts a runtime of its own).
 pub async fn run_stage_async<S>(stage: S, args: &'static [&'static str], config: PathBuf) -> (ExitCode, String)
 where

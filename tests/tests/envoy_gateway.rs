@@ -67,7 +67,89 @@ async fn apply_installs_the_gateway_api_and_our_gateway_and_a_rerun_changes_noth
     ));
     assert!(verify.contains("lab   address: not checkable in the lab"), "{verify}");
 
-    certgen_is_replaced_when_it_changes(&client).await
+    certgen_is_replaced_when_it_changes(&client).await?;
+    the_talos_verify_reads_what_the_controller_reports(&client).await
+}
+
+fn condition(kind: &str, status: &str, reason: &str) -> serde_json::Value {
+    serde_json::json!({
+        "type": kind, "status": status, "reason": reason, "message": "written by the test",
+        "lastTransitionTime": "2026-12-01T00:00:00Z", "observedGeneration": 1,
+    })
+}
+
+/// Audit U4 and U17: verify's Talos branches (GatewayClass Accepted, Gateway Programmed, every
+/// listener's conditions, the wildcard Certificate, the address) as a user runs them: on the
+/// Talos target from inside the box. No Envoy Gateway controller runs here, so the test
+/// writes the status it would report (a stand-in at the API edge); an HTTPS listener whose
+/// certificate ref does not resolve then fails verify though the Gateway is Programmed.
+async fn the_talos_verify_reads_what_the_controller_reports(client: &kube::Client) -> anyhow::Result<()> {
+    use kube::api::Patch;
+    let classes: Api<DynamicObject> =
+        Api::all_with(client.clone(), &kit::names::gateway_api_resource("GatewayClass", "gatewayclasses"));
+    let gateways: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NAMESPACE, &kit::names::gateway_api_resource("Gateway", "gateways"));
+    let certificates: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), NAMESPACE, &kit::certs::certificate_resource());
+    let status = |patch: serde_json::Value| serde_json::json!({ "status": patch });
+    let listener = |name: &str, resolved: &str| {
+        serde_json::json!({
+            "name": name, "attachedRoutes": 2,
+            "supportedKinds": [{ "group": "gateway.networking.k8s.io", "kind": "HTTPRoute" }],
+            "conditions": [
+                condition("Accepted", "True", "Accepted"),
+                condition("Programmed", "True", "Programmed"),
+                condition("ResolvedRefs", resolved, if resolved == "True" { "ResolvedRefs" } else { "InvalidCertificateRef" }),
+                condition("Conflicted", "False", "NoConflicts"),
+            ],
+        })
+    };
+    let gateway_status = |https: &str| {
+        status(serde_json::json!({
+            "conditions": [condition("Accepted", "True", "Accepted"), condition("Programmed", "True", "Programmed")],
+            "addresses": [{ "type": "IPAddress", "value": "172.16.16.102" }],
+            "listeners": [listener("http", "True"), listener("https", https)],
+        }))
+    };
+    let params = Default::default();
+    classes
+        .patch_status(
+            NAME,
+            &params,
+            &Patch::Merge(&status(serde_json::json!({ "conditions": [condition("Accepted", "True", "Accepted")] }))),
+        )
+        .await?;
+    gateways.patch_status(NAME, &params, &Patch::Merge(&gateway_status("True"))).await?;
+    let ready = status(serde_json::json!({ "conditions": [condition("Ready", "True", "Ready")] }));
+    certificates.patch_status("talos-ha-gateway", &params, &Patch::Merge(&ready)).await?;
+
+    let verify =
+        || tokio::task::spawn_blocking(|| tests::run_stage_in_box(EnvoyGateway, &["verify"], &tests::config_path()));
+    let (code, report) = verify().await??;
+    assert_eq!(code, ExitCode::SUCCESS, "{report}");
+    for line in [
+        "ok    gatewayclass Accepted: GatewayClass talos-ha is Accepted",
+        "ok    gateway Programmed: Gateway talos-ha is Programmed",
+        "ok    listeners: every condition of listeners http, https is healthy",
+        "ok    certificate: Certificate envoy-gateway-system/talos-ha-gateway is Ready",
+        "ok    address: Gateway talos-ha is served on 172.16.16.102 (envoyGateway.ip)",
+    ] {
+        assert!(report.contains(line), "{line}\n{report}");
+    }
+
+    gateways.patch_status(NAME, &params, &Patch::Merge(&gateway_status("False"))).await?;
+    let (code, report) = verify().await??;
+    assert_eq!(code, ExitCode::from(1), "{report}");
+    assert!(report.contains("ok    gateway Programmed"), "the Gateway alone looks fine: {report}");
+    assert!(report.contains("FAIL  listeners: listener https ResolvedRefs is False: written by the test"), "{report}");
+
+    // The lab as it was: nothing reported.
+    let cleared = serde_json::json!({ "status": { "conditions": [] } });
+    classes.patch_status(NAME, &params, &Patch::Merge(&cleared)).await?;
+    certificates.patch_status("talos-ha-gateway", &params, &Patch::Merge(&cleared)).await?;
+    let cleared = serde_json::json!({ "status": { "conditions": [], "addresses": [], "listeners": [] } });
+    gateways.patch_status(NAME, &params, &Patch::Merge(&cleared)).await?;
+    Ok(())
 }
 
 /// Add-ons review item 6: a new release changes the certgen Job's image; its pod template is

@@ -135,14 +135,13 @@ fn render_matches_the_golden_copies_of_stages_02_to_100() -> anyhow::Result<()> 
 fn render_writes_the_objects_apply_sends_on_the_talos_target() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().display().to_string();
-    let config = tests::config();
     let mut compared = Vec::new();
     macro_rules! parity {
         ($($stage:expr),+) => {$(
             let (code, listed) = tests::run_stage(&$stage, &["render", "--out", &out], &tests::config_path());
             assert_eq!(code, std::process::ExitCode::SUCCESS, "{listed}");
             let folder = dir.path().join(stage_folder(&$stage));
-            let planned = talos_plan($stage, &config)?;
+            let planned = talos_plan($stage)?;
             let rendered = rendered_objects(&folder)?;
             assert_eq!(rendered, planned, "{}: rendered (left) and sent on the talos target (right)", folder.display());
             compared.push(folder);
@@ -166,32 +165,12 @@ fn stage_folder<S: kit::stage::Stage>(_: &S) -> &'static str {
     S::FOLDER
 }
 
-/// `<stage> plan --output json` on the Talos target (the cluster's own kubeconfig, at the
-/// VIP), run from the box's workstation, where the config's addresses are: the objects it
+/// `<stage> plan --output json` on the Talos target, from inside the box: the objects it
 /// would send.
 fn talos_plan<S: kit::stage::Stage + Sync + Send + 'static>(
     stage: S,
-    config: &kit::config::ClusterConfig,
 ) -> anyhow::Result<std::collections::BTreeSet<String>> {
-    let namespace = kit::lab::workstation_namespace(&config.name);
-    let argv: Vec<std::ffi::OsString> = vec![
-        S::NAME.into(),
-        "plan".into(),
-        "--output".into(),
-        "json".into(),
-        "--config".into(),
-        tests::config_path().into(),
-        "--mirror".into(),
-        tests::upstream_mirror().into(),
-    ];
-    let (code, out) = std::thread::spawn(move || {
-        xtask::lab::lan::enter(&namespace)?;
-        let mut out = Vec::new();
-        let code = kit::stage::execute(&stage, argv, &mut out);
-        anyhow::Ok((code, String::from_utf8_lossy(&out).into_owned()))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the plan's thread panicked"))??;
+    let (code, out) = tests::run_stage_in_box(stage, &["plan", "--output", "json"], &tests::config_path())?;
     assert!(
         code == std::process::ExitCode::SUCCESS || code == std::process::ExitCode::from(2),
         "{} plan on the talos target: {out}",

@@ -7,7 +7,6 @@
 //! twins' hardware: a second port (the default selector matches two links) and the USB stick
 //! at /dev/sda.
 
-use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -21,19 +20,10 @@ fn stage_from_the_workstation(
     config: &Path,
     extra: &[&str],
 ) -> anyhow::Result<(ExitCode, Vec<serde_json::Value>)> {
-    let namespace = kit::lab::workstation_namespace(&kit::config::ClusterConfig::load(config)?.name);
-    let mut argv: Vec<OsString> = vec!["talos-bootstrap".into(), command.into(), "--output".into(), "json".into()];
-    argv.extend(["--config".into(), config.into(), "--mirror".into(), tests::upstream_mirror().into()]);
-    argv.extend(extra.iter().map(OsString::from));
-    std::thread::spawn(move || {
-        xtask::lab::lan::enter(&namespace)?;
-        let mut out = Vec::new();
-        let code = kit::stage::execute(&TalosBootstrap, argv, &mut out);
-        let lines = String::from_utf8_lossy(&out).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-        anyhow::Ok((code, lines))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the stage's thread panicked"))?
+    let mut args = vec![command, "--output", "json"];
+    args.extend(extra);
+    let (code, out) = tests::run_stage_in_box(TalosBootstrap, &args, config)?;
+    Ok((code, out.lines().map(serde_json::from_str).collect::<Result<_, _>>()?))
 }
 
 fn check_from_the_workstation(config: &Path) -> anyhow::Result<(ExitCode, Vec<serde_json::Value>)> {
