@@ -185,7 +185,7 @@ fn replicas_check(volumes: &[VolumeHealth], wanted: usize) -> Check {
     }
 }
 
-/// Every multi-replica Deployment of the stages runs on more than one node.
+/// Every multi-replica Deployment of the stages has Ready pods on more than one node.
 async fn spread_check(client: &kube::Client) -> anyhow::Result<Check> {
     let deployments: Api<Deployment> = Api::all(client.clone());
     let (mut single_node, mut checked) = (Vec::new(), 0);
@@ -209,8 +209,13 @@ async fn spread_check(client: &kube::Client) -> anyhow::Result<Check> {
         let listed = Api::<Pod>::namespaced(client.clone(), &namespace)
             .list(&ListParams::default().labels(&labels.join(",")))
             .await?;
-        let nodes: std::collections::BTreeSet<String> =
-            listed.items.iter().filter_map(|pod| pod.spec.as_ref().and_then(|spec| spec.node_name.clone())).collect();
+        // Ready pods only: a Pending or Failed one on another node serves nothing.
+        let nodes: std::collections::BTreeSet<String> = listed
+            .items
+            .iter()
+            .filter(|pod| kit::lab::pod_is_ready(pod))
+            .filter_map(|pod| pod.spec.as_ref().and_then(|spec| spec.node_name.clone()))
+            .collect();
         if nodes.len() < 2 {
             single_node.push(format!("{namespace}/{}", deployment.metadata.name.clone().unwrap_or_default()));
         }
