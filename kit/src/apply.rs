@@ -186,8 +186,59 @@ impl Engine {
         }
     }
 
+    /// What `apply` would change (a server-side dry run), then what this stage applied once
+    /// and the bundle no longer holds ([`Action::Leftover`]); changes nothing. `objects` must be
+    /// the stage's whole bundle, or the rest of it shows as left over.
     pub async fn plan(&mut self, objects: &[DynamicObject]) -> anyhow::Result<Vec<Change>> {
-        self.converge(objects, true).await
+        let mut changes = self.converge(objects, true).await?;
+        changes.extend(self.leftovers(objects).await?);
+        Ok(changes)
+    }
+
+    /// Objects of the bundle's kinds, anywhere in the cluster, that this stage's field manager
+    /// applied and the bundle does not hold. Only kinds the bundle still has are looked at: a
+    /// kind dropped whole would need a list of every kind the cluster serves.
+    async fn leftovers(&self, objects: &[DynamicObject]) -> anyhow::Result<Vec<Change>> {
+        let mut wanted = std::collections::HashSet::new();
+        let mut kinds = BTreeMap::new();
+        for object in objects {
+            if let Some((resource, caps)) = self.resolve(object) {
+                wanted.insert(live_key(&resource, &caps, object));
+                kinds.insert(format!("{}/{}", resource.api_version, resource.plural), resource);
+            }
+        }
+        let mut leftovers = Vec::new();
+        for resource in kinds.into_values() {
+            let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
+            let listed =
+                api.list(&ListParams::default()).await.with_context(|| format!("listing {}", resource.plural))?;
+            for item in listed.items {
+                let ours = item.metadata.managed_fields.iter().flatten().any(|fields| {
+                    fields.manager.as_deref() == Some(self.field_manager.as_str())
+                        && fields.operation.as_deref() == Some("Apply")
+                });
+                let namespace = item.metadata.namespace.as_deref();
+                let name = item.metadata.name.as_deref().unwrap_or_default();
+                if !ours || wanted.contains(&object_key(&resource, namespace, name)) {
+                    continue;
+                }
+                let (object, scope) = match namespace {
+                    Some(namespace) => (format!("{} {namespace}/{name}", resource.kind), format!(" -n {namespace}")),
+                    None => (format!("{} {name}", resource.kind), String::new()),
+                };
+                let kind = match resource.group.as_str() {
+                    "" => resource.plural.clone(),
+                    group => format!("{}.{group}", resource.plural),
+                };
+                let diff = format!(
+                    "applied by {} and no longer in its bundle; apply leaves it. Delete it if nothing needs it: \
+                     kubectl delete{scope} {kind} {name}",
+                    self.field_manager
+                );
+                leftovers.push(Change { object, action: Action::Leftover, diff: Some(diff) });
+            }
+        }
+        Ok(leftovers)
     }
 
     async fn converge(&mut self, objects: &[DynamicObject], dry_run: bool) -> anyhow::Result<Vec<Change>> {

@@ -173,6 +173,17 @@ pub enum Action {
     Created,
     Configured,
     Unchanged,
+    /// In the cluster, applied by this stage once, and no longer in its bundle (a release that
+    /// dropped an object, a renamed one). `plan` reports it; `apply` leaves it, since deleting
+    /// what a bundle no longer names is a choice for the person (a CRD takes its data with it).
+    Leftover,
+}
+
+impl Action {
+    /// Created or configured: what `apply` changes.
+    pub fn changes_something(self) -> bool {
+        matches!(self, Action::Created | Action::Configured)
+    }
 }
 
 impl fmt::Display for Change {
@@ -181,6 +192,7 @@ impl fmt::Display for Change {
             Action::Created => "created",
             Action::Configured => "configured",
             Action::Unchanged => "unchanged",
+            Action::Leftover => "leftover",
         };
         write!(f, "{action:<11} {}", self.object)?;
         if let Some(diff) = &self.diff {
@@ -350,7 +362,7 @@ fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W)
                 StageCommand::Verify => report_checks(stage.verify(&ctx).await?, output, out),
                 StageCommand::Plan => {
                     let changes = stage.plan(&ctx).await?;
-                    let would_change = changes.iter().any(|change| change.action != Action::Unchanged);
+                    let would_change = changes.iter().any(|change| change.action.changes_something());
                     report_changes(&changes, output, out)?;
                     Ok(if would_change { ExitCode::from(exit::WOULD_CHANGE) } else { ExitCode::SUCCESS })
                 }

@@ -219,3 +219,73 @@ async fn apply_through_webhook_waits_out_a_webhook_that_refuses_then_goes() -> a
     Api::<Namespace>::all(client).delete(NAMESPACE, &DeleteParams::default()).await?;
     Ok(())
 }
+
+/// Audit U3: an upgrade, as a changed `versions:` pin brings one. The second version of a
+/// bundle changes an image and drops an object: apply rolls the Deployment out to the new
+/// image (the wait follows the new ReplicaSet) and leaves the dropped object, which plan then
+/// reports as left over, with the command that deletes it.
+#[tokio::test]
+async fn an_upgrade_rolls_out_and_plan_reports_what_the_new_bundle_dropped() -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Namespace;
+
+    const NAMESPACE: &str = "upgrade-test";
+    let client = lab_client().await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace =
+        Namespace { metadata: ObjectMeta { name: Some(NAMESPACE.into()), ..Default::default() }, ..Default::default() };
+    let config_map = |name: &str| -> anyhow::Result<kube::api::DynamicObject> {
+        let object = ConfigMap {
+            metadata: ObjectMeta { name: Some(name.into()), namespace: Some(NAMESPACE.into()), ..Default::default() },
+            data: Some([("release".to_owned(), "any".to_owned())].into()),
+            ..Default::default()
+        };
+        to_dynamic(&object)
+    };
+    let deployment = |image: &str| -> anyhow::Result<kube::api::DynamicObject> {
+        let object: Deployment = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": { "name": "app", "namespace": NAMESPACE },
+            "spec": {
+                "replicas": 2,
+                "selector": { "matchLabels": { "app": "app" } },
+                "template": {
+                    "metadata": { "labels": { "app": "app" } },
+                    "spec": { "containers": [{ "name": "app", "image": image }] },
+                },
+            },
+        }))?;
+        to_dynamic(&object)
+    };
+    let first = vec![
+        to_dynamic(&namespace)?,
+        config_map("kept")?,
+        config_map("dropped")?,
+        deployment("registry.k8s.io/pause:3.9")?,
+    ];
+    let second = vec![to_dynamic(&namespace)?, config_map("kept")?, deployment("registry.k8s.io/pause:3.10")?];
+    let mut engine = Engine::new(client.clone(), "upgrade-test").await?;
+    engine.apply(&first).await?;
+    kit::wait::deployment_available(&client, NAMESPACE, "app", std::time::Duration::from_secs(60)).await?;
+
+    let upgraded = engine.apply(&second).await?;
+    let app =
+        upgraded.iter().find(|change| change.object == format!("Deployment {NAMESPACE}/app")).expect("the Deployment");
+    assert_eq!(app.action, Action::Configured, "{app}");
+    assert!(app.diff.as_deref().is_some_and(|diff| diff.contains("pause:3.10")), "{app}");
+    kit::wait::deployment_available(&client, NAMESPACE, "app", std::time::Duration::from_secs(60)).await?;
+    let rolled = Api::<Deployment>::namespaced(client.clone(), NAMESPACE).get("app").await?;
+    let status = rolled.status.clone().unwrap_or_default();
+    assert_eq!(status.observed_generation, rolled.metadata.generation, "the controller saw the new version");
+    assert_eq!((status.updated_replicas, status.available_replicas), (Some(2), Some(2)), "{status:?}");
+
+    let planned = engine.plan(&second).await?;
+    let leftovers: Vec<String> =
+        planned.iter().filter(|change| change.action == Action::Leftover).map(ToString::to_string).collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    assert!(leftovers[0].starts_with("leftover    ConfigMap upgrade-test/dropped"), "{leftovers:?}");
+    assert!(leftovers[0].contains("kubectl delete -n upgrade-test configmaps dropped"), "{leftovers:?}");
+    assert!(planned.iter().all(|change| change.action == Action::Unchanged || change.action == Action::Leftover));
+    namespaces.delete(NAMESPACE, &DeleteParams::default()).await?;
+    Ok(())
+}

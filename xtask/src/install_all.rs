@@ -147,7 +147,7 @@ impl Report {
             .iter()
             .flat_map(|stage| &stage.steps)
             .map(|step| match &step.outcome {
-                Outcome::Changes(changes) => changes.iter().filter(|c| c.action != Action::Unchanged).count(),
+                Outcome::Changes(changes) => changes.iter().filter(|c| c.action.changes_something()).count(),
                 _ => 0,
             })
             .sum()
