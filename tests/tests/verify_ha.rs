@@ -106,7 +106,14 @@ fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Re
     let (report, _) = texts(&output);
     assert!(!output.status.success(), "{report}");
     let etcd = report.lines().map(str::trim_start).find(|line| line.starts_with("FAIL  etcd:")).unwrap_or_default();
-    assert!(etcd.contains("cp02 does not answer") && etcd.contains("cp03 does not answer"), "{report}");
+    assert!(
+        etcd.contains("cp02 does not answer at 172.16.16.148")
+            && etcd.contains("cp03 does not answer at 172.16.16.149")
+    );
+    // Where to look: the talosconfig in use and the nodes to ask.
+    let talosconfig = kit::tool::talosconfig_path(&tests::config()).display().to_string();
+    let fix = format!("fix: `talosctl --talosconfig {talosconfig} -n 172.16.16.148,172.16.16.149 service etcd`");
+    assert!(report.contains(&fix), "{report}");
 
     // Back whole: the read-only guide passes again once the two members rejoined.
     let whole =

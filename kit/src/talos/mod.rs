@@ -490,11 +490,21 @@ pub async fn etcd_check(api: &impl TalosApi, config: &ClusterConfig) -> (Check, 
     let check = if healthy == health.len() {
         Check::pass("etcd", reason)
     } else {
+        let talosconfig = crate::tool::talosconfig_path(config);
+        let down: Vec<String> = health
+            .iter()
+            .filter(|(_, status)| !status.as_ref().is_ok_and(EtcdMemberStatus::healthy))
+            .map(|(node, _)| node.ip.to_string())
+            .collect();
+        let nodes = down.join(",");
         Check::fail(
             "etcd",
             reason,
-            "`talosctl -n <ip> service etcd` and `talosctl -n <ip> logs etcd` show why a member is down; a member \
-             rejoins when its node is back",
+            format!(
+                "`talosctl --talosconfig {} -n {nodes} service etcd` and `… logs etcd` show why a member is down \
+                 (a node that does not answer: `… version`); a member rejoins when its node is back",
+                talosconfig.display()
+            ),
         )
     };
     (check, healthy)
@@ -517,7 +527,9 @@ pub fn describe_health(health: &[(&Node, anyhow::Result<EtcdMemberStatus>)]) -> 
             Ok(status) if status.healthy() => format!("{} healthy", node.name),
             Ok(status) if status.learner => format!("{} a learner (still joining)", node.name),
             Ok(status) => format!("{} reports {}", node.name, status.errors),
-            Err(error) => format!("{} does not answer ({})", node.name, first_line(&format!("{error:#}"))),
+            Err(error) => {
+                format!("{} does not answer at {} ({})", node.name, node.ip, first_line(&format!("{error:#}")))
+            }
         })
         .collect::<Vec<_>>()
         .join("; ")
