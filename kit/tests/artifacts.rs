@@ -145,3 +145,17 @@ fn an_altered_mirror_file_is_refused_by_its_sha256sums() {
     assert!(error.contains("SHA256SUMS") && error.contains("altered"), "{error}");
     assert!(!dir.path().join(LOCK_FILE).exists(), "nothing is locked from a bad mirror");
 }
+
+/// Audit U16: the tests fetch through a loopback server, so the URLs a user's apply downloads
+/// from are never requested here; each must be the official one the mirror's SOURCES.md
+/// records for the pinned version (read from the release pages when the mirror was made).
+#[test]
+fn every_official_url_is_the_one_the_upstream_sources_record() -> anyhow::Result<()> {
+    let sources = std::fs::read_to_string(upstream().join("SOURCES.md"))?;
+    let config = ClusterConfig::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../cluster.yaml"))?;
+    for artifact in ARTIFACTS {
+        let url = artifact.official_url(artifact.component.version(&config.versions));
+        assert!(sources.contains(&format!("| {url}")), "{url} is not the URL SOURCES.md records");
+    }
+    Ok(())
+}

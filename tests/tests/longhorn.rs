@@ -105,7 +105,13 @@ async fn apply_patches_the_release_takes_the_default_class_and_a_rerun_changes_n
     // A default class made after the apply (another installer) is what verify now catches.
     classes.create(&PostParams::default(), &other).await?;
     let (code, verify) = run_stage_async(Longhorn, &["verify"], tests::config_path()).await;
+    // plan shows the demotion apply would make, and makes none (U16).
+    let (plan_code, planned) = run_stage_async(Longhorn, &["plan"], tests::config_path()).await;
+    let still = classes.get("local-default").await?.metadata.annotations.unwrap_or_default();
     classes.delete("local-default", &DeleteParams::default()).await?;
+    assert_eq!(plan_code, ExitCode::from(2), "{planned}");
+    assert!(planned.contains("configured  StorageClass local-default"), "{planned}");
+    assert_eq!(still.get(DEFAULT_CLASS_ANNOTATION).map(String::as_str), Some("true"), "plan demoted nothing");
     assert_eq!(code, ExitCode::from(1), "{verify}");
     assert!(
         verify
