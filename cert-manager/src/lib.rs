@@ -4,6 +4,7 @@
 //! for browsers and tools to trust. The lesson is in README.md.
 
 pub mod chain;
+pub mod entrypoint;
 pub mod issuers;
 
 use std::path::{Path, PathBuf};
@@ -44,6 +45,45 @@ pub fn ca_file(config: &ClusterConfig) -> PathBuf {
 
 fn upstream(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
     ctx.upstream(Component::CertManager, MANIFEST)
+}
+
+/// Our objects after the release: the CA chain, then the entry point's default certificate
+/// (both through cert-manager's webhook).
+fn ours(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
+    let mut objects = issuers::all(&config.name)?;
+    objects.extend(entrypoint::all(config)?);
+    Ok(objects)
+}
+
+/// `https://<traefik.ip>/` trusting only the exported CA: the handshake succeeds with the
+/// entry point's default certificate (signed by the CA, for the address), and Traefik answers
+/// what it answers a request no router claims, its 404.
+fn https_entrypoint_check(config: &ClusterConfig) -> Check {
+    let url = format!("https://{}/", config.traefik_ip);
+    let fix = "`kubectl -n traefik describe certificate traefik-default` and `kubectl -n traefik get tlsstore default`";
+    let ca = match std::fs::read(ca_file(config)) {
+        Ok(ca) => ca,
+        Err(error) => {
+            return Check::fail(
+                "https entry point",
+                format!("reading {}: {error}", ca_file(config).display()),
+                "cert-manager apply",
+            );
+        }
+    };
+    match kit::http::get(&url, Some(&ca), &[]) {
+        Ok(answer) if answer.status == 404 && answer.body.contains("404 page not found") => Check::pass(
+            "https entry point",
+            format!(
+                "{url} completes the TLS handshake trusting only {}, and Traefik answers 404 (no router claims a bare address)",
+                ca_file(config).display()
+            ),
+        ),
+        Ok(answer) => {
+            Check::fail("https entry point", format!("{url} answers {}: {}", answer.status, answer.body.trim()), fix)
+        }
+        Err(error) => Check::fail("https entry point", format!("{error:#}"), fix),
+    }
 }
 
 /// The CA certificate as the controller stored it in its Secret.
@@ -150,12 +190,17 @@ impl Stage for CertManager {
     const LESSON: &'static str = include_str!("../README.md");
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        Ok(common::cluster(ctx).await.0)
+        let (mut checks, client) = common::cluster(ctx).await;
+        // The entry point's TLSStore is Traefik's kind (stage 04).
+        if let Some(client) = client {
+            checks.push(kit::check::exposure::ingress_class(&client).await);
+        }
+        Ok(checks)
     }
 
     async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
         let (mut objects, _) = upstream(ctx)?;
-        objects.extend(issuers::all(&ctx.config.name)?);
+        objects.extend(ours(&ctx.config)?);
         Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
     }
 
@@ -169,7 +214,7 @@ impl Stage for CertManager {
             kit::wait::deployment_available(&client, CERT_MANAGER_NAMESPACE, deployment, ROLLOUT_TIMEOUT).await?;
         }
         // cert-manager.io objects go through its validating webhook (failurePolicy: Fail).
-        changes.extend(engine.apply_through_webhook(&issuers::all(&ctx.config.name)?, "cert-manager").await?);
+        changes.extend(engine.apply_through_webhook(&ours(&ctx.config)?, "cert-manager").await?);
         match ctx.target {
             Target::Talos => changes.push(export_ca(&client, &ctx.config).await?),
             Target::Lab => tracing::info!(
@@ -188,6 +233,18 @@ impl Stage for CertManager {
             checks.push(common::deployment(&client, CERT_MANAGER_NAMESPACE, deployment, wait, Self::NAME).await);
         }
         checks.push(kit::check::exposure::ca_issuer(&client, ctx.target).await);
+        checks.push(
+            common::stored_as_configured(
+                &client,
+                Self::NAME,
+                &ours(&ctx.config)?,
+                "the CA chain and the entry point's certificate",
+            )
+            .await,
+        );
+        checks.push(
+            common::certificate_ready(ctx, &client, kit::names::TRAEFIK_NAMESPACE, entrypoint::CERTIFICATE).await,
+        );
         match ctx.target {
             Target::Talos => {
                 let resource = certificate_resource();
@@ -205,6 +262,8 @@ impl Stage for CertManager {
                     Err(error) => Check::fail("ca certificate", format!("{error:#}"), "look at the controller's log"),
                 });
                 checks.push(issuance_check(&client, &ctx.config).await);
+                let config = ctx.config.clone();
+                checks.push(tokio::task::spawn_blocking(move || https_entrypoint_check(&config)).await?);
             }
             Target::Lab => {
                 let why = "no cert-manager controller runs in the lab (kwok runs no containers)";
@@ -222,6 +281,7 @@ impl Stage for CertManager {
         let files = vec![
             (MANIFEST.to_owned(), objects_yaml(&upstream)?),
             ("cluster-ca.yaml".to_owned(), objects_yaml(&issuers::all(&ctx.config.name)?)?),
+            ("entrypoint-certificate.yaml".to_owned(), objects_yaml(&entrypoint::all(&ctx.config)?)?),
             ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
         ];
         write_folder(out, Self::FOLDER, files)

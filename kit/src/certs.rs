@@ -43,6 +43,8 @@ pub struct CertificateSpec {
     pub common_name: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub dns_names: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -15,6 +15,10 @@ pub const GENERAL_POOL: &str = "talos-ha-pool";
 /// The annotation a Service uses to ask MetalLB for a specific address.
 pub const METALLB_IP_ANNOTATION: &str = "metallb.io/loadBalancerIPs";
 
+/// Traefik's namespace (stage 04), where stage 05 also keeps the entry point's default
+/// certificate.
+pub const TRAEFIK_NAMESPACE: &str = "traefik";
+
 /// cert-manager's namespace (stage 05), where the cluster CA's key pair is kept.
 pub const CERT_MANAGER_NAMESPACE: &str = "cert-manager";
 /// The ClusterIssuer backed by the cluster's private CA (stage 05); every later stage

@@ -26,6 +26,22 @@ async fn apply_installs_cert_manager_and_the_ca_chain_and_a_rerun_changes_nothin
     assert_eq!(ca.data["spec"]["isCA"], true);
     assert_eq!(ca.data["spec"]["privateKey"], serde_json::json!({ "algorithm": "ECDSA", "size": 256 }));
     assert_eq!(ca.data["spec"]["duration"], "87600h0m0s");
+    // The bare entry point's default certificate: for traefik.ip, from the CA, Traefik's default.
+    let entry = Api::<DynamicObject>::namespaced_with(client.clone(), "traefik", &kit::certs::certificate_resource())
+        .get(cert_manager::entrypoint::CERTIFICATE)
+        .await?;
+    assert_eq!(entry.data["spec"]["ipAddresses"], serde_json::json!(["172.16.16.101"]));
+    assert_eq!(entry.data["spec"]["issuerRef"]["name"], CA_ISSUER);
+    let stores: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "traefik",
+        &kube::discovery::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk("traefik.io", "v1alpha1", "TLSStore"),
+            "tlsstores",
+        ),
+    );
+    let store = stores.get("default").await?;
+    assert_eq!(store.data["spec"]["defaultCertificate"]["secretName"], "traefik-default-tls");
     // The lab transform left out the webhook nothing could answer.
     let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     assert!(webhooks.get_opt("cert-manager-webhook").await?.is_none());
@@ -45,6 +61,7 @@ async fn apply_installs_cert_manager_and_the_ca_chain_and_a_rerun_changes_nothin
         "{verify}"
     );
     assert!(verify.contains("lab   issuance: not checkable in the lab"), "{verify}");
+    assert!(verify.contains("ok    stored: the CA chain and the entry point's certificate (5 objects)"), "{verify}");
 
     the_ca_export_and_issuance_checks_read_what_cert_manager_stores(&client).await
 }

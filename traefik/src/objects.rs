@@ -19,7 +19,7 @@ use kit::certs::{DEFAULT_CLASS_ANNOTATION, INGRESS_CONTROLLER};
 use kit::config::ClusterConfig;
 use kube::api::{DynamicObject, ObjectMeta};
 
-pub const NAMESPACE: &str = "traefik";
+pub use kit::names::TRAEFIK_NAMESPACE as NAMESPACE;
 pub const NAME: &str = "traefik";
 /// The upstream RBAC binds its ClusterRole to a ServiceAccount of this name.
 pub const SERVICE_ACCOUNT: &str = "traefik-ingress-controller";
