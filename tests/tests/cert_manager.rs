@@ -11,6 +11,9 @@ use tests::{lab_client, run_stage, run_stage_async};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_installs_cert_manager_and_the_ca_chain_and_a_rerun_changes_nothing() -> anyhow::Result<()> {
+    // Stage 04 first (idempotent): the entry point's TLSStore is Traefik's kind.
+    let (code, out) = run_stage_async(traefik::Traefik, &["apply"], tests::config_path()).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
     let (code, out) = run_stage_async(CertManager, &["apply"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
 

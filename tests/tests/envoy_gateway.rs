@@ -11,8 +11,12 @@ use tests::{lab_client, run_stage, run_stage_async};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_installs_the_gateway_api_and_our_gateway_and_a_rerun_changes_nothing() -> anyhow::Result<()> {
-    let (code, out) = run_stage_async(cert_manager::CertManager, &["apply"], tests::config_path()).await;
-    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    for (code, out) in [
+        run_stage_async(traefik::Traefik, &["apply"], tests::config_path()).await,
+        run_stage_async(cert_manager::CertManager, &["apply"], tests::config_path()).await,
+    ] {
+        assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    }
     let (code, out) = run_stage_async(EnvoyGateway, &["apply"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
 
