@@ -122,6 +122,16 @@ fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Re
             Ok(output.status.success().then_some(()))
         }));
     whole.map_err(|error| anyhow::anyhow!("{error:#}\n{}", texts(&verify_ha(&[]).expect("verify-ha")).0))?;
+    // For a machine (audit U15): only the checks, one JSON object per line, with their status.
+    let json = verify_ha(&["--output", "json"])?;
+    let (lines, log) = texts(&json);
+    assert!(json.status.success(), "{log}");
+    let checks: Vec<serde_json::Value> = lines.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let status = |name: &str| checks.iter().find(|check| check["name"] == name).map(|check| check["status"].clone());
+    for name in ["etcd", "vip", "api via VIP", "spread"] {
+        assert_eq!(status(name), Some(serde_json::json!("pass")), "{name}: {checks:?}");
+    }
+    assert_eq!(status("volumes"), Some(serde_json::json!("not-checkable-in-lab")), "{checks:?}");
     // The next tests use the cluster from this machine, through the forward to the VIP: they
     // start once its API answers discovery there and every node is Ready (a control plane
     // restarted a moment ago may still be bringing its API server up).
