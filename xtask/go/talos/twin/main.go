@@ -606,6 +606,7 @@ func (c *configured) Reboot(context.Context, *machine.RebootRequest) (*machine.R
 	go func() {
 		time.Sleep(500 * time.Millisecond)
 
+		c.services.tearDownKubeletLifecycle()
 		c.services.kubelet.shutdownGracefully(context.Background())
 		c.services.stop()
 		c.rebooting.Store(true)

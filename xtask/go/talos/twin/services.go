@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log"
 	"os"
 	"path/filepath"
 	"sync"
@@ -24,7 +25,10 @@ import (
 )
 
 type services struct {
-	cancel       context.CancelFunc
+	cancel context.CancelFunc
+	// The VIP elections run until the kubelet lifecycle is torn down, which comes first in a
+	// shutdown (see endCampaigns).
+	endElections context.CancelFunc
 	campaigns    sync.WaitGroup
 	kubePrism    *controlplane.LoadBalancer
 	etcd         *etcdMember
@@ -95,12 +99,15 @@ func startServices(parent context.Context, provider config.Provider, node nodeFl
 		go running.controlPlane.run(ctx, running.etcd)
 		go deployManifests(ctx, kubelet, running.etcd)
 
+		elections, endElections := context.WithCancel(ctx)
+		running.endElections = endElections
+
 		for _, shared := range provider.NetworkVirtualIPConfigs() {
 			election := &vip{
 				address: shared.VIP(), hostname: name, etcd: running.etcd, resources: resources, link: cabledLink(node.hardware),
 			}
 
-			running.campaigns.Go(func() { election.run(ctx) })
+			running.campaigns.Go(func() { election.run(elections) })
 		}
 	}
 
@@ -109,23 +116,43 @@ func startServices(parent context.Context, provider config.Provider, node nodeFl
 	return running, nil
 }
 
-// stop: the VIP is resigned and released while etcd still answers, then the control plane
-// goes, then etcd, then KubePrism.
+// kubeletLifecycleTimeout is how long Talos waits for the kubelet lifecycle's finalizers
+// (the VIP elections') before it shuts the kubelet down anyway.
+const kubeletLifecycleTimeout = 30 * time.Second
+
+// tearDownKubeletLifecycle is the first step of Talos's shutdown and reboot, before any pod
+// stops (v1alpha1_sequencer_tasks.go, stopAndRemoveAllPods: waitForKubeletLifecycleFinalizers).
+// The VIP election holds a finalizer on the KubeletLifecycle resource and leaves its campaign
+// when that resource is torn down (network/operator/vip.go): the holder resigns and releases
+// the address while its etcd and API server still run, so the VIP moves at the start of a
+// reboot, not after the kubelet's graceful shutdown. Talos waits at most 30 s for it.
+func (s *services) tearDownKubeletLifecycle() {
+	if s.endElections == nil {
+		return
+	}
+
+	s.endElections()
+
+	released := make(chan struct{})
+
+	go func() {
+		s.campaigns.Wait()
+		close(released)
+	}()
+
+	select {
+	case <-released:
+	case <-time.After(kubeletLifecycleTimeout):
+		log.Printf("the VIP election did not end within %s", kubeletLifecycleTimeout)
+	}
+}
+
+// stop: the VIP elections end first (tearDownKubeletLifecycle; at once when a reboot already
+// did it), then the control plane goes, then etcd, then KubePrism.
 func (s *services) stop() {
 	s.stopOnce.Do(func() {
+		s.tearDownKubeletLifecycle()
 		s.cancel()
-
-		released := make(chan struct{})
-
-		go func() {
-			s.campaigns.Wait()
-			close(released)
-		}()
-
-		select {
-		case <-released:
-		case <-time.After(15 * time.Second):
-		}
 
 		s.kubelet.stopRuntime()
 

@@ -4,8 +4,9 @@ package main
 // shared address at a time. The control planes hold an election in etcd; the winner adds the
 // address to its link and announces it with a gratuitous ARP, so every machine on the LAN
 // sends the VIP's traffic to it. When the holder goes down, its etcd session lapses (at once
-// on a clean shutdown, which resigns; after the session's TTL on a crash) and another control
-// plane wins and announces itself.
+// on a clean shutdown, which resigns first of all, before any pod stops: services.go,
+// tearDownKubeletLifecycle; after the session's TTL on a crash) and another control plane
+// wins and announces itself.
 //
 // Follows internal/app/machined/pkg/controllers/network/operator/vip.go (the election: etcd
 // healthy first, key "talos:vip:election:<ip>", resign a stale leadership of its own) and
