@@ -59,30 +59,26 @@ fn ours(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
 /// entry point's default certificate (signed by the CA, for the address), and Traefik answers
 /// what it answers a request no router claims, its 404.
 fn https_entrypoint_check(config: &ClusterConfig) -> Check {
+    let name = "https entry point";
     let url = format!("https://{}/", config.traefik_ip);
+    let ca_file = ca_file(config);
     let fix = "`kubectl -n traefik describe certificate traefik-default` and `kubectl -n traefik get tlsstore default`";
-    let ca = match std::fs::read(ca_file(config)) {
+    let ca = match std::fs::read(&ca_file) {
         Ok(ca) => ca,
         Err(error) => {
-            return Check::fail(
-                "https entry point",
-                format!("reading {}: {error}", ca_file(config).display()),
-                "cert-manager apply",
-            );
+            return Check::fail(name, format!("reading {}: {error}", ca_file.display()), "cert-manager apply");
         }
     };
     match kit::http::get(&url, Some(&ca), &[]) {
         Ok(answer) if answer.status == 404 && answer.body.contains("404 page not found") => Check::pass(
-            "https entry point",
+            name,
             format!(
                 "{url} completes the TLS handshake trusting only {}, and Traefik answers 404 (no router claims a bare address)",
-                ca_file(config).display()
+                ca_file.display()
             ),
         ),
-        Ok(answer) => {
-            Check::fail("https entry point", format!("{url} answers {}: {}", answer.status, answer.body.trim()), fix)
-        }
-        Err(error) => Check::fail("https entry point", format!("{error:#}"), fix),
+        Ok(answer) => Check::fail(name, format!("{url} answers {}: {}", answer.status, answer.body.trim()), fix),
+        Err(error) => Check::fail(name, format!("{error:#}"), fix),
     }
 }
 

@@ -180,7 +180,7 @@ pub fn certificate_name() -> String {
 /// The Secret the HTTPS listener serves: cert-manager makes it from the Certificate
 /// `talos-ha-gateway` (see `kit::certs::service_certificate`).
 fn tls_secret() -> String {
-    format!("{NAME}-gateway-tls")
+    format!("{}-tls", certificate_name())
 }
 
 /// Our objects, in the order they depend on each other.

@@ -109,6 +109,15 @@ fn set_env(variable: &mut EnvVar, name: &str, value: &str) {
     }
 }
 
+/// Every object this stage applies, in order: the login identity first (the release's token
+/// Secret names its ServiceAccount), the release, then the UI's exposure.
+fn bundle(ctx: &Context) -> anyhow::Result<Vec<DynamicObject>> {
+    let mut objects = login_objects()?;
+    objects.extend(upstream(ctx)?);
+    objects.extend(ui_objects(&ctx.config)?);
+    Ok(objects)
+}
+
 fn ui_objects(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
     let host = kit::certs::legacy_host(config, NAME);
     Ok(vec![
@@ -218,10 +227,7 @@ impl Stage for Headlamp {
     }
 
     async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let mut objects = login_objects()?;
-        objects.extend(upstream(ctx)?);
-        objects.extend(ui_objects(&ctx.config)?);
-        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
+        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&bundle(ctx)?).await
     }
 
     async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
@@ -243,10 +249,7 @@ impl Stage for Headlamp {
         let client = ctx.client().await?;
         let wait = Duration::from_secs(60);
         let mut checks = vec![common::deployment(&client, NAMESPACE, NAME, wait, Self::NAME).await];
-        let mut ours = login_objects()?;
-        ours.extend(upstream(ctx)?);
-        ours.extend(ui_objects(&ctx.config)?);
-        checks.push(common::stored_as_configured(&client, Self::NAME, &ours, "Headlamp's objects").await);
+        checks.push(common::stored_as_configured(&client, Self::NAME, &bundle(ctx)?, "Headlamp's objects").await);
         checks.push(kit::check::graph::ingress(&client, NAMESPACE, NAME).await?);
         checks.push(token_check(&client, &ctx.config).await?);
         checks.push(common::certificate_ready(ctx, &client, NAMESPACE, NAME).await);

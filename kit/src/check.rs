@@ -82,16 +82,8 @@ pub mod common {
                     Target::Lab => "start the lab: cargo xtask lab up",
                     Target::Talos => "run stage 01 (talos-bootstrap apply) and check the VIP answers",
                 };
-                let server = crate::lab::api_server_of(&ctx.kubeconfig).unwrap_or_else(|| "(no server)".to_owned());
-                let shown = ctx.kubeconfig.display();
-                (
-                    Check::fail(
-                        "api",
-                        format!("the API does not answer: {error:#} ({server}, kubeconfig {shown})"),
-                        fix,
-                    ),
-                    None,
-                )
+                let api = crate::lab::describe_api(&ctx.kubeconfig);
+                (Check::fail("api", format!("the API does not answer: {error:#} (API server {api})"), fix), None)
             }
         }
     }

@@ -102,6 +102,12 @@ pub fn api_server_of(path: &Path) -> Option<String> {
     cluster.server
 }
 
+/// Where a kubeconfig file sends requests, for an error to name: `<server> (kubeconfig <path>)`.
+pub fn describe_api(path: &Path) -> String {
+    let server = api_server_of(path).unwrap_or_else(|| "(no server: the file cannot be read)".to_owned());
+    format!("{server} (kubeconfig {})", path.display())
+}
+
 /// The config nodes that are not Ready yet (missing ones included), by name.
 pub async fn nodes_not_ready(client: &kube::Client, cluster: &ClusterConfig) -> anyhow::Result<Vec<String>> {
     let nodes: Api<Node> = Api::all(client.clone());

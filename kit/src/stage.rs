@@ -414,7 +414,6 @@ fn where_to_look(error: anyhow::Error, ctx: &Context, stage: &str, command: &Sta
     if !unreachable {
         return error;
     }
-    let server = crate::lab::api_server_of(&ctx.kubeconfig).unwrap_or_else(|| "(unreadable)".to_owned());
     let step = match command {
         StageCommand::Check => "check",
         StageCommand::Plan => "plan",
@@ -431,8 +430,8 @@ fn where_to_look(error: anyhow::Error, ctx: &Context, stage: &str, command: &Sta
         ),
     };
     error.context(format!(
-        "the Kubernetes API at {server} (kubeconfig {}) did not answer; next: {next}",
-        ctx.kubeconfig.display()
+        "the Kubernetes API at {} did not answer; next: {next}",
+        crate::lab::describe_api(&ctx.kubeconfig)
     ))
 }
 

@@ -362,7 +362,8 @@ fn load_balancer_verdict(allocation: Allocation, config: &ClusterConfig, target:
         Allocation::Refused(why) if !general => Check::pass(
             name,
             format!(
-                "metallb.pool holds only the entry points, and MetalLB gives them to no other Service                  (a probe was refused: {why})"
+                "metallb.pool holds only the entry points, and MetalLB gives them to no other Service \
+                 (a probe was refused: {why})"
             ),
         ),
         Allocation::Refused(why) => {

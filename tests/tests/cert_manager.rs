@@ -145,11 +145,8 @@ async fn the_ca_export_and_issuance_checks_read_what_cert_manager_stores(client:
 
 /// Writes (or clears) a Certificate's Ready condition, as cert-manager's controller does.
 async fn set_ready(certificates: &Api<DynamicObject>, name: &str, ready: bool) -> anyhow::Result<()> {
-    let conditions = if ready {
-        serde_json::json!([{ "type": "Ready", "status": "True", "reason": "Ready", "message": "written by the test" }])
-    } else {
-        serde_json::json!([])
-    };
+    let conditions: Vec<serde_json::Value> =
+        ready.then(|| tests::written_condition("Ready", "True", "Ready")).into_iter().collect();
     let patch = serde_json::json!({ "status": { "conditions": conditions } });
     certificates.patch_status(name, &Default::default(), &kube::api::Patch::Merge(&patch)).await?;
     Ok(())

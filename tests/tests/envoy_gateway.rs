@@ -75,13 +75,6 @@ async fn apply_installs_the_gateway_api_and_our_gateway_and_a_rerun_changes_noth
     the_talos_verify_reads_what_the_controller_reports(&client).await
 }
 
-fn condition(kind: &str, status: &str, reason: &str) -> serde_json::Value {
-    serde_json::json!({
-        "type": kind, "status": status, "reason": reason, "message": "written by the test",
-        "lastTransitionTime": "2026-12-01T00:00:00Z", "observedGeneration": 1,
-    })
-}
-
 /// Audit U4 and U17: verify's Talos branches (GatewayClass Accepted, Gateway Programmed, every
 /// listener's conditions, the wildcard Certificate, the address) as a user runs them: on the
 /// Talos target from inside the box. No Envoy Gateway controller runs here, so the test
@@ -101,16 +94,16 @@ async fn the_talos_verify_reads_what_the_controller_reports(client: &kube::Clien
             "name": name, "attachedRoutes": 2,
             "supportedKinds": [{ "group": "gateway.networking.k8s.io", "kind": "HTTPRoute" }],
             "conditions": [
-                condition("Accepted", "True", "Accepted"),
-                condition("Programmed", "True", "Programmed"),
-                condition("ResolvedRefs", resolved, if resolved == "True" { "ResolvedRefs" } else { "InvalidCertificateRef" }),
-                condition("Conflicted", "False", "NoConflicts"),
+                tests::written_condition("Accepted", "True", "Accepted"),
+                tests::written_condition("Programmed", "True", "Programmed"),
+                tests::written_condition("ResolvedRefs", resolved, if resolved == "True" { "ResolvedRefs" } else { "InvalidCertificateRef" }),
+                tests::written_condition("Conflicted", "False", "NoConflicts"),
             ],
         })
     };
     let gateway_status = |https: &str| {
         status(serde_json::json!({
-            "conditions": [condition("Accepted", "True", "Accepted"), condition("Programmed", "True", "Programmed")],
+            "conditions": [tests::written_condition("Accepted", "True", "Accepted"), tests::written_condition("Programmed", "True", "Programmed")],
             "addresses": [{ "type": "IPAddress", "value": "172.16.16.102" }],
             "listeners": [listener("http", "True"), listener("https", https)],
         }))
@@ -120,11 +113,13 @@ async fn the_talos_verify_reads_what_the_controller_reports(client: &kube::Clien
         .patch_status(
             NAME,
             &params,
-            &Patch::Merge(&status(serde_json::json!({ "conditions": [condition("Accepted", "True", "Accepted")] }))),
+            &Patch::Merge(&status(
+                serde_json::json!({ "conditions": [tests::written_condition("Accepted", "True", "Accepted")] }),
+            )),
         )
         .await?;
     gateways.patch_status(NAME, &params, &Patch::Merge(&gateway_status("True"))).await?;
-    let ready = status(serde_json::json!({ "conditions": [condition("Ready", "True", "Ready")] }));
+    let ready = status(serde_json::json!({ "conditions": [tests::written_condition("Ready", "True", "Ready")] }));
     certificates.patch_status("talos-ha-gateway", &params, &Patch::Merge(&ready)).await?;
 
     let verify =

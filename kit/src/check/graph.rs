@@ -6,7 +6,7 @@
 //! link when a URL does not answer.
 
 use k8s_openapi::api::core::v1::{Pod, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, ServiceBackendPort};
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::Value;
 
@@ -86,10 +86,9 @@ pub async fn ingress(client: &kube::Client, namespace: &str, name: &str) -> anyh
             broken.push(format!("{host}{} names no Service", path.path.unwrap_or_default()));
             continue;
         };
-        let port = match service.port {
-            Some(port) if port.number.is_some() => PortRef::Number(port.number.unwrap_or_default()),
-            Some(port) => PortRef::Name(port.name.unwrap_or_default()),
-            None => PortRef::Name(String::new()),
+        let port = match service.port.unwrap_or_default() {
+            ServiceBackendPort { number: Some(number), .. } => PortRef::Number(number),
+            ServiceBackendPort { name, .. } => PortRef::Name(name.unwrap_or_default()),
         };
         match service_reaches_pods(client, namespace, &service.name, &port).await? {
             Ok(link) => reached.push(format!("{host} → {link}")),
@@ -122,18 +121,23 @@ pub async fn http_route(client: &kube::Client, namespace: &str, name: &str) -> a
     if reached.is_empty() && broken.is_empty() {
         broken.push("it names no parent Gateway".to_owned());
     }
+    // Each backend once, in the order the rules name them: a Service several rules share (the
+    // demo's canary) is one link.
+    let mut backends: Vec<(&str, &str, i32)> = Vec::new();
     for backend in
         spec["rules"].as_array().into_iter().flatten().flat_map(|rule| rule["backendRefs"].as_array()).flatten()
     {
         let service = backend["name"].as_str().unwrap_or_default();
         let backend_namespace = backend["namespace"].as_str().unwrap_or(namespace);
-        let port = PortRef::Number(backend["port"].as_i64().and_then(|port| i32::try_from(port).ok()).unwrap_or(0));
-        // A Service several rules share (the demo's canary) is one link.
-        match service_reaches_pods(client, backend_namespace, service, &port).await? {
-            Ok(link) if !reached.contains(&link) => reached.push(link),
-            Ok(_) => {}
-            Err(problem) if !broken.contains(&problem) => broken.push(problem),
-            Err(_) => {}
+        let port = backend["port"].as_i64().and_then(|port| i32::try_from(port).ok()).unwrap_or(0);
+        if !backends.contains(&(backend_namespace, service, port)) {
+            backends.push((backend_namespace, service, port));
+        }
+    }
+    for (backend_namespace, service, port) in backends {
+        match service_reaches_pods(client, backend_namespace, service, &PortRef::Number(port)).await? {
+            Ok(link) => reached.push(link),
+            Err(problem) => broken.push(problem),
         }
     }
     Ok(verdict(check, format!("HTTPRoute {name} ({})", hostnames.join(", ")), reached, broken, fix))
@@ -170,7 +174,7 @@ async fn listeners_admit(
         if from == "Same" && namespace != route_namespace {
             return Ok(Err(format!(
                 "listener {} of Gateway {namespace}/{gateway} admits routes of its own namespace only",
-                listener["name"]
+                listener_name(listener)
             )));
         }
         if let Some(pattern) = listener["hostname"].as_str()
@@ -178,11 +182,15 @@ async fn listeners_admit(
         {
             return Ok(Err(format!(
                 "listener {} of Gateway {namespace}/{gateway} serves {pattern}, not {outside}",
-                listener["name"]
+                listener_name(listener)
             )));
         }
     }
     Ok(Ok(format!("Gateway {gateway} listener {shown}")))
+}
+
+fn listener_name(listener: &Value) -> &str {
+    listener["name"].as_str().unwrap_or_default()
 }
 
 /// A listener hostname (`*.suffix` or exact) covers `host` (Gateway API: a wildcard matches
