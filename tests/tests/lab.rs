@@ -254,6 +254,10 @@ async fn a_taken_port_fails_with_the_components_log_tail() -> anyhow::Result<()>
     let message = format!("{error:#}");
     assert!(message.contains("workstation exited before it could listen for the API forward"), "{message}");
     assert!(message.contains("address already in use"), "the log tail says why: {message}");
+    assert!(
+        message.contains("exited with code 1;") && message.contains("MiB free on the disk of"),
+        "how it ended: {message}"
+    );
     Ok(())
 }
 

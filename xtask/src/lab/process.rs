@@ -109,10 +109,20 @@ impl Process {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
-    /// What /proc says of the recorded process, for an error that claims it is gone.
+    /// What /proc says of the recorded process, for an error that claims it is gone. A zombie
+    /// child of ours is collected here, so the error can say how it ended: an exit code is the
+    /// program's own verdict, a signal (SIGKILL from the OOM killer, say) is someone else's.
     pub fn proc_state(&self) -> String {
         let Some(recorded) = self.recorded() else { return format!("no PID in {}", self.pid_file().display()) };
         match Identity::of(recorded.pid) {
+            Ok(now) if now.started == recorded.started && now.state == "Z" => {
+                let ended = match waitpid(Pid::from_raw(recorded.pid), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => format!("exited with code {code}"),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => format!("was killed by {signal}"),
+                    _ => "has exited (not our child, so its status is its parent's)".to_owned(),
+                };
+                format!("pid {} {ended}; {}", recorded.pid, free_space(&self.log_dir))
+            }
             Ok(now) if now.started == recorded.started => {
                 format!("pid {} (started at tick {}) is in state {:?}", recorded.pid, recorded.started, now.state)
             }
@@ -192,6 +202,18 @@ fn reap_if_child(pid: i32) {
 /// stay a zombie, which [`Identity::is_alive`] already counts as dead).
 fn reap_if_exited(pid: i32) {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+}
+
+/// The free space on the filesystem that holds `dir`: a process that cannot write its data or
+/// even its log (ENOSPC) exits with an empty log, and this line is then the only clue.
+fn free_space(dir: &std::path::Path) -> String {
+    match nix::sys::statvfs::statvfs(dir) {
+        Ok(stats) => {
+            let free = u64::from(stats.blocks_available()) * u64::from(stats.fragment_size());
+            format!("{} MiB free on the disk of {}", free >> 20, dir.display())
+        }
+        Err(error) => format!("free space of {} unknown ({error})", dir.display()),
+    }
 }
 
 /// Resident memory of a process in bytes (from /proc).
