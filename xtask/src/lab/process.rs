@@ -209,7 +209,7 @@ fn reap_if_exited(pid: i32) {
 fn free_space(dir: &std::path::Path) -> String {
     match nix::sys::statvfs::statvfs(dir) {
         Ok(stats) => {
-            let free = u64::from(stats.blocks_available()) * u64::from(stats.fragment_size());
+            let free = stats.blocks_available() * stats.fragment_size();
             format!("{} MiB free on the disk of {}", free >> 20, dir.display())
         }
         Err(error) => format!("free space of {} unknown ({error})", dir.display()),
