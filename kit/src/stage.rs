@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::check::{Check, none_failed};
@@ -310,13 +310,9 @@ pub fn execute<S: Stage + Sync, W: Write + Send>(
         .about(S::TITLE)
         .long_about(S::TITLE)
         .after_help(format!("`{} explain` teaches what this step builds and why.", S::NAME));
-    let cli = match command.try_get_matches_from(args).and_then(|matches| StageCli::from_arg_matches(&matches)) {
+    let cli: StageCli = match parse_command_line(command, args) {
         Ok(cli) => cli,
-        Err(error) => {
-            // --help and --version land here too; clap knows which stream and code they get.
-            let _ = error.print();
-            return ExitCode::from(if error.use_stderr() { exit::INVALID } else { 0 });
-        }
+        Err(code) => return code,
     };
     crate::logging::init(cli.global.verbose);
     match run(stage, &cli, out) {
@@ -326,6 +322,31 @@ pub fn execute<S: Stage + Sync, W: Write + Send>(
             ExitCode::from(exit::FAILED)
         }
     }
+}
+
+/// Parses a command line for `command` (a stage's or `cargo xtask`'s). On a usage error it
+/// prints clap's message and returns the exit code: 2 (`exit::INVALID`), except under `plan`,
+/// where 2 means "would change" and a mistyped flag must not read as drift to a CI job: there
+/// it is an error like any other (1), as `terraform plan` has it. `--help` and `--version` land
+/// here too; clap knows which stream they print on, and they exit 0.
+pub fn parse_command_line<T: clap::FromArgMatches>(
+    command: clap::Command,
+    args: impl IntoIterator<Item = OsString>,
+) -> Result<T, ExitCode> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let error = match command.clone().try_get_matches_from(&args).and_then(|matches| T::from_arg_matches(&matches)) {
+        Ok(parsed) => return Ok(parsed),
+        Err(error) => error,
+    };
+    let _ = error.print();
+    if !error.use_stderr() {
+        return Err(ExitCode::SUCCESS);
+    }
+    // The subcommand meant: the first argument that names one (clap's own parse stopped at
+    // the error, perhaps before it).
+    let meant = args.iter().skip(1).find_map(|arg| command.find_subcommand(arg)).map(clap::Command::get_name);
+    let under_plan = meant == Some("plan");
+    Err(ExitCode::from(if under_plan { exit::FAILED } else { exit::INVALID }))
 }
 
 fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W) -> anyhow::Result<ExitCode> {

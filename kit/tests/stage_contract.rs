@@ -128,6 +128,18 @@ fn an_invalid_config_exits_2_listing_every_problem() -> anyhow::Result<()> {
 }
 
 #[test]
+fn a_mistyped_flag_exits_2_but_under_plan_1() {
+    let (code, _) = run(&["check", "--no-such-flag"]);
+    assert_eq!(code, ExitCode::from(2), "a usage error is exit 2, as for an invalid config");
+    let (code, _) = run(&["plan", "--no-such-flag"]);
+    assert_eq!(code, ExitCode::from(1), "under plan, 2 means 'would change': a usage error is an error");
+    let (code, _) = run(&["--no-such-flag", "plan"]);
+    assert_eq!(code, ExitCode::from(1), "a wrong global flag before plan too");
+    let (code, out) = run(&["plan", "--help"]);
+    assert_eq!(code, ExitCode::SUCCESS, "help is no error: {out}");
+}
+
+#[test]
 fn plan_exits_2_when_something_would_change_and_0_when_nothing_would() -> anyhow::Result<()> {
     let config = config_path();
     let config = config.to_str().unwrap_or_default();

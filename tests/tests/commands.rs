@@ -1,5 +1,6 @@
 //! The xtask's small commands as a user runs them (audit U16): `validate`, `mirror` and
-//! `lab status`, each through `cargo xtask`, each asserted on what it writes.
+//! `lab status`, each through `cargo xtask`, each asserted on what it writes; and the exit code
+//! of a mistyped command line.
 
 use std::process::Output;
 
@@ -62,5 +63,16 @@ fn lab_status_lists_the_boxs_components_and_their_memory() -> anyhow::Result<()>
     }
     assert!(components.iter().all(|component| component["healthy"] == true), "{components:?}");
     assert!(components.iter().any(|component| component["resident_bytes"].as_u64().is_some_and(|bytes| bytes > 0)));
+    Ok(())
+}
+
+#[test]
+fn a_mistyped_flag_exits_2_but_under_plan_1() -> anyhow::Result<()> {
+    let validate = xtask(&["validate", "--no-such-flag"])?;
+    assert_eq!(validate.status.code(), Some(2), "a usage error: {}", String::from_utf8_lossy(&validate.stderr));
+    let plan = xtask(&["plan", "--no-such-flag"])?;
+    let said = String::from_utf8_lossy(&plan.stderr);
+    assert_eq!(plan.status.code(), Some(1), "under plan, 2 would read as drift to a CI job: {said}");
+    assert!(said.contains("--no-such-flag"), "clap's message names the flag: {said}");
     Ok(())
 }

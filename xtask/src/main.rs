@@ -13,7 +13,7 @@ mod verify_ha;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use kit::stage::GlobalArgs;
 
 /// Build and test a highly available Kubernetes cluster on Talos Linux, stage by stage.
@@ -90,7 +90,10 @@ enum BenchTarget {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = match kit::stage::parse_command_line(Cli::command(), std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     kit::logging::init(cli.global.verbose);
     let result = match cli.command {
         Command::InstallAll(args) => install_all::run(&cli.global, &args),
