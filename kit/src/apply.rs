@@ -210,8 +210,12 @@ impl Engine {
         let mut leftovers = Vec::new();
         for resource in kinds.into_values() {
             let api: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
-            let listed =
-                api.list(&ListParams::default()).await.with_context(|| format!("listing {}", resource.plural))?;
+            // Metadata only: managedFields is all it reads, and a whole list of Secrets or CRDs
+            // across a big cluster would carry every body.
+            let listed = api
+                .list_metadata(&ListParams::default())
+                .await
+                .with_context(|| format!("listing {}", resource.plural))?;
             for item in listed.items {
                 let ours = item.metadata.managed_fields.iter().flatten().any(|fields| {
                     fields.manager.as_deref() == Some(self.field_manager.as_str())
