@@ -261,6 +261,34 @@ async fn a_taken_port_fails_with_the_components_log_tail() -> anyhow::Result<()>
     Ok(())
 }
 
+/// A 16 MiB tmpfs, unmounted when dropped: a disk too small for a box.
+struct SmallDisk(tempfile::TempDir);
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test]
+async fn a_disk_too_full_for_the_box_is_refused_before_anything_starts() -> anyhow::Result<()> {
+    let disk = SmallDisk(tempfile::tempdir()?);
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(disk.0.path())
+        .status()?;
+    anyhow::ensure!(mounted.success(), "mounting a tmpfs (the tests run as root, as the box needs)");
+    let config = xtask::scratch_lab_config(&tests::config_path(), disk.0.path(), "second-small-disk")?;
+    let lab = Lab::new(&config, 30443);
+    let error = lab.up(&xtask::workspace_root()).await.expect_err("16 MiB is too little");
+    let message = format!("{error:#}");
+    assert!(message.contains("the box needs 1024 MiB free") && message.contains("`cargo clean`"), "{message}");
+    assert!(message.contains(&lab.dir.display().to_string()), "it names the folder: {message}");
+    assert!(lab.running_pids().is_empty(), "nothing was started: {:?}", lab.running_pids());
+    assert!(lab.lan().present()?.is_empty(), "no box was built");
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_second_config_with_the_same_cluster_name_cannot_take_the_box() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

@@ -79,6 +79,11 @@ pub const DEFAULT_PORT_BASE: u16 = 16443;
 /// stopped) before it is killed.
 const TWIN_SHUTDOWN: Duration = Duration::from_secs(30);
 
+/// The free space `up` asks for in the lab's folder. The machines' disks (each control plane's
+/// etcd data, its WAL preallocated in 64 MiB files) and the logs come to about 0.5 GB after the
+/// whole test suite (`du -sh state/lab`: 477 MB); twice that leaves room to grow.
+const SPACE_NEEDED: u64 = 1 << 30;
+
 /// One lab: its folder (`state/lab` beside the config), its ports and its binaries.
 pub struct Lab {
     pub dir: PathBuf,
@@ -262,6 +267,7 @@ impl Lab {
     /// an installed cluster it waits until the API answers through the forward and every
     /// node is Ready; otherwise the machines wait in maintenance mode for stage 01.
     pub async fn up(&self, workspace: &Path) -> anyhow::Result<()> {
+        self.ensure_disk_space(SPACE_NEEDED)?;
         ensure_binaries(&self.config.versions, workspace)?;
         self.claim_box()?;
         self.write_files()?;
@@ -289,6 +295,22 @@ impl Lab {
             self.cluster_ready().await.is_ok()
         })
         .await
+    }
+
+    /// Refuses, before anything starts, when the lab's folder has less than `needed` bytes free:
+    /// on a full disk a machine's etcd dies at its start with an empty log.
+    pub fn ensure_disk_space(&self, needed: u64) -> anyhow::Result<()> {
+        let free = process::free_bytes(&self.dir)
+            .with_context(|| format!("reading the free space of {}", self.dir.display()))?;
+        anyhow::ensure!(
+            free >= needed,
+            "the box needs {} MiB free for its machines' disks and logs in {}, and that disk has {} MiB: free some \
+             space (`cargo clean` frees the build's, `cargo xtask lab down --purge` an old box's) and run this again",
+            needed >> 20,
+            self.dir.display(),
+            free >> 20
+        );
+        Ok(())
     }
 
     /// The box is named after the cluster, so two configs with one cluster name would share

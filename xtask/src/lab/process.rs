@@ -8,7 +8,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -206,14 +206,19 @@ fn reap_if_exited(pid: i32) {
 
 /// The free space on the filesystem that holds `dir`: a process that cannot write its data or
 /// even its log (ENOSPC) exits with an empty log, and this line is then the only clue.
-fn free_space(dir: &std::path::Path) -> String {
-    match nix::sys::statvfs::statvfs(dir) {
-        Ok(stats) => {
-            let free = stats.blocks_available() * stats.fragment_size();
-            format!("{} MiB free on the disk of {}", free >> 20, dir.display())
-        }
+fn free_space(dir: &Path) -> String {
+    match free_bytes(dir) {
+        Ok(free) => format!("{} MiB free on the disk of {}", free >> 20, dir.display()),
         Err(error) => format!("free space of {} unknown ({error})", dir.display()),
     }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem of `path`, or of its nearest
+/// existing ancestor (a lab's folder before its first `up`).
+pub fn free_bytes(path: &Path) -> nix::Result<u64> {
+    let existing = path.ancestors().find(|dir| dir.exists()).unwrap_or(Path::new("/"));
+    let stats = nix::sys::statvfs::statvfs(existing)?;
+    Ok(stats.blocks_available() * stats.fragment_size())
 }
 
 /// Resident memory of a process in bytes (from /proc).
