@@ -12,6 +12,7 @@ use kit::check::{Check, Status};
 use kit::stage::{Action, Change, GlobalArgs, Output, exit};
 use serde::Serialize;
 
+use crate::lab_cmd::LabPorts;
 pub use crate::stages::STAGES;
 
 /// Which stages to run.
@@ -29,10 +30,28 @@ pub struct Selection {
 pub struct InstallArgs {
     #[command(flatten)]
     pub selection: Selection,
+    /// With --lab: where the box's API forward listens if this run creates the box.
+    #[command(flatten)]
+    pub ports: LabPorts,
     /// Show what each stage would change (`plan`) instead of applying it; the same as
     /// `cargo xtask plan`.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// `cargo xtask plan`: install-all's arguments without --dry-run, which plan always is.
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    #[command(flatten)]
+    pub ports: LabPorts,
+}
+
+impl From<PlanArgs> for InstallArgs {
+    fn from(plan: PlanArgs) -> InstallArgs {
+        InstallArgs { selection: plan.selection, ports: plan.ports, dry_run: true }
+    }
 }
 
 /// The stages to run: those that exist in this workspace, narrowed by --from / --only.
@@ -59,7 +78,7 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
     // From a fresh clone `install-all --lab` is the whole job: the box comes up first (or is
     // left as it is when it runs), its machines waiting for stage 01.
     if global.lab && global.kubeconfig.is_none() {
-        lab_up(global)?;
+        lab_up(global, args.ports)?;
     }
 
     let mut stderr = std::io::stderr();
@@ -78,7 +97,7 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
             // every node is Ready through the forward, before the next stage's check.
             let installed = *stage == kit::names::TALOS_BOOTSTRAP_STAGE && *step == "apply";
             if global.lab && installed && !matches!(outcome, Outcome::Failed(_)) {
-                lab_up(global)?;
+                lab_up(global, args.ports)?;
             }
             let failed = outcome.failure();
             stage_report.steps.push(StepReport { step: (*step).to_owned(), seconds, outcome });
@@ -185,9 +204,9 @@ fn resume_command(stage: &str, global: &GlobalArgs) -> String {
 
 /// `lab up`: builds the box and starts its machines; on an installed cluster, waits until
 /// every node is Ready. A no-op on a running lab.
-fn lab_up(global: &GlobalArgs) -> anyhow::Result<()> {
+fn lab_up(global: &GlobalArgs, ports: LabPorts) -> anyhow::Result<()> {
     let config = kit::config::ClusterConfig::load(&global.config)?;
-    let lab = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
+    let lab = xtask::lab::Lab::new(&config, ports.port_base);
     tokio::runtime::Runtime::new()?.block_on(lab.up(&xtask::workspace_root()))
 }
 

@@ -8,6 +8,16 @@ use clap::Subcommand;
 use kit::stage::{GlobalArgs, Output, exit, load_config};
 use xtask::lab::{DEFAULT_PORT_BASE, Lab};
 
+/// Where a new lab listens on this machine: `lab up` and `install-all --lab` take it.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct LabPorts {
+    /// The API forward's port on 127.0.0.1 for a lab created now (a lab keeps the port it was
+    /// created with); the workstation's stand-ins use the 2 ports just above it. Keep it below
+    /// 32765, out of the range Linux gives outgoing connections.
+    #[arg(long, default_value_t = DEFAULT_PORT_BASE, env = "TALOS_HA_LAB_PORT_BASE")]
+    pub port_base: u16,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum LabAction {
     /// Build the lab's binaries from Go modules into the cache (`up` does this on first use).
@@ -17,10 +27,8 @@ pub enum LabAction {
     /// after. Re-running it on a running lab changes nothing; on a half-running one it starts
     /// what is missing.
     Up {
-        /// The API forward's port on 127.0.0.1; the workstation's stand-ins use the 2 ports
-        /// just above it. Keep it below 32765, out of the range Linux gives outgoing connections.
-        #[arg(long, default_value_t = DEFAULT_PORT_BASE, env = "TALOS_HA_LAB_PORT_BASE")]
-        port_base: u16,
+        #[command(flatten)]
+        ports: LabPorts,
     },
     /// Each component's PID, health and memory, and the box.
     Status,
@@ -45,7 +53,7 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(exit::INVALID));
     };
     let port_base = match action {
-        LabAction::Up { port_base } => port_base,
+        LabAction::Up { ports } => ports.port_base,
         _ => DEFAULT_PORT_BASE,
     };
     let lab = Lab::new(&config, port_base);

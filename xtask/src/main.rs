@@ -39,7 +39,7 @@ enum Command {
     /// What install-all would change, stage by stage (each stage's check, then its plan: a
     /// server-side dry run with a field diff); changes nothing. Exits 0 when nothing would
     /// change, 2 when something would, 1 on an error (terraform's -detailed-exitcode).
-    Plan(install_all::Selection),
+    Plan(install_all::PlanArgs),
     /// Check cluster.yaml: prints a summary of a valid config, or every problem with its fix.
     Validate,
     /// The lab: the cluster in a box. The config's LAN in network namespaces, a Talos node
@@ -97,9 +97,7 @@ fn main() -> ExitCode {
     kit::logging::init(cli.global.verbose);
     let result = match cli.command {
         Command::InstallAll(args) => install_all::run(&cli.global, &args),
-        Command::Plan(selection) => {
-            install_all::run(&cli.global, &install_all::InstallArgs { selection, dry_run: true })
-        }
+        Command::Plan(args) => install_all::run(&cli.global, &args.into()),
         Command::Validate => validate::run(&cli.global),
         Command::Lab { action } => lab_cmd::run(&cli.global, action),
         Command::Bench { what: BenchTarget::Apply } => bench::run(&cli.global),

@@ -28,7 +28,9 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
         };
         let selection =
             crate::install_all::Selection { from: None, only: Some(kit::names::TALOS_BOOTSTRAP_STAGE.to_owned()) };
-        let install = crate::install_all::InstallArgs { selection, dry_run: false };
+        // The box is up (on its own port base) by now: install-all only uses it.
+        let ports = crate::lab_cmd::LabPorts { port_base: lab.ports.base };
+        let install = crate::install_all::InstallArgs { selection, ports, dry_run: false };
         let code = crate::install_all::run(&stage_01, &install)?;
         anyhow::ensure!(code == ExitCode::SUCCESS, "stage 01 did not install the cluster in the box (see above)");
         Ok(())

@@ -1,0 +1,61 @@
+//! README's first command from nothing (audit U13): `cargo xtask install-all --lab` where no box
+//! exists yet builds the box, installs the cluster on its twins with stage 01 and converges
+//! every stage. It runs on a second box (another cluster name, state folder and port base)
+//! beside the test lab, in a test binary of its own so that nothing else runs meanwhile.
+
+use xtask::lab::Lab;
+
+/// The second box, taken down with its data whatever the test did.
+struct FreshBox(Lab);
+
+impl Drop for FreshBox {
+    fn drop(&mut self) {
+        if let Err(error) = self.0.down(true) {
+            eprintln!("taking the fresh box down: {error:#}");
+        }
+    }
+}
+
+#[test]
+fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = xtask::scratch_lab_config(&tests::config_path(), dir.path(), "fresh-clone")?;
+    let port_base = 31443;
+    let fresh = FreshBox(Lab::new(&config, port_base));
+    anyhow::ensure!(!fresh.0.installed() && fresh.0.running_pids().is_empty(), "a new state folder has no box");
+
+    let run = xtask::cargo()
+        .current_dir(xtask::workspace_root())
+        .args(["xtask", "install-all", "--lab", "--output", "json", "--port-base", &port_base.to_string()])
+        .arg("--config")
+        .arg(dir.path().join("cluster.yaml"))
+        .arg("--mirror")
+        .arg(tests::upstream_mirror())
+        .output()?;
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{log}");
+    assert!(log.contains("the machines wait in maintenance mode"), "the box was built first: {log}");
+
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout)?;
+    let stages = report["stages"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let names: Vec<&str> = stages.iter().filter_map(|stage| stage["stage"].as_str()).collect();
+    assert_eq!(names, xtask::stages::STAGES, "{report:#}");
+    for stage in stages {
+        let verify = &stage["steps"][2];
+        assert_eq!(verify["step"], "verify", "{stage:#}");
+        let checks = verify["checks"].as_array().map(Vec::as_slice).unwrap_or_default();
+        assert!(checks.iter().any(|check| check["status"] == "pass"), "{stage:#}");
+        assert!(checks.iter().all(|check| check["status"] != "fail"), "{stage:#}");
+    }
+    assert!(report.get("stopped").is_none(), "{report:#}");
+
+    // The box it built is the one asked for: its forward on the port base, every node Ready.
+    let kubeconfig = std::fs::read_to_string(&fresh.0.kubeconfig)?;
+    assert!(kubeconfig.contains(&format!("https://127.0.0.1:{port_base}")), "{kubeconfig}");
+    let not_ready = tokio::runtime::Runtime::new()?.block_on(async {
+        let client = kit::lab::client_from_kubeconfig(&fresh.0.kubeconfig).await?;
+        kit::lab::nodes_not_ready(&client, &config).await
+    })?;
+    assert!(not_ready.is_empty(), "not Ready: {not_ready:?}");
+    Ok(())
+}
