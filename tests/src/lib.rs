@@ -127,3 +127,14 @@ pub async fn service_account_may(
 ) -> anyhow::Result<bool> {
     kit::rbac::may(client, &kit::rbac::service_account(namespace, account), verb, resource, target).await
 }
+
+/// The stages of an `install-all --output json` report (its stdout) that went all the way:
+/// asserts it names every stage in order and did not stop.
+pub fn completed_stages(stdout: &[u8]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let report: serde_json::Value = serde_json::from_slice(stdout)?;
+    let stages = report["stages"].as_array().cloned().unwrap_or_default();
+    let names: Vec<&str> = stages.iter().filter_map(|stage| stage["stage"].as_str()).collect();
+    anyhow::ensure!(names == xtask::stages::STAGES, "every stage in order: {report:#}");
+    anyhow::ensure!(report.get("stopped").is_none(), "it did not stop: {report:#}");
+    Ok(stages)
+}
