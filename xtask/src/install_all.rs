@@ -30,7 +30,7 @@ pub struct Selection {
 pub struct InstallArgs {
     #[command(flatten)]
     pub selection: Selection,
-    /// With --lab: where the box's API forward listens if this run creates the box.
+    // With --lab: where the box's API forward listens if this run creates the box.
     #[command(flatten)]
     pub ports: LabPorts,
     /// Show what each stage would change (`plan`) instead of applying it; the same as
