@@ -299,7 +299,7 @@ impl Lab {
 
     /// Refuses, before anything starts, when the lab's folder has less than `needed` bytes free:
     /// on a full disk a machine's etcd dies at its start with an empty log.
-    pub fn ensure_disk_space(&self, needed: u64) -> anyhow::Result<()> {
+    fn ensure_disk_space(&self, needed: u64) -> anyhow::Result<()> {
         let free = process::free_bytes(&self.dir)
             .with_context(|| format!("reading the free space of {}", self.dir.display()))?;
         anyhow::ensure!(
