@@ -4,9 +4,9 @@
 //! the address itself, so whoever trusts `state/ca.crt` trusts the bare entry point too, and
 //! `verify` can follow the whole path: CA, cert-manager, Traefik, an HTTPS handshake.
 
-use kit::apply::to_dynamic;
 use kit::certs::{CertificateSpec, certificate};
 use kit::config::ClusterConfig;
+use kit::manifest::to_dynamic;
 use kit::names::{CA_ISSUER, TRAEFIK_NAMESPACE};
 use kube::api::{DynamicObject, ObjectMeta};
 use serde::Serialize;

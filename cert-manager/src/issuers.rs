@@ -66,7 +66,7 @@ pub fn ca_issuer() -> ClusterIssuer {
 
 /// The chain in the order it must exist.
 pub fn all(cluster_name: &str) -> anyhow::Result<Vec<DynamicObject>> {
-    use kit::apply::to_dynamic;
+    use kit::manifest::to_dynamic;
     Ok(vec![to_dynamic(&self_signed_issuer())?, to_dynamic(&ca_certificate(cluster_name))?, to_dynamic(&ca_issuer())?])
 }
 

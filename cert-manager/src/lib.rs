@@ -7,32 +7,30 @@ pub mod chain;
 pub mod entrypoint;
 pub mod issuers;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kit::apply::{Engine, LabNotes, to_dynamic};
 use kit::artifacts::Component;
-use kit::check::{Check, common};
-use kit::config::ClusterConfig;
-use kit::names::{CA_ISSUER, CERT_MANAGER_NAMESPACE};
-use kit::stage::{Action, Change, Context, Stage, Target, objects_yaml, write_folder};
-use kube::api::{Api, DeleteParams, DynamicObject};
-
+use kit::bundle::{Bundle, BundleStage, Part, Ready};
 use kit::certs::{CertificateSpec, certificate_resource};
+use kit::check::common;
+use kit::config::ClusterConfig;
+use kit::context::{Context, Target};
+use kit::manifest::to_dynamic;
+use kit::names::{CA_ISSUER, CERT_MANAGER_NAMESPACE};
+use kit::report::{Action, Change, Check};
+use kube::api::{Api, DeleteParams, DynamicObject};
 
 use crate::issuers::CA_CERTIFICATE;
 
 const MANIFEST: &str = "cert-manager.yaml";
 /// The controller, the admission webhook and the CA injector: all three must run.
 pub const DEPLOYMENTS: [&str; 3] = ["cert-manager", "cert-manager-webhook", "cert-manager-cainjector"];
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a certificate may take to be issued.
 const ISSUE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the webhook may refuse calls after its Deployment turned Available (its serving
-/// certificate is injected by the cainjector a moment later).
 /// The throw-away certificate `verify` has issued.
 const PROBE_CERTIFICATE: &str = "talos-ha-verify";
 
@@ -43,16 +41,12 @@ pub fn ca_file(config: &ClusterConfig) -> PathBuf {
     config.state_dir().join("ca.crt")
 }
 
-fn upstream(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
-    ctx.upstream(Component::CertManager, MANIFEST)
-}
-
-/// Our objects after the release: the CA chain, then the entry point's default certificate
-/// (both through cert-manager's webhook).
-fn ours(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
-    let mut objects = issuers::all(&config.name)?;
-    objects.extend(entrypoint::all(config)?);
-    Ok(objects)
+/// Our objects after the release: the CA chain, then the entry point's default certificate.
+fn ours(config: &ClusterConfig) -> anyhow::Result<[Part; 2]> {
+    Ok([
+        Part::ours("cluster-ca.yaml", issuers::all(&config.name)?),
+        Part::ours("entrypoint-certificate.yaml", entrypoint::all(config)?),
+    ])
 }
 
 /// `https://<traefik.ip>/` trusting only the exported CA: the handshake succeeds with the
@@ -179,11 +173,19 @@ pub async fn issuance_check(client: &kube::Client, config: &ClusterConfig) -> Ch
     }
 }
 
-impl Stage for CertManager {
+impl BundleStage for CertManager {
     const NAME: &'static str = "cert-manager";
     const FOLDER: &'static str = "05-cert-manager";
     const TITLE: &'static str = "Stage 05: cert-manager and the cluster's private CA (ClusterIssuer talos-ha-ca)";
     const LESSON: &'static str = include_str!("../README.md");
+
+    /// The release; once its three Deployments run, the CA chain and the entry point's default
+    /// certificate, through cert-manager's validating webhook (failurePolicy: Fail).
+    fn bundle(&self, ctx: &Context) -> anyhow::Result<Bundle> {
+        let release = Bundle::new().apply([Part::upstream(ctx, Component::CertManager, MANIFEST)?]);
+        let running = DEPLOYMENTS.into_iter().map(|name| Ready::deployment(CERT_MANAGER_NAMESPACE, name));
+        Ok(running.fold(release, Bundle::wait).apply_through_webhook("cert-manager", ours(&ctx.config)?))
+    }
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
         let (mut checks, client) = common::cluster(ctx).await;
@@ -194,58 +196,34 @@ impl Stage for CertManager {
         Ok(checks)
     }
 
-    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (mut objects, _) = upstream(ctx)?;
-        objects.extend(ours(&ctx.config)?);
-        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
+    /// On Talos, the CA certificate is exported for browsers and tools to trust.
+    async fn after_apply(&self, ctx: &Context, client: &kube::Client, dry_run: bool) -> anyhow::Result<Vec<Change>> {
+        match (ctx.target, dry_run) {
+            (Target::Talos, false) => Ok(vec![export_ca(client, &ctx.config).await?]),
+            (Target::Lab, false) => {
+                tracing::info!(
+                    "the lab runs no cert-manager controller, so the CA is never issued there: {} is not written",
+                    ca_file(&ctx.config).display()
+                );
+                Ok(Vec::new())
+            }
+            (_, true) => Ok(Vec::new()),
+        }
     }
 
-    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (objects, _) = upstream(ctx)?;
-        let client = ctx.client().await?;
-        let mut engine = Engine::new(client.clone(), Self::NAME).await?;
-        let mut changes = engine.apply(&objects).await?;
-        for deployment in DEPLOYMENTS {
-            tracing::info!("waiting for {deployment} to be Available");
-            kit::wait::deployment_available(&client, CERT_MANAGER_NAMESPACE, deployment, ROLLOUT_TIMEOUT).await?;
-        }
-        // cert-manager.io objects go through its validating webhook (failurePolicy: Fail).
-        changes.extend(engine.apply_through_webhook(&ours(&ctx.config)?, "cert-manager").await?);
-        match ctx.target {
-            Target::Talos => changes.push(export_ca(&client, &ctx.config).await?),
-            Target::Lab => tracing::info!(
-                "the lab runs no cert-manager controller, so the CA is never issued there: {} is not written",
-                ca_file(&ctx.config).display()
-            ),
-        }
-        Ok(changes)
-    }
-
-    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let client = ctx.client().await?;
+    async fn verify(&self, ctx: &Context, client: &kube::Client) -> anyhow::Result<Vec<Check>> {
         let wait = Duration::from_secs(60);
-        let mut checks = Vec::new();
-        for deployment in DEPLOYMENTS {
-            checks.push(common::deployment(&client, CERT_MANAGER_NAMESPACE, deployment, wait, Self::NAME).await);
-        }
-        checks.push(kit::check::exposure::ca_issuer(&client, ctx.target).await);
-        checks.push(
-            common::stored_as_configured(
-                &client,
-                Self::NAME,
-                &ours(&ctx.config)?,
-                "the CA chain and the entry point's certificate",
-            )
-            .await,
-        );
-        checks.push(
-            common::certificate_ready(ctx, &client, kit::names::TRAEFIK_NAMESPACE, entrypoint::CERTIFICATE).await,
-        );
+        let mut checks = vec![kit::check::exposure::ca_issuer(client, ctx.target).await];
+        let ours: Vec<DynamicObject> = ours(&ctx.config)?.iter().flat_map(|part| part.objects().to_vec()).collect();
+        let what = "the CA chain and the entry point's certificate";
+        checks.push(common::stored_as_configured(client, Self::NAME, &ours, what).await);
+        checks
+            .push(common::certificate_ready(ctx, client, kit::names::TRAEFIK_NAMESPACE, entrypoint::CERTIFICATE).await);
         match ctx.target {
             Target::Talos => {
                 let resource = certificate_resource();
                 let ready = kit::wait::condition_true(
-                    &client,
+                    client,
                     &resource,
                     Some(CERT_MANAGER_NAMESPACE),
                     CA_CERTIFICATE,
@@ -257,7 +235,7 @@ impl Stage for CertManager {
                     Ok(()) => Check::pass("ca certificate", format!("Certificate {CA_CERTIFICATE} is Ready")),
                     Err(error) => Check::fail("ca certificate", format!("{error:#}"), "look at the controller's log"),
                 });
-                checks.push(issuance_check(&client, &ctx.config).await);
+                checks.push(issuance_check(client, &ctx.config).await);
                 let config = ctx.config.clone();
                 checks.push(tokio::task::spawn_blocking(move || https_entrypoint_check(&config)).await?);
             }
@@ -265,21 +243,8 @@ impl Stage for CertManager {
                 let why = "no cert-manager controller runs in the lab (kwok runs no containers)";
                 checks.push(Check::not_checkable_in_lab("ca certificate", why));
                 checks.push(Check::not_checkable_in_lab("issuance", why));
-                let (_, notes) = upstream(ctx)?;
-                checks.extend(common::lab_notes(notes));
             }
         }
         Ok(checks)
-    }
-
-    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let (upstream, _) = upstream(&ctx.as_talos_target())?;
-        let files = vec![
-            (MANIFEST.to_owned(), objects_yaml(&upstream)?),
-            ("cluster-ca.yaml".to_owned(), objects_yaml(&issuers::all(&ctx.config.name)?)?),
-            ("entrypoint-certificate.yaml".to_owned(), objects_yaml(&entrypoint::all(&ctx.config)?)?),
-            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
-        ];
-        write_folder(out, Self::FOLDER, files)
     }
 }

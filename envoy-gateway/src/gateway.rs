@@ -185,7 +185,7 @@ fn tls_secret() -> String {
 
 /// Our objects, in the order they depend on each other.
 pub fn all(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
-    use kit::apply::to_dynamic;
+    use kit::manifest::to_dynamic;
     let annotations = BTreeMap::from([(METALLB_IP_ANNOTATION.to_owned(), config.envoy_gateway_ip.to_string())]);
     let proxy = object(
         "gateway.envoyproxy.io/v1alpha1",

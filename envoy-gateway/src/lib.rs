@@ -5,15 +5,15 @@
 
 pub mod gateway;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
-use kit::apply::{Engine, LabNotes, patch_typed};
 use kit::artifacts::Component;
-use kit::check::{Check, addresses, common, exposure};
-use kit::stage::{Change, Context, Stage, Target, objects_yaml, write_folder};
+use kit::bundle::{Bundle, BundleStage, Part, Ready};
+use kit::check::{addresses, common, exposure};
+use kit::context::{Context, Target};
+use kit::report::Check;
 use kube::api::{Api, DynamicObject};
 
 pub use gateway::{NAME, NAMESPACE};
@@ -23,7 +23,6 @@ const MANIFEST: &str = "install.yaml";
 pub const CONTROLLER: &str = "envoy-gateway";
 /// The release's one-off Job that makes the controller's TLS Secrets.
 const CERTGEN_JOB: &str = "eg-gateway-helm-certgen";
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct EnvoyGateway;
 
@@ -32,14 +31,12 @@ pub struct EnvoyGateway;
 /// Job changes (a new `versions.envoyGateway`, a new image), the engine replaces it, since a
 /// Job's pod template is immutable: certgen then runs for the new version, as upstream's
 /// pre-upgrade hook would.
-pub fn upstream(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
-    let (mut objects, notes) = ctx.upstream(Component::EnvoyGateway, MANIFEST)?;
-    patch_typed::<Job>(&mut objects, CERTGEN_JOB, |job| {
+pub fn release(ctx: &Context) -> anyhow::Result<Part> {
+    Part::upstream(ctx, Component::EnvoyGateway, MANIFEST)?.patch::<Job>(CERTGEN_JOB, |job| {
         if let Some(spec) = job.spec.as_mut() {
             spec.ttl_seconds_after_finished = None;
         }
-    })?;
-    Ok((objects, notes))
+    })
 }
 
 /// Waits for a Gateway API object's condition (`Accepted`, `Programmed`) to be True.
@@ -124,11 +121,20 @@ async fn listeners_check(client: &kube::Client) -> anyhow::Result<Check> {
     })
 }
 
-impl Stage for EnvoyGateway {
+impl BundleStage for EnvoyGateway {
     const NAME: &'static str = "envoy-gateway";
     const FOLDER: &'static str = "08-gateway-envoy";
     const TITLE: &'static str = "Stage 08: Envoy Gateway, the Gateway API on its fixed MetalLB address";
     const LESSON: &'static str = include_str!("../README.md");
+
+    /// The release; once its controller runs, our EnvoyProxy, GatewayClass, Certificate and
+    /// Gateway.
+    fn bundle(&self, ctx: &Context) -> anyhow::Result<Bundle> {
+        Ok(Bundle::new()
+            .apply([release(ctx)?])
+            .wait(Ready::deployment(NAMESPACE, CONTROLLER))
+            .apply([Part::ours("gateway.yaml", gateway::all(&ctx.config)?)]))
+    }
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
         let (mut checks, client) = common::cluster(ctx).await;
@@ -144,47 +150,20 @@ impl Stage for EnvoyGateway {
         Ok(checks)
     }
 
-    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (mut objects, _) = upstream(ctx)?;
-        objects.extend(gateway::all(&ctx.config)?);
-        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
-    }
-
-    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (objects, _) = upstream(ctx)?;
-        let client = ctx.client().await?;
-        let mut engine = Engine::new(client.clone(), Self::NAME).await?;
-        let mut changes = engine.apply(&objects).await?;
-        tracing::info!("waiting for the Envoy Gateway controller to be Available");
-        kit::wait::deployment_available(&client, NAMESPACE, CONTROLLER, ROLLOUT_TIMEOUT).await?;
-        changes.extend(engine.apply(&gateway::all(&ctx.config)?).await?);
-        Ok(changes)
-    }
-
-    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let client = ctx.client().await?;
-        let mut checks =
-            vec![common::deployment(&client, NAMESPACE, CONTROLLER, Duration::from_secs(60), Self::NAME).await];
+    async fn verify(&self, ctx: &Context, client: &kube::Client) -> anyhow::Result<Vec<Check>> {
         // What the lab can show too: the EnvoyProxy (its address annotation), the GatewayClass
         // (its parametersRef), the wildcard Certificate and the Gateway (listeners, hostname,
         // certificate ref) are stored as the config gives them.
         let ours = gateway::all(&ctx.config)?;
-        checks.push(
-            common::stored_as_configured(
-                &client,
-                Self::NAME,
-                &ours,
-                "EnvoyProxy, GatewayClass, Certificate and Gateway",
-            )
-            .await,
-        );
+        let what = "EnvoyProxy, GatewayClass, Certificate and Gateway";
+        let mut checks = vec![common::stored_as_configured(client, Self::NAME, &ours, what).await];
         match ctx.target {
             Target::Talos => {
-                checks.push(condition_check(&client, "GatewayClass", "gatewayclasses", None, "Accepted").await);
-                checks.push(condition_check(&client, "Gateway", "gateways", Some(NAMESPACE), "Programmed").await);
-                checks.push(listeners_check(&client).await?);
-                checks.push(common::certificate_ready(ctx, &client, NAMESPACE, &gateway::certificate_name()).await);
-                checks.push(address_check(&client, ctx).await?);
+                checks.push(condition_check(client, "GatewayClass", "gatewayclasses", None, "Accepted").await);
+                checks.push(condition_check(client, "Gateway", "gateways", Some(NAMESPACE), "Programmed").await);
+                checks.push(listeners_check(client).await?);
+                checks.push(common::certificate_ready(ctx, client, NAMESPACE, &gateway::certificate_name()).await);
+                checks.push(address_check(client, ctx).await?);
             }
             Target::Lab => {
                 // No controller acts on the objects in the lab: nothing fake is made in its place.
@@ -192,20 +171,8 @@ impl Stage for EnvoyGateway {
                 checks.push(Check::not_checkable_in_lab("gatewayclass Accepted", why));
                 checks.push(Check::not_checkable_in_lab("gateway Programmed", why));
                 checks.push(Check::not_checkable_in_lab("address", why));
-                let (_, notes) = upstream(ctx)?;
-                checks.extend(common::lab_notes(notes));
             }
         }
         Ok(checks)
-    }
-
-    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let (upstream, _) = upstream(&ctx.as_talos_target())?;
-        let files = vec![
-            (MANIFEST.to_owned(), objects_yaml(&upstream)?),
-            ("gateway.yaml".to_owned(), objects_yaml(&gateway::all(&ctx.config)?)?),
-            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
-        ];
-        write_folder(out, Self::FOLDER, files)
     }
 }

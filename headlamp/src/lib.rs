@@ -3,7 +3,7 @@
 //! (`headlamp-admin`) and its long-lived token in `state/headlamp-token`. The lesson is in
 //! README.md.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,11 +11,13 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{EnvVar, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
-use kit::apply::{Engine, patch_typed, to_dynamic};
 use kit::artifacts::Component;
-use kit::check::{Check, common, exposure};
+use kit::bundle::{Bundle, BundleStage, Part, Ready};
+use kit::check::{common, exposure};
 use kit::config::ClusterConfig;
-use kit::stage::{Action, Change, Context, Stage, objects_yaml, write_folder};
+use kit::context::Context;
+use kit::manifest::to_dynamic;
+use kit::report::{Action, Change, Check};
 use kube::api::{Api, DynamicObject, ObjectMeta};
 
 pub const NAMESPACE: &str = "kube-system";
@@ -26,7 +28,6 @@ pub const LOGIN: &str = "headlamp-admin";
 pub const CLUSTER_READ_ROLE: &str = "talos-ha-dashboard-cluster-read";
 const MANIFEST: &str = "kubernetes-headlamp.yaml";
 const IMAGE: &str = "ghcr.io/headlamp-k8s/headlamp";
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct Headlamp;
 
@@ -38,7 +39,7 @@ pub fn token_file(config: &ClusterConfig) -> PathBuf {
 /// The login identity and its rights: the built-in `view` role everywhere (every namespaced
 /// object but Secrets, read-only) plus read access to nodes, volumes and the other
 /// cluster-scoped objects a dashboard shows. No write, no Secrets.
-pub fn login_objects() -> anyhow::Result<Vec<DynamicObject>> {
+fn login_objects() -> anyhow::Result<Vec<DynamicObject>> {
     let meta = |name: &str, namespace: Option<&str>| ObjectMeta {
         name: Some(name.to_owned()),
         namespace: namespace.map(str::to_owned),
@@ -87,35 +88,27 @@ pub fn login_objects() -> anyhow::Result<Vec<DynamicObject>> {
 
 /// The release manifest with its `latest` image pinned to the release, and tracing off (it
 /// would export to an `otel-collector` that does not exist here).
-pub fn upstream(ctx: &Context) -> anyhow::Result<Vec<DynamicObject>> {
-    let (mut objects, _) = ctx.upstream(Component::Headlamp, MANIFEST)?;
+fn release(ctx: &Context) -> anyhow::Result<Part> {
     let version = ctx.config.versions.headlamp;
-    patch_typed::<Deployment>(&mut objects, NAME, |deployment| {
-        let pod = deployment.spec.as_mut().and_then(|spec| spec.template.spec.as_mut());
-        for container in pod.into_iter().flat_map(|pod| pod.containers.iter_mut()) {
-            container.image = Some(format!("{IMAGE}:{version}"));
-            for variable in container.env.iter_mut().flatten() {
-                set_env(variable, "HEADLAMP_CONFIG_SERVICE_VERSION", &version.to_string());
-                set_env(variable, "HEADLAMP_CONFIG_TRACING_ENABLED", "false");
+    Part::upstream(ctx, Component::Headlamp, MANIFEST)?.rendered_as("headlamp.yaml").patch::<Deployment>(
+        NAME,
+        |deployment| {
+            let pod = deployment.spec.as_mut().and_then(|spec| spec.template.spec.as_mut());
+            for container in pod.into_iter().flat_map(|pod| pod.containers.iter_mut()) {
+                container.image = Some(format!("{IMAGE}:{version}"));
+                for variable in container.env.iter_mut().flatten() {
+                    set_env(variable, "HEADLAMP_CONFIG_SERVICE_VERSION", &version.to_string());
+                    set_env(variable, "HEADLAMP_CONFIG_TRACING_ENABLED", "false");
+                }
             }
-        }
-    })?;
-    Ok(objects)
+        },
+    )
 }
 
 fn set_env(variable: &mut EnvVar, name: &str, value: &str) {
     if variable.name == name {
         variable.value = Some(value.to_owned());
     }
-}
-
-/// Every object this stage applies, in order: the login identity first (the release's token
-/// Secret names its ServiceAccount), the release, then the UI's exposure.
-fn bundle(ctx: &Context) -> anyhow::Result<Vec<DynamicObject>> {
-    let mut objects = login_objects()?;
-    objects.extend(upstream(ctx)?);
-    objects.extend(ui_objects(&ctx.config)?);
-    Ok(objects)
 }
 
 fn ui_objects(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
@@ -212,11 +205,22 @@ async fn token_check(client: &kube::Client, config: &ClusterConfig) -> anyhow::R
     })
 }
 
-impl Stage for Headlamp {
+impl BundleStage for Headlamp {
     const NAME: &'static str = "headlamp";
     const FOLDER: &'static str = "07-dashboard-headlamp";
     const TITLE: &'static str = "Stage 07: the Headlamp dashboard over HTTPS, with a read-only login token";
     const LESSON: &'static str = include_str!("../README.md");
+
+    /// The login identity first: the release's token Secret names its ServiceAccount, and the
+    /// token controller deletes a token Secret whose ServiceAccount does not exist. Then the
+    /// release and the UI's exposure; then Headlamp must run.
+    fn bundle(&self, ctx: &Context) -> anyhow::Result<Bundle> {
+        const OURS: &str = "login-and-ui.yaml";
+        Ok(Bundle::new()
+            .apply([Part::ours(OURS, login_objects()?)])
+            .apply([release(ctx)?, Part::ours(OURS, ui_objects(&ctx.config)?)])
+            .wait(Ready::deployment(NAMESPACE, NAME)))
+    }
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
         let (api, client) = common::api(ctx).await;
@@ -226,45 +230,21 @@ impl Stage for Headlamp {
         Ok(checks)
     }
 
-    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&bundle(ctx)?).await
+    /// The login token, written where a person finds it (0600).
+    async fn after_apply(&self, ctx: &Context, client: &kube::Client, dry_run: bool) -> anyhow::Result<Vec<Change>> {
+        if dry_run {
+            return Ok(Vec::new());
+        }
+        Ok(vec![write_token(client, &ctx.config).await?])
     }
 
-    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let client = ctx.client().await?;
-        let mut engine = Engine::new(client.clone(), Self::NAME).await?;
-        // The ServiceAccount first: the release's token Secret names it, and the token
-        // controller deletes a token Secret whose ServiceAccount does not exist.
-        let mut changes = engine.apply(&login_objects()?).await?;
-        let mut objects = upstream(ctx)?;
-        objects.extend(ui_objects(&ctx.config)?);
-        changes.extend(engine.apply(&objects).await?);
-        tracing::info!("waiting for Headlamp to be Available");
-        kit::wait::deployment_available(&client, NAMESPACE, NAME, ROLLOUT_TIMEOUT).await?;
-        changes.push(write_token(&client, &ctx.config).await?);
-        Ok(changes)
-    }
-
-    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let client = ctx.client().await?;
-        let wait = Duration::from_secs(60);
-        let mut checks = vec![common::deployment(&client, NAMESPACE, NAME, wait, Self::NAME).await];
-        checks.push(common::stored_as_configured(&client, Self::NAME, &bundle(ctx)?, "Headlamp's objects").await);
-        checks.push(kit::check::graph::ingress(&client, NAMESPACE, NAME).await?);
-        checks.push(token_check(&client, &ctx.config).await?);
-        checks.push(common::certificate_ready(ctx, &client, NAMESPACE, NAME).await);
-        Ok(checks)
-    }
-
-    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        // The release (its image pinned) apart from our login identity and UI exposure.
-        let mut ours = login_objects()?;
-        ours.extend(ui_objects(&ctx.config)?);
-        let files = vec![
-            ("headlamp.yaml".to_owned(), objects_yaml(&upstream(&ctx.as_talos_target())?)?),
-            ("login-and-ui.yaml".to_owned(), objects_yaml(&ours)?),
-            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
-        ];
-        write_folder(out, Self::FOLDER, files)
+    async fn verify(&self, ctx: &Context, client: &kube::Client) -> anyhow::Result<Vec<Check>> {
+        let objects = self.bundle(ctx)?.objects();
+        Ok(vec![
+            common::stored_as_configured(client, Self::NAME, &objects, "Headlamp's objects").await,
+            kit::check::graph::ingress(client, NAMESPACE, NAME).await?,
+            token_check(client, &ctx.config).await?,
+            common::certificate_ready(ctx, client, NAMESPACE, NAME).await,
+        ])
     }
 }

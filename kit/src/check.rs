@@ -1,68 +1,13 @@
 //! Named checks: what `check` and `verify` report, one line (or one JSON object) each.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Status {
-    Pass,
-    Fail,
-    /// The lab cannot show it (no ARP, no real volumes, no containers): never counted as a pass.
-    NotCheckableInLab,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Check {
-    pub name: String,
-    pub status: Status,
-    pub reason: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
-}
-
-impl Check {
-    pub fn pass(name: impl Into<String>, reason: impl Into<String>) -> Check {
-        Check { name: name.into(), status: Status::Pass, reason: reason.into(), fix: None }
-    }
-
-    pub fn fail(name: impl Into<String>, reason: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check { name: name.into(), status: Status::Fail, reason: reason.into(), fix: Some(fix.into()) }
-    }
-
-    pub fn not_checkable_in_lab(name: impl Into<String>, reason: impl Into<String>) -> Check {
-        Check { name: name.into(), status: Status::NotCheckableInLab, reason: reason.into(), fix: None }
-    }
-}
-
-impl fmt::Display for Check {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.status {
-            Status::Pass => write!(f, "ok    {}: {}", self.name, self.reason)?,
-            Status::Fail => write!(f, "FAIL  {}: {}", self.name, self.reason)?,
-            Status::NotCheckableInLab => write!(f, "lab   {}: not checkable in the lab: {}", self.name, self.reason)?,
-        }
-        if let Some(fix) = &self.fix {
-            write!(f, "\n      fix: {fix}")?;
-        }
-        Ok(())
-    }
-}
-
-/// True when nothing failed (checks the lab cannot make are not failures, nor passes).
-pub fn none_failed(checks: &[Check]) -> bool {
-    checks.iter().all(|check| check.status != Status::Fail)
-}
-
 pub mod graph;
 
 /// The checks every stage on Kubernetes starts with, and the ones its `verify` shares.
 pub mod common {
     use std::time::Duration;
 
-    use super::Check;
-    use crate::stage::{Context, Target};
+    use crate::context::{Context, Target};
+    use crate::report::Check;
 
     /// The API server answers with the context's kubeconfig; returns the client when it does
     /// (nothing else can be checked without one).
@@ -82,7 +27,7 @@ pub mod common {
                     Target::Lab => "start the lab: cargo xtask lab up",
                     Target::Talos => "run stage 01 (talos-bootstrap apply) and check the VIP answers",
                 };
-                let api = crate::lab::describe_api(&ctx.kubeconfig);
+                let api = crate::client::describe_api(&ctx.kubeconfig);
                 (Check::fail("api", format!("the API does not answer: {error:#} (API server {api})"), fix), None)
             }
         }
@@ -101,7 +46,7 @@ pub mod common {
 
     /// Every node of the config is registered and Ready.
     pub async fn nodes_ready(client: &kube::Client, ctx: &Context) -> Check {
-        match crate::lab::nodes_not_ready(client, &ctx.config).await {
+        match crate::client::nodes_not_ready(client, &ctx.config).await {
             Ok(waiting) if waiting.is_empty() => {
                 Check::pass("nodes", format!("all {} nodes are Ready", ctx.config.nodes.len()))
             }
@@ -143,7 +88,7 @@ pub mod common {
             Ok(changes) => {
                 let differ: Vec<String> = changes
                     .iter()
-                    .filter(|change| change.action != crate::stage::Action::Unchanged)
+                    .filter(|change| change.action != crate::report::Action::Unchanged)
                     .map(|change| change.to_string().split_whitespace().collect::<Vec<_>>().join(" "))
                     .collect();
                 if differ.is_empty() {
@@ -179,11 +124,6 @@ pub mod common {
             ),
         }
     }
-
-    /// What the lab transform left out, each as a check the lab cannot make.
-    pub fn lab_notes(notes: crate::apply::LabNotes) -> Vec<Check> {
-        notes.into_iter().map(|note| Check::not_checkable_in_lab("lab transform", note)).collect()
-    }
 }
 
 /// Preconditions of a stage that exposes a UI through Traefik with a CA certificate.
@@ -191,10 +131,10 @@ pub mod exposure {
     use k8s_openapi::api::networking::v1::IngressClass;
     use kube::api::{Api, DynamicObject};
 
-    use super::Check;
     use crate::certs::{DEFAULT_CLASS_ANNOTATION, INGRESS_CLASS, INGRESS_CONTROLLER};
+    use crate::context::Target;
     use crate::names::{CA_ISSUER, CA_SECRET, CERT_MANAGER_NAMESPACE};
-    use crate::stage::Target;
+    use crate::report::Check;
 
     /// What an HTTPS Ingress with a cluster-CA certificate needs (the legacy path): stage 04's
     /// IngressClass and stage 05's issuer.
@@ -304,7 +244,7 @@ pub mod exposure {
     #[cfg(test)]
     mod tests {
         use super::*;
-        use crate::check::Status;
+        use crate::report::Status;
 
         #[test]
         fn the_ingress_class_must_be_traefiks_and_the_default() {
@@ -356,9 +296,9 @@ pub mod addresses {
     use k8s_openapi::api::core::v1::Service;
     use kube::api::{Api, DynamicObject};
 
-    use super::Check;
     use crate::config::IpRange;
     use crate::names::{ENTRYPOINT_POOL, METALLB_IP_ANNOTATION, METALLB_NAMESPACE};
+    use crate::report::Check;
 
     /// True when a MetalLB pool entry (`a.b.c.d/32`, a CIDR, or `first-last`) holds `ip`.
     pub fn pool_entry_contains(entry: &str, ip: Ipv4Addr) -> bool {

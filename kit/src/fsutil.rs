@@ -1,4 +1,5 @@
-//! Files the tool writes that must stay private: keys, tokens, kubeconfigs.
+//! Files the tool writes: the cache's place, files that must stay private (keys, tokens,
+//! kubeconfigs), and the folders `render` fills.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -58,6 +59,21 @@ pub fn password(path: &Path) -> anyhow::Result<String> {
     let password = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     write_private(path, format!("{password}\n").as_bytes())?;
     Ok(password)
+}
+
+/// Writes a seed folder `<out>/<folder>/` (what `render` produces); returns the paths written,
+/// in order.
+pub fn write_folder(out: &Path, folder: &str, files: Vec<(String, Vec<u8>)>) -> anyhow::Result<Vec<PathBuf>> {
+    let mut written = Vec::new();
+    for (name, contents) in files {
+        let path = out.join(folder).join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
 }
 
 #[cfg(test)]

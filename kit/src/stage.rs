@@ -13,7 +13,6 @@
 //! full install is the steps in order.
 
 use std::ffi::OsString;
-use std::fmt;
 use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -21,10 +20,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
-use serde::{Deserialize, Serialize};
 
-use crate::check::{Check, none_failed};
 use crate::config::ClusterConfig;
+use crate::context::{Context, Target, Verb, cluster_kubeconfig_path};
+use crate::report::{Change, Check, none_failed, write_json_lines};
 
 /// One step of the build (the seed's 01–08 and 100 folders).
 pub trait Stage {
@@ -46,161 +45,11 @@ pub trait Stage {
     fn render(&self, ctx: &Context, out: &Path) -> impl Future<Output = anyhow::Result<Vec<PathBuf>>>;
 }
 
-/// Which cluster a stage talks to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    /// The real Talos cluster described by `cluster.yaml`.
-    Talos,
-    /// The cluster in a box: Talos twins at the config's addresses (`cargo xtask lab up`).
-    Lab,
-}
-
-/// What a stage is given: the validated model and where the cluster is.
-#[derive(Debug)]
-pub struct Context {
-    pub config: ClusterConfig,
-    pub target: Target,
-    pub kubeconfig: PathBuf,
-    /// Where upstream artifacts are read from instead of their official URLs.
-    pub mirror: Option<PathBuf>,
-    /// `apply --bootstrap`: stage 01 may bootstrap etcd where it cannot prove the cluster is new.
-    pub bootstrap: bool,
-}
-
-impl Context {
-    /// A client for the target's API server, from the kubeconfig.
-    pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        crate::lab::client_from_kubeconfig(&self.kubeconfig).await
-    }
-
-    /// The pinned upstream artifacts, from the mirror if one was given.
-    pub fn artifacts(&self) -> crate::artifacts::ArtifactStore {
-        crate::artifacts::ArtifactStore::new(&self.config, self.mirror.as_deref(), &crate::fsutil::cache_root())
-    }
-
-    /// The same context aimed at the talos target: what `render` shows is what a real cluster
-    /// gets, never the lab's transformed bundle.
-    pub fn as_talos_target(&self) -> Context {
-        Context {
-            config: self.config.clone(),
-            target: Target::Talos,
-            kubeconfig: self.kubeconfig.clone(),
-            mirror: self.mirror.clone(),
-            bootstrap: self.bootstrap,
-        }
-    }
-
-    /// One pinned upstream manifest as it was published (from the cache, the mirror, or its
-    /// official URL, checked against the lock).
-    pub fn upstream_text(&self, component: crate::artifacts::Component, file: &str) -> anyhow::Result<String> {
-        let artifact = crate::artifacts::Artifact::find(component, file)?;
-        // The fetch may download (blocking I/O): keep it off the async worker's back.
-        let bytes = tokio::task::block_in_place(|| self.artifacts().fetch(&artifact))?;
-        String::from_utf8(bytes).with_context(|| format!("{file} is not UTF-8"))
-    }
-
-    /// One pinned upstream manifest as objects, lab-transformed on the lab target (never on
-    /// the talos target); the notes say what the transform left out.
-    pub fn upstream(
-        &self,
-        component: crate::artifacts::Component,
-        file: &str,
-    ) -> anyhow::Result<(Vec<kube::api::DynamicObject>, crate::apply::LabNotes)> {
-        let text = self.upstream_text(component, file)?;
-        let mut objects = crate::apply::parse_manifest(file, &text)?;
-        let notes = match self.target {
-            Target::Lab => crate::apply::lab_transform(&mut objects),
-            Target::Talos => Vec::new(),
-        };
-        Ok((objects, notes))
-    }
-}
-
-/// Writes a stage's seed folder `<out>/<folder>/` (the files `render` produces); returns the
-/// paths written, in order.
-pub fn write_folder(out: &Path, folder: &str, files: Vec<(String, Vec<u8>)>) -> anyhow::Result<Vec<PathBuf>> {
-    let mut written = Vec::new();
-    for (name, contents) in files {
-        let path = out.join(folder).join(name);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
-        written.push(path);
-    }
-    Ok(written)
-}
-
-/// Objects as one multi-document YAML file, as `render` shows what a stage applies.
-pub fn objects_yaml(objects: &[kube::api::DynamicObject]) -> anyhow::Result<Vec<u8>> {
-    let mut text = String::new();
-    for object in objects {
-        text.push_str("---\n");
-        text.push_str(&serde_saphyr::to_string(object).context("writing an object as YAML")?);
-    }
-    Ok(text.into_bytes())
-}
-
-/// The cluster's own admin kubeconfig, aimed at the VIP: stage 01 fetches it from a control
-/// plane, on real nodes and in the lab's box alike.
-pub fn cluster_kubeconfig_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("kubeconfig")
-}
-
 /// The kubeconfig a target uses unless `--kubeconfig` says otherwise.
 fn default_kubeconfig(state_dir: &Path, target: Target) -> PathBuf {
     match target {
         Target::Talos => cluster_kubeconfig_path(state_dir),
         Target::Lab => crate::lab::kubeconfig_path(state_dir),
-    }
-}
-
-/// One object a stage would change (plan) or did change (apply).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Change {
-    /// `Kind namespace/name`, or `Kind name` for cluster-scoped objects.
-    pub object: String,
-    pub action: Action,
-    /// A readable field diff, where there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub diff: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Created,
-    Configured,
-    Unchanged,
-    /// In the cluster, applied by this stage once, and no longer in its bundle (a release that
-    /// dropped an object, a renamed one). `plan` reports it; `apply` leaves it, since deleting
-    /// what a bundle no longer names is a choice for the person (a CRD takes its data with it).
-    Leftover,
-}
-
-impl Action {
-    /// Created or configured: what `apply` changes.
-    pub fn changes_something(self) -> bool {
-        matches!(self, Action::Created | Action::Configured)
-    }
-}
-
-impl fmt::Display for Change {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let action = match self.action {
-            Action::Created => "created",
-            Action::Configured => "configured",
-            Action::Unchanged => "unchanged",
-            Action::Leftover => "leftover",
-        };
-        write!(f, "{action:<11} {}", self.object)?;
-        if let Some(diff) = &self.diff {
-            for line in diff.lines() {
-                write!(f, "\n            {line}")?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -367,10 +216,18 @@ fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W)
         "--bootstrap belongs to `{} apply`: only stage 01 bootstraps etcd",
         crate::names::TALOS_BOOTSTRAP_STAGE
     );
+    let verb = match cli.command {
+        StageCommand::Check => Verb::Check,
+        StageCommand::Plan => Verb::Plan,
+        StageCommand::Apply { .. } => Verb::Apply,
+        StageCommand::Verify => Verb::Verify,
+        StageCommand::Render { .. } | StageCommand::Explain => Verb::Render,
+    };
     let ctx = Context {
         kubeconfig: cli.global.kubeconfig(&config),
         config,
         target,
+        verb,
         mirror: cli.global.mirror.clone(),
         bootstrap,
     };
@@ -452,7 +309,7 @@ fn where_to_look(error: anyhow::Error, ctx: &Context, stage: &str, command: &Sta
     };
     error.context(format!(
         "the Kubernetes API at {} did not answer; next: {next}",
-        crate::lab::describe_api(&ctx.kubeconfig)
+        crate::client::describe_api(&ctx.kubeconfig)
     ))
 }
 
@@ -482,15 +339,6 @@ fn report_changes(changes: &[Change], output: Output, out: &mut impl Write) -> a
     match output {
         Output::Text => changes.iter().try_for_each(|change| writeln!(out, "{change}"))?,
         Output::Json => write_json_lines(changes, out)?,
-    }
-    Ok(())
-}
-
-/// Writes one JSON object per line, the form scripts read with `jq -c` or line by line.
-pub fn write_json_lines<T: Serialize>(items: &[T], out: &mut impl Write) -> anyhow::Result<()> {
-    for item in items {
-        serde_json::to_writer(&mut *out, item)?;
-        writeln!(out)?;
     }
     Ok(())
 }

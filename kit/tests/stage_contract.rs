@@ -6,8 +6,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use kit::check::Check;
-use kit::stage::{self, Action, Change, Context, Stage};
+use kit::context::Context;
+use kit::report::Check;
+use kit::report::{Action, Change};
+use kit::stage::{self, Stage};
 
 struct FixtureStage;
 
@@ -26,12 +28,12 @@ impl Stage for FixtureStage {
 
     /// On the lab its Namespace already exists; on Talos it would be created.
     async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let action = if ctx.target == stage::Target::Lab { Action::Unchanged } else { Action::Created };
+        let action = if ctx.target == kit::context::Target::Lab { Action::Unchanged } else { Action::Created };
         Ok(vec![Change { object: "Namespace fixture".into(), action, diff: None }])
     }
 
     async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        anyhow::ensure!(ctx.target == stage::Target::Lab, "fixture applies only with --lab");
+        anyhow::ensure!(ctx.target == kit::context::Target::Lab, "fixture applies only with --lab");
         Ok(vec![Change {
             object: "ConfigMap fixture/settings".into(),
             action: Action::Configured,

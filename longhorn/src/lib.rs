@@ -7,16 +7,18 @@ pub mod settings;
 pub mod talos;
 pub mod volume;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::storage::v1::StorageClass;
-use kit::apply::{Engine, LabNotes, to_dynamic};
 use kit::artifacts::Component;
-use kit::check::{Check, common, exposure};
-use kit::stage::{Action, Change, Context, Stage, Target, objects_yaml, write_folder};
+use kit::bundle::{Bundle, BundleStage, Part, Ready};
+use kit::check::{common, exposure};
+use kit::context::{Context, Target, Verb};
+use kit::manifest::to_dynamic;
+use kit::report::{Action, Change, Check};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 
 pub use settings::{DATA_PATH, DEFAULT_CLASS_ANNOTATION, NAMESPACE, STORAGE_CLASS, replica_count};
@@ -35,15 +37,6 @@ const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub struct Longhorn;
 
-/// Everything this stage applies: the patched release manifest, then the UI's certificate,
-/// login and Ingress. `password` is the UI's (see [`UiPassword`]).
-pub fn bundle(ctx: &Context, password: &UiPassword) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
-    let (mut objects, notes) = ctx.upstream(Component::Longhorn, MANIFEST)?;
-    settings::patch(&mut objects, &ctx.config)?;
-    objects.extend(ui_objects(ctx, password)?);
-    Ok((objects, notes))
-}
-
 /// The user the Longhorn UI asks for; its password is in [`password_file`].
 pub const UI_USER: &str = "admin";
 /// The Traefik middleware (and its Secret) that asks for it.
@@ -54,7 +47,7 @@ pub fn password_file(ctx: &Context) -> PathBuf {
     ctx.config.state_dir().join("longhorn-ui-password")
 }
 
-/// The UI's password as each command may see it.
+/// The UI's password as each verb may see it.
 pub enum UiPassword {
     /// `apply`: the one in the state folder, made there if missing.
     Kept(String),
@@ -63,17 +56,23 @@ pub enum UiPassword {
 }
 
 impl UiPassword {
-    /// For `apply`: read, or made and kept (0600) the first time.
-    pub fn ensure(ctx: &Context) -> anyhow::Result<UiPassword> {
-        Ok(UiPassword::Kept(kit::fsutil::password(&password_file(ctx))?))
-    }
-
-    /// For `plan`: the kept one when there is one, so an unchanged login plans as unchanged.
-    pub fn existing(ctx: &Context) -> UiPassword {
-        match std::fs::read_to_string(password_file(ctx)) {
-            Ok(kept) if !kept.trim().is_empty() => UiPassword::Kept(kept.trim().to_owned()),
-            _ => UiPassword::Placeholder,
-        }
+    /// `apply` reads it, or makes and keeps it (0600) the first time; `plan` and `verify` read
+    /// the kept one when there is one (so an unchanged login plans as unchanged); `render`
+    /// shows the placeholder.
+    pub fn for_verb(ctx: &Context) -> anyhow::Result<UiPassword> {
+        let path = password_file(ctx);
+        Ok(match ctx.verb {
+            Verb::Apply => {
+                let password = kit::fsutil::password(&path)?;
+                tracing::info!("the Longhorn UI asks for user {UI_USER} and the password in {} (0600)", path.display());
+                UiPassword::Kept(password)
+            }
+            Verb::Render => UiPassword::Placeholder,
+            Verb::Check | Verb::Plan | Verb::Verify => match std::fs::read_to_string(&path) {
+                Ok(kept) if !kept.trim().is_empty() => UiPassword::Kept(kept.trim().to_owned()),
+                _ => UiPassword::Placeholder,
+            },
+        })
     }
 
     fn text(&self) -> &str {
@@ -227,7 +226,7 @@ async fn schedulable_workers(client: &kube::Client, ctx: &Context) -> anyhow::Re
     let mut schedulable = Vec::new();
     for worker in ctx.config.workers() {
         if let Some(node) = nodes.get_opt(&worker.name).await?
-            && kit::lab::is_ready(&node)
+            && kit::client::is_ready(&node)
             && !node.spec.as_ref().and_then(|spec| spec.unschedulable).unwrap_or(false)
         {
             schedulable.push(worker.name.clone());
@@ -310,11 +309,25 @@ async fn default_class_check(client: &kube::Client, target: Target) -> anyhow::R
     })
 }
 
-impl Stage for Longhorn {
+impl BundleStage for Longhorn {
     const NAME: &'static str = "longhorn";
     const FOLDER: &'static str = "06-storage-longhorn";
     const TITLE: &'static str = "Stage 06: Longhorn replicated volumes, the default StorageClass, and the Longhorn UI";
     const LESSON: &'static str = include_str!("../README.md");
+
+    /// The patched release and the UI's certificate, login and Ingress in one apply; then the
+    /// manager on every worker, the driver deployer and the UI must run.
+    fn bundle(&self, ctx: &Context) -> anyhow::Result<Bundle> {
+        let release = Part::upstream(ctx, Component::Longhorn, MANIFEST)?
+            .edit(|objects| settings::patch(objects, &ctx.config))?;
+        let ui = Part::ours("longhorn-ui.yaml", ui_objects(ctx, &UiPassword::for_verb(ctx)?)?);
+        let workers = ctx.config.workers().count();
+        Ok(Bundle::new()
+            .apply([release, ui])
+            .wait(Ready::daemon_set(NAMESPACE, MANAGER).on_each(workers, "worker").within(ROLLOUT_TIMEOUT))
+            .wait(Ready::deployment(NAMESPACE, DRIVER_DEPLOYER).within(ROLLOUT_TIMEOUT))
+            .wait(Ready::deployment(NAMESPACE, UI).within(ROLLOUT_TIMEOUT)))
+    }
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
         let (mut checks, client) = common::cluster(ctx).await;
@@ -340,87 +353,38 @@ impl Stage for Longhorn {
         Ok(checks)
     }
 
-    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (objects, _) = bundle(ctx, &UiPassword::existing(ctx))?;
-        let client = ctx.client().await?;
-        let mut changes = Engine::new(client.clone(), Self::NAME).await?.plan(&objects).await?;
-        changes.extend(demote_other_defaults(&client, true).await?);
-        Ok(changes)
+    /// Other StorageClasses marked default lose the mark (plan shows which).
+    async fn after_apply(&self, _ctx: &Context, client: &kube::Client, dry_run: bool) -> anyhow::Result<Vec<Change>> {
+        demote_other_defaults(client, dry_run).await
     }
 
-    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (objects, _) = bundle(ctx, &UiPassword::ensure(ctx)?)?;
-        tracing::info!(
-            "the Longhorn UI asks for user {UI_USER} and the password in {} (0600)",
-            password_file(ctx).display()
-        );
-        let client = ctx.client().await?;
-        let mut changes = Engine::new(client.clone(), Self::NAME).await?.apply(&objects).await?;
-        changes.extend(demote_other_defaults(&client, false).await?);
-        tracing::info!("waiting for longhorn-manager on every worker");
-        kit::wait::daemonset_ready(&client, NAMESPACE, MANAGER, ROLLOUT_TIMEOUT).await?;
-        for deployment in [DRIVER_DEPLOYER, UI] {
-            tracing::info!("waiting for {deployment} to be Available");
-            kit::wait::deployment_available(&client, NAMESPACE, deployment, ROLLOUT_TIMEOUT).await?;
-        }
-        Ok(changes)
-    }
-
-    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let client = ctx.client().await?;
+    async fn verify(&self, ctx: &Context, client: &kube::Client) -> anyhow::Result<Vec<Check>> {
         let wait = Duration::from_secs(60);
-        let workers = ctx.config.workers().count();
-        let mut checks = Vec::new();
-        checks.push(match kit::wait::daemonset_ready(&client, NAMESPACE, MANAGER, wait).await {
-            Ok(ready) if ready as usize >= workers => {
-                Check::pass("manager", format!("longhorn-manager is ready on {ready} nodes (every worker)"))
-            }
-            Ok(ready) => Check::fail(
-                "manager",
-                format!("longhorn-manager is ready on {ready} nodes for {workers} workers"),
-                "kubectl -n longhorn-system get pods -o wide",
-            ),
-            Err(error) => Check::fail("manager", format!("{error:#}"), "longhorn apply, then look at its pods"),
-        });
-        checks.push(common::deployment(&client, NAMESPACE, UI, wait, Self::NAME).await);
-        checks.push(ui_login_check(&client, ctx).await);
-        checks.push(settings_check(&client, ctx).await?);
-        checks.push(default_class_check(&client, ctx.target).await?);
-        checks.push(kit::check::graph::ingress(&client, NAMESPACE, UI).await?);
-        checks.push(common::certificate_ready(ctx, &client, NAMESPACE, UI).await);
+        let mut checks = vec![
+            ui_login_check(client, ctx).await,
+            settings_check(client, ctx).await?,
+            default_class_check(client, ctx.target).await?,
+            kit::check::graph::ingress(client, NAMESPACE, UI).await?,
+            common::certificate_ready(ctx, client, NAMESPACE, UI).await,
+        ];
         match ctx.target {
             Target::Talos => {
                 for deployment in CSI_DEPLOYMENTS {
-                    checks.push(common::deployment(&client, NAMESPACE, deployment, wait, Self::NAME).await);
+                    checks.push(common::deployment(client, NAMESPACE, deployment, wait, Self::NAME).await);
                 }
-                checks.push(match kit::wait::daemonset_ready(&client, NAMESPACE, CSI_PLUGIN, wait).await {
+                checks.push(match kit::wait::daemonset_ready(client, NAMESPACE, CSI_PLUGIN, wait).await {
                     Ok(ready) => Check::pass("csi plugin", format!("{CSI_PLUGIN} is ready on {ready} nodes")),
                     Err(error) => Check::fail("csi plugin", format!("{error:#}"), "look at the driver deployer's log"),
                 });
-                checks.push(volume::check(&client, replica_count(&ctx.config)).await);
+                checks.push(volume::check(client, replica_count(&ctx.config)).await);
             }
             Target::Lab => {
                 let why = "longhorn-manager creates the CSI driver, the StorageClass and the volumes at run time; \
                            kwok runs no manager";
                 checks.push(Check::not_checkable_in_lab("csi", why));
                 checks.push(Check::not_checkable_in_lab("volume", why));
-                let (_, notes) = bundle(ctx, &UiPassword::Placeholder)?;
-                checks.extend(common::lab_notes(notes));
             }
         }
         Ok(checks)
-    }
-
-    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let talos = ctx.as_talos_target();
-        let (upstream, _) = talos.upstream(Component::Longhorn, MANIFEST)?;
-        let mut patched = upstream;
-        settings::patch(&mut patched, &ctx.config)?;
-        let files = vec![
-            ("longhorn.yaml".to_owned(), objects_yaml(&patched)?),
-            ("longhorn-ui.yaml".to_owned(), objects_yaml(&ui_objects(&talos, &UiPassword::Placeholder)?)?),
-            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
-        ];
-        write_folder(out, Self::FOLDER, files)
     }
 }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kit::apply::patch_typed;
 use kit::config::ClusterConfig;
+use kit::manifest::patch_typed;
 use kube::api::DynamicObject;
 
 pub const NAMESPACE: &str = "longhorn-system";

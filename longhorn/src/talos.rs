@@ -1,8 +1,8 @@
 //! What Longhorn needs from each Talos worker, read with talosctl: the system extensions
 //! from stage 01's Image Factory schematic, and the kubelet mount of the data path.
 
-use kit::check::Check;
 use kit::config::ClusterConfig;
+use kit::report::Check;
 use kit::talos::{Access, Resource, Talosctl, resources};
 
 /// The extensions Longhorn needs (names as `talosctl get extensions` shows them).

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::{
     Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kit::check::Check;
+use kit::report::Check;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, LogParams, ObjectMeta, PostParams};
 use kube::discovery::ApiResource;
 

@@ -6,17 +6,17 @@
 //! metrics-server verifies every kubelet instead of skipping the check. The lesson is in
 //! README.md.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
 use k8s_openapi::jiff::Timestamp;
-use kit::apply::{Engine, LabNotes, patch_typed};
 use kit::artifacts::Component;
-use kit::check::{Check, common};
-use kit::stage::{Change, Context, Stage, Target, objects_yaml, write_folder};
+use kit::bundle::{Bundle, BundleStage, Part, Ready};
+use kit::check::common;
+use kit::context::{Context, Target};
+use kit::report::Check;
 use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 
@@ -29,30 +29,15 @@ pub const API_SERVICE: &str = "v1beta1.metrics.k8s.io";
 const MANIFEST: &str = "components.yaml";
 /// The flag that makes metrics-server accept any kubelet certificate: only on explicit opt-in.
 pub const INSECURE_FLAG: &str = "--kubelet-insecure-tls";
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub struct MetricsServer;
-
-/// Everything this stage applies, with what the lab transform left out.
-pub fn bundle(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
-    let (mut metrics_server, notes) = ctx.upstream(Component::MetricsServer, MANIFEST)?;
-    if !ctx.config.kubelet_serving_certificates() {
-        patch_typed::<Deployment>(&mut metrics_server, DEPLOYMENT, |deployment| {
-            let pod = deployment.spec.as_mut().and_then(|spec| spec.template.spec.as_mut());
-            for container in pod.into_iter().flat_map(|pod| pod.containers.iter_mut()) {
-                container.args.get_or_insert_default().push(INSECURE_FLAG.to_owned());
-            }
-        })?;
-    }
-    Ok((metrics_server, notes))
-}
 
 /// kubelet-serving-cert-approver runs: Talos applied it from the control planes' inline
 /// manifests (stage 01). Without it no kubelet serves a certificate metrics-server trusts.
 async fn approver_check(client: &kube::Client, wait: Duration) -> Check {
     let check = common::deployment(client, APPROVER_NAMESPACE, APPROVER, wait, "talos-bootstrap").await;
     match check.status {
-        kit::check::Status::Fail => Check::fail(
+        kit::report::Status::Fail => Check::fail(
             "approver",
             check.reason,
             "stage 01 ships kubelet-serving-cert-approver as an inline manifest of the control planes: re-run \
@@ -181,12 +166,27 @@ async fn node_metrics_check(client: &kube::Client, ctx: &Context) -> Check {
     }
 }
 
-impl Stage for MetricsServer {
+impl BundleStage for MetricsServer {
     const NAME: &'static str = "metrics-server";
     const FOLDER: &'static str = "03-metrics-server";
     const TITLE: &'static str =
         "Stage 03: metrics-server, reading kubelets over verified TLS (their serving certificates approved)";
     const LESSON: &'static str = include_str!("../README.md");
+
+    /// The release, with `--kubelet-insecure-tls` only when the config opts out of verified
+    /// kubelet certificates; then metrics-server must run.
+    fn bundle(&self, ctx: &Context) -> anyhow::Result<Bundle> {
+        let mut release = Part::upstream(ctx, Component::MetricsServer, MANIFEST)?.rendered_as("metrics-server.yaml");
+        if !ctx.config.kubelet_serving_certificates() {
+            release = release.patch::<Deployment>(DEPLOYMENT, |deployment| {
+                let pod = deployment.spec.as_mut().and_then(|spec| spec.template.spec.as_mut());
+                for container in pod.into_iter().flat_map(|pod| pod.containers.iter_mut()) {
+                    container.args.get_or_insert_default().push(INSECURE_FLAG.to_owned());
+                }
+            })?;
+        }
+        Ok(Bundle::new().apply([release]).wait(Ready::deployment(NAMESPACE, DEPLOYMENT)))
+    }
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
         let (mut checks, client) = common::cluster(ctx).await;
@@ -205,33 +205,17 @@ impl Stage for MetricsServer {
         Ok(checks)
     }
 
-    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (objects, _) = bundle(ctx)?;
-        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
-    }
-
-    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (objects, _) = bundle(ctx)?;
-        let client = ctx.client().await?;
-        let changes = Engine::new(client.clone(), Self::NAME).await?.apply(&objects).await?;
-        tracing::info!("waiting for metrics-server to be Available");
-        kit::wait::deployment_available(&client, NAMESPACE, DEPLOYMENT, ROLLOUT_TIMEOUT).await?;
-        Ok(changes)
-    }
-
-    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let client = ctx.client().await?;
+    async fn verify(&self, ctx: &Context, client: &kube::Client) -> anyhow::Result<Vec<Check>> {
         let wait = Duration::from_secs(60);
         let mut checks = Vec::new();
         if ctx.config.kubelet_serving_certificates() {
-            checks.push(approver_check(&client, wait).await);
+            checks.push(approver_check(client, wait).await);
         }
-        checks.push(common::deployment(&client, NAMESPACE, DEPLOYMENT, wait, Self::NAME).await);
         match ctx.target {
             Target::Talos => {
                 let resource = api_service_resource();
                 let available =
-                    kit::wait::condition_true(&client, &resource, None, API_SERVICE, "Available", wait).await;
+                    kit::wait::condition_true(client, &resource, None, API_SERVICE, "Available", wait).await;
                 checks.push(match available {
                     Ok(()) => Check::pass("apiservice", format!("{API_SERVICE} is Available")),
                     Err(error) => Check::fail(
@@ -240,7 +224,7 @@ impl Stage for MetricsServer {
                         "the API server cannot reach metrics-server: look at its pod and `kubectl get apiservice`",
                     ),
                 });
-                checks.push(node_metrics_check(&client, ctx).await);
+                checks.push(node_metrics_check(client, ctx).await);
             }
             Target::Lab => {
                 checks.push(Check::not_checkable_in_lab(
@@ -248,21 +232,9 @@ impl Stage for MetricsServer {
                     format!("{API_SERVICE} needs a running metrics-server pod; kwok runs none"),
                 ));
                 checks.push(Check::not_checkable_in_lab("node metrics", "kwok's kubelets serve no metrics"));
-                let (_, notes) = bundle(ctx)?;
-                checks.extend(common::lab_notes(notes));
             }
         }
         Ok(checks)
-    }
-
-    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        // What apply sends to a real cluster: the talos target's bundle, no lab transform.
-        let (objects, _) = bundle(&ctx.as_talos_target())?;
-        let files = vec![
-            ("metrics-server.yaml".to_owned(), objects_yaml(&objects)?),
-            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
-        ];
-        write_folder(out, Self::FOLDER, files)
     }
 }
 
@@ -272,7 +244,7 @@ mod tests {
         CertificateSigningRequestCondition, CertificateSigningRequestSpec, CertificateSigningRequestStatus,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-    use kit::check::Status;
+    use kit::report::Status;
 
     use super::*;
 

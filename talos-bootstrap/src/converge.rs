@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use kit::config::{ClusterConfig, Node};
-use kit::stage::{Action, Change};
+use kit::report::{Action, Change};
 use kit::talos::{BootstrapAnswer, NodeState, TalosApi};
 
 use crate::machine_configs::NodeConfig;

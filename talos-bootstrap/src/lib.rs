@@ -15,12 +15,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use kit::artifacts::Component;
-use kit::check::{Check, common};
+use kit::check::common;
 use kit::config::ClusterConfig;
-use kit::stage::{Action, Change, Context, Stage, Target};
+use kit::context::{Context, Target};
+use kit::report::Check;
+use kit::report::{Action, Change};
+use kit::stage::Stage;
 use kit::tool::Tool;
 
-use crate::machine_configs::{GenOutput, InlineManifest, NodeConfig, Secrets};
+use crate::machine_configs::{GenOutput, NodeConfig, Secrets};
+use crate::patches::InlineManifest;
 use kit::tool::talos_node_args as node_args;
 
 use crate::nodes::{KUBECONFIG_FLAGS, health_args};
@@ -436,7 +440,7 @@ pub async fn generate_configs(ctx: &Context) -> anyhow::Result<Vec<NodeConfig>> 
 fn cluster_kubeconfig(ctx: &Context) -> PathBuf {
     match ctx.target {
         Target::Talos => ctx.kubeconfig.clone(),
-        Target::Lab => kit::stage::cluster_kubeconfig_path(&ctx.config.state_dir()),
+        Target::Lab => kit::context::cluster_kubeconfig_path(&ctx.config.state_dir()),
     }
 }
 
@@ -474,7 +478,7 @@ async fn vip_check(ctx: &Context) -> Check {
             servers.iter().all(|s| s.trim_end_matches('/') == endpoint),
             "the kubeconfig points at {servers:?}"
         );
-        kit::lab::client_from_kubeconfig(&path).await?.apiserver_version().await?;
+        kit::client::client_from_kubeconfig(&path).await?.apiserver_version().await?;
         anyhow::Ok(())
     };
     match answer.await {

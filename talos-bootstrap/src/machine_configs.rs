@@ -12,7 +12,8 @@ use anyhow::Context as _;
 use kit::config::{ClusterConfig, Node, Role};
 use kit::tool::Tool;
 
-use crate::{patches, schematic};
+use crate::patches::{self, InlineManifest};
+use crate::schematic;
 
 /// Everything `talosctl` is given must finish well within this (it works offline).
 const TALOSCTL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -21,14 +22,6 @@ const TALOSCTL_TIMEOUT: Duration = Duration::from_secs(120);
 pub const PATCHES_DIR: &str = "patches";
 pub const ALL_NODES_PATCH: &str = "all-nodes.yaml";
 pub const CONTROL_PLANES_PATCH: &str = "control-planes.yaml";
-
-/// A manifest Talos applies to the cluster itself once etcd runs (`cluster.inlineManifests`
-/// of the control planes): what must run from the first minute, before any stage can.
-#[derive(Debug, Clone)]
-pub struct InlineManifest {
-    pub name: String,
-    pub contents: String,
-}
 
 /// One node's finished, validated config.
 #[derive(Debug, Clone)]

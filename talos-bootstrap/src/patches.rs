@@ -12,12 +12,18 @@ use std::net::{IpAddr, Ipv4Addr};
 use kit::config::{ClusterConfig, DEFAULT_LINK_SELECTOR, Node, Role};
 use serde::Serialize;
 
-use crate::machine_configs::InlineManifest;
-
 /// Where Longhorn keeps replica data on each node (stage 06); the kubelet must see it.
 pub const LONGHORN_DATA_PATH: &str = "/var/lib/longhorn";
 /// The name talos-ha gives the node's LAN port (a Talos link alias), whatever the kernel calls it.
 pub const LINK_ALIAS: &str = "lan";
+
+/// A manifest Talos applies to the cluster itself once etcd runs (`cluster.inlineManifests`
+/// of the control planes): what must run from the first minute, before any stage can.
+#[derive(Debug, Clone)]
+pub struct InlineManifest {
+    pub name: String,
+    pub contents: String,
+}
 
 /// A patch file: documents separated by `---`.
 pub struct Patch {

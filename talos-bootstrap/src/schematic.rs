@@ -49,7 +49,7 @@ struct Uploaded {
 /// Uploads the schematic to the Image Factory at `factory` (`POST /schematics`, idempotent: the
 /// same document always gets the same ID). The ID it returns must be the one the configs name,
 /// or the nodes would pull an installer that is not ours.
-pub async fn upload(factory: &str) -> anyhow::Result<kit::stage::Change> {
+pub async fn upload(factory: &str) -> anyhow::Result<kit::report::Change> {
     let document = document(EXTENSIONS);
     let wanted = id(&document);
     let url = format!("{}/schematics", factory.trim_end_matches('/'));
@@ -76,9 +76,9 @@ pub async fn upload(factory: &str) -> anyhow::Result<kit::stage::Change> {
          sent to the nodes; the factory hashes schematics differently from this version of talos-ha, so report it",
         uploaded.id
     );
-    Ok(kit::stage::Change {
+    Ok(kit::report::Change {
         object: format!("Schematic {wanted}"),
-        action: kit::stage::Action::Unchanged,
+        action: kit::report::Action::Unchanged,
         diff: Some(format!("uploaded to {url} (idempotent)")),
     })
 }

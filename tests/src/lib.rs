@@ -84,7 +84,7 @@ pub async fn lab_client() -> anyhow::Result<kube::Client> {
         "no lab at {}: run the tests with `cargo xtask test`, or start one with `cargo xtask lab up`",
         path.display()
     );
-    kit::lab::client_from_kubeconfig(&path).await
+    kit::client::client_from_kubeconfig(&path).await
 }
 
 /// Polls `probe` every 250 ms until it returns `Some`, or fails after `timeout` saying `what`.

@@ -1,8 +1,9 @@
 //! The apply engine against the lab: a real upstream bundle, idempotence, plan and diffs.
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kit::apply::{Engine, lab_transform, parse_manifest, to_dynamic};
-use kit::stage::Action;
+use kit::apply::Engine;
+use kit::manifest::{lab_transform, parse_manifest, to_dynamic};
+use kit::report::Action;
 use kube::api::{Api, DeleteParams, ObjectMeta};
 use tests::lab_client;
 

@@ -78,7 +78,7 @@ async fn apply_installs_cert_manager_and_the_ca_chain_and_a_rerun_changes_nothin
 async fn the_ca_export_and_issuance_checks_read_what_cert_manager_stores(client: &kube::Client) -> anyhow::Result<()> {
     use k8s_openapi::ByteString;
     use k8s_openapi::api::core::v1::Secret;
-    use kit::stage::Action;
+    use kit::report::Action;
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
     let ca = |name: &str| {
@@ -122,20 +122,20 @@ async fn the_ca_export_and_issuance_checks_read_what_cert_manager_stores(client:
     let signed = tokio::spawn(sign_the_probe(client.clone(), issuer, host.clone()));
     let check = cert_manager::issuance_check(client, &config).await;
     signed.await??;
-    assert_eq!(check.status, kit::check::Status::Pass, "{check}");
+    assert_eq!(check.status, kit::report::Status::Pass, "{check}");
 
     let (_, _, impostor) = ca("talos-ha CA")?;
     let signed = tokio::spawn(sign_the_probe(client.clone(), impostor, host));
     let check = cert_manager::issuance_check(client, &config).await;
     signed.await??;
-    assert_eq!(check.status, kit::check::Status::Fail, "{check}");
+    assert_eq!(check.status, kit::report::Status::Fail, "{check}");
     assert!(check.reason.contains("the CA's key did not sign the certificate"), "{check}");
 
     let (_, _, issuer) = ca("talos-ha CA")?;
     let signed = tokio::spawn(sign_the_probe(client.clone(), issuer, "elsewhere.example".into()));
     let check = cert_manager::issuance_check(client, &config).await;
     signed.await??;
-    assert_eq!(check.status, kit::check::Status::Fail, "{check}");
+    assert_eq!(check.status, kit::report::Status::Fail, "{check}");
 
     // The lab as it was: no CA issued.
     set_ready(&certificates, CA_CERTIFICATE, false).await?;

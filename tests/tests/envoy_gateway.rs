@@ -162,19 +162,19 @@ async fn certgen_is_replaced_when_it_changes(client: &kube::Client) -> anyhow::R
         job.spec.as_ref().and_then(|spec| spec.template.spec.as_ref()).and_then(|pod| pod.containers[0].image.clone())
     };
     let before = jobs.get(CERTGEN).await?;
-    let ctx = kit::stage::Context {
+    let ctx = kit::context::Context {
         config: tests::config(),
-        target: kit::stage::Target::Lab,
+        target: kit::context::Target::Lab,
+        verb: kit::context::Verb::Apply,
         kubeconfig: tests::kubeconfig(),
         mirror: Some(tests::upstream_mirror()),
         bootstrap: false,
     };
-    let (mut objects, _) = envoy_gateway::upstream(&ctx)?;
-    kit::apply::patch_typed::<Job>(&mut objects, CERTGEN, |job| {
+    let newer = envoy_gateway::release(&ctx)?.patch::<Job>(CERTGEN, |job| {
         let pod = job.spec.as_mut().and_then(|spec| spec.template.spec.as_mut());
         pod.into_iter().flat_map(|pod| pod.containers.iter_mut()).for_each(|c| c.image = Some(NEWER.into()));
     })?;
-    let changes = kit::apply::Engine::new(client.clone(), "envoy-gateway").await?.apply(&objects).await?;
+    let changes = kit::apply::Engine::new(client.clone(), "envoy-gateway").await?.apply(newer.objects()).await?;
     let job = format!("Job {NAMESPACE}/{CERTGEN}");
     let replaced = changes.iter().find(|change| change.object == job).expect("the Job is among the changes");
     assert!(replaced.diff.as_deref().is_some_and(|diff| diff.contains("replaced")), "{replaced}");

@@ -48,8 +48,8 @@ fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow
     let kubeconfig = std::fs::read_to_string(&fresh.0.kubeconfig)?;
     assert!(kubeconfig.contains(&format!("https://127.0.0.1:{port_base}")), "{kubeconfig}");
     let not_ready = tokio::runtime::Runtime::new()?.block_on(async {
-        let client = kit::lab::client_from_kubeconfig(&fresh.0.kubeconfig).await?;
-        kit::lab::nodes_not_ready(&client, &config).await
+        let client = kit::client::client_from_kubeconfig(&fresh.0.kubeconfig).await?;
+        kit::client::nodes_not_ready(&client, &config).await
     })?;
     assert!(not_ready.is_empty(), "not Ready: {not_ready:?}");
     Ok(())

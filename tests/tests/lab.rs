@@ -23,16 +23,21 @@ async fn the_configs_nodes_are_ready_with_their_roles_and_addresses() -> anyhow:
     let nodes: Api<Node> = Api::all(client);
     for expected in &config.nodes {
         let node = nodes.get(&expected.name).await?;
-        assert!(kit::lab::is_ready(&node), "{} should be Ready", expected.name);
+        assert!(kit::client::is_ready(&node), "{} should be Ready", expected.name);
         let status = node.status.clone().unwrap_or_default();
         let internal_ip = status.addresses.unwrap_or_default().into_iter().find(|a| a.type_ == "InternalIP");
         assert_eq!(internal_ip.map(|a| a.address), Some(expected.ip.to_string()), "{} InternalIP", expected.name);
         let labels = node.metadata.labels.clone().unwrap_or_default();
         let taints = node.spec.clone().unwrap_or_default().taints.unwrap_or_default();
         let is_control_plane = expected.role == kit::config::Role::ControlPlane;
-        assert_eq!(labels.contains_key(kit::lab::CONTROL_PLANE_ROLE), is_control_plane, "{} role label", expected.name);
         assert_eq!(
-            taints.iter().any(|t| t.key == kit::lab::CONTROL_PLANE_ROLE && t.effect == "NoSchedule"),
+            labels.contains_key(kit::client::CONTROL_PLANE_ROLE),
+            is_control_plane,
+            "{} role label",
+            expected.name
+        );
+        assert_eq!(
+            taints.iter().any(|t| t.key == kit::client::CONTROL_PLANE_ROLE && t.effect == "NoSchedule"),
             is_control_plane,
             "{} control-plane taint",
             expected.name
@@ -207,7 +212,10 @@ fn the_lab_kubeconfig_is_the_clusters_aimed_at_the_forward() -> anyhow::Result<(
         Ok(kubeconfig.clusters.into_iter().map(|named| named.cluster.and_then(|c| c.server)).collect())
     };
     assert_eq!(servers(&lab.kubeconfig)?, vec![Some(lab.api_url())]);
-    assert_eq!(servers(&kit::stage::cluster_kubeconfig_path(&config.state_dir()))?, vec![Some(config.api_endpoint())]);
+    assert_eq!(
+        servers(&kit::context::cluster_kubeconfig_path(&config.state_dir()))?,
+        vec![Some(config.api_endpoint())]
+    );
     Ok(())
 }
 

@@ -185,7 +185,7 @@ fn render_writes_the_seed_folder() -> anyhow::Result<()> {
 fn an_unreachable_api_names_the_server_the_kubeconfig_and_the_next_command() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
-    let server = kit::lab::api_server_of(&tests::kubeconfig()).unwrap_or_default();
+    let server = kit::client::api_server_of(&tests::kubeconfig()).unwrap_or_default();
     let text = std::fs::read_to_string(tests::kubeconfig())?.replace(&server, "https://127.0.0.1:9");
     std::fs::write(&kubeconfig, text)?;
     let bin_dir = xtask::stages::build(&xtask::workspace_root(), &["metallb"])?;

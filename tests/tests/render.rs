@@ -66,8 +66,8 @@ fn rendered_objects(folder: &Path) -> anyhow::Result<std::collections::BTreeSet<
     for file in files(folder) {
         if file.extension().is_some_and(|extension| extension == "yaml") {
             let text = std::fs::read_to_string(&file)?;
-            for object in kit::apply::parse_manifest(&file.display().to_string(), &text)? {
-                objects.insert(kit::apply::describe(&object));
+            for object in kit::manifest::parse_manifest(&file.display().to_string(), &text)? {
+                objects.insert(kit::manifest::describe(&object));
             }
         }
     }
@@ -119,7 +119,7 @@ fn render_matches_the_golden_copies_of_stages_02_to_100() -> anyhow::Result<()> 
         } else {
             let text = std::fs::read_to_string(&file)?;
             let objects: Vec<String> =
-                kit::apply::parse_manifest(&shown, &text)?.iter().map(kit::apply::describe).collect();
+                kit::manifest::parse_manifest(&shown, &text)?.iter().map(kit::manifest::describe).collect();
             kit::golden::assert_matches(&golden.join(format!("{shown}.objects")), &(objects.join("\n") + "\n"));
         }
         checked += 1;

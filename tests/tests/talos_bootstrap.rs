@@ -71,7 +71,7 @@ async fn apply_again_changes_nothing_and_verify_reads_etcd_and_the_vip_through_t
     let nodes: Api<Node> = Api::all(lab_client().await?);
     for node in &config.nodes {
         let found = nodes.get(&node.name).await?;
-        assert!(kit::lab::is_ready(&found), "{} is Ready", node.name);
+        assert!(kit::client::is_ready(&found), "{} is Ready", node.name);
     }
 
     let (code, verified) = stage_async(&["verify"], tests::config_path()).await;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kit::config::{ClusterConfig, Role};
-use kit::stage::{Action, Change};
+use kit::report::{Action, Change};
 use kit::talos::{NodeState, TalosApi};
 use talos_bootstrap::converge::{Run, converge, name_nodes};
 use talos_bootstrap::machine_configs::NodeConfig;

@@ -195,10 +195,11 @@ where
 /// Generates the secrets, machine configs and talosconfig into the box's config's state
 /// folder, as stage 01's apply does before it sends them (this test sends them itself).
 async fn generate_configs(config: &kit::config::ClusterConfig) -> anyhow::Result<()> {
-    let ctx = kit::stage::Context {
-        kubeconfig: kit::stage::cluster_kubeconfig_path(&config.state_dir()),
+    let ctx = kit::context::Context {
+        kubeconfig: kit::context::cluster_kubeconfig_path(&config.state_dir()),
         config: config.clone(),
-        target: kit::stage::Target::Talos,
+        target: kit::context::Target::Talos,
+        verb: kit::context::Verb::Apply,
         mirror: Some(tests::upstream_mirror()),
         bootstrap: false,
     };
@@ -349,7 +350,7 @@ async fn without_an_approver_a_serving_certificate_request_keeps_health_waiting(
         let dir = tempfile::tempdir()?;
         let file = dir.path().join("kubeconfig");
         talos_bootstrap::nodes::kubeconfig(&edge, cp01, &file).await?;
-        let client = kit::lab::client_from_kubeconfig(&file).await?;
+        let client = kit::client::client_from_kubeconfig(&file).await?;
         // The control planes deploy it (their inline manifest) once the API answers.
         let approver = "kubelet-serving-cert-approver";
         let deployments = Api::<Deployment>::namespaced(client.clone(), approver);

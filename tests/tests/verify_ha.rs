@@ -139,7 +139,7 @@ fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Re
         let Ok(client) = tests::lab_client().await else { return Ok(None) };
         let discovered = kit::apply::Engine::new(client.clone(), "verify-ha-test").await.is_ok();
         let not_ready =
-            kit::lab::nodes_not_ready(&client, &config).await.unwrap_or_else(|error| vec![error.to_string()]);
+            kit::client::nodes_not_ready(&client, &config).await.unwrap_or_else(|error| vec![error.to_string()]);
         Ok((discovered && not_ready.is_empty()).then_some(()))
     }))
 }

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use kit::apply::{Engine, parse_manifest};
+use kit::apply::Engine;
+use kit::manifest::parse_manifest;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;

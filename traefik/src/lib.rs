@@ -6,16 +6,16 @@
 pub mod objects;
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
-use kit::apply::{Engine, LabNotes, patch_typed};
 use kit::artifacts::Component;
-use kit::check::{Check, addresses, common};
-use kit::stage::{Change, Context, Stage, Target, objects_yaml, write_folder};
-use kube::api::{Api, DynamicObject};
+use kit::bundle::{Bundle, BundleStage, Part, Ready};
+use kit::check::{addresses, common};
+use kit::context::{Context, Target};
+use kit::report::Check;
+use kube::api::Api;
 
 pub use objects::{INGRESS_CLASS, NAME, NAMESPACE};
 
@@ -23,28 +23,10 @@ const CRDS: &str = "kubernetes-crd-definition-v1.yml";
 const RBAC: &str = "kubernetes-crd-rbac.yml";
 /// The upstream ClusterRoleBinding, whose subject we move into our namespace.
 const RBAC_BINDING: &str = "traefik-ingress-controller";
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long MetalLB may take to give the Service its address.
 const ADDRESS_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Traefik;
-
-/// Everything this stage applies: upstream CRDs and RBAC (its binding pointed at our
-/// ServiceAccount), then our objects.
-pub fn bundle(ctx: &Context) -> anyhow::Result<(Vec<DynamicObject>, LabNotes)> {
-    let (mut objects, mut notes) = ctx.upstream(Component::Traefik, CRDS)?;
-    let (mut rbac, rbac_notes) = ctx.upstream(Component::Traefik, RBAC)?;
-    // Upstream binds the ServiceAccount in `default`; ours lives in the traefik namespace.
-    patch_typed::<ClusterRoleBinding>(&mut rbac, RBAC_BINDING, |binding| {
-        for subject in binding.subjects.iter_mut().flatten() {
-            subject.namespace = Some(NAMESPACE.to_owned());
-        }
-    })?;
-    objects.extend(rbac);
-    notes.extend(rbac_notes);
-    objects.extend(objects::all(&ctx.config)?);
-    Ok((objects, notes))
-}
 
 /// The Service's LoadBalancer address, waiting up to `timeout` for MetalLB to assign it.
 async fn service_address(client: &kube::Client, timeout: Duration) -> anyhow::Result<Option<String>> {
@@ -97,11 +79,30 @@ fn redirect_check(ip: Ipv4Addr) -> Check {
     }
 }
 
-impl Stage for Traefik {
+impl BundleStage for Traefik {
     const NAME: &'static str = "traefik";
     const FOLDER: &'static str = "04-traefik-ingress";
     const TITLE: &'static str = "Stage 04: Traefik v3, the Ingress controller, on its fixed MetalLB address";
     const LESSON: &'static str = include_str!("../README.md");
+
+    /// Upstream's CRDs and RBAC (its binding pointed at our ServiceAccount), then our objects,
+    /// in one apply; then Traefik must run.
+    fn bundle(&self, ctx: &Context) -> anyhow::Result<Bundle> {
+        const UPSTREAM: &str = "crds-and-rbac.yaml";
+        let crds = Part::upstream(ctx, Component::Traefik, CRDS)?.rendered_as(UPSTREAM);
+        // Upstream binds the ServiceAccount in `default`; ours lives in the traefik namespace.
+        let rbac = Part::upstream(ctx, Component::Traefik, RBAC)?.rendered_as(UPSTREAM).patch::<ClusterRoleBinding>(
+            RBAC_BINDING,
+            |binding| {
+                for subject in binding.subjects.iter_mut().flatten() {
+                    subject.namespace = Some(NAMESPACE.to_owned());
+                }
+            },
+        )?;
+        Ok(Bundle::new()
+            .apply([crds, rbac, Part::ours("traefik.yaml", objects::all(&ctx.config)?)])
+            .wait(Ready::deployment(NAMESPACE, NAME)))
+    }
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
         let (mut checks, client) = common::cluster(ctx).await;
@@ -115,26 +116,10 @@ impl Stage for Traefik {
         Ok(checks)
     }
 
-    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (objects, _) = bundle(ctx)?;
-        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&objects).await
-    }
-
-    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let (objects, _) = bundle(ctx)?;
-        let client = ctx.client().await?;
-        let changes = Engine::new(client.clone(), Self::NAME).await?.apply(&objects).await?;
-        tracing::info!("waiting for Traefik to be Available");
-        kit::wait::deployment_available(&client, NAMESPACE, NAME, ROLLOUT_TIMEOUT).await?;
-        Ok(changes)
-    }
-
-    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let client = ctx.client().await?;
+    async fn verify(&self, ctx: &Context, client: &kube::Client) -> anyhow::Result<Vec<Check>> {
         let ip = ctx.config.traefik_ip;
-        let mut checks = vec![common::deployment(&client, NAMESPACE, NAME, Duration::from_secs(60), Self::NAME).await];
         // In the lab too: MetalLB's controller runs there on the box's workstation.
-        checks.push(match service_address(&client, ADDRESS_TIMEOUT).await? {
+        let mut checks = vec![match service_address(client, ADDRESS_TIMEOUT).await? {
             Some(address) if address == ip.to_string() => {
                 Check::pass("address", format!("Service {NAMESPACE}/{NAME} has {ip} (traefik.ip)"))
             }
@@ -151,8 +136,8 @@ impl Stage for Traefik {
                     Target::Talos => "look at `kubectl -n metallb-system logs deploy/controller`",
                 },
             ),
-        });
-        checks.push(kit::check::exposure::ingress_class(&client).await);
+        }];
+        checks.push(kit::check::exposure::ingress_class(client).await);
         checks.push(match ctx.target {
             Target::Talos => tokio::task::spawn_blocking(move || redirect_check(ip)).await?,
             Target::Lab => {
@@ -160,16 +145,5 @@ impl Stage for Traefik {
             }
         });
         Ok(checks)
-    }
-
-    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let (objects, _) = bundle(&ctx.as_talos_target())?;
-        let (upstream, ours) = objects.split_at(objects.len() - objects::all(&ctx.config)?.len());
-        let files = vec![
-            ("crds-and-rbac.yaml".to_owned(), objects_yaml(upstream)?),
-            ("traefik.yaml".to_owned(), objects_yaml(ours)?),
-            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
-        ];
-        write_folder(out, Self::FOLDER, files)
     }
 }

@@ -129,7 +129,7 @@ pub fn deployment(config: &ClusterConfig) -> Deployment {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
                 node_selector_terms: vec![NodeSelectorTerm {
                     match_expressions: Some(vec![NodeSelectorRequirement {
-                        key: kit::lab::CONTROL_PLANE_ROLE.to_owned(),
+                        key: kit::client::CONTROL_PLANE_ROLE.to_owned(),
                         operator: "DoesNotExist".to_owned(),
                         values: None,
                     }]),
@@ -255,7 +255,7 @@ pub fn disruption_budget() -> PodDisruptionBudget {
 
 /// Our objects, in the order a reader meets them.
 pub fn all(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
-    use kit::apply::to_dynamic;
+    use kit::manifest::to_dynamic;
     Ok(vec![
         to_dynamic(&namespace())?,
         to_dynamic(&service_account())?,

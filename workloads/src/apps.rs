@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kit::apply::to_dynamic;
 use kit::config::ClusterConfig;
+use kit::manifest::to_dynamic;
 use kube::api::{DynamicObject, ObjectMeta};
 
 use crate::pods::{APP_PORT, App, metadata, namespace};
@@ -282,13 +282,4 @@ pub fn notes() -> anyhow::Result<Vec<DynamicObject>> {
         to_dynamic(&deployment)?,
         to_dynamic(&app.service())?,
     ])
-}
-
-/// Every app's objects, in install order.
-pub fn all(config: &ClusterConfig) -> anyhow::Result<Vec<DynamicObject>> {
-    let mut objects = whoami(config)?;
-    objects.extend(demo(config)?);
-    objects.extend(kubeinvaders(config)?);
-    objects.extend(notes()?);
-    Ok(objects)
 }

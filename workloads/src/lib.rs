@@ -7,14 +7,14 @@ pub mod apps;
 pub mod pods;
 pub mod routes;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Pod;
-use kit::apply::Engine;
-use kit::check::{Check, common, exposure};
-use kit::stage::{Change, Context, Stage, Target, objects_yaml, write_folder};
+use kit::bundle::{Bundle, BundleStage, Part, Ready};
+use kit::check::{common, exposure};
+use kit::context::{Context, Target};
+use kit::report::Check;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams};
 
 use crate::apps::{CANARY_PERCENT, DEMO, DEMO_HEADER, FIRST_BOOT_FILE, KUBEINVADERS, NOTES, TARGETS, WHOAMI};
@@ -35,8 +35,9 @@ pub const DEPLOYMENTS: [(&str, &str); 6] = [
 
 /// The Deployments a target can bring up: in the lab the stateful app's claim never binds
 /// (no Longhorn manager provisions volumes there), so its pod stays Pending.
-fn deployments(target: Target) -> impl Iterator<Item = (&'static str, &'static str)> {
-    DEPLOYMENTS.into_iter().filter(move |(namespace, _)| target == Target::Talos || *namespace != NOTES)
+fn deployments(target: Target) -> impl Iterator<Item = Ready> {
+    let can_run = move |(namespace, _): &(&str, &str)| target == Target::Talos || *namespace != NOTES;
+    DEPLOYMENTS.into_iter().filter(can_run).map(|(namespace, name)| Ready::deployment(namespace, name))
 }
 
 /// Stage 08's Gateway has the listeners the routes attach to (`routes::LISTENERS`).
@@ -201,7 +202,7 @@ async fn persistence_check(client: &kube::Client) -> Check {
     };
     let ready_pod = || async {
         let listed = pods.list(&selector).await?;
-        anyhow::Ok(listed.items.into_iter().filter(kit::lab::pod_is_ready).collect::<Vec<_>>())
+        anyhow::Ok(listed.items.into_iter().filter(kit::client::pod_is_ready).collect::<Vec<_>>())
     };
     let proof = async {
         let old = ready_pod().await?.into_iter().next().context("no Ready notes pod")?;
@@ -247,11 +248,23 @@ async fn persistence_check(client: &kube::Client) -> Check {
     }
 }
 
-impl Stage for Workloads {
+impl BundleStage for Workloads {
     const NAME: &'static str = "workloads";
     const FOLDER: &'static str = "100-workloads";
     const TITLE: &'static str = "Stage 100: sample apps on both paths, and a stateful app on Longhorn";
     const LESSON: &'static str = include_str!("../README.md");
+
+    /// Every app in one apply, a file each; then each Deployment the target can bring up.
+    fn bundle(&self, ctx: &Context) -> anyhow::Result<Bundle> {
+        let config = &ctx.config;
+        let apps = [
+            Part::ours("whoami.yaml", apps::whoami(config)?),
+            Part::ours("demo.yaml", apps::demo(config)?),
+            Part::ours("kubeinvaders.yaml", apps::kubeinvaders(config)?),
+            Part::ours("notes.yaml", apps::notes()?),
+        ];
+        Ok(deployments(ctx.target).fold(Bundle::new().apply(apps), Bundle::wait))
+    }
 
     async fn check(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
         let (api, client) = common::api(ctx).await;
@@ -262,31 +275,11 @@ impl Stage for Workloads {
         Ok(checks)
     }
 
-    async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        Engine::new(ctx.client().await?, Self::NAME).await?.plan(&apps::all(&ctx.config)?).await
-    }
-
-    async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
-        let client = ctx.client().await?;
-        let changes = Engine::new(client.clone(), Self::NAME).await?.apply(&apps::all(&ctx.config)?).await?;
-        for (namespace, name) in deployments(ctx.target) {
-            tracing::info!("waiting for {namespace}/{name} to be Available");
-            kit::wait::deployment_available(&client, namespace, name, ROLLOUT_TIMEOUT).await?;
-        }
-        Ok(changes)
-    }
-
-    async fn verify(&self, ctx: &Context) -> anyhow::Result<Vec<Check>> {
-        let client = ctx.client().await?;
-        let wait = Duration::from_secs(60);
-        let mut checks = Vec::new();
-        for (namespace, name) in deployments(ctx.target) {
-            checks.push(common::deployment(&client, namespace, name, wait, Self::NAME).await);
-        }
-        let apps = apps::all(&ctx.config)?;
-        checks.push(common::stored_as_configured(&client, Self::NAME, &apps, "the apps' objects").await);
-        checks.extend(route_checks(&client).await?);
-        checks.push(kubeinvaders_rights_check(&client).await?);
+    async fn verify(&self, ctx: &Context, client: &kube::Client) -> anyhow::Result<Vec<Check>> {
+        let apps = self.bundle(ctx)?.objects();
+        let mut checks = vec![common::stored_as_configured(client, Self::NAME, &apps, "the apps' objects").await];
+        checks.extend(route_checks(client).await?);
+        checks.push(kubeinvaders_rights_check(client).await?);
         let config = &ctx.config;
         match ctx.target {
             Target::Talos => {
@@ -304,7 +297,7 @@ impl Stage for Workloads {
                 })
                 .await?;
                 checks.extend(probes);
-                checks.push(persistence_check(&client).await);
+                checks.push(persistence_check(client).await);
             }
             Target::Lab => {
                 let why = "kwok runs no containers: nothing answers on the routes (their paths to Ready pods are checked above)";
@@ -318,17 +311,5 @@ impl Stage for Workloads {
             }
         }
         Ok(checks)
-    }
-
-    async fn render(&self, ctx: &Context, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-        let config = &ctx.config;
-        let files = vec![
-            ("whoami.yaml".to_owned(), objects_yaml(&apps::whoami(config)?)?),
-            ("demo.yaml".to_owned(), objects_yaml(&apps::demo(config)?)?),
-            ("kubeinvaders.yaml".to_owned(), objects_yaml(&apps::kubeinvaders(config)?)?),
-            ("notes.yaml".to_owned(), objects_yaml(&apps::notes()?)?),
-            ("README.md".to_owned(), Self::LESSON.as_bytes().to_vec()),
-        ];
-        write_folder(out, Self::FOLDER, files)
     }
 }

@@ -10,10 +10,12 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use kit::apply::{Engine, lab_transform, parse_manifest};
+use kit::apply::Engine;
 use kit::artifacts::{ARTIFACTS, ArtifactStore, Component};
 use kit::config::ClusterConfig;
-use kit::stage::{Action, GlobalArgs, exit, load_config};
+use kit::manifest::{lab_transform, parse_manifest};
+use kit::report::Action;
+use kit::stage::{GlobalArgs, exit, load_config};
 use xtask::lab::Lab;
 
 /// Port bases of the two throw-away labs: clear of the default lab's 16443, and below Linux's
@@ -63,7 +65,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let (engine_cold, engine_noop) =
         with_fresh_lab(global, &config, scratch.path(), "engine", ENGINE_LAB_PORT, |lab| {
             runtime.block_on(async {
-                let client = kit::lab::client_from_kubeconfig(&lab.kubeconfig).await?;
+                let client = kit::client::client_from_kubeconfig(&lab.kubeconfig).await?;
                 let started = Instant::now();
                 let mut engine = Engine::new(client.clone(), "bench").await?;
                 let changes = engine.apply(&objects).await?;

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context as _;
-use kit::check::{Check, Status};
-use kit::stage::{Action, Change, GlobalArgs, Output, exit};
+use kit::report::{Action, Change};
+use kit::report::{Check, Status};
+use kit::stage::{GlobalArgs, Output, exit};
 use serde::Serialize;
 
 use crate::lab_cmd::LabPorts;

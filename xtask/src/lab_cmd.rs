@@ -87,7 +87,7 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
         LabAction::Status => {
             let report = runtime.block_on(lab.status());
             match global.output {
-                Output::Json => kit::stage::write_json_lines(&report, &mut stdout)?,
+                Output::Json => kit::report::write_json_lines(&report, &mut stdout)?,
                 Output::Text => {
                     let mut total = 0;
                     for component in &report {
@@ -117,7 +117,7 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
             };
             // On the workstation the cluster's own kubeconfig works as on a real LAN (the VIP).
             let talosconfig = kit::tool::talosconfig_path(&config);
-            let kubeconfig = kit::stage::cluster_kubeconfig_path(&config.state_dir());
+            let kubeconfig = kit::context::cluster_kubeconfig_path(&config.state_dir());
             let env = [("KUBECONFIG", kubeconfig.as_path()), ("TALOSCONFIG", talosconfig.as_path())];
             let status = xtask::lab::lan::exec_in(&lan.admin().namespace, &command, &env)?;
             Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))

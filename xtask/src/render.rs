@@ -7,7 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use kit::stage::{GlobalArgs, exit, load_config, write_folder};
+use kit::fsutil::write_folder;
+use kit::stage::{GlobalArgs, exit, load_config};
 
 pub fn run(global: &GlobalArgs, out: &Path) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();

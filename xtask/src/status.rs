@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Node;
 use kit::config::ClusterConfig;
-use kit::stage::{GlobalArgs, Output, Target, exit, load_config, write_json_lines};
+use kit::context::Target;
+use kit::report::write_json_lines;
+use kit::stage::{GlobalArgs, Output, exit, load_config};
 use kube::api::{Api, DynamicObject};
 use serde::Serialize;
 use xtask::docs::{Endpoint, Path};
@@ -33,7 +35,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let target = global.target();
     let kubeconfig = global.kubeconfig(&config);
     let rows = tokio::runtime::Runtime::new()?.block_on(async {
-        let client = kit::lab::client_from_kubeconfig(&kubeconfig).await;
+        let client = kit::client::client_from_kubeconfig(&kubeconfig).await;
         let mut rows = Vec::new();
         for endpoint in xtask::docs::endpoints(&config) {
             rows.push(endpoint_row(&endpoint, &config, target, client.as_ref().ok()).await);
@@ -124,7 +126,7 @@ async fn node_rows(client: &kube::Client, config: &ClusterConfig) -> anyhow::Res
     for node in &config.nodes {
         let found = nodes.get_opt(&node.name).await.with_context(|| format!("reading node {}", node.name))?;
         let state = match &found {
-            Some(live) if kit::lab::is_ready(live) => "Ready",
+            Some(live) if kit::client::is_ready(live) => "Ready",
             Some(_) => "NotReady",
             None => "not registered",
         };
@@ -206,7 +208,7 @@ async fn talos_rows(config: &ClusterConfig) -> Vec<Row> {
             section: "control plane",
             name: "talosconfig".into(),
             value: talosctl.talosconfig.display().to_string(),
-            ok: expiry.status != kit::check::Status::Fail,
+            ok: expiry.status != kit::report::Status::Fail,
             state: expiry.reason,
         },
     ]

@@ -10,7 +10,7 @@ use k8s_openapi::api::networking::v1::{Ingress, ServiceBackendPort};
 use kube::api::{Api, DynamicObject, ListParams};
 use serde_json::Value;
 
-use super::Check;
+use crate::report::Check;
 
 /// A Service port as a route names it: by number (HTTPRoute, Ingress) or by name (Ingress).
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ async fn service_reaches_pods(
         .await?;
     // The pods themselves, not Endpoints: the lab's loopback pod addresses are never
     // published as endpoints.
-    let ready = pods.items.iter().filter(|pod| crate::lab::pod_is_ready(pod)).count();
+    let ready = pods.items.iter().filter(|pod| crate::client::pod_is_ready(pod)).count();
     Ok(if ready == 0 {
         Err(format!("Service {namespace}/{name} ({}) selects no Ready pod", labels.join(",")))
     } else {

@@ -18,8 +18,8 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::check::Check;
 use crate::config::{ClusterConfig, DEFAULT_LINK_SELECTOR, Node};
+use crate::report::Check;
 use crate::tool::{Output, Tool, talos_node_args};
 
 /// How long one question to one node may take before the node counts as not answering.

@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::check::Check;
+use crate::report::Check;
 use anyhow::Context as _;
 use base64::Engine as _;
 use serde::Deserialize;
@@ -102,7 +102,7 @@ mod tests {
         let fresh = talosconfig(dir.path(), 200)?;
         assert!(!needs_renewal(&fresh));
         let check = expiry_check(&fresh);
-        assert_eq!(check.status, crate::check::Status::Pass, "{check}");
+        assert_eq!(check.status, crate::report::Status::Pass, "{check}");
         assert!(
             check.reason.contains("valid for 199 more days") || check.reason.contains("valid for 200 more days"),
             "{check}"
@@ -111,7 +111,7 @@ mod tests {
         let expiring = talosconfig(dir.path(), 10)?;
         assert!(needs_renewal(&expiring), "10 days left: renewed");
         let check = expiry_check(&expiring);
-        assert_eq!(check.status, crate::check::Status::Fail, "{check}");
+        assert_eq!(check.status, crate::report::Status::Fail, "{check}");
         assert!(check.fix.as_deref().is_some_and(|fix| fix.contains("talos-bootstrap apply")), "{check}");
 
         std::fs::write(&expiring, "context: nope\ncontexts: {}\n")?;

@@ -255,7 +255,7 @@ impl Lab {
 
     /// The cluster's own admin kubeconfig (aimed at the VIP), which stage 01 writes.
     fn cluster_kubeconfig(&self) -> PathBuf {
-        kit::stage::cluster_kubeconfig_path(&self.config.state_dir())
+        kit::context::cluster_kubeconfig_path(&self.config.state_dir())
     }
 
     /// True once stage 01 has installed the cluster (its admin kubeconfig exists).
@@ -336,8 +336,8 @@ impl Lab {
 
     /// The cluster through the forward: every node of the config Ready.
     async fn cluster_ready(&self) -> anyhow::Result<String> {
-        let client = kit::lab::client_from_kubeconfig(&self.kubeconfig).await?;
-        let waiting = kit::lab::nodes_not_ready(&client, &self.config).await?;
+        let client = kit::client::client_from_kubeconfig(&self.kubeconfig).await?;
+        let waiting = kit::client::nodes_not_ready(&client, &self.config).await?;
         anyhow::ensure!(waiting.is_empty(), "not Ready: {}", waiting.join(", "));
         Ok(format!("{} nodes Ready through {}", self.config.nodes.len(), self.api_url()))
     }

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kit::check::Check;
 use kit::config::{ClusterConfig, Role};
+use kit::report::Check;
 use kit::talos::{TalosApi, Talosctl, etcd_health, healthy_members, vip_holders};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use xtask::docs::Path;
@@ -151,10 +151,10 @@ pub(super) async fn reboot(
         }
         if back.is_none() {
             let now = nodes.get(&node.name).await.ok();
-            seen_not_ready |= now.as_ref().is_some_and(|now| !kit::lab::is_ready(now));
+            seen_not_ready |= now.as_ref().is_some_and(|now| !kit::client::is_ready(now));
             // A new boot ID proves the reboot; without one, Ready again after NotReady does.
             let rebooted = |now: &Node| booted.map_or(seen_not_ready, |before| boot_id(now) != Some(before));
-            if now.as_ref().is_some_and(|now| rebooted(now) && kit::lab::is_ready(now)) {
+            if now.as_ref().is_some_and(|now| rebooted(now) && kit::client::is_ready(now)) {
                 back = Some(at);
                 tracing::info!("{} is back after {}", node.name, seconds(at));
             }
@@ -361,7 +361,7 @@ async fn ready_probe_nodes(client: &kube::Client) -> Vec<String> {
     listed
         .items
         .into_iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none() && kit::lab::pod_is_ready(pod))
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none() && kit::client::pod_is_ready(pod))
         .filter_map(|pod| pod.spec.and_then(|spec| spec.node_name))
         .collect()
 }

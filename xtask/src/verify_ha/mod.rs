@@ -12,8 +12,10 @@ use anyhow::Context as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use kit::check::{Check, Status};
-use kit::stage::{GlobalArgs, Output, Target, exit, load_config, write_json_lines};
+use kit::context::Target;
+use kit::report::write_json_lines;
+use kit::report::{Check, Status};
+use kit::stage::{GlobalArgs, Output, exit, load_config};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct VerifyHaArgs {
@@ -53,7 +55,7 @@ pub fn run(global: &GlobalArgs, args: &VerifyHaArgs) -> anyhow::Result<ExitCode>
             let (config, args) = (config.clone(), args.clone());
             std::thread::spawn(move || {
                 kit::lab::enter_box(&config).context("verify-ha --lab runs inside the box")?;
-                let kubeconfig = kit::stage::cluster_kubeconfig_path(&config.state_dir());
+                let kubeconfig = kit::context::cluster_kubeconfig_path(&config.state_dir());
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 runtime.block_on(steps(&config, &kubeconfig, &args, drill::Watch::ControlPlaneAndNodes, text))
             })
@@ -77,7 +79,7 @@ async fn steps(
     text: bool,
 ) -> anyhow::Result<Vec<Check>> {
     let mut guide: Box<dyn std::io::Write> = if text { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };
-    let client = kit::lab::client_from_kubeconfig(kubeconfig).await?;
+    let client = kit::client::client_from_kubeconfig(kubeconfig).await?;
     talos::steps(&client, config, args, watch, &mut guide).await
 }
 

@@ -10,8 +10,8 @@ use std::io::Write as _;
 use anyhow::Context as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use kit::check::Check;
 use kit::config::{ClusterConfig, Role};
+use kit::report::Check;
 use kube::api::{Api, ListParams};
 use longhorn::volume::VolumeHealth;
 
@@ -97,7 +97,7 @@ pub(super) async fn steps(
             "the VIP needs a healthy etcd (step 1) and a control plane to hold it (step 2)",
         ),
     };
-    let api_answers = check.status == kit::check::Status::Pass;
+    let api_answers = check.status == kit::report::Status::Pass;
     report("3. the API answers through the VIP", "clients need one address that survives a node", &check, out)?;
     checks.push(check);
     if !api_answers {
@@ -213,7 +213,7 @@ async fn spread_check(client: &kube::Client) -> anyhow::Result<Check> {
         let nodes: std::collections::BTreeSet<String> = listed
             .items
             .iter()
-            .filter(|pod| kit::lab::pod_is_ready(pod))
+            .filter(|pod| kit::client::pod_is_ready(pod))
             .filter_map(|pod| pod.spec.as_ref().and_then(|spec| spec.node_name.clone()))
             .collect();
         if nodes.len() < 2 {
@@ -263,11 +263,11 @@ mod tests {
     #[test]
     fn volumes_pass_only_when_healthy_on_enough_distinct_nodes() {
         let whole = volume("pvc-1", "healthy", &["wk01", "wk02", "wk03"]);
-        assert_eq!(replicas_check(&[whole], 3).status, kit::check::Status::Pass);
+        assert_eq!(replicas_check(&[whole], 3).status, kit::report::Status::Pass);
         let rebuilding = volume("pvc-1", "degraded", &["wk01", "wk02"]);
         let check = replicas_check(&[rebuilding], 3);
-        assert_eq!(check.status, kit::check::Status::Fail);
+        assert_eq!(check.status, kit::report::Status::Fail);
         assert!(check.reason.contains("pvc-1 (degraded"), "{}", check.reason);
-        assert_eq!(replicas_check(&[], 3).status, kit::check::Status::Pass, "no volume: nothing to lose");
+        assert_eq!(replicas_check(&[], 3).status, kit::report::Status::Pass, "no volume: nothing to lose");
     }
 }
