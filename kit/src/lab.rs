@@ -16,9 +16,9 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// The ports the lab beside this config was started with, if it was.
-    pub fn stored(state_dir: &Path) -> Option<Ports> {
-        let text = std::fs::read_to_string(ports_file(state_dir)).ok()?;
+    /// The ports the lab in `lab_dir` (a config's `lab_dir()`) was started with, if it was.
+    pub fn stored(lab_dir: &Path) -> Option<Ports> {
+        let text = std::fs::read_to_string(ports_file(lab_dir)).ok()?;
         serde_json::from_str(&text).ok()
     }
 
@@ -43,9 +43,9 @@ impl Ports {
     }
 }
 
-/// Where `lab up` keeps the lab's ports.
-pub fn ports_file(state_dir: &Path) -> PathBuf {
-    state_dir.join("lab").join("lab.json")
+/// Where `lab up` keeps the lab's ports, in its folder.
+pub fn ports_file(lab_dir: &Path) -> PathBuf {
+    lab_dir.join("lab.json")
 }
 
 /// The network namespace of a cluster's box's workstation: `<cluster name>-admin`.
@@ -70,6 +70,6 @@ pub fn enter_box(config: &ClusterConfig) -> anyhow::Result<()> {
 
 /// The lab's admin kubeconfig, aimed at the API forward on 127.0.0.1 (the workstation
 /// services write it once stage 01 has fetched the cluster's own, which is aimed at the VIP).
-pub fn kubeconfig_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("lab").join("kubeconfig")
+pub fn kubeconfig_path(lab_dir: &Path) -> PathBuf {
+    lab_dir.join("kubeconfig")
 }

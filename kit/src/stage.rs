@@ -45,19 +45,14 @@ pub trait Stage {
     fn render(&self, ctx: &Context, out: &Path) -> impl Future<Output = anyhow::Result<Vec<PathBuf>>>;
 }
 
-/// The kubeconfig a target uses unless `--kubeconfig` says otherwise.
-fn default_kubeconfig(state_dir: &Path, target: Target) -> PathBuf {
-    match target {
-        Target::Talos => cluster_kubeconfig_path(state_dir),
-        Target::Lab => crate::lab::kubeconfig_path(state_dir),
-    }
-}
+/// The config every command reads unless told otherwise.
+pub const DEFAULT_CONFIG: &str = "cluster.yaml";
 
 /// Flags every talos-ha command shares.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
     /// The cluster definition (nodes, VIP, MetalLB pool, versions).
-    #[arg(long, global = true, default_value = "cluster.yaml", env = "TALOS_HA_CONFIG")]
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG, env = "TALOS_HA_CONFIG")]
     pub config: PathBuf,
     /// Target the cluster in a box (`cargo xtask lab up`): Talos twins at the config's
     /// addresses, reached from the box's workstation, instead of the real Talos nodes.
@@ -83,9 +78,39 @@ impl GlobalArgs {
         if self.lab { Target::Lab } else { Target::Talos }
     }
 
-    /// `--kubeconfig`, or the one the target's commands write beside the config.
+    /// `--kubeconfig`, or the target's own: the cluster's (`state/kubeconfig`, aimed at the
+    /// VIP), or the box's forward (`state/lab/kubeconfig`).
     pub fn kubeconfig(&self, config: &ClusterConfig) -> PathBuf {
-        self.kubeconfig.clone().unwrap_or_else(|| default_kubeconfig(&config.state_dir(), self.target()))
+        self.kubeconfig.clone().unwrap_or_else(|| match self.target() {
+            Target::Talos => cluster_kubeconfig_path(&config.state_dir()),
+            Target::Lab => crate::lab::kubeconfig_path(&config.lab_dir()),
+        })
+    }
+
+    /// The config, or every problem in it reported (text or JSON) and `None`. With `--lab` it
+    /// is the box's cluster: its state lives in `state/lab/cluster/`, never in a real one's.
+    pub fn load_config(&self, out: &mut impl Write) -> anyhow::Result<Option<ClusterConfig>> {
+        let config = load_config(&self.config, self.output, out)?;
+        Ok(config.map(|config| if self.lab { config.in_box() } else { config }))
+    }
+
+    /// These flags as a command line gives them again (to a stage binary, or in the command
+    /// that resumes): `--lab`, `--config` unless it is the default, `--kubeconfig`, `--mirror`.
+    /// Output and verbosity are left to the caller.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut args = Vec::new();
+        if self.lab {
+            args.push("--lab".into());
+        }
+        if self.config != Path::new(DEFAULT_CONFIG) {
+            args.extend(["--config".into(), self.config.clone().into_os_string()]);
+        }
+        for (flag, value) in [("--kubeconfig", &self.kubeconfig), ("--mirror", &self.mirror)] {
+            if let Some(value) = value {
+                args.extend([flag.into(), value.clone().into_os_string()]);
+            }
+        }
+        args
     }
 }
 
@@ -203,7 +228,7 @@ fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W)
         out.write_all(S::LESSON.as_bytes())?;
         return Ok(ExitCode::SUCCESS);
     }
-    let config = match load_config(&cli.global.config, cli.global.output, out)? {
+    let config = match cli.global.load_config(out)? {
         Some(config) => config,
         // For `plan`, 2 means "would change": an invalid config is one of its errors.
         None if matches!(cli.command, StageCommand::Plan) => return Ok(ExitCode::from(exit::FAILED)),

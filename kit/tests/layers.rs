@@ -57,7 +57,8 @@ fn no_module_of_kit_uses_one_on_its_own_floor_or_above() {
     let mut upward = Vec::new();
     for file in sources(&src) {
         let relative = file.strip_prefix(&src).expect("under src");
-        let module = relative.iter().next().and_then(|first| first.to_str()).unwrap_or_default().trim_end_matches(".rs");
+        let module =
+            relative.iter().next().and_then(|first| first.to_str()).unwrap_or_default().trim_end_matches(".rs");
         if module == "lib" {
             continue;
         }

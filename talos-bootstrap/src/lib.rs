@@ -435,8 +435,8 @@ pub async fn generate_configs(ctx: &Context) -> anyhow::Result<Vec<NodeConfig>> 
 }
 
 /// Where stage 01 writes the cluster's admin kubeconfig (aimed at the VIP): `--kubeconfig` on
-/// real nodes. On the lab it is `state/kubeconfig`, as on real nodes; the workstation services
-/// copy it, aimed at the forward on 127.0.0.1, to the lab's kubeconfig.
+/// real nodes. On the lab it is the box's cluster's (`state/lab/cluster/kubeconfig`); the
+/// workstation services copy it, aimed at the forward on 127.0.0.1, to the lab's kubeconfig.
 fn cluster_kubeconfig(ctx: &Context) -> PathBuf {
     match ctx.target {
         Target::Talos => ctx.kubeconfig.clone(),
@@ -449,7 +449,7 @@ fn cluster_kubeconfig(ctx: &Context) -> PathBuf {
 fn image_factory(ctx: &Context) -> anyhow::Result<String> {
     match ctx.target {
         Target::Talos => Ok(schematic::IMAGE_FACTORY.to_owned()),
-        Target::Lab => Ok(kit::lab::Ports::stored(&ctx.config.state_dir())
+        Target::Lab => Ok(kit::lab::Ports::stored(&ctx.config.lab_dir())
             .context("the lab is not up: start it with `cargo xtask lab up`")?
             .image_factory_url()),
     }

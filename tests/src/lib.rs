@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use kit::config::ClusterConfig;
 
 pub mod talosctl_double;
@@ -15,9 +16,9 @@ pub fn config_path() -> PathBuf {
     xtask::workspace_root().join("cluster.yaml")
 }
 
-/// That config, loaded.
+/// That config, loaded, for the cluster in the box (its state in `state/lab/cluster`).
 pub fn config() -> ClusterConfig {
-    ClusterConfig::load(&config_path()).unwrap_or_else(|error| panic!("{error}"))
+    ClusterConfig::load(&config_path()).unwrap_or_else(|error| panic!("{error}")).in_box()
 }
 
 /// The upstream release manifests the tests use as their mirror: `../shared/upstream` beside
@@ -50,13 +51,26 @@ where
     argv.extend(args.iter().map(OsString::from));
     argv.extend(["--config".into(), config.into(), "--mirror".into(), upstream_mirror().into()]);
     std::thread::spawn(move || {
-        xtask::lab::lan::enter(&namespace)?;
+        lab::lan::enter(&namespace)?;
         let mut out = Vec::new();
         let code = kit::stage::execute(&stage, argv, &mut out);
         anyhow::Ok((code, String::from_utf8_lossy(&out).into_owned()))
     })
     .join()
     .map_err(|_| anyhow::anyhow!("the stage's thread panicked"))?
+}
+
+/// A stage command on the Talos target from the box's workstation, against the box's cluster
+/// as if it were a real one: [`run_stage_in_box`] with the cluster's own kubeconfig (the VIP),
+/// which a box run keeps in the box's folder.
+pub fn run_stage_on_the_boxs_cluster<S>(stage: S, args: &[&str]) -> anyhow::Result<(ExitCode, String)>
+where
+    S: kit::stage::Stage + Send + Sync + 'static,
+{
+    let kubeconfig = kit::context::cluster_kubeconfig_path(&config().state_dir());
+    let kubeconfig = kubeconfig.to_str().context("the state folder's path is not UTF-8")?;
+    let args: Vec<&str> = args.iter().copied().chain(["--kubeconfig", kubeconfig]).collect();
+    run_stage_in_box(stage, &args, &config_path())
 }
 
 /// [`run_stage`] off the async runtime (a stage starts a runtime of its own).
@@ -73,7 +87,7 @@ where
 pub fn kubeconfig() -> PathBuf {
     std::env::var_os("TALOS_HA_LAB_KUBECONFIG")
         .map(PathBuf::from)
-        .unwrap_or_else(|| kit::lab::kubeconfig_path(&config().state_dir()))
+        .unwrap_or_else(|| kit::lab::kubeconfig_path(&config().lab_dir()))
 }
 
 /// A client for the running lab; fails with how to start one.

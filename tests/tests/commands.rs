@@ -1,6 +1,6 @@
-//! The xtask's small commands as a user runs them (audit U16): `validate`, `mirror` and
-//! `lab status`, each through `cargo xtask`, each asserted on what it writes; and the exit code
-//! of a mistyped command line.
+//! The xtask's small commands as a user runs them (audit U16): `validate`, `mirror`,
+//! `lab status` and `lab shell`, each through `cargo xtask`, each asserted on what it writes;
+//! and the exit code of a mistyped command line.
 
 use std::process::Output;
 
@@ -63,6 +63,37 @@ fn lab_status_lists_the_boxs_components_and_their_memory() -> anyhow::Result<()>
     }
     assert!(components.iter().all(|component| component["healthy"] == true), "{components:?}");
     assert!(components.iter().any(|component| component["resident_bytes"].as_u64().is_some_and(|bytes| bytes > 0)));
+    Ok(())
+}
+
+/// README's tour of the box: `cargo xtask lab shell -- talosctl -n <wk01> services` and
+/// `-- kubectl get nodes`, on a machine with neither tool of its own: the `cargo xtask` runs
+/// with every folder holding a talosctl or kubectl left off its PATH, and the shell's own
+/// PATH starts with the ones the lab built.
+#[test]
+fn lab_shell_brings_the_talosctl_and_kubectl_the_lab_built() -> anyhow::Result<()> {
+    let config = tests::config_path().display().to_string();
+    let host_path = std::env::var_os("PATH").unwrap_or_default();
+    let has_a_tool = |dir: &std::path::Path| ["talosctl", "kubectl"].iter().any(|tool| dir.join(tool).exists());
+    let bare_path = std::env::join_paths(std::env::split_paths(&host_path).filter(|dir| !has_a_tool(dir)))?;
+    let shell = |command: &[&str]| -> anyhow::Result<String> {
+        let output = xtask::cargo()
+            .current_dir(xtask::workspace_root())
+            .env("PATH", &bare_path)
+            .args(["xtask", "lab", "shell", "--config", &config, "--"])
+            .args(command)
+            .output()?;
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        anyhow::ensure!(output.status.success(), "lab shell -- {command:?}: {said}");
+        Ok(said)
+    };
+    let wk01 = tests::config().nodes.iter().find(|node| node.name == "wk01").map(|node| node.ip.to_string());
+    let services = shell(&["talosctl", "-n", &wk01.unwrap_or_default(), "services"])?;
+    assert!(services.contains("kubelet") && services.contains("Running"), "{services}");
+    let nodes = shell(&["kubectl", "get", "nodes", "-o", "name"])?;
+    for node in tests::config().nodes {
+        assert!(nodes.contains(&format!("node/{}", node.name)), "{nodes}");
+    }
     Ok(())
 }
 

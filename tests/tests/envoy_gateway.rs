@@ -122,8 +122,7 @@ async fn the_talos_verify_reads_what_the_controller_reports(client: &kube::Clien
     let ready = status(serde_json::json!({ "conditions": [tests::written_condition("Ready", "True", "Ready")] }));
     certificates.patch_status("talos-ha-gateway", &params, &Patch::Merge(&ready)).await?;
 
-    let verify =
-        || tokio::task::spawn_blocking(|| tests::run_stage_in_box(EnvoyGateway, &["verify"], &tests::config_path()));
+    let verify = || tokio::task::spawn_blocking(|| tests::run_stage_on_the_boxs_cluster(EnvoyGateway, &["verify"]));
     let (code, report) = verify().await??;
     assert_eq!(code, ExitCode::SUCCESS, "{report}");
     for line in [

@@ -193,7 +193,7 @@ fn a_failed_check_stops_with_the_fix_and_the_resume_command() -> anyhow::Result<
     // A config whose lab kubeconfig points at a port where no API server listens.
     let dir = tempfile::tempdir()?;
     let config = xtask::scratch_config(&tests::config_path(), dir.path())?.source;
-    let kubeconfig = kit::lab::kubeconfig_path(&kit::config::state_dir_for(&config));
+    let kubeconfig = kit::lab::kubeconfig_path(&kit::config::state_dir_for(&config).join("lab"));
     std::fs::create_dir_all(kubeconfig.parent().unwrap_or(dir.path()))?;
     let lab_kubeconfig = std::fs::read_to_string(tests::kubeconfig())?;
     std::fs::write(&kubeconfig, lab_kubeconfig.replace("https://127.0.0.1:16443", "https://127.0.0.1:9"))?;

@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use lab::Lab;
 use tests::{config, eventually, lab_client};
-use xtask::lab::Lab;
 
 #[tokio::test]
 async fn the_configs_nodes_are_ready_with_their_roles_and_addresses() -> anyhow::Result<()> {
@@ -155,7 +155,7 @@ async fn pod_security_enforces_baseline_outside_kube_system() -> anyhow::Result<
 async fn the_api_keeps_serving_writes_with_a_control_plane_off() -> anyhow::Result<()> {
     let client = lab_client().await?;
     let config = config();
-    let lab = Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
+    let lab = Lab::new(&config, lab::DEFAULT_PORT_BASE);
     // cp03 shuts down cleanly: its etcd member goes, and the VIP moves if it held it.
     lab.stop_twin("cp03")?;
 
@@ -192,7 +192,7 @@ async fn the_api_keeps_serving_writes_with_a_control_plane_off() -> anyhow::Resu
 
     // `up` on a half-running lab starts only what is missing, and waits until cp03's node is
     // Ready again.
-    lab.up(&xtask::workspace_root()).await?;
+    lab.up().await?;
     let status = lab.status().await;
     let machine = status.iter().find(|c| c.name == "twin-cp03").expect("twin-cp03 in status");
     assert!(machine.healthy, "cp03 is back: {}", machine.detail);
@@ -204,7 +204,7 @@ async fn the_api_keeps_serving_writes_with_a_control_plane_off() -> anyhow::Resu
 #[test]
 fn the_lab_kubeconfig_is_the_clusters_aimed_at_the_forward() -> anyhow::Result<()> {
     let config = config();
-    let lab = Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
+    let lab = Lab::new(&config, lab::DEFAULT_PORT_BASE);
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&lab.kubeconfig)?.permissions());
     assert_eq!(mode & 0o777, 0o600, "it holds the admin's client key: owner only");
     let servers = |path: &std::path::Path| -> anyhow::Result<Vec<Option<String>>> {
@@ -223,7 +223,7 @@ fn the_lab_kubeconfig_is_the_clusters_aimed_at_the_forward() -> anyhow::Result<(
 /// and a box of its own (another cluster name).
 fn second_lab(port_base: u16) -> anyhow::Result<(tempfile::TempDir, Lab)> {
     let dir = tempfile::tempdir()?;
-    let config = xtask::scratch_lab_config(&tests::config_path(), dir.path(), &format!("second-{port_base}"))?;
+    let config = lab::second_box_config(&tests::config_path(), dir.path(), &format!("second-{port_base}"))?;
     Ok((dir, Lab::new(&config, port_base)))
 }
 
@@ -232,11 +232,11 @@ async fn up_is_idempotent_and_down_leaves_no_process_behind() -> anyhow::Result<
     let (_dir, lab) = second_lab(26443)?;
     // Errors, not panics, inside: the lab below must be taken down whatever happens.
     let result = async {
-        lab.up(&xtask::workspace_root()).await?;
+        lab.up().await?;
         let first = lab.running_pids();
         // No cluster yet (its machines wait for stage 01), so no MetalLB controller either.
         anyhow::ensure!(first.len() == 7, "6 node twins in its own box and the workstation services: {first:?}");
-        lab.up(&xtask::workspace_root()).await?;
+        lab.up().await?;
         anyhow::ensure!(lab.running_pids() == first, "a second up restarts nothing");
         anyhow::Ok(first)
     }
@@ -257,7 +257,7 @@ async fn up_is_idempotent_and_down_leaves_no_process_behind() -> anyhow::Result<
 async fn a_taken_port_fails_with_the_components_log_tail() -> anyhow::Result<()> {
     let (_dir, lab) = second_lab(28443)?;
     let _squatter = std::net::TcpListener::bind(("127.0.0.1", lab.ports.api()))?;
-    let error = lab.up(&xtask::workspace_root()).await.expect_err("the forward cannot bind its port");
+    let error = lab.up().await.expect_err("the forward cannot bind its port");
     lab.down(true)?;
     let message = format!("{error:#}");
     assert!(message.contains("workstation exited before it could listen for the API forward"), "{message}");
@@ -286,9 +286,9 @@ async fn a_disk_too_full_for_the_box_is_refused_before_anything_starts() -> anyh
         .arg(disk.0.path())
         .status()?;
     anyhow::ensure!(mounted.success(), "mounting a tmpfs (the tests run as root, as the box needs)");
-    let config = xtask::scratch_lab_config(&tests::config_path(), disk.0.path(), "second-small-disk")?;
+    let config = lab::second_box_config(&tests::config_path(), disk.0.path(), "second-small-disk")?;
     let lab = Lab::new(&config, 30443);
-    let error = lab.up(&xtask::workspace_root()).await.expect_err("16 MiB is too little");
+    let error = lab.up().await.expect_err("16 MiB is too little");
     let message = format!("{error:#}");
     assert!(message.contains("the box needs 1024 MiB free") && message.contains("`cargo clean`"), "{message}");
     assert!(message.contains(&lab.dir.display().to_string()), "it names the folder: {message}");
@@ -302,7 +302,7 @@ async fn a_second_config_with_the_same_cluster_name_cannot_take_the_box() -> any
     let dir = tempfile::tempdir()?;
     let same_name = xtask::scratch_config(&tests::config_path(), dir.path())?;
     let lab = Lab::new(&same_name, 29443);
-    let error = lab.up(&xtask::workspace_root()).await.expect_err("the shared lab's box is taken");
+    let error = lab.up().await.expect_err("the shared lab's box is taken");
     let message = format!("{error:#}");
     assert!(message.contains("the box of cluster `talos-ha` belongs to the lab in"), "{message}");
     assert!(lab.running_pids().is_empty(), "nothing was started: {:?}", lab.running_pids());

@@ -92,7 +92,10 @@ async fn apply_patches_the_release_takes_the_default_class_and_a_rerun_changes_n
 
     let (code, verify) = run_stage_async(Longhorn, &["verify"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
-    assert!(verify.contains("ok    manager: longhorn-manager is ready on 3 nodes"), "{verify}");
+    assert!(
+        verify.contains("ok    daemonset longhorn-manager: DaemonSet longhorn-system/longhorn-manager is ready on 3 nodes (every worker)"),
+        "{verify}"
+    );
     assert!(verify.contains("ok    settings: data path /var/lib/longhorn/, 3 replicas"), "{verify}");
     assert!(verify.contains("lab   volume: not checkable in the lab"), "{verify}");
     assert!(verify.contains("ok    ui login: the UI's Ingress passes through BasicAuth"), "{verify}");

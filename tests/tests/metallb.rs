@@ -47,7 +47,7 @@ async fn apply_installs_metallb_and_our_pools_and_a_rerun_changes_nothing() -> a
 
     // With MetalLB's CRDs in place, `lab up` starts its controller (as install-all does).
     let lab_config = kit::config::ClusterConfig::load(&tests::config_path())?;
-    xtask::lab::Lab::new(&lab_config, xtask::lab::DEFAULT_PORT_BASE).up(&xtask::workspace_root()).await?;
+    lab::Lab::new(&lab_config, lab::DEFAULT_PORT_BASE).up().await?;
     let config = tests::config_path();
     let (code, verify) = tokio::task::spawn_blocking(move || metallb(&["verify"], &config)).await?;
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");

@@ -171,7 +171,7 @@ fn stage_folder<S: kit::stage::Stage>(_: &S) -> &'static str {
 fn talos_plan<S: kit::stage::Stage + Sync + Send + 'static>(
     stage: S,
 ) -> anyhow::Result<std::collections::BTreeSet<String>> {
-    let (code, out) = tests::run_stage_in_box(stage, &["plan", "--output", "json"], &tests::config_path())?;
+    let (code, out) = tests::run_stage_on_the_boxs_cluster(stage, &["plan", "--output", "json"])?;
     assert!(
         code == std::process::ExitCode::SUCCESS || code == std::process::ExitCode::from(2),
         "{} plan on the talos target: {out}",

@@ -42,7 +42,7 @@ fn status_reports_the_quick_access_table_and_the_nodes() -> anyhow::Result<()> {
 
     // A control plane off: its etcd member does not answer, and status says so with exit 1.
     let config = tests::config();
-    let lab = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
+    let lab = lab::Lab::new(&config, lab::DEFAULT_PORT_BASE);
     lab.stop_twin("cp03")?;
     let off = status();
     let runtime = tokio::runtime::Runtime::new()?;

@@ -96,7 +96,7 @@ async fn apply_again_changes_nothing_and_verify_reads_etcd_and_the_vip_through_t
 async fn an_edited_config_shows_in_plan_as_a_field_diff_and_as_talos_own_diff() -> anyhow::Result<()> {
     // A copy of the config and of the state stage 01 keeps (same cluster, same machines).
     let dir = tempfile::tempdir()?;
-    let config = xtask::scratch_config(&tests::config_path(), dir.path())?;
+    let config = xtask::scratch_config(&tests::config_path(), dir.path())?.in_box();
     let state = tests::config().state_dir();
     std::fs::create_dir_all(config.state_dir())?;
     for file in ["secrets.yaml", "talosconfig"] {

@@ -18,7 +18,7 @@ async fn traefik_needs_metallbs_pool_then_holds_its_fixed_address() -> anyhow::R
     let (code, out) = run_stage_async(metallb::Metallb, &["apply"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
     let config = kit::config::ClusterConfig::load(&tests::config_path())?;
-    xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE).up(&xtask::workspace_root()).await?;
+    lab::Lab::new(&config, lab::DEFAULT_PORT_BASE).up().await?;
 
     // Without stage 02's entry-point pool, check names it and the stage to run.
     let pools: Api<DynamicObject> =

@@ -10,8 +10,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use lab::twin::{Disk, Hardware, Link, twin_dir};
 use talos_bootstrap::TalosBootstrap;
-use xtask::lab::twin::{Disk, Hardware, Link, twin_dir};
 
 /// `talos-bootstrap <command> --output json --config <config> EXTRA…` run on a thread inside
 /// the workstation's namespace: it and the talosctl it starts see the box's network only.
@@ -41,15 +41,15 @@ const OWN_BOX: (&str, u16) = ("twins", 27443);
 #[tokio::test(flavor = "multi_thread")]
 async fn stage_01_checks_the_twins_in_maintenance_mode_through_talosctl() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let config = xtask::scratch_lab_config(&tests::config_path(), dir.path(), OWN_BOX.0)?;
-    let lab = xtask::lab::Lab::new(&config, OWN_BOX.1);
-    lab.up(&xtask::workspace_root()).await?;
+    let config = lab::second_box_config(&tests::config_path(), dir.path(), OWN_BOX.0)?;
+    let lab = lab::Lab::new(&config, OWN_BOX.1);
+    lab.up().await?;
     let outcome = stage_01_step_by_step(&lab, &config).await;
     lab.down(true)?;
     outcome
 }
 
-async fn stage_01_step_by_step(lab: &xtask::lab::Lab, config: &kit::config::ClusterConfig) -> anyhow::Result<()> {
+async fn stage_01_step_by_step(lab: &lab::Lab, config: &kit::config::ClusterConfig) -> anyhow::Result<()> {
     let source = config.source.clone();
     let (code, checks) = tokio::task::spawn_blocking(move || check_from_the_workstation(&source)).await??;
     assert_eq!(code, ExitCode::SUCCESS, "{checks:?}");
@@ -145,7 +145,7 @@ async fn stage_01_step_by_step(lab: &xtask::lab::Lab, config: &kit::config::Clus
 /// Talos skips the alias, the LinkConfig's address lands on no link, and the default DHCP is
 /// off: once installed, the machine is on no address at all and nothing reaches it again.
 async fn a_selector_matching_two_ports_leaves_the_machine_off_the_lan(
-    lab: &xtask::lab::Lab,
+    lab: &lab::Lab,
     config: &kit::config::ClusterConfig,
 ) -> anyhow::Result<()> {
     let edge = talosctl(config).await?;
@@ -186,7 +186,7 @@ where
 {
     let namespace = kit::lab::workstation_namespace(OWN_BOX.0);
     tokio::task::spawn_blocking(move || {
-        xtask::lab::lan::enter(&namespace)?;
+        lab::lan::enter(&namespace)?;
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(work())
     })
     .await?
@@ -241,7 +241,7 @@ async fn install(config: &kit::config::ClusterConfig, names: &[&str]) -> anyhow:
 /// it but it is not healthy; back on, it is again. A rebooted cp03 is the same, through
 /// `talosctl reboot`.
 async fn three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healthy(
-    lab: &xtask::lab::Lab,
+    lab: &lab::Lab,
     config: &kit::config::ClusterConfig,
 ) -> anyhow::Result<()> {
     install(config, &["cp02", "cp03"]).await?;
@@ -418,12 +418,12 @@ async fn a_reset_control_plane_leaves_etcd_and_boots_into_maintenance_mode(
 /// certificate. `plan` then reads Talos's own dry-run diff (on talosctl's stderr): no changes
 /// for the same config; the edited field for an edited cluster.yaml.
 async fn a_configured_twin_shows_drift_through_talos_own_diff(
-    lab: &xtask::lab::Lab,
+    lab: &lab::Lab,
     config: &kit::config::ClusterConfig,
 ) -> anyhow::Result<()> {
     install(config, &["cp01"]).await?;
     anyhow::ensure!(
-        xtask::lab::twin::twin_dir(&lab.dir, "cp01").join("config.yaml").exists(),
+        lab::twin::twin_dir(&lab.dir, "cp01").join("config.yaml").exists(),
         "cp01 keeps its config, as on disk"
     );
     // The cluster.yaml is edited below: a copy, so the other steps keep the original.

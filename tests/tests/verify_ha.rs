@@ -45,7 +45,7 @@ fn shown(drill: &str) -> std::io::Result<()> {
 
 #[test]
 fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Result<()> {
-    let config = kit::config::ClusterConfig::load(&tests::config_path())?;
+    let config = tests::config();
     let holder = vip_holder(&config)?;
     let output = verify_ha(&["--drill", &format!("node={holder}"), "--yes"])?;
     let (report, log) = texts(&output);
@@ -72,7 +72,7 @@ fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Re
 
     // With one control plane off, a drill of another would leave one member of three: refused
     // before anything is touched. With two off, the read-only steps report the lost quorum.
-    let lab = xtask::lab::Lab::new(&config, xtask::lab::DEFAULT_PORT_BASE);
+    let lab = lab::Lab::new(&config, lab::DEFAULT_PORT_BASE);
     let runtime = tokio::runtime::Runtime::new()?;
     lab.stop_twin("cp02")?;
     let refused = verify_ha(&["--drill", "node=cp01", "--yes"]);

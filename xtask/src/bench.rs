@@ -15,8 +15,8 @@ use kit::artifacts::{ARTIFACTS, ArtifactStore, Component};
 use kit::config::ClusterConfig;
 use kit::manifest::{lab_transform, parse_manifest};
 use kit::report::Action;
-use kit::stage::{GlobalArgs, exit, load_config};
-use xtask::lab::Lab;
+use kit::stage::{GlobalArgs, exit};
+use lab::Lab;
 
 /// Port bases of the two throw-away labs: clear of the default lab's 16443, and below Linux's
 /// ephemeral range (32768+), where an outgoing connection may already hold a port.
@@ -43,7 +43,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         return Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) });
     }
     let mut stdout = std::io::stdout();
-    let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
+    let Some(config) = global.load_config(&mut stdout)? else {
         return Ok(ExitCode::from(exit::INVALID));
     };
     let store = ArtifactStore::new(&config, global.mirror.as_deref(), &kit::fsutil::cache_root());
@@ -168,14 +168,14 @@ fn with_fresh_lab<T>(
     port_base: u16,
     measure: impl FnOnce(&Lab) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let lab_config = xtask::scratch_lab_config(&config.source, &scratch.join(name), &format!("bench-{name}"))?;
+    let lab_config = lab::second_box_config(&config.source, &scratch.join(name), &format!("bench-{name}"))?;
     let lab = Lab::new(&lab_config, port_base);
     tracing::info!("starting a fresh lab for the {name} run on port {port_base}, and installing its cluster");
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime
-        .block_on(lab.up(&xtask::workspace_root()))
+        .block_on(lab.up())
         .and_then(|()| install_cluster(global, &lab_config.source))
-        .and_then(|()| runtime.block_on(lab.up(&xtask::workspace_root())))
+        .and_then(|()| runtime.block_on(lab.up()))
         .and_then(|()| measure(&lab));
     lab.down(true)?;
     result

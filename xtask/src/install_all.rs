@@ -70,7 +70,7 @@ fn selected<'a>(root: &Path, args: &Selection) -> anyhow::Result<Vec<&'a str>> {
 pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> {
     // An invalid config is reported as the problems it has, before anything is built or
     // started (each stage would report them too, in a shape the report reader does not take).
-    if kit::stage::load_config(&global.config, global.output, &mut std::io::stdout())?.is_none() {
+    if global.load_config(&mut std::io::stdout())?.is_none() {
         return Ok(ExitCode::from(if args.dry_run { exit::FAILED } else { exit::INVALID }));
     }
     let root = xtask::workspace_root();
@@ -188,27 +188,16 @@ impl Report {
 
 /// The command that picks up at `stage` with the flags this run was given, ready to paste.
 fn resume_command(stage: &str, global: &GlobalArgs) -> String {
-    let mut command = format!("cargo xtask install-all --from {stage}");
-    if global.lab {
-        command.push_str(" --lab");
-    }
-    if global.config != std::path::Path::new("cluster.yaml") {
-        command.push_str(&format!(" --config {}", global.config.display()));
-    }
-    for (flag, value) in [("--kubeconfig", &global.kubeconfig), ("--mirror", &global.mirror)] {
-        if let Some(value) = value {
-            command.push_str(&format!(" {flag} {}", value.display()));
-        }
-    }
-    command
+    let flags: Vec<String> = global.to_args().iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
+    format!("cargo xtask install-all --from {stage} {}", flags.join(" ")).trim_end().to_owned()
 }
 
 /// `lab up`: builds the box and starts its machines; on an installed cluster, waits until
 /// every node is Ready. A no-op on a running lab.
 fn lab_up(global: &GlobalArgs, ports: LabPorts) -> anyhow::Result<()> {
     let config = kit::config::ClusterConfig::load(&global.config)?;
-    let lab = xtask::lab::Lab::new(&config, ports.port_base);
-    tokio::runtime::Runtime::new()?.block_on(lab.up(&xtask::workspace_root()))
+    let lab = lab::Lab::new(&config, ports.port_base);
+    tokio::runtime::Runtime::new()?.block_on(lab.up())
 }
 
 #[derive(Serialize)]

@@ -1,12 +1,12 @@
-//! `cargo xtask lab up | status | down`: the command-line face of `xtask::lab`.
+//! `cargo xtask lab up | status | down`: the command-line face of `lab`.
 
 use std::io::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use kit::stage::{GlobalArgs, Output, exit, load_config};
-use xtask::lab::{DEFAULT_PORT_BASE, Lab};
+use kit::stage::{GlobalArgs, Output, exit};
+use lab::{DEFAULT_PORT_BASE, Lab};
 
 /// Where a new lab listens on this machine: `lab up` and `install-all --lab` take it.
 #[derive(clap::Args, Debug, Clone, Copy)]
@@ -41,7 +41,8 @@ pub enum LabAction {
     },
     /// Stop every process the lab started.
     Down {
-        /// Also delete the lab's data, certificates and kubeconfig (state/lab).
+        /// Also delete the box's data: its machines' disks and the cluster installed on them, its
+        /// secrets, talosconfig and kubeconfigs (everything in state/lab).
         #[arg(long)]
         purge: bool,
     },
@@ -49,7 +50,7 @@ pub enum LabAction {
 
 pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
-    let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
+    let Some(config) = global.load_config(&mut stdout)? else {
         return Ok(ExitCode::from(exit::INVALID));
     };
     let port_base = match action {
@@ -60,7 +61,7 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match action {
         LabAction::Build => {
-            let binaries = xtask::lab::ensure_binaries(&config.versions, &xtask::workspace_root())?;
+            let binaries = lab::ensure_binaries(&config.versions)?;
             writeln!(
                 stdout,
                 "lab binaries ready in {}",
@@ -70,7 +71,7 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
         }
         LabAction::Up { .. } => {
             let started = std::time::Instant::now();
-            runtime.block_on(lab.up(&xtask::workspace_root()))?;
+            runtime.block_on(lab.up())?;
             tracing::info!("lab up in {:.1}s", started.elapsed().as_secs_f64());
             writeln!(stdout, "The box is up: {} Talos machines at the config's addresses.", config.nodes.len())?;
             if lab.installed() {
@@ -108,18 +109,12 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
             Ok(if healthy { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) })
         }
         LabAction::Shell { command } => {
-            let lan = lab.lan();
-            lan.up()?;
             let command = if command.is_empty() {
                 vec![std::env::var("SHELL").unwrap_or_else(|_| "bash".to_owned())]
             } else {
                 command
             };
-            // On the workstation the cluster's own kubeconfig works as on a real LAN (the VIP).
-            let talosconfig = kit::tool::talosconfig_path(&config);
-            let kubeconfig = kit::context::cluster_kubeconfig_path(&config.state_dir());
-            let env = [("KUBECONFIG", kubeconfig.as_path()), ("TALOSCONFIG", talosconfig.as_path())];
-            let status = xtask::lab::lan::exec_in(&lan.admin().namespace, &command, &env)?;
+            let status = lab.shell(&command)?;
             Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
         }
         LabAction::Down { purge } => {

@@ -1,7 +1,6 @@
 //! The xtask's library half: what the integration tests in `tests/` drive directly.
 
 pub mod docs;
-pub mod lab;
 pub mod stages;
 
 use std::path::PathBuf;
@@ -29,34 +28,6 @@ pub fn cargo() -> std::process::Command {
         }
     }
     command
-}
-
-/// A lab beside the main one (bench, tests): the config copied into `dir` (its state folder,
-/// so its lab, lives there) under the cluster name `name`, so that its box (the config's LAN,
-/// named after the cluster) is a second, separate one: the same addresses on other network
-/// stacks, where its node twins never meet the main lab's.
-pub fn scratch_lab_config(
-    source: &std::path::Path,
-    dir: &std::path::Path,
-    name: &str,
-) -> anyhow::Result<kit::config::ClusterConfig> {
-    let original = kit::config::ClusterConfig::load(source)?;
-    let text = std::fs::read_to_string(source)?;
-    let renamed: Vec<String> = text
-        .lines()
-        .map(|line| {
-            let key = line.trim_start();
-            let is_name =
-                key.strip_prefix("name:").is_some_and(|rest| rest.split_whitespace().next() == Some(&original.name));
-            if is_name { line.replacen(&original.name, name, 1) } else { line.to_owned() }
-        })
-        .collect();
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join("cluster.yaml");
-    std::fs::write(&path, renamed.join("\n") + "\n")?;
-    let config = kit::config::ClusterConfig::load(&path)?;
-    anyhow::ensure!(config.name == name, "could not rename the cluster in {}", source.display());
-    Ok(config)
 }
 
 /// Copies the config at `source` into `dir` and loads it there, so that its state folder (and

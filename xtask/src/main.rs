@@ -19,8 +19,9 @@ use kit::stage::GlobalArgs;
 /// Build and test a highly available Kubernetes cluster on Talos Linux, stage by stage.
 ///
 /// Start with `cargo xtask validate` to check cluster.yaml, then `cargo xtask install-all --lab`
-/// to build the whole cluster on a local control plane (started for you) before doing it on
-/// Talos, and `cargo xtask test` to run every test against the lab.
+/// to build the whole cluster in a box (six Talos node twins at the config's addresses, in
+/// network namespaces on this machine, built for you) before doing it on real machines, and
+/// `cargo xtask test` to run every test against the box.
 #[derive(Parser, Debug)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
 struct Cli {

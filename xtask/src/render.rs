@@ -8,11 +8,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use kit::fsutil::write_folder;
-use kit::stage::{GlobalArgs, exit, load_config};
+use kit::stage::{GlobalArgs, exit};
 
 pub fn run(global: &GlobalArgs, out: &Path) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
-    let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
+    let Some(config) = global.load_config(&mut stdout)? else {
         return Ok(ExitCode::from(exit::INVALID));
     };
     let root = xtask::workspace_root();

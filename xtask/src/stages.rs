@@ -42,15 +42,6 @@ pub fn build(root: &Path, stages: &[&str]) -> anyhow::Result<PathBuf> {
 /// `<stage> <step>` with the xtask's global flags (config, target, kubeconfig, mirror).
 pub fn command(bin_dir: &Path, stage: &str, step: &str, global: &GlobalArgs) -> Command {
     let mut command = Command::new(bin_dir.join(stage));
-    command.arg(step).arg("--config").arg(&global.config);
-    if global.lab {
-        command.arg("--lab");
-    }
-    if let Some(kubeconfig) = &global.kubeconfig {
-        command.arg("--kubeconfig").arg(kubeconfig);
-    }
-    if let Some(mirror) = &global.mirror {
-        command.arg("--mirror").arg(mirror);
-    }
+    command.arg(step).args(global.to_args());
     command
 }

@@ -11,7 +11,7 @@ use k8s_openapi::api::core::v1::Node;
 use kit::config::ClusterConfig;
 use kit::context::Target;
 use kit::report::write_json_lines;
-use kit::stage::{GlobalArgs, Output, exit, load_config};
+use kit::stage::{GlobalArgs, Output, exit};
 use kube::api::{Api, DynamicObject};
 use serde::Serialize;
 use xtask::docs::{Endpoint, Path};
@@ -29,7 +29,7 @@ struct Row {
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
-    let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
+    let Some(config) = global.load_config(&mut stdout)? else {
         return Ok(ExitCode::from(exit::INVALID));
     };
     let target = global.target();

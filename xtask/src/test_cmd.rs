@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use kit::stage::{GlobalArgs, exit, load_config};
-use xtask::lab::{DEFAULT_PORT_BASE, Lab};
+use lab::{DEFAULT_PORT_BASE, Lab};
 
 pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
     let root = xtask::workspace_root();
@@ -17,7 +17,7 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
     let lab = Lab::new(&config, DEFAULT_PORT_BASE);
     let was_running = !lab.running_pids().is_empty();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let up = runtime.block_on(lab.up(&root)).and_then(|()| {
+    let up = runtime.block_on(lab.up()).and_then(|()| {
         if lab.installed() {
             return Ok(());
         }
@@ -38,7 +38,8 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
     let tests = up.and_then(|()| {
         let status = xtask::cargo()
             .current_dir(&root)
-            .args(["test", "--workspace", "--"])
+            // Every test binary runs, so one failure does not hide the next.
+            .args(["test", "--workspace", "--no-fail-fast", "--"])
             .args(cargo_args)
             .env("TALOS_HA_LAB_KUBECONFIG", &lab.kubeconfig)
             .status()

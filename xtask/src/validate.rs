@@ -3,11 +3,11 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use kit::stage::{GlobalArgs, Output, exit, load_config};
+use kit::stage::{GlobalArgs, Output, exit};
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
-    let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
+    let Some(config) = global.load_config(&mut stdout)? else {
         return Ok(ExitCode::from(exit::INVALID));
     };
     match global.output {

@@ -44,6 +44,10 @@ pub struct ClusterConfig {
     /// Where the config was read from; the state folder sits beside it.
     #[serde(skip)]
     pub source: PathBuf,
+    /// Whose files this config's commands read and write: the real cluster's (`state/`), or
+    /// the box's (`state/lab/cluster/`, after [`ClusterConfig::in_box`]).
+    #[serde(skip)]
+    pub(crate) in_box: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,9 +137,27 @@ impl ClusterConfig {
         format!("{service}.{ip}.{}", self.domain)
     }
 
-    /// The folder beside the config that holds secrets, kubeconfigs and the artifact lock.
+    /// The folder that holds the cluster's secrets, machine configs, talosconfig and
+    /// kubeconfig: `state/` beside the config for the real cluster, `state/lab/cluster/` for the
+    /// box's. The two never mix: a box run cannot overwrite a real cluster's secrets or
+    /// kubeconfig, and `lab down --purge` takes everything the box's cluster left.
     pub fn state_dir(&self) -> PathBuf {
-        state_dir_for(&self.source)
+        match self.in_box {
+            false => state_dir_for(&self.source),
+            true => self.lab_dir().join("cluster"),
+        }
+    }
+
+    /// The box's own folder (`state/lab/` beside the config): its machines' disks, logs, ports,
+    /// the kubeconfig through its forward, and the state of the cluster installed in it.
+    pub fn lab_dir(&self) -> PathBuf {
+        state_dir_for(&self.source).join("lab")
+    }
+
+    /// The same config, for the cluster in the box: its state is the box's (see `state_dir`).
+    pub fn in_box(mut self) -> ClusterConfig {
+        self.in_box = true;
+        self
     }
 }
 

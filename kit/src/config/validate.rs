@@ -202,6 +202,7 @@ impl Validator {
             envoy_gateway_ip: envoy_gateway_ip?,
             warnings: std::mem::take(&mut self.warnings),
             source: source.to_owned(),
+            in_box: false,
         })
     }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use kit::context::Target;
 use kit::report::write_json_lines;
 use kit::report::{Check, Status};
-use kit::stage::{GlobalArgs, Output, exit, load_config};
+use kit::stage::{GlobalArgs, Output, exit};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct VerifyHaArgs {
@@ -38,7 +38,7 @@ fn report(step: &str, proves: &str, check: &Check, out: &mut impl std::io::Write
 
 pub fn run(global: &GlobalArgs, args: &VerifyHaArgs) -> anyhow::Result<ExitCode> {
     let mut stdout = std::io::stdout();
-    let Some(config) = load_config(&global.config, global.output, &mut stdout)? else {
+    let Some(config) = global.load_config(&mut stdout)? else {
         return Ok(ExitCode::from(exit::INVALID));
     };
     // The guide's text for people; with `--output json`, only the checks, one per line.

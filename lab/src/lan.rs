@@ -21,7 +21,6 @@
 //! box is not built yet: the message says what to do.)
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use anyhow::Context as _;
 use kit::config::ClusterConfig;
@@ -258,7 +257,11 @@ pub fn listens(namespace: &str, address: std::net::SocketAddr) -> bool {
 }
 
 /// Runs `command` inside `namespace` (`ip netns exec`), with `env` set: what `lab shell` does.
-pub fn exec_in(namespace: &str, command: &[String], env: &[(&str, &Path)]) -> anyhow::Result<std::process::ExitStatus> {
+pub fn exec_in(
+    namespace: &str,
+    command: &[String],
+    env: &[(&str, std::ffi::OsString)],
+) -> anyhow::Result<std::process::ExitStatus> {
     ensure_root()?;
     let mut process = std::process::Command::new("ip");
     process.args(["netns", "exec", namespace]).args(command);

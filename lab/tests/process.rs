@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use xtask::lab::process::Process;
+use lab::process::Process;
 
 #[test]
 fn a_starting_large_binary_is_never_taken_for_a_dead_one() -> anyhow::Result<()> {
-    let root = xtask::workspace_root();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let config = kit::config::ClusterConfig::load(&root.join("cluster.yaml"))?;
-    let binaries = xtask::lab::ensure_binaries(&config.versions, &root)?;
+    let binaries = lab::ensure_binaries(&config.versions)?;
     let dir = tempfile::tempdir()?;
     for round in 0..25 {
         let data = dir.path().join(format!("data-{round}"));

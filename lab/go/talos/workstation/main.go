@@ -532,7 +532,7 @@ func (c *clusterServices) stop() {
 	}
 }
 
-// writePidFile writes "pid starttime", how the lab knows a process (xtask/src/lab/process.rs).
+// writePidFile writes "pid starttime", how the lab knows a process (lab/src/process.rs).
 func writePidFile(path string, pid int) error {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

@@ -1,7 +1,7 @@
 //! The node twins: one `talos-twin` per node of the config, in that node's namespace of the
 //! box, answering the Talos API on `<node address>:50000` as that machine would: booted from
 //! the Talos ISO (maintenance mode) until it is sent a config, then installed and answering
-//! only clients with a certificate from the config's OS CA (`xtask/go/talos/twin/main.go` says
+//! only clients with a certificate from the config's OS CA (`lab/go/talos/twin/main.go` says
 //! which Talos source each answer follows). The real talosctl talks to them from the
 //! workstation namespace, exactly as it talks to real nodes. A twin keeps its config in
 //! `state/lab/twins/<node>/config.yaml`, as a machine keeps it on disk.

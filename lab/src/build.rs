@@ -2,13 +2,13 @@
 //! keyed by version, so a second `lab up` (or CI with a warm cache) builds nothing.
 //!
 //! - etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl come from the
-//!   wrapper module `xtask/go/kubernetes` (k8s.io/kubernetes cannot be `go install`ed: its
+//!   wrapper module `lab/go/kubernetes` (k8s.io/kubernetes cannot be `go install`ed: its
 //!   go.mod replaces staging modules with local paths; the wrapper points them at releases).
 //! - kwok and MetalLB's controller are plain modules: `go install <package>@<version>`.
 //! - talosctl (stage 01 generates and validates the machine configs with it) comes from the
-//!   wrapper module `xtask/go/talos`, built with the Go checksum database off (some of Talos's
+//!   wrapper module `lab/go/talos`, built with the Go checksum database off (some of Talos's
 //!   forked dependencies have no entry there; the committed go.sum pins every module), with
-//!   the node twin (`xtask/go/talos/twin`) built from the same module on the same packages.
+//!   the node twin (`lab/go/talos/twin`) built from the same module on the same packages.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -32,11 +32,11 @@ const KWOK_STAGES: &[&str] = &[
 ];
 /// The Kubernetes release the committed wrapper module builds.
 const WRAPPER_KUBERNETES: &str = "v1.35.0";
-/// The node twin's binary (`xtask/go/talos/twin`), beside talosctl.
+/// The node twin's binary (`lab/go/talos/twin`), beside talosctl.
 pub const TWIN: &str = "talos-twin";
 /// The workstation services' binary (the API forward and the box's stand-ins), beside the twin.
 pub const WORKSTATION: &str = "talos-workstation";
-/// The Talos release whose talosctl the committed wrapper module `xtask/go/talos` builds.
+/// The Talos release whose talosctl the committed wrapper module `lab/go/talos` builds.
 const WRAPPER_TALOS: &str = "v1.12.1";
 
 /// Where every lab binary lives once built.
@@ -83,11 +83,16 @@ pub fn binaries(versions: &Versions) -> Binaries {
     }
 }
 
+/// One of the lab's wrapper modules, in this crate's `go/` folder.
+fn go_module(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("go").join(name)
+}
+
 const KUBERNETES_COMMANDS: &[&str] =
     &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"];
 
 /// Builds whatever is missing from the cache; returns where the binaries are.
-pub fn ensure_binaries(versions: &Versions, workspace: &Path) -> anyhow::Result<Binaries> {
+pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
     let kubernetes = versions.kubernetes;
     let binaries = binaries(versions);
     let missing_kubernetes = KUBERNETES_COMMANDS.iter().any(|name| !binaries.path(name).exists());
@@ -98,7 +103,7 @@ pub fn ensure_binaries(versions: &Versions, workspace: &Path) -> anyhow::Result<
     let talos_buildable = talos.to_string() == WRAPPER_TALOS;
     if missing_talos && !talos_buildable {
         tracing::warn!(
-            "versions.talos is {talos}, but the wrapper module xtask/go/talos builds talosctl {WRAPPER_TALOS}: \
+            "versions.talos is {talos}, but the wrapper module lab/go/talos builds talosctl {WRAPPER_TALOS}: \
              install talosctl {talos} yourself (stage 01 finds it on PATH), or update the wrapper as its header says"
         );
     }
@@ -114,10 +119,10 @@ pub fn ensure_binaries(versions: &Versions, workspace: &Path) -> anyhow::Result<
     if missing_kubernetes {
         anyhow::ensure!(
             kubernetes.to_string() == WRAPPER_KUBERNETES,
-            "versions.kubernetes is {kubernetes}, but the lab's wrapper module (xtask/go/kubernetes/go.mod) builds \
+            "versions.kubernetes is {kubernetes}, but the lab's wrapper module (lab/go/kubernetes/go.mod) builds \
              {WRAPPER_KUBERNETES}; set versions.kubernetes: {WRAPPER_KUBERNETES}, or update the wrapper as its header says"
         );
-        build_kubernetes(&sh, &go, kubernetes, &workspace.join("xtask/go/kubernetes"), &binaries.kubernetes_dir)?;
+        build_kubernetes(&sh, &go, kubernetes, &go_module("kubernetes"), &binaries.kubernetes_dir)?;
     }
     if missing_kwok {
         build_kwok(&sh, &go, &binaries.kwok_dir)?;
@@ -129,7 +134,7 @@ pub fn ensure_binaries(versions: &Versions, workspace: &Path) -> anyhow::Result<
         publish(&staging, &binaries.metallb_dir)?;
     }
     if missing_talos {
-        build_talosctl(&sh, &go, talos, &workspace.join("xtask/go/talos"), &binaries.talos_dir)?;
+        build_talosctl(&sh, &go, talos, &go_module("talos"), &binaries.talos_dir)?;
     }
     Ok(binaries)
 }
@@ -169,8 +174,8 @@ fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out:
     publish(&staging, out)
 }
 
-/// talosctl, the node twin (`xtask/go/talos/twin`) and the workstation services
-/// (`xtask/go/talos/workstation`) from the one wrapper module: the twin is built on the same
+/// talosctl, the node twin (`lab/go/talos/twin`) and the workstation services
+/// (`lab/go/talos/workstation`) from the one wrapper module: the twin is built on the same
 /// Talos packages, at the same version, as the talosctl that talks to it.
 fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &Path) -> anyhow::Result<()> {
     let staging = staging_dir(out)?;
@@ -196,7 +201,7 @@ fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &
 /// The first 12 hex digits of the sha256 of the twin's and the workstation's source and the
 /// wrapper's go.mod/go.sum.
 fn box_source_hash() -> String {
-    let module = crate::workspace_root().join("xtask/go/talos");
+    let module = go_module("talos");
     let mut files: Vec<std::path::PathBuf> = ["twin", "workstation"]
         .iter()
         .flat_map(|folder| std::fs::read_dir(module.join(folder)).into_iter().flatten())

@@ -1,18 +1,19 @@
-//! `cargo xtask lab up | status | down`: the cluster in a box.
+//! `lab`: the cluster in a box, the engine behind `cargo xtask lab build | up | status | shell |
+//! down` (`xtask/src/lab_cmd.rs` is its face). `README.md` beside this crate is its lesson.
 //!
 //! The box is the config's LAN, sealed inside this machine (`lan.rs`): Linux network
 //! namespaces joined by a bridge, one per node at its `cluster.yaml` address, one for the
 //! workstation, none with a way out. Nothing here talks to Kubernetes directly: the machines
 //! do.
 //!
-//! - **A twin per node** (`twin.rs`, `xtask/go/talos/twin`): the machine, booted from the Talos
+//! - **A twin per node** (`twin.rs`, `lab/go/talos/twin`): the machine, booted from the Talos
 //!   ISO, answering the Talos API on `<address>:50000` as Talos does. Stage 01 configures them
 //!   with the real talosctl, exactly as it configures real machines; a configured control plane
 //!   then runs what Talos runs from its config alone (etcd, kube-apiserver,
 //!   kube-controller-manager, kube-scheduler, the VIP), and every machine's kubelet registers
 //!   its Node. What cannot run here is replaced at its edge, and named: each Node's containers
 //!   are kwok fakes.
-//! - **The workstation services** (`xtask/go/talos/workstation`), one process on the
+//! - **The workstation services** (`lab/go/talos/workstation`), one process on the
 //!   workstation: the API forward (`127.0.0.1:<port>` here leads to the VIP in the box, so tools
 //!   and tests on this machine never dial a box address), and the stand-ins for what the
 //!   cluster would fetch or run from the internet or as pods: the Image Factory,
@@ -20,7 +21,8 @@
 //!
 //! `lab up` builds the box and starts the machines (in maintenance mode the first time);
 //! `cargo xtask install-all --lab` then installs the cluster through stage 01 like on real
-//! machines. Everything the lab keeps is in `state/lab/` beside the config.
+//! machines. Everything the lab keeps is in `state/lab/` beside the config, the cluster
+//! installed in it included (`state/lab/cluster/`, see `ClusterConfig::in_box`).
 
 mod build;
 pub mod lan;
@@ -108,8 +110,10 @@ impl Lab {
     /// The lab for `config`. Its ports are the ones it was started with (kept in `lab.json`),
     /// else `port_base`.
     pub fn new(config: &ClusterConfig, port_base: u16) -> Lab {
-        let dir = config.state_dir().join("lab");
-        let stored = Ports::stored(&config.state_dir());
+        // The box's cluster keeps its state in the box's folder, never in a real cluster's.
+        let config = config.clone().in_box();
+        let dir = config.lab_dir();
+        let stored = Ports::stored(&dir);
         if let Some(stored) = stored.filter(|stored| stored.base != port_base && port_base != DEFAULT_PORT_BASE) {
             tracing::warn!(
                 "this lab was created on port {}; it keeps that port (to move it: `cargo xtask lab down --purge`, then up with --port-base {port_base})",
@@ -118,11 +122,11 @@ impl Lab {
         }
         let ports = stored.unwrap_or(Ports { base: port_base });
         Lab {
-            kubeconfig: kit::lab::kubeconfig_path(&config.state_dir()),
+            kubeconfig: kit::lab::kubeconfig_path(&dir),
             dir,
             ports,
             binaries: build::binaries(&config.versions),
-            config: config.clone(),
+            config,
         }
     }
 
@@ -253,12 +257,14 @@ impl Lab {
         Ok(())
     }
 
-    /// The cluster's own admin kubeconfig (aimed at the VIP), which stage 01 writes.
+    /// The box's cluster's own admin kubeconfig (aimed at the VIP), which stage 01 writes into
+    /// the box's folder (`state/lab/cluster/kubeconfig`).
     fn cluster_kubeconfig(&self) -> PathBuf {
         kit::context::cluster_kubeconfig_path(&self.config.state_dir())
     }
 
-    /// True once stage 01 has installed the cluster (its admin kubeconfig exists).
+    /// True once stage 01 has installed the box's cluster (its admin kubeconfig exists; `down
+    /// --purge` deletes it with the machines' disks).
     pub fn installed(&self) -> bool {
         self.cluster_kubeconfig().exists()
     }
@@ -266,9 +272,9 @@ impl Lab {
     /// Builds the box and starts whatever is not running (a running lab is left as it is). On
     /// an installed cluster it waits until the API answers through the forward and every
     /// node is Ready; otherwise the machines wait in maintenance mode for stage 01.
-    pub async fn up(&self, workspace: &Path) -> anyhow::Result<()> {
+    pub async fn up(&self) -> anyhow::Result<()> {
         self.ensure_disk_space(SPACE_NEEDED)?;
-        ensure_binaries(&self.config.versions, workspace)?;
+        ensure_binaries(&self.config.versions)?;
         self.claim_box()?;
         self.write_files()?;
         self.lan().up().context("building the box")?;
@@ -315,15 +321,14 @@ impl Lab {
 
     /// The box is named after the cluster, so two configs with one cluster name would share
     /// its namespaces and addresses: the lab that builds it records its folder in
-    /// `/run/talos-ha/<cluster>.owner` (its config's state folder), and another lab of that
+    /// `/run/talos-ha/<cluster>.owner` (`state/lab` beside its config), and another lab of that
     /// name refuses while that one exists.
     fn claim_box(&self) -> anyhow::Result<()> {
         let file = box_owner_file(&self.config.name);
-        let state = self.config.state_dir();
         if let Ok(owner) = std::fs::read_to_string(&file) {
             let owner = PathBuf::from(owner.trim());
             anyhow::ensure!(
-                owner == state || !kit::lab::ports_file(&owner).exists() || self.lan().present()?.is_empty(),
+                owner == self.dir || !kit::lab::ports_file(&owner).exists() || self.lan().present()?.is_empty(),
                 "the box of cluster `{}` belongs to the lab in {}: stop that one (`cargo xtask lab down` with its \
                  config) or give this config another cluster name (`name:` in cluster.yaml)",
                 self.config.name,
@@ -331,7 +336,7 @@ impl Lab {
             );
         }
         std::fs::create_dir_all(file.parent().unwrap_or(Path::new("/run")))?;
-        std::fs::write(&file, state.display().to_string()).with_context(|| format!("writing {}", file.display()))
+        std::fs::write(&file, self.dir.display().to_string()).with_context(|| format!("writing {}", file.display()))
     }
 
     /// The cluster through the forward: every node of the config Ready.
@@ -347,7 +352,7 @@ impl Lab {
         for dir in [&self.dir, &self.dir.join("run"), &self.dir.join("logs")] {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        std::fs::write(kit::lab::ports_file(&self.config.state_dir()), serde_json::to_string(&self.ports)?)?;
+        std::fs::write(kit::lab::ports_file(&self.dir), serde_json::to_string(&self.ports)?)?;
         // kwok's config: its own stages (from its module, see build.rs) and nothing from ~/.kwok.
         // Its parallelism options are spelled out: a config file given with --config does not
         // get the defaults kwokctl would fill in, and a zero stops kwok at start.
@@ -442,6 +447,24 @@ impl Lab {
         ComponentStatus { name: "box".to_owned(), pid: None, healthy, detail, resident_bytes: None }
     }
 
+    /// Runs `command` on the box's workstation, as a person on the LAN would: the talosctl and
+    /// kubectl the lab built come first on `PATH` (this machine need have neither), and
+    /// `TALOSCONFIG` and `KUBECONFIG` are the box's cluster's own (the control planes, the VIP).
+    pub fn shell(&self, command: &[String]) -> anyhow::Result<std::process::ExitStatus> {
+        let lan = self.lan();
+        lan.up()?;
+        let tools = [self.binaries.talos_dir.clone(), self.binaries.kubernetes_dir.clone()];
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let path = std::env::join_paths(tools.into_iter().chain(std::env::split_paths(&path)))
+            .context("a lab binary folder's path holds a ':'")?;
+        let env = [
+            ("PATH", path),
+            ("TALOSCONFIG", kit::tool::talosconfig_path(&self.config).into_os_string()),
+            ("KUBECONFIG", self.cluster_kubeconfig().into_os_string()),
+        ];
+        lan::exec_in(&lan.admin().namespace, command, &env)
+    }
+
     /// The box for this lab's config.
     pub fn lan(&self) -> lan::Lan {
         lan::Lan::new(&self.config)
@@ -469,7 +492,7 @@ impl Lab {
             stopped.push(format!("the box ({})", self.lan().switch));
         }
         let owner = box_owner_file(&self.config.name);
-        if std::fs::read_to_string(&owner).is_ok_and(|dir| Path::new(dir.trim()) == self.config.state_dir()) {
+        if std::fs::read_to_string(&owner).is_ok_and(|dir| Path::new(dir.trim()) == self.dir) {
             std::fs::remove_file(&owner).with_context(|| format!("removing {}", owner.display()))?;
         }
         if purge && self.dir.exists() {
@@ -482,6 +505,34 @@ impl Lab {
     pub fn running_pids(&self) -> Vec<(String, i32)> {
         self.processes().iter().filter_map(|p| p.running_pid().map(|pid| (p.name.clone(), pid))).collect()
     }
+}
+
+/// A lab beside the main one (bench, tests): the config copied into `dir` (its state folder,
+/// so its lab, lives there) under the cluster name `name`, so that its box (the config's LAN,
+/// named after the cluster) is a second, separate one: the same addresses on other network
+/// stacks, where its node twins never meet the main lab's.
+pub fn second_box_config(
+    source: &std::path::Path,
+    dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<kit::config::ClusterConfig> {
+    let original = kit::config::ClusterConfig::load(source)?;
+    let text = std::fs::read_to_string(source)?;
+    let renamed: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let key = line.trim_start();
+            let is_name =
+                key.strip_prefix("name:").is_some_and(|rest| rest.split_whitespace().next() == Some(&original.name));
+            if is_name { line.replacen(&original.name, name, 1) } else { line.to_owned() }
+        })
+        .collect();
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("cluster.yaml");
+    std::fs::write(&path, renamed.join("\n") + "\n")?;
+    let config = kit::config::ClusterConfig::load(&path)?;
+    anyhow::ensure!(config.name == name, "could not rename the cluster in {}", source.display());
+    Ok(config)
 }
 
 /// Where the lab that built a cluster's box says so.

@@ -7,13 +7,14 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use xtask::lab::lan::Lan;
+use lab::lan::Lan;
 
 /// The repository's config under another cluster name, so its namespaces never meet a running
 /// lab's.
 fn config(dir: &std::path::Path) -> anyhow::Result<kit::config::ClusterConfig> {
-    let text = std::fs::read_to_string(xtask::workspace_root().join("cluster.yaml"))?
-        .replace("name: talos-ha ", "name: lantest ");
+    let text =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("cluster.yaml"))?
+            .replace("name: talos-ha ", "name: lantest ");
     let path = dir.join("cluster.yaml");
     std::fs::write(&path, text)?;
     Ok(kit::config::ClusterConfig::load(&path)?)
@@ -27,7 +28,7 @@ fn in_namespace<T: Send + 'static>(
 ) -> std::thread::JoinHandle<anyhow::Result<T>> {
     let namespace = namespace.to_owned();
     std::thread::spawn(move || {
-        xtask::lab::lan::enter(&namespace)?;
+        lab::lan::enter(&namespace)?;
         work()
     })
 }
