@@ -10,7 +10,9 @@
 //! <stage> explain   the lesson: what this step does and why
 //! ```
 //! The shape follows k0sctl's phases and kubeadm's `init phase`: each step runs alone, and the
-//! full install is the steps in order.
+//! full install is the steps in order. A Kubernetes stage does not write these verbs: it
+//! declares its bundle (`kit::bundle::BundleStage`) and kit derives them; stage 01, which
+//! drives machines rather than objects, implements [`Stage`] by hand.
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -139,8 +141,9 @@ enum StageCommand {
     /// Converge the cluster to this stage's objects. Idempotent: safe to interrupt and re-run.
     Apply {
         /// talos-bootstrap only: bootstrap etcd even though this run cannot prove the cluster
-        /// is new (the first control plane was not installed by this run, or a control plane
-        /// does not answer). A second bootstrap starts a second, empty cluster: be sure.
+        /// is new (a control plane does not answer, or a bootstrap of this cluster was recorded
+        /// and no member has data left). A second bootstrap starts a second, empty cluster: be
+        /// sure.
         #[arg(long)]
         bootstrap: bool,
     },
