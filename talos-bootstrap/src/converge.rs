@@ -8,8 +8,9 @@
 //! 4. Send configs only to nodes in maintenance mode; a configured node is left alone (its
 //!    drift shows in `plan`).
 //! 5. Wait for every control plane to come back installed, then bootstrap etcd on the first
-//!    one — only when this run installed it and no control plane has etcd data; anything
-//!    less certain needs `apply --bootstrap` (a second bootstrap starts a second cluster).
+//!    one — only when every control plane answers, none has etcd data, and no bootstrap of
+//!    this cluster was ever recorded (`evidence.rs`); anything less certain needs
+//!    `apply --bootstrap` (a second bootstrap starts a second cluster).
 //! 6. Fetch the kubeconfig at once (it points at the VIP), so a failed wait still leaves one.
 //! 7. Wait for every node to answer, then for `talosctl health` with the node lists spelled
 //!    out, asked again until its budget is spent.
@@ -23,6 +24,7 @@ use kit::config::{ClusterConfig, Node};
 use kit::report::{Action, Change};
 use kit::talos::{BootstrapAnswer, NodeState, TalosApi};
 
+use crate::evidence::Evidence;
 use crate::machine_configs::NodeConfig;
 use crate::nodes;
 
@@ -42,6 +44,8 @@ pub struct Run<'a> {
     pub force_bootstrap: bool,
     /// The Image Factory the schematic is uploaded to (its installer image is in the configs).
     pub image_factory: &'a str,
+    /// Where this cluster's bootstrap is recorded, and read back.
+    pub evidence: &'a Evidence,
 }
 
 /// Every node's state, or an error naming each node that did not answer, with the fix.
@@ -136,9 +140,7 @@ pub async fn converge(api: &impl TalosApi, config: &ClusterConfig, run: &Run<'_>
         tracing::info!("waiting for {} to answer with its config", node.name);
         nodes::wait_configured(api, node, INSTALL_TIMEOUT).await?;
     }
-    let first_was_fresh =
-        states.iter().any(|(node, state)| node.name == first.name && *state == NodeState::Maintenance);
-    changes.push(bootstrap_once(api, config, first, first_was_fresh, run.force_bootstrap).await?);
+    changes.push(bootstrap_once(api, config, first, run.evidence, run.force_bootstrap).await?);
 
     if let Some(parent) = run.kubeconfig.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -168,21 +170,27 @@ pub async fn converge(api: &impl TalosApi, config: &ClusterConfig, run: &Run<'_>
     Ok(changes)
 }
 
-/// Bootstraps etcd on `first` only when that is certainly right: this run installed it and
-/// every control plane answers without any having etcd data. Anything less (a control plane
-/// that does not answer, a reinstalled first node beside an old cluster) needs `--bootstrap`,
-/// because Talos refuses a second bootstrap only on a node that still has etcd data
-/// (AlreadyExists), not on a wiped one beside unreachable members.
+/// Bootstraps etcd on `first` only when that is certainly right: every control plane answers,
+/// configured, none has etcd data, and no bootstrap of this cluster was ever recorded: a first
+/// install, perhaps interrupted before its bootstrap. Anything less needs `--bootstrap`. A
+/// control plane that does not answer may hold the data (Talos refuses a second bootstrap only
+/// on a node whose etcd data directory is not empty, AlreadyExists); a recorded bootstrap with
+/// no member left means the cluster's data is gone, and a bootstrap would start a new, empty one
+/// in its place.
 async fn bootstrap_once(
     api: &impl TalosApi,
     config: &ClusterConfig,
     first: &Node,
-    first_was_fresh: bool,
+    evidence: &Evidence,
     forced: bool,
 ) -> anyhow::Result<Change> {
     let object = format!("EtcdBootstrap {}", first.name);
+    let recorded = evidence.recorded()?;
     if let Some(why) = bootstrapped(api, config).await {
         tracing::info!("etcd is already bootstrapped ({why}); not bootstrapping again");
+        if recorded.is_none() {
+            evidence.record(&first.name, "found running")?;
+        }
         return Ok(Change { object, action: Action::Unchanged, diff: Some(why) });
     }
     if !forced {
@@ -193,28 +201,46 @@ async fn bootstrap_once(
             }
         }
         anyhow::ensure!(
-            first_was_fresh && silent.is_empty(),
-            "etcd was not bootstrapped: no control plane reports etcd members, but {}. Bootstrapping now could \
-             start a second, empty cluster beside an existing one. If this is a new cluster (or you restore one on \
-             purpose), run `talos-bootstrap apply --bootstrap`",
-            if silent.is_empty() {
-                format!("{} was not installed by this run", first.name)
-            } else {
-                format!("{} do(es) not answer the Talos API", silent.join(", "))
-            }
+            silent.is_empty(),
+            "etcd was not bootstrapped: no control plane reports etcd members, but {} do(es) not answer the Talos \
+             API and may hold the cluster's data. Bootstrapping now could start a second, empty cluster beside it: \
+             bring the control planes back, then re-run. For a new cluster on purpose, run \
+             `talos-bootstrap apply --bootstrap`",
+            silent.join(", ")
         );
+        if let Some(record) = &recorded {
+            anyhow::bail!(
+                "etcd of this cluster was bootstrapped on {} at {} ({}, recorded in {}), and now no control plane \
+                 reports etcd members: every member's data is gone. Bootstrapping again would start a new, empty \
+                 cluster in its place. To get this one back, restore etcd from a backup (Talos's disaster recovery: \
+                 `talosctl bootstrap --recover-from <snapshot>`); for a new, empty cluster on purpose, run \
+                 `talos-bootstrap apply --bootstrap`",
+                record.member,
+                record.at,
+                record.how,
+                evidence.path.display()
+            );
+        }
     }
     tracing::info!("bootstrapping etcd on {} ({}), once", first.name, first.ip);
     let answer = nodes::bootstrap_with_retry(api, first, BOOTSTRAP_TIMEOUT)
         .await
         .with_context(|| format!("bootstrapping etcd on {}", first.name))?;
     Ok(match answer {
-        BootstrapAnswer::AlreadyBootstrapped => Change {
-            object,
-            action: Action::Unchanged,
-            diff: Some(format!("{} says its etcd data directory is not empty: bootstrapped before", first.name)),
-        },
-        _ => Change { object, action: Action::Created, diff: None },
+        BootstrapAnswer::AlreadyBootstrapped => {
+            if recorded.is_none() {
+                evidence.record(&first.name, "found running")?;
+            }
+            Change {
+                object,
+                action: Action::Unchanged,
+                diff: Some(format!("{} says its etcd data directory is not empty: bootstrapped before", first.name)),
+            }
+        }
+        _ => {
+            evidence.record(&first.name, "bootstrapped")?;
+            Change { object, action: Action::Created, diff: None }
+        }
     })
 }
 

@@ -6,6 +6,7 @@
 //! The lesson is in README.md.
 
 pub mod converge;
+pub mod evidence;
 pub mod machine_configs;
 pub mod nodes;
 pub mod patches;
@@ -23,6 +24,7 @@ use kit::report::{Action, Change};
 use kit::stage::Stage;
 use kit::tool::Tool;
 
+use crate::evidence::Evidence;
 use crate::machine_configs::{GenOutput, NodeConfig, Secrets};
 use crate::patches::InlineManifest;
 use kit::tool::talos_node_args as node_args;
@@ -41,6 +43,8 @@ pub struct StatePaths {
     pub machine_configs: PathBuf,
     /// talosctl's client config: endpoints are the control planes, never the VIP.
     pub talosconfig: PathBuf,
+    /// The record of the bootstrap stage 01 made (`evidence.rs`).
+    pub bootstrap_record: PathBuf,
 }
 
 impl StatePaths {
@@ -50,6 +54,7 @@ impl StatePaths {
             secrets: state.join("secrets.yaml"),
             machine_configs: state.join("talos"),
             talosconfig: kit::tool::talosconfig_path(config),
+            bootstrap_record: state.join("bootstrap.json"),
         }
     }
 }
@@ -331,13 +336,16 @@ impl Stage for TalosBootstrap {
 
     async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
         let (talosctl, configs, mut changes) = generate_into_state(ctx).await?;
-        let edge = Talosctl { tool: talosctl, talosconfig: StatePaths::new(&ctx.config).talosconfig };
+        let paths = StatePaths::new(&ctx.config);
+        let evidence = Evidence::for_secrets(&paths.secrets, paths.bootstrap_record)?;
+        let edge = Talosctl { tool: talosctl, talosconfig: paths.talosconfig };
         let image_factory = image_factory(ctx)?;
         let run = converge::Run {
             configs: &configs,
             kubeconfig: &cluster_kubeconfig(ctx),
             force_bootstrap: ctx.bootstrap,
             image_factory: &image_factory,
+            evidence: &evidence,
         };
         changes.extend(converge::converge(&edge, &ctx.config, &run).await?);
         Ok(changes)

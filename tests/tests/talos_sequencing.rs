@@ -14,6 +14,7 @@ use kit::config::{ClusterConfig, Role};
 use kit::report::{Action, Change};
 use kit::talos::{NodeState, TalosApi};
 use talos_bootstrap::converge::{Run, converge, name_nodes};
+use talos_bootstrap::evidence::Evidence;
 use talos_bootstrap::machine_configs::NodeConfig;
 use tests::talosctl_double::{DiskDevice, Machine, Port, TalosctlDouble};
 
@@ -74,13 +75,17 @@ struct Setup {
     configs: Vec<NodeConfig>,
     dir: tempfile::TempDir,
     factory: String,
+    evidence: Evidence,
 }
 
 impl Setup {
     fn new() -> Setup {
         let config = config();
         let configs = configs(&config);
-        Setup { config, configs, dir: tempfile::tempdir().unwrap(), factory: image_factory(None).0 }
+        let dir = tempfile::tempdir().unwrap();
+        let evidence =
+            Evidence { path: dir.path().join("state/bootstrap.json"), cluster: "sha256:0011223344556677".into() };
+        Setup { config, configs, dir, factory: image_factory(None).0, evidence }
     }
 
     fn kubeconfig(&self) -> PathBuf {
@@ -89,8 +94,13 @@ impl Setup {
 
     async fn converge(&self, double: &TalosctlDouble, force_bootstrap: bool) -> anyhow::Result<Vec<Change>> {
         let kubeconfig = self.kubeconfig();
-        let run =
-            Run { configs: &self.configs, kubeconfig: &kubeconfig, force_bootstrap, image_factory: &self.factory };
+        let run = Run {
+            configs: &self.configs,
+            kubeconfig: &kubeconfig,
+            force_bootstrap,
+            image_factory: &self.factory,
+            evidence: &self.evidence,
+        };
         converge(double, &self.config, &run).await
     }
 }
@@ -156,6 +166,8 @@ async fn configured_nodes_are_skipped_and_an_existing_etcd_is_not_bootstrapped_a
     assert_eq!(actions["TalosNode cp02"], Action::Unchanged);
     assert_eq!(actions["TalosNode wk02"], Action::Created);
     assert_eq!(actions["EtcdBootstrap cp01"], Action::Unchanged);
+    let record = setup.evidence.recorded()?.expect("a running etcd is recorded as found");
+    assert_eq!(record.how, "found running", "an install made before records were kept gains one");
     Ok(())
 }
 
@@ -260,21 +272,35 @@ async fn an_install_disk_on_usb_is_refused_with_the_disks() -> anyhow::Result<()
     Ok(())
 }
 
-/// Review item 15: without proof that the cluster is new, no bootstrap without --bootstrap;
-/// and Talos's AlreadyExists counts as bootstrapped.
+/// Review item 15, on evidence (issue 24): configured control planes with no etcd data and no
+/// recorded bootstrap are a first install interrupted before its bootstrap, which bootstraps
+/// once; the same machines after a recorded bootstrap have lost their data, and are refused
+/// with the way back; `--bootstrap` overrides; Talos's AlreadyExists counts as bootstrapped.
 #[tokio::test(start_paused = true)]
-async fn bootstrap_needs_proof_or_the_flag_and_already_exists_counts_as_done() -> anyhow::Result<()> {
+async fn bootstrap_goes_by_the_record_and_already_exists_counts_as_done() -> anyhow::Result<()> {
     let setup = Setup::new();
-    // Installed earlier, never bootstrapped (or wiped): this run did not install cp01.
+    // Every config was sent by a run that was killed before its bootstrap.
     let double = TalosctlDouble::new(&setup.config, |_| TalosctlDouble::configured());
-    let error = setup.converge(&double, false).await.expect_err("no proof the cluster is new");
+    let changes = setup.converge(&double, false).await?;
+    assert_eq!(double.bootstraps(), 1, "no record, nothing running: the first install's bootstrap");
+    assert_eq!(actions(&changes)["EtcdBootstrap cp01"], Action::Created);
+    let record = setup.evidence.recorded()?.expect("the bootstrap is recorded");
+    assert_eq!((record.member.as_str(), record.how.as_str()), ("cp01", "bootstrapped"));
+
+    // Every member's data is gone (a disaster): the record says there was a cluster.
+    for name in ["cp01", "cp02", "cp03"] {
+        double.with(name, |node| node.etcd_member = false);
+    }
+    let error = setup.converge(&double, false).await.expect_err("a lost cluster is not replaced by an empty one");
     let message = format!("{error:#}");
-    assert!(message.contains("cp01 was not installed by this run"), "{message}");
+    assert!(message.contains("every member's data is gone"), "{message}");
+    assert!(message.contains(&format!("recorded in {}", setup.evidence.path.display())), "{message}");
+    assert!(message.contains("bootstrap --recover-from"), "names the restore: {message}");
     assert!(message.contains("talos-bootstrap apply --bootstrap"), "{message}");
-    assert_eq!(double.bootstraps(), 0);
+    assert_eq!(double.bootstraps(), 1);
 
     let changes = setup.converge(&double, true).await?;
-    assert_eq!(double.bootstraps(), 1, "--bootstrap bootstraps");
+    assert_eq!(double.bootstraps(), 2, "--bootstrap bootstraps a new cluster on purpose");
     assert_eq!(actions(&changes)["EtcdBootstrap cp01"], Action::Created);
 
     // etcd has data but is down everywhere (nobody lists members): Talos answers AlreadyExists.
@@ -284,7 +310,7 @@ async fn bootstrap_needs_proof_or_the_flag_and_already_exists_counts_as_done() -
     let forced = setup.converge(&double, true).await;
     let error = forced.expect_err("health cannot pass with etcd down, but the bootstrap was not repeated");
     assert!(format!("{error:#}").contains("did not become healthy"), "{error:#}");
-    assert_eq!(double.bootstraps(), 1, "AlreadyExists: not bootstrapped again");
+    assert_eq!(double.bootstraps(), 2, "AlreadyExists: not bootstrapped again");
     Ok(())
 }
 
