@@ -417,6 +417,7 @@ mod tests {
             kubeconfig: kubeconfig.to_owned(),
             mirror: Some(root.join("../shared/upstream")),
             bootstrap: false,
+            api_wait: crate::client::API_WAIT,
         }
     }
 

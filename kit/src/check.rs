@@ -11,12 +11,13 @@ pub mod common {
 
     /// The API server answers with the context's kubeconfig; returns the client when it does
     /// (nothing else can be checked without one).
+    /// An API that stopped answering is waited for (`--api-wait`), as every step waits for it.
     pub async fn api(ctx: &Context) -> (Check, Option<kube::Client>) {
-        let answer = async {
+        let answer = crate::client::ride_out(&ctx.kubeconfig, ctx.api_wait, || async {
             let client = ctx.client().await?;
             let version = client.apiserver_version().await?;
             anyhow::Ok((client, version.git_version))
-        };
+        });
         match answer.await {
             Ok((client, version)) => (
                 Check::pass("api", format!("Kubernetes {version} answers ({})", ctx.kubeconfig.display())),

@@ -2,6 +2,7 @@
 //! runs. Every layer above reads a [`Context`]; nothing in it knows the CLI that built it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -42,6 +43,8 @@ pub struct Context {
     pub mirror: Option<PathBuf>,
     /// `apply --bootstrap`: stage 01 may bootstrap etcd where it cannot prove the cluster is new.
     pub bootstrap: bool,
+    /// How long a step waits for a Kubernetes API that stopped answering (`--api-wait`).
+    pub api_wait: Duration,
 }
 
 impl Context {
@@ -74,6 +77,7 @@ impl Context {
             kubeconfig: self.kubeconfig.clone(),
             mirror: self.mirror.clone(),
             bootstrap: self.bootstrap,
+            api_wait: self.api_wait,
         }
     }
 }

@@ -19,10 +19,12 @@ use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
+use crate::client::{API_WAIT, ride_out};
 use crate::config::ClusterConfig;
 use crate::context::{Context, Target, Verb, cluster_kubeconfig_path};
 use crate::report::{Change, Check, none_failed, write_json_lines};
@@ -73,6 +75,10 @@ pub struct GlobalArgs {
     /// More log detail on stderr (-v debug, -vv trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// How long a step waits for a Kubernetes API that stopped answering (a control plane's
+    /// crash moves the VIP within about a minute) before it gives up; 0 does not wait.
+    #[arg(long, global = true, value_name = "SECONDS", default_value_t = API_WAIT.as_secs(), env = "TALOS_HA_API_WAIT")]
+    pub api_wait: u64,
 }
 
 impl GlobalArgs {
@@ -97,7 +103,8 @@ impl GlobalArgs {
     }
 
     /// These flags as a command line gives them again (to a stage binary, or in the command
-    /// that resumes): `--lab`, `--config` unless it is the default, `--kubeconfig`, `--mirror`.
+    /// that resumes): `--lab`, `--config` unless it is the default, `--kubeconfig`, `--mirror`,
+    /// `--api-wait` unless it is the default.
     /// Output and verbosity are left to the caller.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args = Vec::new();
@@ -111,6 +118,9 @@ impl GlobalArgs {
             if let Some(value) = value {
                 args.extend([flag.into(), value.clone().into_os_string()]);
             }
+        }
+        if self.api_wait != API_WAIT.as_secs() {
+            args.extend(["--api-wait".into(), self.api_wait.to_string().into()]);
         }
         args
     }
@@ -258,22 +268,30 @@ fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W)
         verb,
         mirror: cli.global.mirror.clone(),
         bootstrap,
+        api_wait: Duration::from_secs(cli.global.api_wait),
     };
     let output = cli.global.output;
     let work = |out: &mut W| -> anyhow::Result<ExitCode> {
         let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        // Every verb is safe to run again (reads, probes that clean up first, server-side
+        // applies), so one the API dropped out of is run again once the API answers.
+        let (kubeconfig, wait) = (&ctx.kubeconfig, ctx.api_wait);
         runtime.block_on(async {
             match cli.command {
-                StageCommand::Check => report_checks(stage.check(&ctx).await?, output, out),
-                StageCommand::Verify => report_checks(stage.verify(&ctx).await?, output, out),
+                StageCommand::Check => {
+                    report_checks(ride_out(kubeconfig, wait, || stage.check(&ctx)).await?, output, out)
+                }
+                StageCommand::Verify => {
+                    report_checks(ride_out(kubeconfig, wait, || stage.verify(&ctx)).await?, output, out)
+                }
                 StageCommand::Plan => {
-                    let changes = stage.plan(&ctx).await?;
+                    let changes = ride_out(kubeconfig, wait, || stage.plan(&ctx)).await?;
                     let would_change = changes.iter().any(|change| change.action.changes_something());
                     report_changes(&changes, output, out)?;
                     Ok(if would_change { ExitCode::from(exit::WOULD_CHANGE) } else { ExitCode::SUCCESS })
                 }
                 StageCommand::Apply { .. } => {
-                    report_changes(&stage.apply(&ctx).await?, output, out)?;
+                    report_changes(&ride_out(kubeconfig, wait, || stage.apply(&ctx)).await?, output, out)?;
                     Ok(ExitCode::SUCCESS)
                 }
                 StageCommand::Render { out: ref folder } => {

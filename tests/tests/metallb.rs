@@ -179,8 +179,9 @@ fn render_writes_the_seed_folder() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Errors that say where to look: a plan whose API server does not answer names the server,
-/// the kubeconfig that named it and the next command, on stderr, with exit 1.
+/// Errors that say where to look: a plan whose API server does not answer waits for it
+/// (`--api-wait`, shortened here), then names the server, the kubeconfig that named it and the
+/// next command, on stderr, with exit 1.
 #[test]
 fn an_unreachable_api_names_the_server_the_kubeconfig_and_the_next_command() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -196,9 +197,12 @@ fn an_unreachable_api_names_the_server_the_kubeconfig_and_the_next_command() -> 
         .arg(tests::upstream_mirror())
         .arg("--kubeconfig")
         .arg(&kubeconfig)
+        .args(["--api-wait", "3"])
         .output()?;
     let log = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains("waiting up to 3s in all for it to answer again"), "the wait shows: {log}");
+    assert!(log.contains("did not answer again within 3s"), "{log}");
     let named =
         format!("the Kubernetes API at https://127.0.0.1:9 (kubeconfig {}) did not answer", kubeconfig.display());
     assert!(log.contains(&named), "{log}");

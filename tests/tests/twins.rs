@@ -202,6 +202,7 @@ async fn generate_configs(config: &kit::config::ClusterConfig) -> anyhow::Result
         verb: kit::context::Verb::Apply,
         mirror: Some(tests::upstream_mirror()),
         bootstrap: false,
+        api_wait: kit::client::API_WAIT,
     };
     talos_bootstrap::generate_configs(&ctx).await.map(drop)
 }
