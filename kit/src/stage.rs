@@ -327,15 +327,10 @@ fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W)
 /// next command. A lost API server otherwise reads `API discovery: … Connection reset by peer`
 /// and nothing else. Errors the API answered on purpose (404, 409, 422) are left as they are.
 fn where_to_look(error: anyhow::Error, ctx: &Context, stage: &str, command: &StageCommand) -> anyhow::Error {
-    let unreachable = error.chain().any(|cause| match cause.downcast_ref::<kube::Error>() {
-        Some(kube::Error::Api(status)) => matches!(status.code, 401 | 403) || status.code >= 500,
-        Some(_) => true,
-        None => cause.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            use std::io::ErrorKind::*;
-            matches!(io.kind(), ConnectionRefused | ConnectionReset | ConnectionAborted | TimedOut | NotConnected)
-        }),
+    let refused_credential = error.chain().any(|cause| {
+        matches!(cause.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if matches!(status.code, 401 | 403))
     });
-    if !unreachable {
+    if !crate::client::out_of_reach(&error) && !refused_credential {
         return error;
     }
     let step = match command {

@@ -199,16 +199,19 @@ fn a_failed_check_stops_with_the_fix_and_the_resume_command() -> anyhow::Result<
     std::fs::write(&kubeconfig, lab_kubeconfig.replace("https://127.0.0.1:16443", "https://127.0.0.1:9"))?;
 
     // (Given explicitly, so install-all leaves the box alone: this config's cluster name is the
-    // shared lab's, whose box it must not take.)
+    // shared lab's, whose box it must not take.) The api check waits for an API that stopped
+    // answering, up to --api-wait: 2 s here, where none will.
     let kubeconfig_arg = kubeconfig.display().to_string();
-    let output = install_all(&config, &["--only", "metallb", "--output", "json", "--kubeconfig", &kubeconfig_arg])?;
+    let args = ["--only", "metallb", "--output", "json", "--kubeconfig", &kubeconfig_arg, "--api-wait", "2"];
+    let output = install_all(&config, &args)?;
     let log = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{log}");
     assert!(log.contains("FAIL  api: the API does not answer"), "the failing check: {log}");
+    assert!(log.contains("did not answer again within 2s"), "it waited as long as it was told: {log}");
     assert!(log.contains("fix: start the lab: cargo xtask lab up"), "its fix: {log}");
     // The resume command carries the flags this run was given, so it can be pasted as it is.
     let resume = format!(
-        "cargo xtask install-all --from metallb --lab --config {} --kubeconfig {} --mirror {}",
+        "cargo xtask install-all --from metallb --lab --config {} --kubeconfig {} --mirror {} --api-wait 2",
         config.display(),
         kubeconfig.display(),
         tests::upstream_mirror().display()
