@@ -67,13 +67,18 @@ pub fn write_folder(out: &Path, folder: &str, files: Vec<(String, Vec<u8>)>) -> 
     let mut written = Vec::new();
     for (name, contents) in files {
         let path = out.join(folder).join(name);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))?;
+        write(&path, contents)?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// Writes `contents` to `path` (not private: see [`write_private`]), creating parent folders.
+pub fn write(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

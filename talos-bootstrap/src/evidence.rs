@@ -66,11 +66,7 @@ impl Evidence {
             at: k8s_openapi::jiff::Timestamp::now().to_string(),
             how: how.to_owned(),
         };
-        if let Some(parent) = self.path.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let text = serde_json::to_string_pretty(&record)? + "\n";
-        std::fs::write(&self.path, text).with_context(|| format!("writing {}", self.path.display()))?;
+        kit::fsutil::write(&self.path, serde_json::to_string_pretty(&record)? + "\n")?;
         tracing::info!("recorded the bootstrap of {} in {}", self.cluster, self.path.display());
         Ok(record)
     }
