@@ -45,19 +45,41 @@ pub mod common {
         (checks, client)
     }
 
-    /// Every node of the config is registered and Ready.
+    /// Every node of the config is registered and Ready. A node that is not is waited for, up
+    /// to `--api-wait` (a machine rebooting, or back from a power cut, registers Ready within
+    /// seconds of its kubelet starting), with a line every 10 s naming the nodes; one that stays
+    /// down fails the check, and the stage does not install beside a missing machine.
     pub async fn nodes_ready(client: &kube::Client, ctx: &Context) -> Check {
-        match crate::client::nodes_not_ready(client, &ctx.config).await {
-            Ok(waiting) if waiting.is_empty() => {
-                Check::pass("nodes", format!("all {} nodes are Ready", ctx.config.nodes.len()))
+        let started = tokio::time::Instant::now();
+        let mut said: Option<tokio::time::Instant> = None;
+        let waiting = loop {
+            match crate::client::nodes_not_ready(client, &ctx.config).await {
+                Ok(waiting) if waiting.is_empty() => {
+                    return Check::pass("nodes", format!("all {} nodes are Ready", ctx.config.nodes.len()));
+                }
+                Ok(waiting) if started.elapsed() < ctx.api_wait => {
+                    if said.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(
+                            "not Ready: {}; waiting up to {}s in all for them ({:.0}s)",
+                            waiting.join(", "),
+                            ctx.api_wait.as_secs(),
+                            started.elapsed().as_secs_f64()
+                        );
+                        said = Some(tokio::time::Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Ok(waiting) => break waiting,
+                Err(error) => {
+                    return Check::fail("nodes", format!("{error:#}"), "make the Kubernetes API reachable first");
+                }
             }
-            Ok(waiting) => Check::fail(
-                "nodes",
-                format!("not Ready: {}", waiting.join(", ")),
-                "wait for them, or look at their kubelet (talosctl -n <ip> logs kubelet)",
-            ),
-            Err(error) => Check::fail("nodes", format!("{error:#}"), "make the Kubernetes API reachable first"),
-        }
+        };
+        Check::fail(
+            "nodes",
+            format!("not Ready after {}s: {}", ctx.api_wait.as_secs(), waiting.join(", ")),
+            "bring the machines back (or replace them), or look at their kubelet (talosctl -n <ip> logs kubelet)",
+        )
     }
 
     /// A Deployment is Available within `wait`; on failure the fix names the stage to re-run.

@@ -98,7 +98,8 @@ pub fn out_of_reach(error: &anyhow::Error) -> bool {
 /// Runs `attempt`; when it fails because the API behind `kubeconfig` is out of reach, waits
 /// (up to `wait` in all) until the API answers again and runs it again. Only for attempts that
 /// are safe to repeat: reads, and server-side applies (a write that may have landed is applied
-/// again to the same result). Progress goes to the log, naming what is awaited.
+/// again to the same result). Progress goes to the log as warnings, naming what is awaited:
+/// the step is not going as it should, and install-all shows a stage's warnings as they come.
 pub async fn ride_out<T, F, Fut>(kubeconfig: &Path, wait: Duration, mut attempt: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
@@ -120,7 +121,7 @@ where
         let mut said = tokio::time::Instant::now();
         loop {
             if answers(kubeconfig).await {
-                tracing::info!(
+                tracing::warn!(
                     "the Kubernetes API answers again after {:.0}s; running the step again",
                     started.elapsed().as_secs_f64()
                 );
@@ -133,8 +134,8 @@ where
                 );
             }
             if now.duration_since(said) >= Duration::from_secs(10) {
-                tracing::info!(
-                    "  … still waiting for the Kubernetes API at {api} ({:.0}s)",
+                tracing::warn!(
+                    "… still waiting for the Kubernetes API at {api} ({:.0}s)",
                     started.elapsed().as_secs_f64()
                 );
                 said = now;

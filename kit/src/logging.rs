@@ -1,5 +1,7 @@
 //! Logs go to stderr through `tracing`, so stdout carries only data (`--output json`).
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 /// `-v` shows debug, `-vv` trace; `RUST_LOG` overrides both.
@@ -16,6 +18,9 @@ pub fn init(verbosity: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal: a log file, or install-all reading a
+        // stage's stderr, gets plain `WARN` / `INFO` at the start of each line.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .try_init();

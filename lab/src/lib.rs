@@ -223,13 +223,26 @@ impl Lab {
         self.twin(node)?.stop(TWIN_SHUTDOWN).map(drop)
     }
 
+    /// Cuts one node's power: its twin is killed with SIGKILL, and everything it runs dies with
+    /// it (its services are started with the parent-death signal). Nothing is shut down in
+    /// order: a VIP holder does not resign, its etcd member just stops answering.
+    pub fn power_cut(&self, node: &str) -> anyhow::Result<()> {
+        self.twin(node)?.kill().map(drop)
+    }
+
+    /// Starts one node's twin again if it is off (after [`Lab::stop_twin`] or
+    /// [`Lab::power_cut`]): the machine boots into its config, and answers on port 50000.
+    pub async fn power_on(&self, node: &str) -> anyhow::Result<()> {
+        let process = self.twin(node)?;
+        self.start(&process)?;
+        self.wait_for_twin(node, &process).await
+    }
+
     /// Restarts one node's twin (after its hardware file was edited, say): the machine
     /// reboots, into its config if it has one, else into maintenance mode.
     pub async fn restart_twin(&self, node: &str) -> anyhow::Result<()> {
-        let process = self.twin(node)?;
-        process.stop(TWIN_SHUTDOWN)?;
-        self.start(&process)?;
-        self.wait_for_twin(node, &process).await
+        self.stop_twin(node)?;
+        self.power_on(node).await
     }
 
     /// Waits until a twin answers on its address, port 50000 (in maintenance mode or

@@ -73,6 +73,17 @@ impl Process {
 
     /// Stops the process: SIGTERM, then SIGKILL after `grace`. Returns whether one was running.
     pub fn stop(&self, grace: Duration) -> anyhow::Result<bool> {
+        self.end(Some(grace))
+    }
+
+    /// Kills the process with SIGKILL at once: it gets no chance to say goodbye (a node twin
+    /// does not resign the VIP or leave etcd), as when a machine loses power.
+    pub fn kill(&self) -> anyhow::Result<bool> {
+        self.end(None)
+    }
+
+    /// SIGTERM and `grace` to exit first when given; then SIGKILL.
+    fn end(&self, grace: Option<Duration>) -> anyhow::Result<bool> {
         let Some(identity) = self.recorded().filter(Identity::is_alive) else {
             // It died on its own (or never ran): collect it if it was ours, forget its PID.
             if let Some(identity) = self.recorded() {
@@ -82,11 +93,13 @@ impl Process {
             return Ok(false);
         };
         let pid = identity.pid;
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while identity.is_alive() && Instant::now() < deadline {
-            reap_if_exited(pid);
-            std::thread::sleep(Duration::from_millis(100));
+        if let Some(grace) = grace {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while identity.is_alive() && Instant::now() < deadline {
+                reap_if_exited(pid);
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         if identity.is_alive() {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

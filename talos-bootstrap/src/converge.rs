@@ -1,12 +1,14 @@
 //! The order of operations on real nodes, the part people most often get wrong:
 //!
-//! 1. Ask every node first. One that does not answer stops the stage before anything changes.
+//! 1. Ask every node first. One that does not answer stops the stage before anything changes,
+//!    unless it took this cluster's config (4.): then it is waited for.
 //! 2. Pre-flight every node in maintenance mode (its link selector matches one port, its
 //!    install disk is not the boot stick): a refusal also stops the stage before anything
 //!    changes, because a wrong config can take a node off the network.
 //! 3. Upload the Image Factory schematic, so the installer image the configs name exists.
-//! 4. Send configs only to nodes in maintenance mode; a configured node is left alone (its
-//!    drift shows in `plan`).
+//! 4. Send configs only to nodes in maintenance mode, recording each (`evidence.rs`); a
+//!    configured node is left alone (its drift shows in `plan`). A node that took its config
+//!    is installing and rebooting: a run interrupted then and run again waits for it (1.).
 //! 5. Wait for every control plane to come back installed, then bootstrap etcd on the first
 //!    one — only when every control plane answers, none has etcd data, and no bootstrap of
 //!    this cluster was ever recorded (`evidence.rs`); anything less certain needs
@@ -48,11 +50,26 @@ pub struct Run<'a> {
     pub evidence: &'a Evidence,
 }
 
-/// Every node's state, or an error naming each node that did not answer, with the fix.
-pub async fn survey(api: &impl TalosApi, config: &ClusterConfig) -> anyhow::Result<Vec<(Node, NodeState)>> {
+/// Every node's state, or an error naming each node that did not answer, with the fix. With
+/// `evidence`, a node that does not answer but took this cluster's config (a run interrupted
+/// just after sending it) is installing and rebooting: it is waited for, as the run that sent
+/// the config would have.
+pub async fn survey(
+    api: &impl TalosApi,
+    config: &ClusterConfig,
+    evidence: Option<&Evidence>,
+) -> anyhow::Result<Vec<(Node, NodeState)>> {
     let mut states = Vec::new();
     for node in &config.nodes {
-        states.push((node.clone(), kit::talos::probe(api, node).await));
+        let mut state = kit::talos::probe(api, node).await;
+        if let (NodeState::Unreachable(_), Some(evidence)) = (&state, evidence)
+            && let Some(at) = evidence.config_sent_at(&node.name)?
+        {
+            tracing::info!("{} took its config at {at} and does not answer yet: installing and rebooting", node.name);
+            nodes::wait_configured(api, node, INSTALL_TIMEOUT).await?;
+            state = kit::talos::probe(api, node).await;
+        }
+        states.push((node.clone(), state));
     }
     let unreachable: Vec<String> = states
         .iter()
@@ -109,7 +126,7 @@ pub async fn bootstrapped(api: &impl TalosApi, config: &ClusterConfig) -> Option
 
 /// Runs the stage on real nodes; returns what changed.
 pub async fn converge(api: &impl TalosApi, config: &ClusterConfig, run: &Run<'_>) -> anyhow::Result<Vec<Change>> {
-    let states = survey(api, config).await?;
+    let states = survey(api, config, Some(run.evidence)).await?;
     preflight(api, config, &states).await?;
     let first = config.control_planes().next().context("the config has no control plane")?;
     let mut changes = Vec::new();
@@ -126,6 +143,9 @@ pub async fn converge(api: &impl TalosApi, config: &ClusterConfig, run: &Run<'_>
                 node.ip,
                 node.install_disk
             );
+            // Recorded before it is sent: a run killed between Talos taking the config and
+            // talosctl's answer must not leave a machine installing that no record names.
+            run.evidence.config_sent(&node.name)?;
             nodes::apply_config_insecure(api, node, file)
                 .await
                 .with_context(|| format!("applying the machine config to {} ({})", node.name, node.ip))?;
@@ -218,7 +238,7 @@ async fn bootstrap_once(
                 record.member,
                 record.at,
                 record.how,
-                evidence.path.display()
+                evidence.bootstrap_path().display()
             );
         }
     }

@@ -1,13 +1,18 @@
-//! What stage 01 keeps as evidence that it bootstrapped etcd: `state/bootstrap.json`, naming
-//! the cluster (its secrets bundle's identity), the member, and when.
+//! What stage 01 keeps as evidence of what it did to the machines, beside the secrets bundle,
+//! each record naming the cluster (the bundle's identity):
 //!
-//! Talos refuses a second bootstrap only on a node whose etcd data directory is not empty
-//! (`AlreadyExists`). When no control plane reports etcd members, the machines alone cannot
-//! tell a cluster that was never bootstrapped (a first install interrupted before its
-//! bootstrap) from one whose every member lost its data (a disaster): a bootstrap is right for
-//! the first and starts a second, empty cluster in place of the second. The record tells them
-//! apart.
+//! - `state/bootstrap.json`: that it bootstrapped etcd, on which member, when. Talos refuses a
+//!   second bootstrap only on a node whose etcd data directory is not empty (`AlreadyExists`).
+//!   When no control plane reports etcd members, the machines alone cannot tell a cluster that
+//!   was never bootstrapped (a first install interrupted before its bootstrap) from one whose
+//!   every member lost its data (a disaster): a bootstrap is right for the first and starts a
+//!   second, empty cluster in place of the second. The record tells them apart.
+//! - `state/configs-sent.json`: which machines took their config in maintenance mode, when. A
+//!   machine that took it installs to disk and reboots, and does not answer meanwhile (minutes
+//!   on real hardware): a run interrupted just after sending it, then run again, waits for that
+//!   machine instead of taking it for one that was never booted.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -28,34 +33,44 @@ pub struct BootstrapRecord {
     pub how: String,
 }
 
-/// Where the record of one cluster lives, and which cluster that is.
+/// The machines one cluster's configs were sent to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct ConfigsSent {
+    cluster: String,
+    /// Node name → when its config was sent, in RFC 3339.
+    nodes: BTreeMap<String, String>,
+}
+
+/// Where the records of one cluster live, and which cluster that is.
 #[derive(Debug, Clone)]
 pub struct Evidence {
-    pub path: PathBuf,
+    /// The state folder: the records sit beside the secrets bundle.
+    pub dir: PathBuf,
     /// `sha256:` and 16 hex digits of the secrets bundle: the CAs every member trusts are in
     /// it, so another bundle means another cluster. Only a digest: the bundle stays secret.
     pub cluster: String,
 }
 
 impl Evidence {
-    /// The record beside the secrets bundle at `secrets`, for the cluster that bundle makes.
-    pub fn for_secrets(secrets: &Path, path: PathBuf) -> anyhow::Result<Evidence> {
+    /// The records in `dir`, for the cluster the secrets bundle at `secrets` makes.
+    pub fn for_secrets(secrets: &Path, dir: PathBuf) -> anyhow::Result<Evidence> {
         let bundle = std::fs::read(secrets).with_context(|| format!("reading {}", secrets.display()))?;
         let digest: String = sha2::Sha256::digest(&bundle).iter().take(8).map(|byte| format!("{byte:02x}")).collect();
-        Ok(Evidence { path, cluster: format!("sha256:{digest}") })
+        Ok(Evidence { dir, cluster: format!("sha256:{digest}") })
+    }
+
+    pub fn bootstrap_path(&self) -> PathBuf {
+        self.dir.join("bootstrap.json")
+    }
+
+    fn configs_sent_path(&self) -> PathBuf {
+        self.dir.join("configs-sent.json")
     }
 
     /// This cluster's recorded bootstrap, if any (a record of another cluster is none of its).
     pub fn recorded(&self) -> anyhow::Result<Option<BootstrapRecord>> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(error) => return Err(error).with_context(|| format!("reading {}", self.path.display())),
-        };
-        let record: BootstrapRecord = serde_json::from_str(&text).with_context(|| {
-            format!("{} is not a bootstrap record; delete it only if you know why", self.path.display())
-        })?;
-        Ok((record.cluster == self.cluster).then_some(record))
+        let record: Option<BootstrapRecord> = read_record(&self.bootstrap_path())?;
+        Ok(record.filter(|record| record.cluster == self.cluster))
     }
 
     /// Records that etcd of this cluster was bootstrapped on (or found running on) `member`.
@@ -63,13 +78,51 @@ impl Evidence {
         let record = BootstrapRecord {
             cluster: self.cluster.clone(),
             member: member.to_owned(),
-            at: k8s_openapi::jiff::Timestamp::now().to_string(),
+            at: now(),
             how: how.to_owned(),
         };
-        kit::fsutil::write(&self.path, serde_json::to_string_pretty(&record)? + "\n")?;
-        tracing::info!("recorded the bootstrap of {} in {}", self.cluster, self.path.display());
+        let path = self.bootstrap_path();
+        kit::fsutil::write(&path, serde_json::to_string_pretty(&record)? + "\n")?;
+        tracing::info!("recorded the bootstrap of {} in {}", self.cluster, path.display());
         Ok(record)
     }
+
+    /// Records that `node` is sent this cluster's config (before it is: see `converge`).
+    pub fn config_sent(&self, node: &str) -> anyhow::Result<()> {
+        let mut sent = self.sent()?;
+        sent.nodes.insert(node.to_owned(), now());
+        kit::fsutil::write(&self.configs_sent_path(), serde_json::to_string_pretty(&sent)? + "\n")
+    }
+
+    /// When `node` took this cluster's config, if it did.
+    pub fn config_sent_at(&self, node: &str) -> anyhow::Result<Option<String>> {
+        Ok(self.sent()?.nodes.remove(node))
+    }
+
+    /// This cluster's record of configs sent (an empty one when there is none, or only
+    /// another cluster's).
+    fn sent(&self) -> anyhow::Result<ConfigsSent> {
+        let record: Option<ConfigsSent> = read_record(&self.configs_sent_path())?;
+        Ok(record
+            .filter(|sent| sent.cluster == self.cluster)
+            .unwrap_or_else(|| ConfigsSent { cluster: self.cluster.clone(), nodes: BTreeMap::new() }))
+    }
+}
+
+/// A record, or none where the file does not exist.
+fn read_record<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Option<T>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .with_context(|| format!("{} is not a record stage 01 wrote; delete it only if you know why", path.display()))
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
 #[cfg(test)]
@@ -82,13 +135,20 @@ mod tests {
         let (ours, theirs) = (dir.path().join("secrets.yaml"), dir.path().join("other.yaml"));
         std::fs::write(&ours, "cluster: {id: a, secret: b}\n")?;
         std::fs::write(&theirs, "cluster: {id: c, secret: d}\n")?;
-        let path = dir.path().join("bootstrap.json");
-        let evidence = Evidence::for_secrets(&ours, path.clone())?;
+        let state = dir.path().to_owned();
+        let evidence = Evidence::for_secrets(&ours, state.clone())?;
         assert_eq!(evidence.recorded()?, None, "nothing recorded yet");
+        assert_eq!(evidence.config_sent_at("cp01")?, None);
         let record = evidence.record("cp01", "bootstrapped")?;
+        evidence.config_sent("cp01")?;
+        evidence.config_sent("wk01")?;
         assert_eq!(evidence.recorded()?, Some(record));
+        assert!(evidence.config_sent_at("cp01")?.is_some() && evidence.config_sent_at("wk01")?.is_some());
+        assert_eq!(evidence.config_sent_at("cp02")?, None);
         assert!(evidence.cluster.starts_with("sha256:") && evidence.cluster.len() == 23, "{}", evidence.cluster);
-        assert_eq!(Evidence::for_secrets(&theirs, path)?.recorded()?, None, "another bundle, another cluster");
+        let theirs = Evidence::for_secrets(&theirs, state)?;
+        assert_eq!(theirs.recorded()?, None, "another bundle, another cluster");
+        assert_eq!(theirs.config_sent_at("cp01")?, None, "another cluster's machines");
         Ok(())
     }
 }

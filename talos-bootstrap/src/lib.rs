@@ -43,8 +43,8 @@ pub struct StatePaths {
     pub machine_configs: PathBuf,
     /// talosctl's client config: endpoints are the control planes, never the VIP.
     pub talosconfig: PathBuf,
-    /// The record of the bootstrap stage 01 made (`evidence.rs`).
-    pub bootstrap_record: PathBuf,
+    /// Where stage 01 records what it did to the machines (`evidence.rs`): the state folder.
+    pub evidence: PathBuf,
 }
 
 impl StatePaths {
@@ -54,7 +54,7 @@ impl StatePaths {
             secrets: state.join("secrets.yaml"),
             machine_configs: state.join("talos"),
             talosconfig: kit::tool::talosconfig_path(config),
-            bootstrap_record: state.join("bootstrap.json"),
+            evidence: state,
         }
     }
 }
@@ -286,9 +286,12 @@ impl Stage for TalosBootstrap {
         if paths.talosconfig.exists() {
             checks.push(kit::talos::talosconfig::expiry_check(&paths.talosconfig));
         }
+        // Before the first apply there are no secrets, so no record of configs sent either.
+        let evidence =
+            paths.secrets.exists().then(|| Evidence::for_secrets(&paths.secrets, paths.evidence)).transpose()?;
         let edge = Talosctl { tool, talosconfig: paths.talosconfig };
         for node in &ctx.config.nodes {
-            checks.push(node_check(&edge, &ctx.config, node).await);
+            checks.push(node_check(&edge, &ctx.config, node, evidence.as_ref()).await?);
         }
         Ok(checks)
     }
@@ -305,7 +308,7 @@ impl Stage for TalosBootstrap {
             changes.push(config_change(&talosctl, generated, old.as_deref()));
         }
         let edge = Talosctl { tool: talosctl, talosconfig: paths.talosconfig.clone() };
-        for (node, state) in converge::survey(&edge, &ctx.config).await? {
+        for (node, state) in converge::survey(&edge, &ctx.config, None).await? {
             let object = format!("TalosNode {}", node.name);
             let generated = &configs.iter().find(|c| c.node.name == node.name).context("no config generated")?.path;
             changes.push(match state {
@@ -337,7 +340,7 @@ impl Stage for TalosBootstrap {
     async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
         let (talosctl, configs, mut changes) = generate_into_state(ctx).await?;
         let paths = StatePaths::new(&ctx.config);
-        let evidence = Evidence::for_secrets(&paths.secrets, paths.bootstrap_record)?;
+        let evidence = Evidence::for_secrets(&paths.secrets, paths.evidence)?;
         let edge = Talosctl { tool: talosctl, talosconfig: paths.talosconfig };
         let image_factory = image_factory(ctx)?;
         let run = converge::Run {
@@ -403,9 +406,23 @@ impl Stage for TalosBootstrap {
 
 /// One node before stage 01 touches it: configured, or in maintenance mode and fit for its
 /// config (one link for its address, an install disk that is not the boot stick).
-async fn node_check(edge: &Talosctl, config: &ClusterConfig, node: &kit::config::Node) -> Check {
+async fn node_check(
+    edge: &Talosctl,
+    config: &ClusterConfig,
+    node: &kit::config::Node,
+    evidence: Option<&Evidence>,
+) -> anyhow::Result<Check> {
     let name = format!("talos-api {}", node.name);
-    match kit::talos::probe(edge, node).await {
+    let state = kit::talos::probe(edge, node).await;
+    // A machine that took its config and has not come back is installing and rebooting: apply
+    // waits for it (an earlier run was interrupted just after sending it).
+    if let (NodeState::Unreachable(_), Some(evidence)) = (&state, evidence)
+        && let Some(at) = evidence.config_sent_at(&node.name)?
+    {
+        let reason = format!("{} took its config at {at} and is installing and rebooting; apply waits for it", node.ip);
+        return Ok(Check::pass(name, reason));
+    }
+    Ok(match state {
         NodeState::Maintenance => match kit::talos::preflight(edge, config, node).await {
             Ok(found) => {
                 Check::pass(name, format!("{} is in maintenance mode, ready for its config: {found}", node.ip))
@@ -428,7 +445,7 @@ async fn node_check(edge: &Talosctl, config: &ClusterConfig, node: &kit::config:
                 node.name, config.versions.talos, node.ip
             ),
         ),
-    }
+    })
 }
 
 /// The manifest of kubelet-serving-cert-approver the control planes carry: the pinned release

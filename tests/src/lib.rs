@@ -73,6 +73,29 @@ where
     run_stage_in_box(stage, &args, &config_path())
 }
 
+/// The control plane holding the VIP, asked from the box as `status --lab` asks.
+pub fn vip_holder(config: &kit::config::ClusterConfig) -> anyhow::Result<String> {
+    let config = config.clone();
+    std::thread::spawn(move || {
+        kit::lab::enter_box(&config)?;
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+            let talosctl = kit::talos::Talosctl::find(&config).await?;
+            let holders = kit::talos::vip_holders(&talosctl, &config).await;
+            anyhow::ensure!(holders.len() == 1, "one holder of the VIP: {holders:?}");
+            Ok(holders[0].clone())
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread in the box panicked"))?
+}
+
+/// Writes a measurement to stderr past the test harness's capture (it captures the print
+/// macros only), so CI's log shows it on a passing run too.
+pub fn shown(measured: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{measured}");
+}
+
 /// [`run_stage`] off the async runtime (a stage starts a runtime of its own).
 pub async fn run_stage_async<S>(stage: S, args: &'static [&'static str], config: PathBuf) -> (ExitCode, String)
 where

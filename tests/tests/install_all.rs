@@ -32,9 +32,7 @@ fn xtask_with_mirror(command: &str, config: &Path, mirror: &Path, extra: &[&str]
 #[tokio::test(flavor = "multi_thread")]
 async fn install_all_converges_and_a_second_run_changes_nothing() -> anyhow::Result<()> {
     let config = tests::config_path();
-    let first = install_all(&config, &[])?;
-    let log = String::from_utf8_lossy(&first.stderr);
-    assert!(first.status.success(), "{log}");
+    let log = install_all_through_a_power_cut(&config).await?;
     assert!(log.contains("metallb          verify"), "one line per step: {log}");
     let second = install_all(&config, &["--output", "json"])?;
     let log = String::from_utf8_lossy(&second.stderr);
@@ -54,6 +52,7 @@ async fn install_all_converges_and_a_second_run_changes_nothing() -> anyhow::Res
         assert!(changes.iter().all(|c| c["action"] == "unchanged"), "{stage:#}");
     }
     assert_eq!(report["changed"], 0, "{report:#}");
+    a_worker_back_from_a_power_cut_runs_its_pods_again_within_a_minute().await?;
 
     // Drift by hand: `plan` sees it and changes nothing; install-all puts it back.
     let deployments: Api<Deployment> = Api::namespaced(tests::lab_client().await?, "traefik");
@@ -73,6 +72,127 @@ async fn install_all_converges_and_a_second_run_changes_nothing() -> anyhow::Res
     // In this test, not beside it: they run install-all on the same cluster.
     an_apply_that_fails_after_its_check_resumes_with_the_printed_command()?;
     a_stage_killed_mid_apply_converges_on_the_next_run().await
+}
+
+/// Issue 24: install-all loses the control plane holding the VIP to a power cut (SIGKILL of its
+/// twin: no resignation, no goodbye to etcd) as soon as MetalLB's check passed, so that the
+/// apply meets an API that stops answering until the VIP's election lease runs out (60 s). The
+/// run waits, showing it, and goes on; the power comes back once the API answers again, as a
+/// site's does after an outage, and the machine rejoins. Every stage completes and verifies.
+/// Returns the run's progress (stderr).
+async fn install_all_through_a_power_cut(config: &Path) -> anyhow::Result<String> {
+    use std::io::BufRead as _;
+    use std::process::Stdio;
+
+    let box_config = tests::config();
+    let holder = tests::vip_holder(&box_config)?;
+    let lab = lab::Lab::new(&box_config, lab::DEFAULT_PORT_BASE);
+    let mut run = xtask::cargo()
+        .current_dir(xtask::workspace_root())
+        .args(["xtask", "install-all", "--lab", "--output", "json", "--config"])
+        .arg(config)
+        .arg("--mirror")
+        .arg(tests::upstream_mirror())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stderr = run.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+    let runtime = tokio::runtime::Handle::current();
+    let holder_off = holder.clone();
+    let watched = tokio::task::spawn_blocking(move || {
+        let (mut log, mut cut, mut back) = (String::new(), None, None);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line?;
+            if cut.is_none() && line.starts_with("metallb ") && line.contains(" check ") {
+                lab.power_cut(&holder_off)?;
+                cut = Some(std::time::Instant::now());
+            }
+            if cut.is_some() && back.is_none() && line.contains("answers again") {
+                back = cut.map(|at| at.elapsed());
+                runtime.block_on(lab.power_on(&holder_off))?;
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        // Whatever happened, the machine is on again for the tests after this one.
+        runtime.block_on(lab.power_on(&holder_off))?;
+        anyhow::Ok((log, cut.is_some(), back))
+    });
+    let output = run.wait_with_output()?;
+    let (log, cut, back) = watched.await??;
+    assert!(cut, "the power was cut when MetalLB's check passed: {log}");
+    assert!(output.status.success(), "{log}");
+    let back = back.ok_or_else(|| anyhow::anyhow!("the API never answered again: {log}"))?;
+    // The wait is shown while it lasts, under the step that waits.
+    let waited: Vec<&str> = log.lines().filter(|line| line.contains("WARN the Kubernetes API")).collect();
+    assert!(waited.iter().any(|line| line.starts_with("metallb ") && line.contains("does not answer")), "{log}");
+    for stage in tests::completed_stages(&output.stdout)? {
+        let verify = &stage["steps"][2];
+        let checks = verify["checks"].as_array().map(Vec::as_slice).unwrap_or_default();
+        assert!(checks.iter().all(|check| check["status"] != "fail"), "{stage:#}");
+    }
+    let waited_for_api = log
+        .lines()
+        .find_map(|line| line.split("answers again after ").nth(1))
+        .and_then(|rest| rest.split('s').next())
+        .unwrap_or("?");
+    let total = serde_json::from_slice::<serde_json::Value>(&output.stdout)?["seconds"].as_f64().unwrap_or_default();
+    tests::shown(&format!(
+        "install-all --lab: power cut of {holder} (the VIP holder) during metallb apply: the API answered again {:.1}s after the cut; \
+         the step waited {waited_for_api}s; install-all took {total:.1}s in all",
+        back.as_secs_f64()
+    ));
+    Ok(log)
+}
+
+/// A worker's power cut: Kubernetes marks it NotReady once the node monitor's grace period
+/// passes, and its pods not Ready with it. Powered on again, its kubelet makes its pods Ready
+/// again within a minute.
+async fn a_worker_back_from_a_power_cut_runs_its_pods_again_within_a_minute() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Node, Pod};
+    use kube::api::ListParams;
+    use std::time::{Duration, Instant};
+
+    let lab = lab::Lab::new(&tests::config(), lab::DEFAULT_PORT_BASE);
+    let client = tests::lab_client().await?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client);
+    let on_wk02 = ListParams::default().fields("spec.nodeName=wk02");
+    anyhow::ensure!(!pods.list(&on_wk02).await?.items.is_empty(), "wk02 runs pods before the cut");
+    lab.power_cut("wk02")?;
+    let outcome = async {
+        // The node controller marks the node NotReady, then its pods not Ready, so that
+        // Services stop sending them traffic: what "Ready again" below undoes.
+        tests::eventually(Duration::from_secs(120), "Kubernetes to see wk02 and its pods not Ready", || async {
+            let node_down = !kit::client::is_ready(&nodes.get("wk02").await?);
+            let pods_down = pods.list(&on_wk02).await?.items.iter().any(|pod| !kit::client::pod_is_ready(pod));
+            Ok((node_down && pods_down).then_some(()))
+        })
+        .await?;
+        lab.power_on("wk02").await?;
+        let on = Instant::now();
+        tests::eventually(Duration::from_secs(60), "wk02 and its pods Ready again", || async {
+            let running = pods.list(&on_wk02).await?.items;
+            let ready = running.iter().all(|pod| kit::client::pod_is_ready(pod) || finished(pod));
+            Ok((kit::client::is_ready(&nodes.get("wk02").await?) && ready).then_some(running.len()))
+        })
+        .await
+        .map(|count| (count, on.elapsed()))
+    }
+    .await;
+    lab.power_on("wk02").await?;
+    let (count, after) = outcome?;
+    tests::shown(&format!(
+        "install-all --lab: wk02 back from a power cut: Ready with its {count} pods Ready {:.1}s after power-on",
+        after.as_secs_f64()
+    ));
+    Ok(())
+}
+
+/// A pod that ran to its end (a Job's): it is not made Ready again, nor should it be.
+fn finished(pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|status| status.phase.as_deref());
+    matches!(phase, Some("Succeeded" | "Failed"))
 }
 
 /// Audit U1: `apply` fails after `check` passed (metrics-server's check needs no upstream

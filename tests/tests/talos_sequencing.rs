@@ -83,8 +83,7 @@ impl Setup {
         let config = config();
         let configs = configs(&config);
         let dir = tempfile::tempdir().unwrap();
-        let evidence =
-            Evidence { path: dir.path().join("state/bootstrap.json"), cluster: "sha256:0011223344556677".into() };
+        let evidence = Evidence { dir: dir.path().join("state"), cluster: "sha256:0011223344556677".into() };
         Setup { config, configs, dir, factory: image_factory(None).0, evidence }
     }
 
@@ -294,7 +293,7 @@ async fn bootstrap_goes_by_the_record_and_already_exists_counts_as_done() -> any
     let error = setup.converge(&double, false).await.expect_err("a lost cluster is not replaced by an empty one");
     let message = format!("{error:#}");
     assert!(message.contains("every member's data is gone"), "{message}");
-    assert!(message.contains(&format!("recorded in {}", setup.evidence.path.display())), "{message}");
+    assert!(message.contains(&format!("recorded in {}", setup.evidence.bootstrap_path().display())), "{message}");
     assert!(message.contains("bootstrap --recover-from"), "names the restore: {message}");
     assert!(message.contains("talos-bootstrap apply --bootstrap"), "{message}");
     assert_eq!(double.bootstraps(), 1);

@@ -20,33 +20,10 @@ fn texts(output: &Output) -> (String, String) {
     (String::from_utf8_lossy(&output.stdout).into_owned(), String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
-/// The control plane holding the VIP, asked from the box as `status --lab` asks.
-fn vip_holder(config: &kit::config::ClusterConfig) -> anyhow::Result<String> {
-    let config = config.clone();
-    std::thread::spawn(move || {
-        kit::lab::enter_box(&config)?;
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
-            let talosctl = kit::talos::Talosctl::find(&config).await?;
-            let holders = kit::talos::vip_holders(&talosctl, &config).await;
-            anyhow::ensure!(holders.len() == 1, "one holder of the VIP: {holders:?}");
-            Ok(holders[0].clone())
-        })
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("the thread in the box panicked"))?
-}
-
-/// Writes a drill's timings to stderr past the test harness's capture (it captures the print
-/// macros only), so CI's log shows them on a passing run too.
-fn shown(drill: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    writeln!(std::io::stderr(), "verify-ha --lab {drill}")
-}
-
 #[test]
 fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Result<()> {
     let config = tests::config();
-    let holder = vip_holder(&config)?;
+    let holder = tests::vip_holder(&config)?;
     let output = verify_ha(&["--drill", &format!("node={holder}"), "--yes"])?;
     let (report, log) = texts(&output);
     assert!(output.status.success(), "{report}\n{log}");
@@ -55,18 +32,18 @@ fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Re
     assert!(report.contains("ok    api via VIP: Kubernetes v"), "{report}");
     assert!(report.contains("lab   volumes: not checkable in the lab"), "{report}");
     let drill = report.lines().map(str::trim_start).find(|line| line.starts_with("ok    drill:")).unwrap_or_default();
-    shown(drill)?;
+    tests::shown(&format!("verify-ha --lab {drill}"));
     assert!(drill.contains(&format!("{holder} back (rebooted, Ready) after")), "{report}");
     assert!(drill.contains(&format!("the VIP moved from {holder} to cp0")), "{report}");
     assert!(drill.contains("etcd kept its quorum throughout (never fewer than 2 of 3 healthy)"), "{report}");
     assert!(drill.contains("etcd had all 3 members healthy"), "{report}");
-    assert_ne!(vip_holder(&config)?, holder, "the VIP stays where it moved");
+    assert_ne!(tests::vip_holder(&config)?, holder, "the VIP stays where it moved");
 
     let output = verify_ha(&["--drill", "node=wk02", "--yes"])?;
     let (report, log) = texts(&output);
     assert!(output.status.success(), "{report}\n{log}");
     let drill = report.lines().map(str::trim_start).find(|line| line.starts_with("ok    drill:")).unwrap_or_default();
-    shown(drill)?;
+    tests::shown(&format!("verify-ha --lab {drill}"));
     assert!(drill.contains("wk02 back (rebooted, Ready) after"), "{report}");
     assert!(drill.contains("its probe pod was replaced: all 3 Ready on the other workers after"), "{report}");
 
@@ -77,7 +54,7 @@ fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Re
     lab.stop_twin("cp02")?;
     let refused = verify_ha(&["--drill", "node=cp01", "--yes"]);
     lab.stop_twin("cp03")?;
-    let lost = verify_ha(&[]);
+    let lost = verify_ha(&["--api-wait", "5"]);
     // Every control plane unreachable: stage 01 must not read "no etcd members answered" as
     // "never bootstrapped" (the review's item 15); it changes nothing.
     lab.stop_twin("cp01")?;

@@ -2,9 +2,9 @@
 //! running the very binaries a learner runs by hand. It stops at the first failure with the
 //! failing check, its fix, and the command that resumes from there.
 
-use std::io::Write as _;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::Path;
-use std::process::ExitCode;
+use std::process::{ExitCode, Stdio};
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -251,21 +251,37 @@ struct StageRunner<'a> {
 }
 
 impl StageRunner<'_> {
-    /// Runs one step with `--output json` and reads its report from stdout.
+    /// Runs one step with `--output json` and reads its report from stdout. The step's
+    /// warnings (an API it waits for, say) are shown as they come, under the stage's name:
+    /// a step that waits a minute for a control plane says so while it waits.
     fn run(&self, step: &str) -> anyhow::Result<Outcome> {
-        let output = crate::stages::command(self.bin_dir, self.stage, step, self.global)
+        let mut child = crate::stages::command(self.bin_dir, self.stage, step, self.global)
             .args(["--output", "json"])
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .with_context(|| format!("running {} {step}", self.stage))?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let mut stdout_pipe = child.stdout.take().context("the step's stdout")?;
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            stdout_pipe.read_to_string(&mut text).map(|_| text)
+        });
+        let mut log = Vec::new();
+        for line in BufReader::new(child.stderr.take().context("the step's stderr")?).lines() {
+            let line = line.with_context(|| format!("reading the log of {} {step}", self.stage))?;
+            if is_warning(&line) {
+                eprintln!("{:<16} {step:<7}  {}", self.stage, line.trim_start());
+            }
+            log.push(line);
+        }
+        let stdout = reader.join().map_err(|_| anyhow::anyhow!("the stdout reader panicked"))??;
+        let status = child.wait().with_context(|| format!("waiting for {} {step}", self.stage))?;
         let lines: Vec<serde_json::Value> = stdout.lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
         // plan's 2 is "would change", a report like its 0.
-        let reported =
-            output.status.success() || (step == "plan" && output.status.code() == Some(exit::WOULD_CHANGE.into()));
+        let reported = status.success() || (step == "plan" && status.code() == Some(exit::WOULD_CHANGE.into()));
         if !reported && lines.is_empty() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
-            return Ok(Outcome::Failed(tail.into_iter().rev().collect::<Vec<_>>().join("\n  ")));
+            let tail = &log[log.len().saturating_sub(10)..];
+            return Ok(Outcome::Failed(tail.join("\n  ")));
         }
         let context = || format!("reading the report of {} {step} (one JSON object per line)", self.stage);
         Ok(match step {
@@ -273,6 +289,12 @@ impl StageRunner<'_> {
             _ => Outcome::Checks(parse_all(lines).with_context(context)?),
         })
     }
+}
+
+/// A line of a stage's log at WARN or ERROR (kit's log format, without colours off a terminal).
+fn is_warning(line: &str) -> bool {
+    let line = line.trim_start();
+    line.starts_with("WARN ") || line.starts_with("ERROR ")
 }
 
 fn parse_all<T: serde::de::DeserializeOwned>(lines: Vec<serde_json::Value>) -> serde_json::Result<Vec<T>> {

@@ -34,22 +34,34 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     };
     let target = global.target();
     let kubeconfig = global.kubeconfig(&config);
+    let api_wait = std::time::Duration::from_secs(global.api_wait);
     let rows = tokio::runtime::Runtime::new()?.block_on(async {
-        let client = kit::client::client_from_kubeconfig(&kubeconfig).await;
+        // The nodes are read first, riding out an API that is moving to another control plane
+        // (`--api-wait`), so that the table shows the cluster after the move, not the move.
+        let nodes = kit::client::ride_out(&kubeconfig, api_wait, || async {
+            let client = kit::client::client_from_kubeconfig(&kubeconfig).await?;
+            let rows = node_rows(&client, &config).await?;
+            anyhow::Ok((client, rows))
+        })
+        .await;
+        let (client, node_rows) = match nodes {
+            Ok((client, rows)) => (Some(client), rows),
+            Err(error) => (
+                None,
+                vec![Row {
+                    section: "nodes",
+                    name: "api".into(),
+                    value: config.api_endpoint(),
+                    state: format!("unreachable: {error:#}"),
+                    ok: false,
+                }],
+            ),
+        };
         let mut rows = Vec::new();
         for endpoint in xtask::docs::endpoints(&config) {
-            rows.push(endpoint_row(&endpoint, &config, target, client.as_ref().ok()).await);
+            rows.push(endpoint_row(&endpoint, &config, target, client.as_ref()).await);
         }
-        match &client {
-            Ok(client) => rows.extend(node_rows(client, &config).await?),
-            Err(error) => rows.push(Row {
-                section: "nodes",
-                name: "api".into(),
-                value: config.api_endpoint(),
-                state: format!("unreachable: {error:#}"),
-                ok: false,
-            }),
-        }
+        rows.extend(node_rows);
         rows.extend(control_plane_rows(&config, target).await);
         anyhow::Ok(rows)
     })?;

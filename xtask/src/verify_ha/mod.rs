@@ -43,11 +43,12 @@ pub fn run(global: &GlobalArgs, args: &VerifyHaArgs) -> anyhow::Result<ExitCode>
     };
     // The guide's text for people; with `--output json`, only the checks, one per line.
     let text = global.output == Output::Text;
+    let api_wait = Duration::from_secs(global.api_wait);
     let checks = match global.target() {
         Target::Talos => {
             let kubeconfig = global.kubeconfig(&config);
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(steps(&config, &kubeconfig, args, drill::Watch::Everything, text))?
+            runtime.block_on(steps(&config, &kubeconfig, args, api_wait, drill::Watch::Everything, text))?
         }
         // From the box's workstation, as a user at the site: the cluster's own kubeconfig,
         // aimed at the VIP, and talosctl at the twins' addresses.
@@ -57,7 +58,7 @@ pub fn run(global: &GlobalArgs, args: &VerifyHaArgs) -> anyhow::Result<ExitCode>
                 kit::lab::enter_box(&config).context("verify-ha --lab runs inside the box")?;
                 let kubeconfig = kit::context::cluster_kubeconfig_path(&config.state_dir());
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                runtime.block_on(steps(&config, &kubeconfig, &args, drill::Watch::ControlPlaneAndNodes, text))
+                runtime.block_on(steps(&config, &kubeconfig, &args, api_wait, drill::Watch::ControlPlaneAndNodes, text))
             })
             .join()
             .map_err(|_| anyhow::anyhow!("verify-ha's thread in the box panicked"))??
@@ -75,12 +76,14 @@ async fn steps(
     config: &kit::config::ClusterConfig,
     kubeconfig: &std::path::Path,
     args: &VerifyHaArgs,
+    api_wait: Duration,
     watch: drill::Watch,
     text: bool,
 ) -> anyhow::Result<Vec<Check>> {
     let mut guide: Box<dyn std::io::Write> = if text { Box::new(std::io::stdout()) } else { Box::new(std::io::sink()) };
     let client = kit::client::client_from_kubeconfig(kubeconfig).await?;
-    talos::steps(&client, config, args, watch, &mut guide).await
+    let api = talos::ApiWait { kubeconfig, wait: api_wait };
+    talos::steps(&client, api, config, args, watch, &mut guide).await
 }
 
 /// Polls `probe` every 250 ms until it returns true; the time it took, or `None` on timeout.

@@ -19,6 +19,13 @@ use super::drill::Watch;
 use super::{VerifyHaArgs, drill, report};
 use kit::talos::{Talosctl, etcd_check, vip_holders};
 
+/// Where the API is and how long to wait for it when it stops answering (`--api-wait`).
+#[derive(Clone, Copy)]
+pub(super) struct ApiWait<'a> {
+    pub kubeconfig: &'a std::path::Path,
+    pub wait: std::time::Duration,
+}
+
 /// How long one question to the API through the VIP may take.
 const API_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -55,6 +62,7 @@ pub fn drill_refusal(
 
 pub(super) async fn steps(
     client: &kube::Client,
+    api: ApiWait<'_>,
     config: &ClusterConfig,
     args: &VerifyHaArgs,
     watch: Watch,
@@ -85,17 +93,30 @@ pub(super) async fn steps(
 
     // A VIP nobody holds is a silent address (no ARP answer): each question gets a deadline, and
     // the steps that need the API are not asked when it does not answer.
-    let check = match tokio::time::timeout(API_DEADLINE, client.apiserver_version()).await {
-        Ok(Ok(version)) => Check::pass(
+    // An API that stops answering (the VIP moving after a control plane's crash) is waited
+    // for up to `--api-wait`, as every command waits for it; a silence is a timeout to wait out.
+    let version = kit::client::ride_out(api.kubeconfig, api.wait, || async {
+        match tokio::time::timeout(API_DEADLINE, client.apiserver_version()).await {
+            Ok(answer) => Ok(answer?),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer at {} within {}s", config.api_endpoint(), API_DEADLINE.as_secs()),
+            )
+            .into()),
+        }
+    })
+    .await;
+    let check = match version {
+        Ok(version) => Check::pass(
             "api via VIP",
             format!("Kubernetes {} answers at {}", version.git_version, config.api_endpoint()),
         ),
-        Ok(Err(error)) => Check::fail("api via VIP", format!("{error}"), "cargo xtask status shows who holds the VIP"),
-        Err(_) => Check::fail(
+        Err(error) if kit::client::out_of_reach(&error) => Check::fail(
             "api via VIP",
-            format!("no answer at {} within {}s", config.api_endpoint(), API_DEADLINE.as_secs()),
+            format!("{error:#}"),
             "the VIP needs a healthy etcd (step 1) and a control plane to hold it (step 2)",
         ),
+        Err(error) => Check::fail("api via VIP", format!("{error:#}"), "cargo xtask status shows who holds the VIP"),
     };
     let api_answers = check.status == kit::report::Status::Pass;
     report("3. the API answers through the VIP", "clients need one address that survives a node", &check, out)?;
