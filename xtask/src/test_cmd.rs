@@ -2,12 +2,20 @@
 //! box, so this brings the box up, installs the cluster on its machines with stage 01 (as a
 //! user's first `install-all --lab` does) unless it is installed, runs `cargo test
 //! --workspace`, and stops the lab it started.
+//!
+//! The rehearsals (`rehearsals/`: tests that build boxes of their own) run as a second `cargo
+//! test` beside the rest: most of their time is machines booting and leases running out, and
+//! one after the other the two halves would not fit the suite's budget. Their output is kept
+//! in a file and printed whole when they end, so that the two never interleave.
 
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use kit::stage::{GlobalArgs, exit, load_config};
 use lab::{DEFAULT_PORT_BASE, Lab};
+
+/// The package whose tests build boxes of their own (`rehearsals/`).
+const REHEARSALS: &str = "rehearsals";
 
 pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
     let root = xtask::workspace_root();
@@ -36,15 +44,37 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
         Ok(())
     });
     let tests = up.and_then(|()| {
-        let status = xtask::cargo()
-            .current_dir(&root)
-            // Every test binary runs, so one failure does not hide the next.
-            .args(["test", "--workspace", "--no-fail-fast", "--"])
-            .args(cargo_args)
-            .env("TALOS_HA_LAB_KUBECONFIG", &lab.kubeconfig)
-            .status()
-            .context("running cargo test")?;
-        anyhow::ensure!(status.success(), "cargo test failed (its output is above)");
+        // Every test binary runs, so one failure does not hide the next.
+        let cargo_test = |selection: &[&str]| {
+            let mut command = xtask::cargo();
+            command
+                .current_dir(&root)
+                .args(["test", "--no-fail-fast"])
+                .args(selection)
+                .arg("--")
+                .args(cargo_args)
+                .env("TALOS_HA_LAB_KUBECONFIG", &lab.kubeconfig);
+            command
+        };
+        let log_path = lab.dir.join("logs").join("rehearsals.log");
+        std::fs::create_dir_all(lab.dir.join("logs"))?;
+        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let mut rehearsals = cargo_test(&["-p", REHEARSALS])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("running cargo test -p rehearsals")?;
+        tracing::info!(
+            "the rehearsals run beside the other tests; their output comes when they end ({})",
+            log_path.display()
+        );
+        let others = cargo_test(&["--workspace", "--exclude", REHEARSALS]).status().context("running cargo test");
+        let rehearsed = rehearsals.wait().context("waiting for the rehearsals");
+        let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+        eprintln!("\n==== the rehearsals (cargo test -p {REHEARSALS}), run beside the above ====\n{output}");
+        let (others, rehearsed) = (others?, rehearsed?);
+        anyhow::ensure!(others.success(), "cargo test failed (its output is above)");
+        anyhow::ensure!(rehearsed.success(), "the rehearsals failed (their output is above)");
         Ok(())
     });
     if !was_running {
