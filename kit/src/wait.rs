@@ -71,11 +71,15 @@ pub fn rollout_state(deployment: &Deployment) -> Result<(), String> {
     }
 }
 
-/// Polls until every desired DaemonSet pod is updated and ready.
+/// Polls until every desired DaemonSet pod is updated and ready, on at least `least` nodes:
+/// the controller wants no pod on a node tainted unreachable, so a machine just back from a
+/// power cut gets its pod only once its node is Ready again, seconds later. Returns how many
+/// are ready.
 pub async fn daemonset_ready(
     client: &kube::Client,
     namespace: &str,
     name: &str,
+    least: usize,
     timeout: Duration,
 ) -> anyhow::Result<u32> {
     let api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
@@ -87,8 +91,14 @@ pub async fn daemonset_ready(
         let desired = status.desired_number_scheduled;
         let ready = status.number_ready;
         let updated = status.updated_number_scheduled.unwrap_or_default();
-        if desired > 0 && ready == desired && updated == desired {
+        let enough = usize::try_from(ready).is_ok_and(|ready| ready >= least);
+        if desired > 0 && ready == desired && updated == desired && enough {
             Ok(Ok(u32::try_from(ready).unwrap_or_default()))
+        } else if desired > 0 && ready == desired && updated == desired {
+            Ok(Err(format!(
+                "DaemonSet {namespace}/{name} has {ready} pods ready, for {least} nodes it must run on; look at \
+                 `kubectl get nodes` for one not Ready or tainted, and at what the pods tolerate"
+            )))
         } else {
             Ok(Err(format!(
                 "DaemonSet {namespace}/{name} has {ready}/{desired} pods ready ({updated} updated); look at \

@@ -372,7 +372,7 @@ impl BundleStage for Longhorn {
                 for deployment in CSI_DEPLOYMENTS {
                     checks.push(common::deployment(client, NAMESPACE, deployment, wait, Self::NAME).await);
                 }
-                checks.push(match kit::wait::daemonset_ready(client, NAMESPACE, CSI_PLUGIN, wait).await {
+                checks.push(match kit::wait::daemonset_ready(client, NAMESPACE, CSI_PLUGIN, 0, wait).await {
                     Ok(ready) => Check::pass("csi plugin", format!("{CSI_PLUGIN} is ready on {ready} nodes")),
                     Err(error) => Check::fail("csi plugin", format!("{error:#}"), "look at the driver deployer's log"),
                 });

@@ -51,9 +51,9 @@ pub struct Run<'a> {
 }
 
 /// Every node's state, or an error naming each node that did not answer, with the fix. With
-/// `evidence`, a node that does not answer but took this cluster's config (a run interrupted
-/// just after sending it) is installing and rebooting: it is waited for, as the run that sent
-/// the config would have.
+/// `evidence`, a node that was sent this cluster's config and is not configured yet (a run
+/// interrupted just after sending it) is installing and rebooting: it is waited for, as the
+/// run that sent the config would have.
 pub async fn survey(
     api: &impl TalosApi,
     config: &ClusterConfig,
@@ -62,11 +62,18 @@ pub async fn survey(
     let mut states = Vec::new();
     for node in &config.nodes {
         let mut state = kit::talos::probe(api, node).await;
-        if let (NodeState::Unreachable(_), Some(evidence)) = (&state, evidence)
+        if state != NodeState::Configured
+            && let Some(evidence) = evidence
             && let Some(at) = evidence.config_sent_at(&node.name)?
         {
-            tracing::info!("{} took its config at {at} and does not answer yet: installing and rebooting", node.name);
-            nodes::wait_configured(api, node, INSTALL_TIMEOUT).await?;
+            // Still in maintenance mode: about to reboot, or it never took the config (the run
+            // was killed between the record and the send); the first leaves it within seconds.
+            let installing =
+                state != NodeState::Maintenance || nodes::left_maintenance(api, node, nodes::LEAVE_MAINTENANCE).await;
+            if installing {
+                tracing::info!("{} was sent its config at {at}: waiting for it to install and reboot", node.name);
+                nodes::wait_configured(api, node, INSTALL_TIMEOUT).await?;
+            }
             state = kit::talos::probe(api, node).await;
         }
         states.push((node.clone(), state));

@@ -414,12 +414,14 @@ async fn node_check(
 ) -> anyhow::Result<Check> {
     let name = format!("talos-api {}", node.name);
     let state = kit::talos::probe(edge, node).await;
-    // A machine that took its config and has not come back is installing and rebooting: apply
-    // waits for it (an earlier run was interrupted just after sending it).
-    if let (NodeState::Unreachable(_), Some(evidence)) = (&state, evidence)
+    // A machine that was sent its config and is not configured yet is installing and
+    // rebooting: apply waits for it (an earlier run was interrupted just after sending it).
+    if state != NodeState::Configured
+        && let Some(evidence) = evidence
         && let Some(at) = evidence.config_sent_at(&node.name)?
     {
-        let reason = format!("{} took its config at {at} and is installing and rebooting; apply waits for it", node.ip);
+        let reason =
+            format!("{} was sent its config at {at} and is installing and rebooting; apply waits for it", node.ip);
         return Ok(Check::pass(name, reason));
     }
     Ok(match state {

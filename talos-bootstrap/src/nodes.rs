@@ -41,6 +41,23 @@ pub async fn apply_config_insecure(api: &impl TalosApi, node: &Node, config: &Pa
     api.ask(node, &["apply-config", "--insecure", "--file", &file], CALL_TIMEOUT).await.map(drop)
 }
 
+/// How long a machine that took its config may still answer in maintenance mode before it
+/// reboots to install (Talos leaves maintenance mode within seconds of taking a config).
+pub const LEAVE_MAINTENANCE: Duration = Duration::from_secs(60);
+
+/// Waits up to `timeout` for a node to stop answering in maintenance mode (it took its config
+/// and reboots); false when it still does, so it never took one.
+pub async fn left_maintenance(api: &impl TalosApi, node: &Node, timeout: Duration) -> bool {
+    let started = Instant::now();
+    while kit::talos::probe(api, node).await == kit::talos::NodeState::Maintenance {
+        if started.elapsed() > timeout {
+            return false;
+        }
+        tokio::time::sleep(RETRY_EVERY / 5).await;
+    }
+    true
+}
+
 /// Waits until a node answers our client certificate (installed, rebooted, running its config).
 pub async fn wait_configured(api: &impl TalosApi, node: &Node, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
