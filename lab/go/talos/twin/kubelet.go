@@ -133,6 +133,7 @@ func (k *kubelet) run(ctx context.Context) {
 		}
 	}
 
+	go k.syncStatuses(ctx)
 	k.reportServingCertificate(ctx)
 }
 
