@@ -20,9 +20,16 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client>
     let kubeconfig = Kubeconfig::read_from(path).with_context(|| {
         format!("reading kubeconfig {} (for the lab, run `cargo xtask lab up` first)", path.display())
     })?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+    // kube waits for an answer for ever unless told otherwise. A request in flight to a control
+    // plane that lost its power gets no answer and no reset (nothing is left to send one), and
+    // would hang past any bound; with a deadline it fails as a timeout, which `ride_out` waits
+    // out. talos-ha makes no long-lived requests (no watch, exec or log stream), and counting
+    // from the request's write keeps a pooled connection's idle time out of it.
+    config.read_timeout = Some(REQUEST_TIMEOUT);
+    config.reset_reader_on_write = true;
     kube::Client::try_from(config).context("building a Kubernetes client")
 }
 
@@ -66,6 +73,9 @@ pub fn pod_is_ready(pod: &Pod) -> bool {
     let conditions = pod.status.as_ref().and_then(|status| status.conditions.as_ref());
     conditions.is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
+
+/// How long one request may wait for its answer (see [`client_from_kubeconfig`]).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a command waits, unless told otherwise (`--api-wait`), for a Kubernetes API that
 /// stopped answering to answer again. The VIP is held through an etcd election whose session

@@ -149,6 +149,16 @@ impl Lan {
         Ok(())
     }
 
+    /// Takes a machine's switch port down or up: the cable of a machine without power carries
+    /// nothing, so the machine neither answers ARP nor resets connections (its namespace, with
+    /// the addresses it had, outlives a killed twin).
+    pub fn set_port(&self, member: &Member, up: bool) -> anyhow::Result<()> {
+        let sh = Shell::new()?;
+        let (switch, port, state) = (&self.switch, &member.port, if up { "up" } else { "down" });
+        cmd!(sh, "ip -n {switch} link set {port} {state}").quiet().run()?;
+        Ok(())
+    }
+
     /// Removes every namespace of the box (their interfaces go with them). Returns how many
     /// there were.
     pub fn down(&self) -> anyhow::Result<usize> {

@@ -224,18 +224,29 @@ impl Lab {
     }
 
     /// Cuts one node's power: its twin is killed with SIGKILL, and everything it runs dies with
-    /// it (its services are started with the parent-death signal). Nothing is shut down in
-    /// order: a VIP holder does not resign, its etcd member just stops answering.
+    /// it (its services are started with the parent-death signal), and its switch port goes
+    /// dark. Nothing is shut down in order: a VIP holder does not resign, its etcd member just
+    /// stops answering, and a request in flight to it gets no answer at all.
     pub fn power_cut(&self, node: &str) -> anyhow::Result<()> {
-        self.twin(node)?.kill().map(drop)
+        self.twin(node)?.kill()?;
+        self.set_port(node, false)
     }
 
     /// Starts one node's twin again if it is off (after [`Lab::stop_twin`] or
-    /// [`Lab::power_cut`]): the machine boots into its config, and answers on port 50000.
+    /// [`Lab::power_cut`]): its port comes up, the machine boots into its config, and answers
+    /// on port 50000.
     pub async fn power_on(&self, node: &str) -> anyhow::Result<()> {
+        self.set_port(node, true)?;
         let process = self.twin(node)?;
         self.start(&process)?;
         self.wait_for_twin(node, &process).await
+    }
+
+    /// `node`'s switch port down (its power is cut) or up.
+    fn set_port(&self, node: &str, up: bool) -> anyhow::Result<()> {
+        let lan = self.lan();
+        let member = lan.member(node).with_context(|| format!("no node {node} in the box"))?;
+        lan.set_port(member, up)
     }
 
     /// Restarts one node's twin (after its hardware file was edited, say): the machine
@@ -264,6 +275,10 @@ impl Lab {
             twin::ensure_hardware(&self.dir, &node.name, index)?;
         }
         for (node, process) in self.config.nodes.iter().zip(self.twins()) {
+            // A machine whose power was cut gets its cable back as it boots.
+            if process.running_pid().is_none() {
+                self.set_port(&node.name, true)?;
+            }
             self.start(&process)?;
             self.wait_for_twin(&node.name, &process).await?;
         }
