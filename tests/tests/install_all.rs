@@ -90,7 +90,17 @@ async fn a_worker_back_from_a_power_cut_runs_its_pods_again_within_a_minute() ->
     let pods: Api<Pod> = Api::all(client);
     let on_wk02 = ListParams::default().fields("spec.nodeName=wk02");
     anyhow::ensure!(!pods.list(&on_wk02).await?.items.is_empty(), "wk02 runs pods before the cut");
-    lab.power_cut("wk02")?;
+    // As a user would pull the plug: `cargo xtask lab power-cut wk02`.
+    let switch = |action: &str| -> anyhow::Result<()> {
+        let output = xtask::cargo()
+            .current_dir(xtask::workspace_root())
+            .args(["xtask", "lab", action, "wk02", "--config"])
+            .arg(tests::config_path())
+            .output()?;
+        anyhow::ensure!(output.status.success(), "lab {action}: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(())
+    };
+    tokio::task::block_in_place(|| switch("power-cut"))?;
     let outcome = async {
         // The node controller marks the node NotReady, then its pods not Ready, so that
         // Services stop sending them traffic: what "Ready again" below undoes.
@@ -100,7 +110,7 @@ async fn a_worker_back_from_a_power_cut_runs_its_pods_again_within_a_minute() ->
             Ok((node_down && pods_down).then_some(()))
         })
         .await?;
-        lab.power_on("wk02").await?;
+        tokio::task::block_in_place(|| switch("power-on"))?;
         let on = Instant::now();
         tests::eventually(Duration::from_secs(60), "wk02 and its pods Ready again", || async {
             let running = pods.list(&on_wk02).await?.items;

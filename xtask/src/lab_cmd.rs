@@ -1,4 +1,5 @@
-//! `cargo xtask lab up | status | down`: the command-line face of `lab`.
+//! `cargo xtask lab build | up | status | shell | power-cut | power-on | down`: the command-line
+//! face of `lab`.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -38,6 +39,20 @@ pub enum LabAction {
         /// The command to run (default: $SHELL, else bash).
         #[arg(last = true)]
         command: Vec<String>,
+    },
+    /// Cut one machine's power, as a failing power supply would: its twin and everything it
+    /// runs are killed (SIGKILL, no orderly shutdown: a VIP holder does not resign) and its
+    /// switch port goes dark. Try it while `install-all --lab` runs, or watch `cargo xtask
+    /// status --lab` as the VIP moves (within about a minute, when its etcd lease runs out).
+    PowerCut {
+        /// The machine, by its name in cluster.yaml (e.g. cp01).
+        node: String,
+    },
+    /// Power one machine on again (after `power-cut`): its port comes up and it boots into its
+    /// config. `up` does the same for every machine that is off.
+    PowerOn {
+        /// The machine, by its name in cluster.yaml.
+        node: String,
     },
     /// Stop every process the lab started.
     Down {
@@ -116,6 +131,17 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
             };
             let status = lab.shell(&command)?;
             Ok(ExitCode::from(u8::try_from(status.code().unwrap_or(1)).unwrap_or(1)))
+        }
+        LabAction::PowerCut { node } => {
+            lab.power_cut(&node)?;
+            writeln!(stdout, "{node} is off: its twin was killed and its switch port is down.")?;
+            writeln!(stdout, "Power it on again: cargo xtask lab power-on {node}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LabAction::PowerOn { node } => {
+            runtime.block_on(lab.power_on(&node))?;
+            writeln!(stdout, "{node} is on and answers on its Talos API.")?;
+            Ok(ExitCode::SUCCESS)
         }
         LabAction::Down { purge } => {
             let stopped = lab.down(purge)?;
