@@ -129,6 +129,9 @@ where
             wait.as_secs()
         );
         let mut said = tokio::time::Instant::now();
+        // Asked again after 1 s, then 2, 4, and every 5 s: soon after a blip, gently through
+        // the minute a VIP takes to move.
+        let mut pause = Duration::from_secs(1);
         loop {
             if answers(kubeconfig).await {
                 tracing::warn!(
@@ -150,7 +153,8 @@ where
                 );
                 said = now;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(pause.min(deadline.saturating_duration_since(now))).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
         }
     }
 }

@@ -212,13 +212,10 @@ impl Lab {
     }
 
     fn twin(&self, node: &str) -> anyhow::Result<Process> {
-        self.twins()
-            .into_iter()
-            .find(|process| process.name == format!("twin-{node}"))
-            .with_context(|| {
-                let names: Vec<&str> = self.config.nodes.iter().map(|n| n.name.as_str()).collect();
-                format!("no node {node} in {} (its nodes: {})", self.config.source.display(), names.join(", "))
-            })
+        self.twins().into_iter().find(|process| process.name == format!("twin-{node}")).with_context(|| {
+            let names: Vec<&str> = self.config.nodes.iter().map(|n| n.name.as_str()).collect();
+            format!("no node {node} in {} (its nodes: {})", self.config.source.display(), names.join(", "))
+        })
     }
 
     /// Shuts one node's twin down (everything it runs with it): the machine is off.
