@@ -294,18 +294,15 @@ impl Ready {
             Workload::DaemonSet => {
                 let check = format!("daemonset {name}");
                 let fix = format!("{stage} apply, then `kubectl -n {namespace} get pods -o wide`");
-                match (
-                    crate::wait::daemonset_ready(client, namespace, name, self.least(), VERIFY_WAIT).await,
-                    self.on_each,
-                ) {
-                    (Ok(ready), on_each) => Check::pass(
+                match crate::wait::daemonset_ready(client, namespace, name, self.least(), VERIFY_WAIT).await {
+                    Ok(ready) => Check::pass(
                         check,
                         format!(
                             "DaemonSet {namespace}/{name} is ready on {ready} nodes{}",
-                            on_each.map(|(_, what)| format!(" (every {what})")).unwrap_or_default()
+                            self.on_each.map(|(_, what)| format!(" (every {what})")).unwrap_or_default()
                         ),
                     ),
-                    (Err(error), _) => Check::fail(check, format!("{error:#}"), fix),
+                    Err(error) => Check::fail(check, format!("{error:#}"), fix),
                 }
             }
         }

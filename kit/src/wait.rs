@@ -91,10 +91,11 @@ pub async fn daemonset_ready(
         let desired = status.desired_number_scheduled;
         let ready = status.number_ready;
         let updated = status.updated_number_scheduled.unwrap_or_default();
+        let rolled_out = desired > 0 && ready == desired && updated == desired;
         let enough = usize::try_from(ready).is_ok_and(|ready| ready >= least);
-        if desired > 0 && ready == desired && updated == desired && enough {
+        if rolled_out && enough {
             Ok(Ok(u32::try_from(ready).unwrap_or_default()))
-        } else if desired > 0 && ready == desired && updated == desired {
+        } else if rolled_out {
             Ok(Err(format!(
                 "DaemonSet {namespace}/{name} has {ready} pods ready, for {least} nodes it must run on; look at \
                  `kubectl get nodes` for one not Ready or tainted, and at what the pods tolerate"

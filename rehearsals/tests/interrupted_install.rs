@@ -9,7 +9,6 @@
 //! Each point gets a box of its own (another cluster name, state folder and port base), the
 //! three side by side: most of a first install is waiting for machines.
 
-use std::io::BufRead as _;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -88,17 +87,8 @@ impl OwnBox {
     fn killed_at(&self, point: Point) -> anyhow::Result<usize> {
         let mut run = self.stage_01().stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         let group = nix::unistd::Pid::from_raw(i32::try_from(run.id())?);
-        let stderr = run.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
         // install-all prints stage 01's check line as its apply starts.
-        let mut log = Vec::new();
-        for line in std::io::BufReader::new(stderr).lines() {
-            let line = line?;
-            let applying = line.starts_with("talos-bootstrap  check");
-            log.push(line);
-            if applying {
-                break;
-            }
-        }
+        let (log, _) = tests::stderr_until(&mut run, |line| line.starts_with("talos-bootstrap  check"))?;
         let deadline = Instant::now() + Duration::from_secs(120);
         while !self.reached(point) {
             let finished = run.try_wait()?.is_some();

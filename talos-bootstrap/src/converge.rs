@@ -62,9 +62,8 @@ pub async fn survey(
     let mut states = Vec::new();
     for node in &config.nodes {
         let mut state = kit::talos::probe(api, node).await;
-        if state != NodeState::Configured
-            && let Some(evidence) = evidence
-            && let Some(at) = evidence.config_sent_at(&node.name)?
+        if let Some(evidence) = evidence
+            && let Some(at) = evidence.installing_since(&node.name, &state)?
         {
             // Still in maintenance mode: about to reboot, or it never took the config (the run
             // was killed between the record and the send); the first leaves it within seconds.

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use kit::talos::NodeState;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
@@ -95,8 +96,17 @@ impl Evidence {
     }
 
     /// When `node` took this cluster's config, if it did.
-    pub fn config_sent_at(&self, node: &str) -> anyhow::Result<Option<String>> {
+    fn config_sent_at(&self, node: &str) -> anyhow::Result<Option<String>> {
         Ok(self.sent()?.nodes.remove(node))
+    }
+
+    /// When `node` was sent this cluster's config, if it was and is not configured yet
+    /// (`state`, as it answers now): it is installing and rebooting, or about to.
+    pub fn installing_since(&self, node: &str, state: &NodeState) -> anyhow::Result<Option<String>> {
+        if *state == NodeState::Configured {
+            return Ok(None);
+        }
+        self.config_sent_at(node)
     }
 
     /// This cluster's record of configs sent (an empty one when there is none, or only
@@ -145,6 +155,8 @@ mod tests {
         assert_eq!(evidence.recorded()?, Some(record));
         assert!(evidence.config_sent_at("cp01")?.is_some() && evidence.config_sent_at("wk01")?.is_some());
         assert_eq!(evidence.config_sent_at("cp02")?, None);
+        assert!(evidence.installing_since("cp01", &NodeState::Maintenance)?.is_some(), "sent, not configured yet");
+        assert_eq!(evidence.installing_since("cp01", &NodeState::Configured)?, None, "configured: installed");
         assert!(evidence.cluster.starts_with("sha256:") && evidence.cluster.len() == 23, "{}", evidence.cluster);
         let theirs = Evidence::for_secrets(&theirs, state)?;
         assert_eq!(theirs.recorded()?, None, "another bundle, another cluster");

@@ -416,9 +416,8 @@ async fn node_check(
     let state = kit::talos::probe(edge, node).await;
     // A machine that was sent its config and is not configured yet is installing and
     // rebooting: apply waits for it (an earlier run was interrupted just after sending it).
-    if state != NodeState::Configured
-        && let Some(evidence) = evidence
-        && let Some(at) = evidence.config_sent_at(&node.name)?
+    if let Some(evidence) = evidence
+        && let Some(at) = evidence.installing_since(&node.name, &state)?
     {
         let reason =
             format!("{} was sent its config at {at} and is installing and rebooting; apply waits for it", node.ip);

@@ -89,6 +89,27 @@ pub fn vip_holder(config: &kit::config::ClusterConfig) -> anyhow::Result<String>
     .map_err(|_| anyhow::anyhow!("the thread in the box panicked"))?
 }
 
+/// Reads `child`'s stderr (which must be piped) line by line until one is `wanted`, or the
+/// stream ends; returns the lines read, the wanted one last, and whether it came. For a test
+/// that acts on a running command at a point its log shows (a kill, a power cut).
+pub fn stderr_until(
+    child: &mut std::process::Child,
+    wanted: impl Fn(&str) -> bool,
+) -> anyhow::Result<(Vec<String>, bool)> {
+    use std::io::BufRead as _;
+    let stderr = child.stderr.take().context("the command's stderr is not piped")?;
+    let mut lines = Vec::new();
+    for line in std::io::BufReader::new(stderr).lines() {
+        let line = line?;
+        let found = wanted(&line);
+        lines.push(line);
+        if found {
+            return Ok((lines, true));
+        }
+    }
+    Ok((lines, false))
+}
+
 /// Writes a measurement to stderr past the test harness's capture (it captures the print
 /// macros only), so CI's log shows it on a passing run too.
 pub fn shown(measured: &str) {

@@ -170,7 +170,6 @@ fn an_apply_that_fails_after_its_check_resumes_with_the_printed_command() -> any
 /// killed (SIGKILL, no clean-up) after its first wave of objects and before the rest; the
 /// next run converges and the one after changes nothing.
 async fn a_stage_killed_mid_apply_converges_on_the_next_run() -> anyhow::Result<()> {
-    use std::io::BufRead as _;
     use std::process::Stdio;
 
     let root = xtask::workspace_root();
@@ -189,16 +188,11 @@ async fn a_stage_killed_mid_apply_converges_on_the_next_run() -> anyhow::Result<
         command
     };
     let mut interrupted = apply(true).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let stderr = interrupted.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
-    let mut seen = Vec::new();
-    for line in std::io::BufReader::new(stderr).lines() {
-        let line = line?;
-        let first_wave_done = line.contains("CRDs, Namespaces and cluster-scoped objects applied");
-        seen.push(line);
-        if first_wave_done {
-            interrupted.kill()?;
-            break;
-        }
+    let (seen, first_wave_done) = tests::stderr_until(&mut interrupted, |line| {
+        line.contains("CRDs, Namespaces and cluster-scoped objects applied")
+    })?;
+    if first_wave_done {
+        interrupted.kill()?;
     }
     let status = interrupted.wait()?;
     assert!(!status.success(), "killed before it finished: {seen:?}");
