@@ -53,7 +53,8 @@ pub struct Run<'a> {
 /// Every node's state, or an error naming each node that did not answer, with the fix. With
 /// `evidence`, a node that was sent this cluster's config and is not configured yet (a run
 /// interrupted just after sending it) is installing and rebooting: it is waited for, as the
-/// run that sent the config would have.
+/// run that sent the config would have; one that answers configured is installed, and its
+/// record goes.
 pub async fn survey(
     api: &impl TalosApi,
     config: &ClusterConfig,
@@ -74,6 +75,11 @@ pub async fn survey(
                 nodes::wait_configured(api, node, INSTALL_TIMEOUT).await?;
             }
             state = kit::talos::probe(api, node).await;
+        }
+        if let Some(evidence) = evidence
+            && state == NodeState::Configured
+        {
+            evidence.installed(&node.name)?;
         }
         states.push((node.clone(), state));
     }
@@ -163,8 +169,7 @@ pub async fn converge(api: &impl TalosApi, config: &ClusterConfig, run: &Run<'_>
     }
 
     for node in config.control_planes() {
-        tracing::info!("waiting for {} to answer with its config", node.name);
-        nodes::wait_configured(api, node, INSTALL_TIMEOUT).await?;
+        await_installed(api, node, run.evidence).await?;
     }
     changes.push(bootstrap_once(api, config, first, run.evidence, run.force_bootstrap).await?);
 
@@ -178,8 +183,7 @@ pub async fn converge(api: &impl TalosApi, config: &ClusterConfig, run: &Run<'_>
     changes.push(Change { object: format!("Kubeconfig {}", run.kubeconfig.display()), action, diff: None });
 
     for node in config.workers() {
-        tracing::info!("waiting for {} to answer with its config", node.name);
-        nodes::wait_configured(api, node, INSTALL_TIMEOUT).await?;
+        await_installed(api, node, run.evidence).await?;
     }
     let control_planes: Vec<&Node> = config.control_planes().collect();
     let workers: Vec<&Node> = config.workers().collect();
@@ -194,6 +198,14 @@ pub async fn converge(api: &impl TalosApi, config: &ClusterConfig, run: &Run<'_>
         )
     })?;
     Ok(changes)
+}
+
+/// Waits for `node` to answer with its config, then forgets that it was sent one: from now on
+/// a run that finds it silent reports it down instead of waiting for an install.
+async fn await_installed(api: &impl TalosApi, node: &Node, evidence: &Evidence) -> anyhow::Result<()> {
+    tracing::info!("waiting for {} to answer with its config", node.name);
+    nodes::wait_configured(api, node, INSTALL_TIMEOUT).await?;
+    evidence.installed(&node.name)
 }
 
 /// Bootstraps etcd on `first` only when that is certainly right: every control plane answers,

@@ -7,10 +7,12 @@
 //!   was never bootstrapped (a first install interrupted before its bootstrap) from one whose
 //!   every member lost its data (a disaster): a bootstrap is right for the first and starts a
 //!   second, empty cluster in place of the second. The record tells them apart.
-//! - `state/configs-sent.json`: which machines took their config in maintenance mode, when. A
-//!   machine that took it installs to disk and reboots, and does not answer meanwhile (minutes
-//!   on real hardware): a run interrupted just after sending it, then run again, waits for that
-//!   machine instead of taking it for one that was never booted.
+//! - `state/configs-sent.json`: which machines took their config in maintenance mode, when, and
+//!   have not answered configured since. A machine that took it installs to disk and reboots,
+//!   and does not answer meanwhile (minutes on real hardware): a run interrupted just after
+//!   sending it, then run again, waits for that machine instead of taking it for one that was
+//!   never booted. Once it answers configured its entry goes: from then on its silence is a
+//!   machine down, which a run reports instead of waiting out the install timeout for it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -92,10 +94,23 @@ impl Evidence {
     pub fn config_sent(&self, node: &str) -> anyhow::Result<()> {
         let mut sent = self.sent()?;
         sent.nodes.insert(node.to_owned(), now());
-        kit::fsutil::write(&self.configs_sent_path(), serde_json::to_string_pretty(&sent)? + "\n")
+        self.save(&sent)
     }
 
-    /// When `node` took this cluster's config, if it did.
+    /// Forgets that `node` was sent its config: it answered configured, so it is installed.
+    pub fn installed(&self, node: &str) -> anyhow::Result<()> {
+        let mut sent = self.sent()?;
+        if sent.nodes.remove(node).is_some() {
+            self.save(&sent)?;
+        }
+        Ok(())
+    }
+
+    fn save(&self, sent: &ConfigsSent) -> anyhow::Result<()> {
+        kit::fsutil::write(&self.configs_sent_path(), serde_json::to_string_pretty(sent)? + "\n")
+    }
+
+    /// When `node` took this cluster's config, if it did and has not answered configured since.
     fn config_sent_at(&self, node: &str) -> anyhow::Result<Option<String>> {
         Ok(self.sent()?.nodes.remove(node))
     }
@@ -157,6 +172,10 @@ mod tests {
         assert_eq!(evidence.config_sent_at("cp02")?, None);
         assert!(evidence.installing_since("cp01", &NodeState::Maintenance)?.is_some(), "sent, not configured yet");
         assert_eq!(evidence.installing_since("cp01", &NodeState::Configured)?, None, "configured: installed");
+        evidence.installed("cp01")?;
+        let down = NodeState::Unreachable("connection refused".into());
+        assert_eq!(evidence.installing_since("cp01", &down)?, None, "installed once: its silence is a machine down");
+        assert!(evidence.installing_since("wk01", &down)?.is_some(), "still installing as far as the record knows");
         assert!(evidence.cluster.starts_with("sha256:") && evidence.cluster.len() == 23, "{}", evidence.cluster);
         let theirs = Evidence::for_secrets(&theirs, state)?;
         assert_eq!(theirs.recorded()?, None, "another bundle, another cluster");
