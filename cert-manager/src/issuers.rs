@@ -1,7 +1,8 @@
 //! The bootstrap chain, typed: a self-signed ClusterIssuer signs one CA certificate (10
-//! years, ECDSA P-256), and a CA ClusterIssuer signs every service's certificate with it.
+//! years, ECDSA P-256, its key kept at renewal), and a CA ClusterIssuer signs every service's
+//! certificate with it.
 
-use kit::certs::{API_VERSION, CertificateSpec, PrivateKey, certificate};
+use kit::certs::{API_VERSION, CertificateSpec, PrivateKey, RotationPolicy, certificate};
 use kit::names::{CA_ISSUER, CA_SECRET, CERT_MANAGER_NAMESPACE};
 use kube::api::{DynamicObject, ObjectMeta};
 use serde::Serialize;
@@ -54,7 +55,11 @@ pub fn ca_certificate(cluster_name: &str) -> kit::certs::Certificate {
             is_ca: true,
             common_name: Some(format!("{cluster_name} CA")),
             duration: Some(CA_DURATION.to_owned()),
-            private_key: Some(PrivateKey { algorithm: "ECDSA", size: 256 }),
+            private_key: PrivateKey {
+                algorithm: Some("ECDSA"),
+                size: Some(256),
+                rotation_policy: RotationPolicy::Never,
+            },
             ..CertificateSpec::default()
         },
     )
@@ -85,7 +90,7 @@ mod tests {
                 "isCA": true,
                 "commonName": "talos-ha CA",
                 "duration": "87600h0m0s",
-                "privateKey": { "algorithm": "ECDSA", "size": 256 },
+                "privateKey": { "algorithm": "ECDSA", "size": 256, "rotationPolicy": "Never" },
                 "issuerRef": { "name": "talos-ha-selfsigned", "kind": "ClusterIssuer", "group": "cert-manager.io" },
             })
         );

@@ -47,15 +47,32 @@ pub struct CertificateSpec {
     pub ip_addresses: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub private_key: Option<PrivateKey>,
+    pub private_key: PrivateKey,
     pub issuer_ref: IssuerRef,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PrivateKey {
-    pub algorithm: &'static str,
-    pub size: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+    /// Always stated: cert-manager v1.18 turned its default from `Never` to `Always` and
+    /// v1.20 made that unchangeable (cert-manager/website docs/releases/upgrading/
+    /// upgrading-1.17-1.18.md), so an unstated policy changes under an upgrade.
+    pub rotation_policy: RotationPolicy,
+}
+
+/// What cert-manager does with a Certificate's private key when it renews it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub enum RotationPolicy {
+    /// A new key at every renewal: what a service certificate wants (a leaked key ages out).
+    #[default]
+    Always,
+    /// The key is kept: what the CA wants, since every certificate it signed chains to that
+    /// key, and so does every client that imported the CA certificate.
+    Never,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]

@@ -70,6 +70,11 @@ fn metallb() -> Artifact {
     Artifact::find(Component::Metallb, "metallb-native.yaml").expect("pinned")
 }
 
+/// Where MetalLB's manifest at the default pin lives, in a mirror, a cache or a URL.
+fn metallb_path() -> String {
+    format!("metallb/{}/metallb-native.yaml", test_versions().metallb)
+}
+
 #[test]
 fn every_pinned_artifact_is_in_the_test_mirror() {
     let sums = read_sums(&upstream().join("SHA256SUMS")).expect("SHA256SUMS");
@@ -96,8 +101,8 @@ fn a_first_download_locks_and_caches_and_a_second_run_needs_no_network() {
     let first = store.fetch(&metallb()).expect("download");
     assert_eq!(server.requests.load(Ordering::SeqCst), 1);
     let lock = read_sums(&store.lock_file).expect("lock");
-    assert_eq!(lock.get("metallb/v0.15.3/metallb-native.yaml"), Some(&sha256_hex(&first)));
-    assert!(store.cache_dir.join("metallb/v0.15.3/metallb-native.yaml").exists());
+    assert_eq!(lock.get(&metallb_path()), Some(&sha256_hex(&first)));
+    assert!(store.cache_dir.join(metallb_path()).exists());
 
     drop(server); // no network from here on
     let second = store.fetch(&metallb()).expect("served from the cache");
@@ -110,7 +115,7 @@ fn a_tampered_file_is_refused_naming_both_sums() {
     let server = LoopbackServer::serve(upstream());
     let store = store(dir.path(), Source::Download { base_url: Some(server.base_url.clone()) });
     let original = store.fetch(&metallb()).expect("download");
-    let cached = store.cache_dir.join("metallb/v0.15.3/metallb-native.yaml");
+    let cached = store.cache_dir.join(metallb_path());
     std::fs::write(&cached, b"kind: Namespace\nmetadata: {name: evil}\n").expect("tamper");
     let error = format!("{:#}", store.fetch(&metallb()).expect_err("tampered cache must be refused"));
     assert!(error.contains(&sha256_hex(&original)), "names the locked sum: {error}");
@@ -124,19 +129,19 @@ fn a_missing_file_names_the_url_or_the_mirror_path_tried() {
     let server = LoopbackServer::serve(empty.path().to_owned());
     let store_http = store(dir.path(), Source::Download { base_url: Some(server.base_url.clone()) });
     let error = format!("{:#}", store_http.fetch(&metallb()).expect_err("404"));
-    assert!(error.contains(&format!("{}/metallb/v0.15.3/metallb-native.yaml", server.base_url)), "{error}");
+    assert!(error.contains(&format!("{}/{}", server.base_url, metallb_path())), "{error}");
     assert!(error.contains("--mirror"), "says what to do offline: {error}");
 
     let store_mirror = store(dir.path(), Source::Mirror(empty.path().to_owned()));
     let error = format!("{:#}", store_mirror.fetch(&metallb()).expect_err("not in mirror"));
-    assert!(error.contains(&empty.path().join("metallb/v0.15.3/metallb-native.yaml").display().to_string()), "{error}");
+    assert!(error.contains(&empty.path().join(metallb_path()).display().to_string()), "{error}");
 }
 
 #[test]
 fn an_altered_mirror_file_is_refused_by_its_sha256sums() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mirror = tempfile::tempdir().expect("mirror");
-    let file = mirror.path().join("metallb/v0.15.3/metallb-native.yaml");
+    let file = mirror.path().join(metallb_path());
     std::fs::create_dir_all(file.parent().expect("parent")).expect("mkdir");
     std::fs::write(&file, b"altered").expect("write");
     std::fs::copy(upstream().join("SHA256SUMS"), mirror.path().join("SHA256SUMS")).expect("sums");

@@ -159,6 +159,7 @@ impl Lab {
             format!("--host-kubeconfig={}", self.kubeconfig.display()),
             format!("--metallb={}", self.binaries.path("metallb-controller").display()),
             format!("--metallb-metrics-port={}", self.ports.metallb_metrics()),
+            format!("--metallb-version={}", self.config.versions.metallb),
             format!("--run={}", self.dir.join("run").display()),
             format!("--logs={}", self.dir.join("logs").display()),
             format!("--ready-file={}", self.workstation_ready_file().display()),

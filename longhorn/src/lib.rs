@@ -250,7 +250,7 @@ async fn settings_check(client: &kube::Client, ctx: &Context) -> anyhow::Result<
     let want_replicas = replicas.to_string();
     Ok(
         if defaults.get("default-data-path").and_then(|v| v.as_str()) == Some(DATA_PATH)
-            && defaults.get("default-replica-count").map(ToString::to_string).as_deref() == Some(want_replicas.as_str())
+            && defaults.get("default-replica-count").map(setting_text).as_deref() == Some(want_replicas.as_str())
             && class_default.as_deref() == Some("true")
             && class_replicas.as_deref() == Some(want_replicas.as_str())
         {
@@ -387,4 +387,10 @@ impl BundleStage for Longhorn {
         }
         Ok(checks)
     }
+}
+
+/// A default setting's value as Longhorn reads it: a string as it is, a number (as releases
+/// before v1.10 took it, and talos-ha wrote it) as its digits.
+fn setting_text(value: &serde_json::Value) -> String {
+    value.as_str().map_or_else(|| value.to_string(), str::to_owned)
 }

@@ -75,7 +75,10 @@ pub fn patch(objects: &mut [DynamicObject], config: &ClusterConfig) -> anyhow::R
     })?;
     edit_embedded::<BTreeMap<String, serde_json::Value>>(objects, SETTINGS_CONFIG_MAP, SETTINGS_KEY, |settings| {
         settings.insert("default-data-path".to_owned(), DATA_PATH.into());
-        settings.insert("default-replica-count".to_owned(), replicas.into());
+        // A string: from v1.10 a setting's value is a plain string or data-engine JSON, never a
+        // YAML number (longhorn/website docs/archives/1.10.2 important-notes, "Consolidation of
+        // Longhorn Settings"); a string is what every release reads.
+        settings.insert("default-replica-count".to_owned(), replicas.to_string().into());
     })?;
     edit_embedded::<StorageClass>(objects, STORAGE_CLASS_CONFIG_MAP, STORAGE_CLASS_KEY, |class| {
         class

@@ -27,7 +27,9 @@ async fn apply_installs_cert_manager_and_the_ca_chain_and_a_rerun_changes_nothin
         Api::namespaced_with(client.clone(), CERT_MANAGER_NAMESPACE, &kit::certs::certificate_resource());
     let ca = certificates.get(CA_CERTIFICATE).await?;
     assert_eq!(ca.data["spec"]["isCA"], true);
-    assert_eq!(ca.data["spec"]["privateKey"], serde_json::json!({ "algorithm": "ECDSA", "size": 256 }));
+    // The CA keeps its key at renewal, said explicitly (cert-manager 1.18 flipped the default).
+    let key = serde_json::json!({ "algorithm": "ECDSA", "size": 256, "rotationPolicy": "Never" });
+    assert_eq!(ca.data["spec"]["privateKey"], key);
     assert_eq!(ca.data["spec"]["duration"], "87600h0m0s");
     // The bare entry point's default certificate: for traefik.ip, from the CA, Traefik's default.
     let entry = Api::<DynamicObject>::namespaced_with(client.clone(), "traefik", &kit::certs::certificate_resource())
@@ -35,6 +37,7 @@ async fn apply_installs_cert_manager_and_the_ca_chain_and_a_rerun_changes_nothin
         .await?;
     assert_eq!(entry.data["spec"]["ipAddresses"], serde_json::json!(["172.16.16.101"]));
     assert_eq!(entry.data["spec"]["issuerRef"]["name"], CA_ISSUER);
+    assert_eq!(entry.data["spec"]["privateKey"]["rotationPolicy"], "Always", "a service's key is renewed");
     let stores: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         "traefik",

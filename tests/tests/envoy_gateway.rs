@@ -155,7 +155,7 @@ async fn the_talos_verify_reads_what_the_controller_reports(client: &kube::Clien
 /// stage's own apply puts the pinned one back, and a third run changes nothing.
 async fn certgen_is_replaced_when_it_changes(client: &kube::Client) -> anyhow::Result<()> {
     const CERTGEN: &str = "eg-gateway-helm-certgen";
-    const NEWER: &str = "docker.io/envoyproxy/gateway:v1.6.7";
+    const NEWER: &str = "docker.io/envoyproxy/gateway:v1.9.1";
     let jobs = Api::<Job>::namespaced(client.clone(), NAMESPACE);
     let image = |job: &Job| {
         job.spec.as_ref().and_then(|spec| spec.template.spec.as_ref()).and_then(|pod| pod.containers[0].image.clone())

@@ -50,7 +50,7 @@ async fn apply_patches_the_release_takes_the_default_class_and_a_rerun_changes_n
     let settings = config_maps.get("longhorn-default-setting").await?.data.unwrap_or_default();
     let settings = &settings["default-setting.yaml"];
     assert!(settings.contains("default-data-path: /var/lib/longhorn/"), "{settings}");
-    assert!(settings.contains("default-replica-count: 3"), "{settings}");
+    assert!(settings.contains("default-replica-count: \"3\""), "{settings}");
     assert!(settings.contains("priority-class: longhorn-critical"), "upstream settings are kept: {settings}");
     let class = config_maps.get("longhorn-storageclass").await?.data.unwrap_or_default();
     assert!(class["storageclass.yaml"].contains("storageclass.kubernetes.io/is-default-class: \"true\""));

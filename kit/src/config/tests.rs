@@ -46,11 +46,29 @@ fn the_documented_config_is_valid() {
     assert_eq!(config.nodes.len(), 6);
     assert_eq!(config.control_planes().count(), 3);
     assert_eq!(config.workers().count(), 3);
-    // The only warnings: pins whose upstream does not test Kubernetes 1.35 (README lists them).
+    // Every default pin is inside its upstream's support for Kubernetes v1.35.
+    assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+    assert_eq!(config.versions.talos.to_string(), "v1.12.1");
+    assert_eq!(config.versions.metallb.to_string(), "v0.16.1", "component pins default");
+}
+
+/// The default config with README's seed `versions:` block in place of its own pins.
+fn seed_config() -> String {
+    let pins = seed_versions_block().replacen("versions:\n", "", 1);
+    edited("  kubernetes: v1.35.0\n", &format!("  kubernetes: v1.35.0\n{pins}"))
+}
+
+#[test]
+fn the_seeds_set_stays_installable_and_warns_where_its_upstreams_stopped() {
+    let readme = include_str!("../../../README.md");
+    assert!(readme.contains(&seed_versions_block()), "README shows the seed's block:\n{}", seed_versions_block());
+    let config = valid(&seed_config());
+    for pin in PINS {
+        let pinned = serde_json::to_value(&config.versions).expect("serialises")[pin.key].clone();
+        assert_eq!(pinned, pin.seed, "{}", pin.key);
+    }
     let warned: Vec<&str> = config.warnings.iter().map(|warning| warning.path.as_str()).collect();
     assert_eq!(warned, ["versions.certManager", "versions.longhorn", "versions.envoyGateway"]);
-    assert_eq!(config.versions.talos.to_string(), "v1.12.1");
-    assert_eq!(config.versions.metallb.to_string(), "v0.15.3", "component pins default");
 }
 
 #[test]
@@ -199,13 +217,16 @@ fn control_planes_are_odd_and_workers_exist() {
 
 #[test]
 fn a_pin_outside_its_upstream_range_warns_and_an_unknown_one_is_not_in_the_table() {
-    let config = valid(&edited("  kubernetes: v1.35.0\n", "  kubernetes: v1.32.3\n  envoyGateway: v1.5.0\n"));
+    let config = valid(&edited("  kubernetes: v1.35.0\n", "  kubernetes: v1.33.7\n  envoyGateway: v1.5.0\n"));
     let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
     assert!(
         warnings.iter().any(|w| w.contains("versions.envoyGateway: v1.5.0 is not in talos-ha's compatibility table")),
         "{warnings:?}"
     );
-    assert_eq!(warnings.len(), 1, "every other pin is tested with 1.32: {warnings:?}");
+    let metrics = "versions.metricsServer: v0.9.0 is tested upstream with Kubernetes 1.34 and newer, not v1.33.7; \
+                   v0.8.1 is the newest release that covers v1.33.7";
+    assert!(warnings.iter().any(|w| w.contains(metrics)), "{warnings:?}");
+    assert_eq!(warnings.len(), 2, "every other default pin is tested with 1.33: {warnings:?}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::compatibility::{self, Fit};
 use super::raw::{self, RawConfig, RawNode, RawVersions};
-use super::versions::talos_kubernetes_mismatch;
+use super::versions::{default_pin, talos_kubernetes_mismatch};
 use super::{
     ClusterConfig, ConfigError, DEFAULT_LINK_SELECTOR, IpRange, Network, Node, Problem, Role, Version, Versions,
 };
@@ -142,6 +142,11 @@ impl Validator {
         parsed
     }
 
+    /// The add-on pin `versions.<key>`, or its default.
+    fn pin(&mut self, key: &str, value: &Option<String>) -> Option<Version> {
+        self.version(&format!("versions.{key}"), value, default_pin(key))
+    }
+
     fn config(&mut self, raw: RawConfig, source: &Path) -> Option<ClusterConfig> {
         let name = self.dns_label("cluster.name", &raw.cluster.name, "talos-ha");
         let domain = self.domain(&raw.cluster.domain);
@@ -221,7 +226,7 @@ impl Validator {
     }
 
     fn versions(&mut self, raw: &RawVersions) -> Option<Versions> {
-        // The defaults are the pins in DESIGN.md; the mirror in shared/upstream holds these releases.
+        // Talos and Kubernetes default to what the box builds; the add-ons to `versions::PINS`.
         let talos = self.version("versions.talos", &raw.talos, "v1.12.1");
         let kubernetes = self.version("versions.kubernetes", &raw.kubernetes, "v1.35.0");
         if let (Some(talos), Some(kubernetes)) = (talos, kubernetes)
@@ -237,18 +242,15 @@ impl Validator {
         let versions = Versions {
             talos: talos?,
             kubernetes: kubernetes?,
-            metallb: self.version("versions.metallb", &raw.metallb, "v0.15.3")?,
-            metrics_server: self.version("versions.metricsServer", &raw.metrics_server, "v0.7.2")?,
-            kubelet_serving_cert_approver: self.version(
-                "versions.kubeletServingCertApprover",
-                &raw.kubelet_serving_cert_approver,
-                "v0.11.0",
-            )?,
-            traefik: self.version("versions.traefik", &raw.traefik, "v3.3.7")?,
-            cert_manager: self.version("versions.certManager", &raw.cert_manager, "v1.16.5")?,
-            longhorn: self.version("versions.longhorn", &raw.longhorn, "v1.7.3")?,
-            headlamp: self.version("versions.headlamp", &raw.headlamp, "v0.45.0")?,
-            envoy_gateway: self.version("versions.envoyGateway", &raw.envoy_gateway, "v1.6.1")?,
+            metallb: self.pin("metallb", &raw.metallb)?,
+            metrics_server: self.pin("metricsServer", &raw.metrics_server)?,
+            kubelet_serving_cert_approver: self
+                .pin("kubeletServingCertApprover", &raw.kubelet_serving_cert_approver)?,
+            traefik: self.pin("traefik", &raw.traefik)?,
+            cert_manager: self.pin("certManager", &raw.cert_manager)?,
+            longhorn: self.pin("longhorn", &raw.longhorn)?,
+            headlamp: self.pin("headlamp", &raw.headlamp)?,
+            envoy_gateway: self.pin("envoyGateway", &raw.envoy_gateway)?,
         };
         self.compatibility(&versions);
         Some(versions)

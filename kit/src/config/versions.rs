@@ -71,7 +71,48 @@ pub fn talos_kubernetes_mismatch(talos: Version, kubernetes: Version) -> Option<
     })
 }
 
-/// Every version the cluster pins, with the defaults from DESIGN.md.
+/// One add-on pin: its `versions.` key, what talos-ha installs unless told otherwise, and what
+/// the seed's README pinned.
+#[derive(Debug, Clone, Copy)]
+pub struct Pin {
+    pub key: &'static str,
+    /// The newest release whose upstream supports Kubernetes v1.35 and that the box can run
+    /// (`compatibility.rs` holds the ranges; shared/design/addon-upgrades.md the builds).
+    pub default: &'static str,
+    /// The seed's pin: what a cluster built by hand from the seed runs today.
+    pub seed: &'static str,
+}
+
+/// Every add-on pin, in stage order. The defaults moved off the seed's set where the seed's
+/// release is outside its upstream's support for Kubernetes v1.35 or past its end of life;
+/// `cargo xtask upgrade` walks a cluster from one to the other.
+pub const PINS: &[Pin] = &[
+    Pin { key: "metallb", default: "v0.16.1", seed: "v0.15.3" },
+    Pin { key: "metricsServer", default: "v0.9.0", seed: "v0.7.2" },
+    Pin { key: "kubeletServingCertApprover", default: "v0.11.0", seed: "v0.11.0" },
+    Pin { key: "traefik", default: "v3.7.9", seed: "v3.3.7" },
+    Pin { key: "certManager", default: "v1.20.3", seed: "v1.16.5" },
+    Pin { key: "longhorn", default: "v1.12.1", seed: "v1.7.3" },
+    Pin { key: "headlamp", default: "v0.45.0", seed: "v0.45.0" },
+    Pin { key: "envoyGateway", default: "v1.9.0", seed: "v1.6.1" },
+];
+
+/// The default pin of `key`, a key of [`PINS`].
+pub fn default_pin(key: &str) -> &'static str {
+    PINS.iter().find(|pin| pin.key == key).map_or_else(|| unreachable!("no pin {key}"), |pin| pin.default)
+}
+
+/// The `versions:` block that installs the seed's set of add-ons (README shows it). Talos and
+/// Kubernetes stay at talos-ha's: the seed's Talos v1.9 cannot run Kubernetes v1.35.
+pub fn seed_versions_block() -> String {
+    let mut block = String::from("versions:\n");
+    for pin in PINS.iter().filter(|pin| pin.seed != pin.default) {
+        block.push_str(&format!("  {}: {}\n", pin.key, pin.seed));
+    }
+    block
+}
+
+/// Every version the cluster pins (the add-ons' defaults are [`PINS`]).
 /// Component versions select the upstream release manifests that the stages install.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]

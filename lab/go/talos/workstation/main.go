@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/mod/semver"
 	"gopkg.in/yaml.v3"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -59,6 +60,7 @@ func main() {
 	hostKubeconfig := flag.String("host-kubeconfig", "", "the copy of the admin kubeconfig aimed at the forward, written here")
 	metallb := flag.String("metallb", "", "MetalLB's controller binary")
 	metallbPort := flag.Int("metallb-metrics-port", 16445, "the port of MetalLB's controller's metrics, on the workstation")
+	metallbVersion := flag.String("metallb-version", "", "the release of MetalLB's controller binary (vX.Y.Z)")
 	runDir := flag.String("run", "", "where the pid files of the processes started here go")
 	logDir := flag.String("logs", "", "where their logs go")
 	readyFile := flag.String("ready-file", "", "written with this process's PID once every listener is up")
@@ -107,6 +109,7 @@ func main() {
 	cluster := &clusterServices{
 		box: box, kubeconfig: *kubeconfig, hostKubeconfig: *hostKubeconfig, listen: *listen,
 		metallb: *metallb, metallbPort: *metallbPort, runDir: *runDir, logDir: *logDir,
+		metallbNamesItsPod: semver.Compare(*metallbVersion, "v0.16.0") >= 0,
 	}
 
 	for ctx.Err() == nil {
@@ -282,6 +285,14 @@ type clusterServices struct {
 	metallbPort    int
 	runDir         string
 	logDir         string
+
+	// From v0.16 the controller reads its own Pod at start (ConfigurationState objects name
+	// it as their owner) and exits when it is missing: metallb v0.16.1 controller/main.go
+	// (-pod-name) and internal/k8s/k8s.go. Here that Pod is kwok's stand-in of the
+	// Deployment's pod.
+	metallbNamesItsPod bool
+	// The Pod the running controller was told is its own.
+	metallbPod string
 
 	metallbProcess *exec.Cmd
 	// Closed when MetalLB's controller has exited.
@@ -484,8 +495,21 @@ func refusal(ctx context.Context, client *kubernetes.Clientset, request certific
 // runMetalLB starts MetalLB's controller (webhook off: the lab leaves MetalLB's webhook
 // out) once its CRDs exist, and keeps it running; its pid file lets `lab status` find it.
 func (c *clusterServices) runMetalLB(ctx context.Context, client *kubernetes.Clientset) error {
+	var pod string
+
+	if c.metallbNamesItsPod {
+		if pod = controllerPod(ctx, client); pod == "" {
+			return nil // no pod yet: stage 02 has not installed MetalLB, or kwok has not made it
+		}
+	}
+
 	if c.metallbRunning() {
-		return nil
+		if pod == c.metallbPod {
+			return nil
+		}
+		// The Deployment rolled (an upgrade): the controller's pod is another one now.
+		log.Printf("MetalLB's controller pod is %s now (was %s): restarting the controller", pod, c.metallbPod)
+		c.stop()
 	}
 
 	installed, err := client.Discovery().ServerResourcesForGroupVersion("metallb.io/v1beta1")
@@ -502,6 +526,9 @@ func (c *clusterServices) runMetalLB(ctx context.Context, client *kubernetes.Cli
 		"-kubeconfig="+c.kubeconfig, "-namespace=metallb-system", "-webhook-mode=disabled",
 		"-disable-cert-rotation=true", "-ml-secret-name=metallb-memberlist", "-deployment=controller",
 		fmt.Sprintf("-port=%d", c.metallbPort))
+	if c.metallbNamesItsPod {
+		cmd.Args = append(cmd.Args, "-pod-name="+pod)
+	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 
@@ -512,7 +539,7 @@ func (c *clusterServices) runMetalLB(ctx context.Context, client *kubernetes.Cli
 	}
 
 	exited := make(chan struct{})
-	c.metallbProcess, c.metallbExited = cmd, exited
+	c.metallbProcess, c.metallbExited, c.metallbPod = cmd, exited, pod
 
 	go func() {
 		cmd.Wait()      //nolint:errcheck
@@ -523,6 +550,25 @@ func (c *clusterServices) runMetalLB(ctx context.Context, client *kubernetes.Cli
 	log.Printf("MetalLB's controller started (pid %d)", cmd.Process.Pid)
 
 	return writePidFile(filepath.Join(c.runDir, "metallb-controller.pid"), cmd.Process.Pid)
+}
+
+// controllerPod is the name of the running pod of MetalLB's controller Deployment, or "" (none
+// yet, or the API did not answer: reconcile asks again in 2 s).
+func controllerPod(ctx context.Context, client *kubernetes.Clientset) string {
+	selector := metav1.ListOptions{LabelSelector: "app=metallb,component=controller"}
+
+	pods, err := client.CoreV1().Pods("metallb-system").List(ctx, selector)
+	if err != nil {
+		return ""
+	}
+
+	for _, pod := range pods.Items {
+		if pod.DeletionTimestamp == nil && pod.Status.Phase == corev1.PodRunning {
+			return pod.Name
+		}
+	}
+
+	return ""
 }
 
 func (c *clusterServices) stop() {
