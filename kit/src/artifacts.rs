@@ -27,6 +27,32 @@ pub enum Component {
 }
 
 impl Component {
+    /// Every component, in the order the stages install them.
+    pub const ALL: [Component; 8] = [
+        Component::Metallb,
+        Component::MetricsServer,
+        Component::KubeletServingCertApprover,
+        Component::Traefik,
+        Component::CertManager,
+        Component::Longhorn,
+        Component::Headlamp,
+        Component::EnvoyGateway,
+    ];
+
+    /// Its key under `versions:` in cluster.yaml.
+    pub fn key(self) -> &'static str {
+        match self {
+            Component::Metallb => "metallb",
+            Component::MetricsServer => "metricsServer",
+            Component::KubeletServingCertApprover => "kubeletServingCertApprover",
+            Component::Traefik => "traefik",
+            Component::CertManager => "certManager",
+            Component::Longhorn => "longhorn",
+            Component::Headlamp => "headlamp",
+            Component::EnvoyGateway => "envoyGateway",
+        }
+    }
+
     /// The folder name in caches and mirrors.
     pub fn dir(self) -> &'static str {
         match self {

@@ -114,6 +114,17 @@ impl Bundle {
         self.steps.iter().flat_map(Step::objects).collect()
     }
 
+    /// The add-ons whose releases the bundle applies, each once.
+    pub fn components(&self) -> Vec<Component> {
+        let mut components: Vec<Component> = Vec::new();
+        for component in self.parts().filter_map(|part| part.component) {
+            if !components.contains(&component) {
+                components.push(component);
+            }
+        }
+        components
+    }
+
     /// The workloads the bundle waits for.
     pub fn waits(&self) -> impl Iterator<Item = &Ready> {
         self.steps.iter().filter_map(|step| match step {
@@ -168,6 +179,8 @@ pub struct Part {
     notes: LabNotes,
     /// The release's own text, while it is what the objects say (the talos target, unpatched).
     published: Option<String>,
+    /// The add-on whose release this is (none for our own objects).
+    component: Option<Component>,
 }
 
 impl Part {
@@ -180,12 +193,12 @@ impl Part {
             Target::Lab => (lab_transform(&mut objects), None),
             Target::Talos => (Vec::new(), Some(text)),
         };
-        Ok(Part { file: file.to_owned(), objects, notes, published })
+        Ok(Part { file: file.to_owned(), objects, notes, published, component: Some(component) })
     }
 
     /// Our own objects (typed, converted with `manifest::to_dynamic`), rendered as `file`.
     pub fn ours(file: &str, objects: Vec<DynamicObject>) -> Part {
-        Part { file: file.to_owned(), objects, notes: Vec::new(), published: None }
+        Part { file: file.to_owned(), objects, notes: Vec::new(), published: None, component: None }
     }
 
     /// A typed patch on the part's `K` named `name` (see `manifest::patch_typed`): the
@@ -344,6 +357,15 @@ pub trait BundleStage {
     }
 }
 
+/// Nothing is planned or applied when a pin is more than one hop from the release the cluster
+/// runs: the stage would skip a release its upstream says not to skip (`kit::upgrade::guard`).
+async fn refuse_skipped_hops(bundle: &Bundle, ctx: &Context, client: &kube::Client) -> anyhow::Result<()> {
+    for component in bundle.components() {
+        crate::upgrade::guard(client, component, component.version(&ctx.config.versions)).await?;
+    }
+    Ok(())
+}
+
 impl<S: BundleStage + Sync> Stage for S {
     const NAME: &'static str = <S as BundleStage>::NAME;
     const FOLDER: &'static str = <S as BundleStage>::FOLDER;
@@ -357,6 +379,7 @@ impl<S: BundleStage + Sync> Stage for S {
     async fn plan(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
         let bundle = self.bundle(ctx)?;
         let client = ctx.client().await?;
+        refuse_skipped_hops(&bundle, ctx, &client).await?;
         let mut changes = Engine::new(client.clone(), <S as BundleStage>::NAME).await?.plan(&bundle.objects()).await?;
         changes.extend(self.after_apply(ctx, &client, true).await?);
         Ok(changes)
@@ -365,6 +388,7 @@ impl<S: BundleStage + Sync> Stage for S {
     async fn apply(&self, ctx: &Context) -> anyhow::Result<Vec<Change>> {
         let bundle = self.bundle(ctx)?;
         let client = ctx.client().await?;
+        refuse_skipped_hops(&bundle, ctx, &client).await?;
         let mut engine = Engine::new(client.clone(), <S as BundleStage>::NAME).await?;
         let mut changes = Vec::new();
         for step in bundle.steps() {

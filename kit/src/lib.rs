@@ -5,7 +5,7 @@
 //! floor 0: report, manifest, names, fsutil, logging, golden, wait, http, rbac
 //! floor 1: config
 //! floor 2: client, artifacts, lab, certs, tool
-//! floor 3: context, apply, talos
+//! floor 3: context, apply, talos, upgrade
 //! floor 4: check, stage
 //! floor 5: bundle
 //!
@@ -24,6 +24,7 @@
 //! - [`certs`]: cert-manager Certificates and the Traefik Ingress a stage exposes its UI with.
 //! - [`http`]: one request to a service on the LAN, trusting only the cluster CA.
 //! - [`names`]: names one stage creates and a later one relies on (pools, the CA issuer).
+//! - [`upgrade`]: add-on upgrades as data: the hops from what runs to the pin, and each hop's work.
 //! - [`tool`]: external tools (talosctl): found, version-checked, run with a timeout, redacted.
 
 pub mod apply;
@@ -46,4 +47,5 @@ pub mod report;
 pub mod stage;
 pub mod talos;
 pub mod tool;
+pub mod upgrade;
 pub mod wait;

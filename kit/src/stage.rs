@@ -79,6 +79,11 @@ pub struct GlobalArgs {
     /// crash moves the VIP within about a minute) before it gives up; 0 does not wait.
     #[arg(long, global = true, value_name = "SECONDS", default_value_t = API_WAIT.as_secs(), env = "TALOS_HA_API_WAIT")]
     pub api_wait: u64,
+    /// Apply another release of an add-on than cluster.yaml pins, for this run only
+    /// (`--pin certManager=v1.17.4`; repeatable): what `cargo xtask upgrade apply` passes each
+    /// hop. An apply refuses a pin that skips a release its upstream says not to skip.
+    #[arg(long = "pin", global = true, value_name = "KEY=VERSION")]
+    pub pins: Vec<String>,
 }
 
 impl GlobalArgs {
@@ -98,13 +103,20 @@ impl GlobalArgs {
     /// The config, or every problem in it reported (text or JSON) and `None`. With `--lab` it
     /// is the box's cluster: its state lives in `state/lab/cluster/`, never in a real one's.
     pub fn load_config(&self, out: &mut impl Write) -> anyhow::Result<Option<ClusterConfig>> {
-        let config = load_config(&self.config, self.output, out)?;
-        Ok(config.map(|config| if self.lab { config.in_box() } else { config }))
+        let Some(mut config) = load_config(&self.config, self.output, out)? else { return Ok(None) };
+        for pin in &self.pins {
+            let (key, version) = pin.split_once('=').unwrap_or((pin, ""));
+            let version = version.parse().map_err(|()| {
+                anyhow::anyhow!("--pin {pin}: write KEY=VERSION with a release tag, e.g. --pin certManager=v1.17.4")
+            })?;
+            config.versions.set(key, version).with_context(|| format!("--pin {pin}"))?;
+        }
+        Ok(Some(if self.lab { config.in_box() } else { config }))
     }
 
     /// These flags as a command line gives them again (to a stage binary, or in the command
     /// that resumes): `--lab`, `--config` unless it is the default, `--kubeconfig`, `--mirror`,
-    /// `--api-wait` unless it is the default.
+    /// `--api-wait` unless it is the default, `--pin`.
     /// Output and verbosity are left to the caller.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args = Vec::new();
@@ -121,6 +133,9 @@ impl GlobalArgs {
         }
         if self.api_wait != API_WAIT.as_secs() {
             args.extend(["--api-wait".into(), self.api_wait.to_string().into()]);
+        }
+        for pin in &self.pins {
+            args.extend(["--pin".into(), pin.into()]);
         }
         args
     }

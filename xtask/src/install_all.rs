@@ -202,7 +202,7 @@ fn lab_up(global: &GlobalArgs, ports: LabPorts) -> anyhow::Result<()> {
 
 #[derive(Serialize)]
 #[serde(rename_all = "lowercase")]
-enum Outcome {
+pub(crate) enum Outcome {
     Checks(Vec<Check>),
     Changes(Vec<Change>),
     /// The step exited without a report (an error): its stderr tail.
@@ -211,7 +211,7 @@ enum Outcome {
 
 impl Outcome {
     /// The one-line summary of the progress line.
-    fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         match self {
             Outcome::Checks(checks) => {
                 let count = |status| checks.iter().filter(|c| c.status == status).count();
@@ -231,7 +231,7 @@ impl Outcome {
     }
 
     /// What stops the run: the failed checks with their fixes, or the step's error output.
-    fn failure(&self) -> Option<String> {
+    pub(crate) fn failure(&self) -> Option<String> {
         match self {
             Outcome::Checks(checks) => {
                 let failed: Vec<String> =
@@ -244,17 +244,17 @@ impl Outcome {
     }
 }
 
-struct StageRunner<'a> {
-    bin_dir: &'a Path,
-    stage: &'a str,
-    global: &'a GlobalArgs,
+pub(crate) struct StageRunner<'a> {
+    pub(crate) bin_dir: &'a Path,
+    pub(crate) stage: &'a str,
+    pub(crate) global: &'a GlobalArgs,
 }
 
 impl StageRunner<'_> {
     /// Runs one step with `--output json` and reads its report from stdout. The step's
     /// warnings (an API it waits for, say) are shown as they come, under the stage's name:
     /// a step that waits a minute for a control plane says so while it waits.
-    fn run(&self, step: &str) -> anyhow::Result<Outcome> {
+    pub(crate) fn run(&self, step: &str) -> anyhow::Result<Outcome> {
         let mut child = crate::stages::command(self.bin_dir, self.stage, step, self.global)
             .args(["--output", "json"])
             .stdout(Stdio::piped())

@@ -8,6 +8,7 @@ mod render;
 use xtask::stages;
 mod status;
 mod test_cmd;
+mod upgrade;
 mod validate;
 mod verify_ha;
 
@@ -70,6 +71,12 @@ enum Command {
     /// The HA verification guide as a tool: etcd quorum, the VIP, spread workloads, volumes.
     /// Read-only on Talos unless --drill; with --lab, a real drill with measured times.
     VerifyHa(verify_ha::VerifyHaArgs),
+    /// Upgrade the add-ons from the releases the cluster runs to cluster.yaml's pins, hop by hop
+    /// as each upstream asks (Longhorn, cert-manager and Envoy Gateway one minor at a time).
+    Upgrade {
+        #[command(subcommand)]
+        action: upgrade::UpgradeAction,
+    },
     /// Benchmarks (speed targets live here, not in timed tests).
     Bench {
         #[command(subcommand)]
@@ -107,6 +114,7 @@ fn main() -> ExitCode {
         Command::Status => status::run(&cli.global),
         Command::VerifyHa(args) => verify_ha::run(&cli.global, &args),
         Command::Test { cargo_args } => test_cmd::run(&cli.global, &cargo_args),
+        Command::Upgrade { action } => upgrade::run(&cli.global, &action),
     };
     match result {
         Ok(code) => code,

@@ -112,6 +112,16 @@ pub fn fit(component: &str, version: Version, kubernetes: Version) -> Fit {
     Fit::Outside { range: row.range(), newest_covering }
 }
 
+/// Every release series of `component` (its `versions.` key) the table knows, oldest first, with
+/// the newest patch of each: the releases an upgrade passes through.
+pub fn releases(component: &str) -> Vec<((u32, u32), Version)> {
+    TABLE
+        .iter()
+        .filter(|row| row.component == component)
+        .filter_map(|row| Some((row.series, row.newest.parse().ok()?)))
+        .collect()
+}
+
 /// Every pinned component against the cluster's Kubernetes, by its `versions.` key.
 pub fn pins(versions: &Versions) -> Vec<(&'static str, Version, Fit)> {
     let pinned = [

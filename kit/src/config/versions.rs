@@ -129,6 +129,28 @@ pub struct Versions {
     pub envoy_gateway: Version,
 }
 
+impl Versions {
+    /// The pin `versions.<key>` of an add-on, replaced by `version` (one hop of an upgrade).
+    pub fn set(&mut self, key: &str, version: Version) -> anyhow::Result<()> {
+        let pin = match key {
+            "metallb" => &mut self.metallb,
+            "metricsServer" => &mut self.metrics_server,
+            "kubeletServingCertApprover" => &mut self.kubelet_serving_cert_approver,
+            "traefik" => &mut self.traefik,
+            "certManager" => &mut self.cert_manager,
+            "longhorn" => &mut self.longhorn,
+            "headlamp" => &mut self.headlamp,
+            "envoyGateway" => &mut self.envoy_gateway,
+            _ => {
+                let keys: Vec<&str> = PINS.iter().map(|pin| pin.key).collect();
+                anyhow::bail!("{key} is not an add-on pin; the keys are {}", keys.join(", "))
+            }
+        };
+        *pin = version;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
