@@ -98,6 +98,10 @@ pub enum Work {
     /// After the release: an object the new release no longer ships, deleted (upstream lists
     /// it; never guessed from the cluster). A CRD is deleted only while no object of it exists.
     Prune { kind: Pruned, namespace: Option<&'static str>, name: &'static str },
+    /// Before the release: every Certificate talos-ha applied states
+    /// `privateKey.rotationPolicy` (the CA `Never`, a service `Always`), set where an older
+    /// talos-ha left it out, before cert-manager's default flips from `Never` to `Always`.
+    StateRotationPolicy,
     /// What changes for the cluster's users, said in the plan.
     Note(&'static str),
 }
@@ -134,6 +138,9 @@ impl std::fmt::Display for Work {
             }
             Work::Prune { kind, namespace: None, name } => {
                 write!(f, "after: prune {kind:?} {name}, which the release dropped")
+            }
+            Work::StateRotationPolicy => {
+                write!(f, "before: state privateKey.rotationPolicy on every Certificate talos-ha applied")
             }
             Work::Note(note) => write!(f, "note: {note}"),
         }
@@ -173,10 +180,13 @@ fn this_hop(component: Component, series: (u32, u32)) -> Vec<Work> {
         (Component::CertManager, (1, 17)) => {
             vec![Note("RSA 3072/4096 keys are signed with SHA-384/512; logs are structured")]
         }
-        (Component::CertManager, (1, 18)) => vec![Note(
-            "a Certificate that states no privateKey.rotationPolicy gets a new key at every renewal from now \
+        (Component::CertManager, (1, 18)) => vec![
+            Work::StateRotationPolicy,
+            Note(
+                "a Certificate that states no privateKey.rotationPolicy gets a new key at every renewal from now \
              on; talos-ha states it on its own (the CA keeps its key)",
-        )],
+            ),
+        ],
         (Component::CertManager, (1, 19)) => vec![Prune {
             kind: Pruned::RoleBinding,
             namespace: Some("cert-manager"),
@@ -364,6 +374,10 @@ async fn stored_elsewhere(client: &kube::Client, group: &str, version: &str) -> 
 pub async fn before(client: &kube::Client, hop: &Hop) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
     for work in &hop.work {
+        if *work == Work::StateRotationPolicy {
+            done.extend(state_rotation_policy(client).await?);
+            continue;
+        }
         let Work::StoredOnly { group, version, migrate } = *work else { continue };
         let elsewhere = stored_elsewhere(client, group, version).await?;
         if elsewhere.is_empty() {
@@ -388,6 +402,43 @@ pub async fn before(client: &kube::Client, hop: &Hop) -> anyhow::Result<Vec<Stri
     Ok(done)
 }
 
+/// Every Certificate a talos-ha stage applied (its field manager is `talos-ha-<stage>`) that
+/// states no `privateKey.rotationPolicy` gets talos-ha's (the CA keeps its key, a service gets
+/// a new one); a Certificate of someone else's is named, not changed.
+async fn state_rotation_policy(client: &kube::Client) -> anyhow::Result<Vec<String>> {
+    let all: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &crate::certs::certificate_resource());
+    let mut done = Vec::new();
+    for certificate in all.list(&Default::default()).await.context("listing Certificates")? {
+        if !certificate.data["spec"]["privateKey"]["rotationPolicy"].is_null() {
+            continue;
+        }
+        let (namespace, name) = (certificate.namespace().unwrap_or_default(), certificate.name_any());
+        let ours = certificate
+            .managed_fields()
+            .iter()
+            .any(|entry| entry.manager.as_deref().is_some_and(|manager| manager.starts_with("talos-ha-")));
+        if !ours {
+            done.push(format!(
+                "Certificate {namespace}/{name} is not talos-ha's and states no rotationPolicy: its key changes at \
+                 every renewal from this release on"
+            ));
+            continue;
+        }
+        let policy = if certificate.data["spec"]["isCA"] == true { "Never" } else { "Always" };
+        let patch = serde_json::json!({ "spec": { "privateKey": { "rotationPolicy": policy } } });
+        let api: kube::Api<DynamicObject> =
+            kube::Api::namespaced_with(client.clone(), &namespace, &crate::certs::certificate_resource());
+        api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("stating the rotationPolicy of Certificate {namespace}/{name}"))?;
+        done.push(format!("Certificate {namespace}/{name}: rotationPolicy {policy} stated"));
+    }
+    if done.is_empty() {
+        done.push("every Certificate states its rotationPolicy".to_owned());
+    }
+    Ok(done)
+}
+
 /// The hop's work after its release is applied (storage moves, prunes); what each did.
 pub async fn after(client: &kube::Client, hop: &Hop) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
@@ -398,7 +449,7 @@ pub async fn after(client: &kube::Client, hop: &Hop) -> anyhow::Result<Vec<Strin
                 done.push(format!("{crd}: {rewritten} object(s) rewritten at {version}, storedVersions trimmed"));
             }
             Work::Prune { kind, namespace, name } => done.push(prune(client, kind, namespace, name).await?),
-            Work::StoredOnly { .. } | Work::Note(_) => {}
+            Work::StoredOnly { .. } | Work::StateRotationPolicy | Work::Note(_) => {}
         }
     }
     Ok(done)

@@ -13,9 +13,8 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kit::config::ClusterConfig;
-use lab::Lab;
 use lab::twin::twin_dir;
+use rehearsals::OwnBox;
 
 /// Where in stage 01 the install is killed.
 #[derive(Clone, Copy, Debug)]
@@ -28,38 +27,23 @@ enum Point {
     AllConfigsBeforeBootstrap,
 }
 
-/// A box of the test's own, taken down with its data whatever the test did.
-struct OwnBox {
-    _dir: tempfile::TempDir,
-    config: ClusterConfig,
-    lab: Lab,
-    /// Where stage 01 keeps the box's cluster's files (`state/lab/cluster`).
-    cluster_state: std::path::PathBuf,
+/// Stage 01 on a box of the test's own, killed and run again.
+trait Interrupted {
+    fn stage_01(&self) -> std::process::Command;
+    fn configured(&self) -> usize;
+    fn bootstrap_recorded(&self) -> bool;
+    fn reached(&self, point: Point) -> bool;
+    fn killed_at(&self, point: Point) -> anyhow::Result<usize>;
 }
 
-impl OwnBox {
-    fn new(name: &str, port_base: u16) -> anyhow::Result<OwnBox> {
-        let dir = tempfile::tempdir()?;
-        let config = lab::second_box_config(&tests::config_path(), dir.path(), name)?;
-        let lab = Lab::new(&config, port_base);
-        let cluster_state = config.clone().in_box().state_dir();
-        Ok(OwnBox { _dir: dir, config, lab, cluster_state })
-    }
-
+impl Interrupted for OwnBox {
     /// `cargo xtask install-all --lab --only talos-bootstrap` on this box, in a process group of
     /// its own so that a kill takes everything it started.
     fn stage_01(&self) -> std::process::Command {
-        let mut command = xtask::cargo();
-        command
-            .current_dir(xtask::workspace_root())
-            .args(["xtask", "install-all", "--lab", "--only", kit::names::TALOS_BOOTSTRAP_STAGE])
-            .arg("--port-base")
-            .arg(self.lab.ports.base.to_string())
-            .arg("--config")
-            .arg(&self.config.source)
-            .arg("--mirror")
-            .arg(tests::upstream_mirror())
-            .process_group(0);
+        let port_base = self.lab.ports.base.to_string();
+        let mut command =
+            self.xtask(&["install-all", "--only", kit::names::TALOS_BOOTSTRAP_STAGE, "--port-base", &port_base]);
+        command.process_group(0);
         command
     }
 
@@ -99,14 +83,6 @@ impl OwnBox {
         let configured = self.configured();
         run.wait()?;
         Ok(configured)
-    }
-}
-
-impl Drop for OwnBox {
-    fn drop(&mut self) {
-        if let Err(error) = self.lab.down(true) {
-            eprintln!("taking {} down: {error:#}", self.config.name);
-        }
     }
 }
 

@@ -16,7 +16,10 @@ fn upstream_manifest(relative: &str) -> String {
 async fn an_upstream_bundle_applies_in_order_and_a_second_apply_changes_nothing() -> anyhow::Result<()> {
     let client = lab_client().await?;
     // Envoy Gateway's CRDs are far larger than client-side apply's annotation allows.
-    let mut objects = parse_manifest("install.yaml", &upstream_manifest("envoy-gateway/v1.6.1/install.yaml"))?;
+    let mut objects = parse_manifest(
+        "install.yaml",
+        &upstream_manifest(&format!("envoy-gateway/{}/install.yaml", tests::config().versions.envoy_gateway)),
+    )?;
     // Its certgen Job has ttlSecondsAfterFinished: the cluster deletes it 30 s after it
     // completes, so a later apply rightly creates it again. It is no part of this check.
     objects.retain(|object| object.data.pointer("/spec/ttlSecondsAfterFinished").is_none());

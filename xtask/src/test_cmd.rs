@@ -3,10 +3,10 @@
 //! user's first `install-all --lab` does) unless it is installed, runs `cargo test
 //! --workspace`, and stops the lab it started.
 //!
-//! The rehearsals (`rehearsals/`: tests that build boxes of their own) run as a second `cargo
-//! test` beside the rest: most of their time is machines booting and leases running out, and
-//! one after the other the two halves would not fit the suite's budget. Their output is kept
-//! in a file and printed whole when they end, so that the two never interleave.
+//! The rehearsals (`rehearsals/`: tests that build boxes of their own) run as two more `cargo
+//! test` runs beside the rest: most of their time is machines booting and leases running out,
+//! and one after the other they would not fit the suite's budget. Their output is kept in a
+//! file each and printed whole when they end, so that the runs never interleave.
 
 use std::process::ExitCode;
 
@@ -16,6 +16,25 @@ use lab::{DEFAULT_PORT_BASE, Lab};
 
 /// The package whose tests build boxes of their own (`rehearsals/`).
 const REHEARSALS: &str = "rehearsals";
+/// How many `cargo test` runs the rehearsals are dealt into, each beside the rest: one after
+/// another they take longer than the other tests.
+const REHEARSAL_RUNS: usize = 2;
+
+/// The rehearsals' test files (by name, as `cargo test --test` takes them), dealt in turn into
+/// [`REHEARSAL_RUNS`] runs.
+fn rehearsal_runs(root: &std::path::Path) -> anyhow::Result<Vec<Vec<String>>> {
+    let dir = root.join(REHEARSALS).join("tests");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|entry| entry.ok()?.path().file_stem()?.to_str().map(str::to_owned))
+        .collect();
+    files.sort();
+    let mut runs = vec![Vec::new(); REHEARSAL_RUNS];
+    for (index, file) in files.into_iter().enumerate() {
+        runs[index % REHEARSAL_RUNS].push(file);
+    }
+    Ok(runs)
+}
 
 pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
     let root = xtask::workspace_root();
@@ -56,25 +75,38 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
                 .env("TALOS_HA_LAB_KUBECONFIG", &lab.kubeconfig);
             command
         };
-        let log_path = lab.dir.join("logs").join("rehearsals.log");
         std::fs::create_dir_all(lab.dir.join("logs"))?;
-        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut rehearsals = cargo_test(&["-p", REHEARSALS])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("running cargo test -p rehearsals")?;
-        tracing::info!(
-            "the rehearsals run beside the other tests; their output comes when they end ({})",
-            log_path.display()
-        );
+        let mut runs = Vec::new();
+        for (index, files) in rehearsal_runs(&root)?.iter().enumerate() {
+            let log_path = lab.dir.join("logs").join(format!("rehearsals-{}.log", index + 1));
+            let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+            let mut selection = vec!["-p", REHEARSALS];
+            for file in files {
+                selection.extend(["--test", file.as_str()]);
+            }
+            let run = cargo_test(&selection)
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("running cargo test -p rehearsals")?;
+            tracing::info!(
+                "rehearsals {} run beside the other tests; their output comes when they end ({})",
+                files.join(", "),
+                log_path.display()
+            );
+            runs.push((run, log_path));
+        }
         let others = cargo_test(&["--workspace", "--exclude", REHEARSALS]).status().context("running cargo test");
-        let rehearsed = rehearsals.wait().context("waiting for the rehearsals");
-        let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-        eprintln!("\n==== the rehearsals (cargo test -p {REHEARSALS}), run beside the above ====\n{output}");
-        let (others, rehearsed) = (others?, rehearsed?);
+        let mut rehearsed = true;
+        for (mut run, log_path) in runs {
+            let status = run.wait().context("waiting for the rehearsals")?;
+            let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+            eprintln!("\n==== rehearsals ({}), run beside the above ====\n{output}", log_path.display());
+            rehearsed &= status.success();
+        }
+        let others = others?;
         anyhow::ensure!(others.success(), "cargo test failed (its output is above)");
-        anyhow::ensure!(rehearsed.success(), "the rehearsals failed (their output is above)");
+        anyhow::ensure!(rehearsed, "the rehearsals failed (their output is above)");
         Ok(())
     });
     if !was_running {

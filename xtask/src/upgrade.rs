@@ -9,12 +9,15 @@
 //!   the first failed step with what failed, what was done and the command that resumes; a
 //!   re-run reads what runs again, so it continues from where the cluster stands.
 
-use std::io::Write;
-use std::process::ExitCode;
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Subcommand;
+use kit::config::ClusterConfig;
 use kit::stage::{GlobalArgs, Output, exit};
 use kit::upgrade::{Hop, Upgrade};
 
@@ -29,7 +32,63 @@ pub enum UpgradeAction {
     /// Take every hop of the plan, in stage order: pre-checks and migrations, the stage's apply
     /// at that release, storage moves and prunes, the stage's verify. Stops at the first failed
     /// step with the command that resumes; a re-run continues from where the cluster stands.
-    Apply,
+    /// On a real cluster it first asks for a passed rehearsal of this same upgrade.
+    Apply {
+        /// Upgrade a real cluster that no rehearsal of this upgrade passed on. Not advised.
+        #[arg(long)]
+        skip_rehearsal: bool,
+    },
+    /// Before a real cluster is touched: a box at the releases it runs (read from it) is
+    /// installed, takes this same upgrade, and is taken down with its data; each hop's result
+    /// and time are reported, and a pass is recorded in the state folder, where `apply` looks
+    /// for it. Needs root, as `lab up` does.
+    Rehearse {
+        /// The rehearsal box's API forward port on 127.0.0.1 (it uses the 2 above it too),
+        /// away from a lab of your own on the default.
+        #[arg(long, default_value_t = REHEARSAL_PORT_BASE)]
+        port_base: u16,
+    },
+}
+
+/// Where a rehearsal box listens unless told otherwise.
+const REHEARSAL_PORT_BASE: u16 = 26443;
+
+/// A rehearsal of one upgrade, as recorded: which releases it went from and to, and how it went.
+#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+struct Rehearsal {
+    from: BTreeMap<String, String>,
+    to: BTreeMap<String, String>,
+    passed: bool,
+    at: String,
+    seconds: f64,
+    /// Each hop taken, with its time.
+    hops: Vec<String>,
+}
+
+/// What runs and what is pinned, for every installed add-on: what a rehearsal is of.
+fn from_to(plan: &[Upgrade]) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let installed = plan.iter().filter_map(|upgrade| Some((upgrade, upgrade.running?)));
+    let from =
+        installed.clone().map(|(upgrade, running)| (upgrade.component.to_owned(), running.to_string())).collect();
+    let to = installed.map(|(upgrade, _)| (upgrade.component.to_owned(), upgrade.pin.to_string())).collect();
+    (from, to)
+}
+
+fn rehearsal_path(config: &ClusterConfig) -> PathBuf {
+    config.state_dir().join("upgrade-rehearsal.json")
+}
+
+/// The recorded rehearsal, when it passed and is of this very upgrade.
+fn rehearsed(config: &ClusterConfig, plan: &[Upgrade]) -> anyhow::Result<Option<Rehearsal>> {
+    let path = rehearsal_path(config);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    };
+    let record: Rehearsal = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let (from, to) = from_to(plan);
+    Ok((record.passed && record.from == from && record.to == to).then_some(record))
 }
 
 pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCode> {
@@ -49,12 +108,41 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
     match action {
         UpgradeAction::Plan => {
             write_plan(&plan, global.output, &mut stdout)?;
+            if hops > 0 && !global.lab && global.output == Output::Text {
+                let line = match rehearsed(&config, &plan)? {
+                    Some(record) => format!("rehearsal: passed at {} in {:.0}s", record.at, record.seconds),
+                    None => "rehearsal: none of this upgrade yet: `cargo xtask upgrade rehearse` (apply asks for one)"
+                        .to_owned(),
+                };
+                writeln!(stdout, "{line}")?;
+            }
             Ok(if hops == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::WOULD_CHANGE) })
         }
-        UpgradeAction::Apply => {
+        UpgradeAction::Rehearse { port_base } => {
             write_plan(&plan, Output::Text, &mut std::io::stderr())?;
             if hops == 0 {
                 return Ok(ExitCode::SUCCESS);
+            }
+            rehearse(global, &config, &plan, *port_base)
+        }
+        UpgradeAction::Apply { skip_rehearsal } => {
+            write_plan(&plan, Output::Text, &mut std::io::stderr())?;
+            if hops == 0 {
+                return Ok(ExitCode::SUCCESS);
+            }
+            if !global.lab {
+                match (rehearsed(&config, &plan)?, skip_rehearsal) {
+                    (Some(record), _) => eprintln!("rehearsed: this upgrade passed in a box at {}", record.at),
+                    (None, true) => tracing::warn!(
+                        "--skip-rehearsal: upgrading a real cluster that no rehearsal of this upgrade passed on; \
+                         a hop that fails here fails on the cluster that matters"
+                    ),
+                    (None, false) => anyhow::bail!(
+                        "nothing was changed: no rehearsal of this upgrade passed. Run `cargo xtask upgrade rehearse` \
+                         (a box at the releases this cluster runs takes the same hops first), then apply again; \
+                         --skip-rehearsal goes ahead without one"
+                    ),
+                }
             }
             let root = xtask::workspace_root();
             let stages: Vec<&str> = plan.iter().filter(|upgrade| !upgrade.hops.is_empty()).map(stage_of).collect();
@@ -72,6 +160,93 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A box at the releases the cluster runs: installed, upgraded as `apply` would upgrade the
+/// cluster, reported and taken down; a pass is recorded.
+fn rehearse(global: &GlobalArgs, config: &ClusterConfig, plan: &[Upgrade], port_base: u16) -> anyhow::Result<ExitCode> {
+    let (from, to) = from_to(plan);
+    let dir = config.state_dir().join("rehearsal");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let name = format!("{}-rehearsal", config.name);
+    let box_config = lab::second_box_config(&global.config, &dir, &name)?;
+    let lab = lab::Lab::new(&box_config, port_base);
+    eprintln!("rehearsal: a box ({name}) at what runs: {}", shown(&from));
+    let started = Instant::now();
+    let xtask = |args: &[&str]| -> anyhow::Result<std::process::Command> {
+        let mut command = std::process::Command::new(std::env::current_exe().context("locating this xtask")?);
+        command.args(args).args(["--lab", "--config"]).arg(&box_config.source);
+        if let Some(mirror) = &global.mirror {
+            command.arg("--mirror").arg(mirror);
+        }
+        Ok(command)
+    };
+    let port = port_base.to_string();
+    let mut install = xtask(&["install-all", "--port-base", &port])?;
+    for (key, version) in &from {
+        install.args(["--pin", &format!("{key}={version}")]);
+    }
+    let outcome = (|| -> anyhow::Result<Vec<String>> {
+        let installed = install.output().context("installing the rehearsal box")?;
+        anyhow::ensure!(
+            installed.status.success(),
+            "the rehearsal box did not install at what runs:\n{}",
+            String::from_utf8_lossy(&installed.stderr)
+        );
+        eprintln!("rehearsal: installed in {:.0}s; upgrading it", started.elapsed().as_secs_f64());
+        let mut upgrade = xtask(&["upgrade", "apply"])?.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let mut hops = Vec::new();
+        let mut log = Vec::new();
+        for line in BufReader::new(upgrade.stderr.take().context("the upgrade's stderr")?).lines() {
+            let line = line?;
+            if line.contains(": done in ") || line.contains(" failed") {
+                eprintln!("rehearsal: {line}");
+            }
+            if line.contains(": done in ") {
+                hops.push(line.clone());
+            }
+            log.push(line);
+        }
+        let status = upgrade.wait()?;
+        anyhow::ensure!(status.success(), "the upgrade failed in the rehearsal box:\n{}", log.join("\n"));
+        Ok(hops)
+    })();
+    let down = lab.down(true);
+    let seconds = started.elapsed().as_secs_f64();
+    let passed = outcome.is_ok();
+    let record = Rehearsal {
+        from,
+        to,
+        passed,
+        at: k8s_openapi::jiff::Timestamp::now().to_string(),
+        seconds,
+        hops: outcome.as_ref().cloned().unwrap_or_default(),
+    };
+    let path = rehearsal_path(config);
+    kit::fsutil::write(&path, serde_json::to_string_pretty(&record)? + "\n")?;
+    down.with_context(|| format!("taking the rehearsal box {name} down"))?;
+    match outcome {
+        Ok(hops) => {
+            eprintln!(
+                "rehearsal: passed, {} hop(s) in {seconds:.0}s; the box is gone. `cargo xtask upgrade apply` next",
+                hops.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            eprintln!(
+                "{error:#}\nrehearsal: failed, recorded in {}; the box is gone. Fix the cause before the real cluster",
+                path.display()
+            );
+            Ok(ExitCode::from(exit::FAILED))
+        }
+    }
+}
+
+fn shown(versions: &BTreeMap<String, String>) -> String {
+    versions.iter().map(|(key, version)| format!("{key} {version}")).collect::<Vec<_>>().join(", ")
 }
 
 /// The stage that installs an add-on: its crate is named as the add-on's folder.

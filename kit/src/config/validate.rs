@@ -266,7 +266,7 @@ impl Validator {
                     format!("is tested upstream with Kubernetes {range}, not {kubernetes}"),
                     match newest_covering {
                         Some(newest) => format!(
-                            "{newest} is the newest release that covers {kubernetes}; upgrade one minor at a time, as its upstream says"
+                            "{newest} is the newest release that covers {kubernetes}; move the pin, then `cargo xtask upgrade plan` shows the hops from what runs"
                         ),
                         None => format!(
                             "no release talos-ha knows covers {kubernetes} yet; expect to be the first to try it"

@@ -1,0 +1,136 @@
+//! Issue 25: a box installed at the seed's add-on releases (README's `versions:` block), its
+//! pins then moved to talos-ha's defaults as a user would (the block deleted), is refused by a
+//! plain install (it would skip releases) and upgraded by `cargo xtask upgrade apply`, hop by
+//! hop: 15 hops, a Longhorn CRD left storing `v1beta1` migrated before v1.10, the upgrade killed
+//! mid-way and resumed. Afterwards nothing is left to upgrade, a full install changes nothing
+//! (no object talos-ha applied was lost, every stage's verify passes), and what the releases
+//! dropped is gone.
+
+use std::os::unix::process::CommandExt as _;
+use std::process::{Output, Stdio};
+use std::time::Instant;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use rehearsals::OwnBox;
+
+fn log(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The box's config with README's seed block in place of the default pins, or without it.
+fn set_seed_pins(own: &OwnBox, seed: bool) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&own.config.source)?;
+    let pins = kit::config::seed_versions_block().replacen("versions:\n", "", 1);
+    let kubernetes = "  kubernetes: v1.35.0\n";
+    let text =
+        if seed { text.replacen(kubernetes, &format!("{kubernetes}{pins}"), 1) } else { text.replace(&pins, "") };
+    std::fs::write(&own.config.source, text)?;
+    Ok(())
+}
+
+async fn stored_versions(client: &kube::Client, crd: &str) -> anyhow::Result<Vec<String>> {
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    Ok(crds.get(crd).await?.status.and_then(|status| status.stored_versions).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::Result<()> {
+    let own = OwnBox::new("seed-set", 25443)?;
+    let port_base = own.lab.ports.base.to_string();
+    set_seed_pins(&own, true)?;
+    let install = own.xtask(&["install-all", "--port-base", &port_base]);
+    let installed = tokio::task::spawn_blocking(move || { install }.output()).await??;
+    anyhow::ensure!(installed.status.success(), "the seed's set installs: {}", log(&installed));
+    let client = kit::client::client_from_kubeconfig(&own.lab.kubeconfig).await?;
+
+    // A restore of an old etcd can leave a Longhorn CRD storing v1beta1, which v1.10 drops.
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    let stale = serde_json::json!({ "status": { "storedVersions": ["v1beta1", "v1beta2"] } });
+    crds.patch_status("volumes.longhorn.io", &Default::default(), &kube::api::Patch::Merge(&stale)).await?;
+
+    // The user moves the pins to the defaults. A plain apply would skip Longhorn's minors.
+    set_seed_pins(&own, false)?;
+    let skipped = own.xtask(&["install-all", "--only", "longhorn", "--port-base", &port_base]).output()?;
+    assert!(!skipped.status.success(), "{}", log(&skipped));
+    assert!(
+        log(&skipped).contains("versions.longhorn is v1.12.1, but the cluster runs v1.7.3")
+            && log(&skipped).contains("v1.8.2 → v1.9.2 → v1.10.2 → v1.11.3 → v1.12.1")
+            && log(&skipped).contains("cargo xtask upgrade apply"),
+        "{}",
+        log(&skipped)
+    );
+
+    // As on a real cluster: apply asks for a rehearsal; rehearse copies what runs into a box
+    // of its own, upgrades that, and takes it down.
+    let unrehearsed = own.xtask_as_real(&["upgrade", "apply"]).output()?;
+    assert!(!unrehearsed.status.success(), "{}", log(&unrehearsed));
+    assert!(log(&unrehearsed).contains("no rehearsal of this upgrade passed"), "{}", log(&unrehearsed));
+    assert!(log(&unrehearsed).contains("cargo xtask upgrade rehearse"), "{}", log(&unrehearsed));
+    let started = Instant::now();
+    let rehearsal = own.xtask_as_real(&["upgrade", "rehearse", "--port-base", "26443"]).output()?;
+    let rehearsal_log = log(&rehearsal);
+    assert!(rehearsal.status.success(), "{rehearsal_log}");
+    assert!(rehearsal_log.contains("rehearsal: a box (seed-set-rehearsal) at what runs:"), "{rehearsal_log}");
+    assert!(rehearsal_log.contains("longhorn v1.9.2 → v1.10.2: done in"), "{rehearsal_log}");
+    assert!(rehearsal_log.contains("rehearsal: passed, 15 hop(s)"), "{rehearsal_log}");
+    tests::shown(&format!(
+        "addon upgrade: rehearsal (a second box installed and upgraded) {:.1}s",
+        started.elapsed().as_secs_f64()
+    ));
+    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output()?;
+    assert!(!stdout(&namespaces).contains("seed-set-rehearsal"), "the rehearsal box is gone");
+    let rehearsed = own.xtask_as_real(&["upgrade", "plan"]).output()?;
+    assert!(stdout(&rehearsed).contains("rehearsal: passed at"), "{}", stdout(&rehearsed));
+
+    let plan = own.xtask(&["upgrade", "plan"]).output()?;
+    assert_eq!(plan.status.code(), Some(2), "something to do: {}", log(&plan));
+    let shown = stdout(&plan);
+    assert!(shown.contains("15 hop(s) to take"), "{shown}");
+    assert!(shown.contains("longhorn       v1.7.3 → v1.12.1: to upgrade"), "{shown}");
+    assert!(shown.contains("migrate every longhorn.io object still stored at another version to v1beta2"), "{shown}");
+
+    // Killed (the whole process group) as a Longhorn hop starts, then run again.
+    let mut killed =
+        own.xtask(&["upgrade", "apply"]).process_group(0).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let group = nix::unistd::Pid::from_raw(i32::try_from(killed.id())?);
+    let (before_kill, reached) =
+        tests::stderr_until(&mut killed, |line| line.starts_with("longhorn v1.8.2 → v1.9.2: starting"))?;
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL)?;
+    killed.wait()?;
+    assert!(reached, "the upgrade reached Longhorn's second hop: {before_kill:?}");
+
+    let started = Instant::now();
+    let resumed = own.xtask(&["upgrade", "apply"]).output()?;
+    let took = started.elapsed();
+    let resumed_log = log(&resumed);
+    assert!(resumed.status.success(), "{resumed_log}");
+    assert!(
+        !resumed_log.contains("metallb v0.15.3 → v0.16.1: starting"),
+        "done hops are not taken again: {resumed_log}"
+    );
+    assert!(resumed_log.contains("volumes.longhorn.io: 0 object(s) rewritten at v1beta2"), "{resumed_log}");
+    assert!(resumed_log.contains("pruned Service longhorn-system/longhorn-conversion-webhook"), "{resumed_log}");
+    for line in resumed_log.lines().filter(|line| line.contains(": done in ")) {
+        tests::shown(&format!("addon upgrade: {line}"));
+    }
+    tests::shown(&format!("addon upgrade: resumed run {:.1}s", took.as_secs_f64()));
+
+    let again = own.xtask(&["upgrade", "plan"]).output()?;
+    assert_eq!(again.status.code(), Some(0), "nothing left to upgrade: {}", stdout(&again));
+    assert_eq!(stored_versions(&client, "volumes.longhorn.io").await?, ["v1beta2"]);
+    assert_eq!(stored_versions(&client, "tlsroutes.gateway.networking.k8s.io").await?, ["v1"]);
+    assert!(crds.get_opt("xlistenersets.gateway.networking.x-k8s.io").await?.is_none(), "dropped by EG 1.8");
+    let bindings: kube::Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        kube::Api::namespaced(client.clone(), "cert-manager");
+    assert!(bindings.get_opt("cert-manager-cert-manager-tokenrequest").await?.is_none(), "renamed in 1.19");
+
+    // Every stage at the defaults: nothing to create or change, and every verify passes.
+    let whole = own.xtask(&["install-all", "--port-base", &port_base]).output()?;
+    assert!(whole.status.success(), "{}", log(&whole));
+    assert!(log(&whole).contains("nothing changed: the cluster was already converged"), "{}", log(&whole));
+    Ok(())
+}
