@@ -32,6 +32,21 @@ fn set_seed_pins(own: &OwnBox, seed: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A child's stderr, line by line, through a channel that a thread fills until it ends (so the
+/// child never blocks on a full pipe while the test does something else).
+fn read_lines(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 async fn stored_versions(client: &kube::Client, crd: &str) -> anyhow::Result<Vec<String>> {
     let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
     Ok(crds.get(crd).await?.status.and_then(|status| status.stored_versions).unwrap_or_default())
@@ -64,34 +79,35 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
         log(&skipped)
     );
 
-    // As on a real cluster: apply asks for a rehearsal; rehearse copies what runs into a box
-    // of its own, upgrades that, and takes it down.
-    let unrehearsed = own.xtask_as_real(&["upgrade", "apply"]).output()?;
-    assert!(!unrehearsed.status.success(), "{}", log(&unrehearsed));
-    assert!(log(&unrehearsed).contains("no rehearsal of this upgrade passed"), "{}", log(&unrehearsed));
-    assert!(log(&unrehearsed).contains("cargo xtask upgrade rehearse"), "{}", log(&unrehearsed));
-    let started = Instant::now();
-    let rehearsal = own.xtask_as_real(&["upgrade", "rehearse", "--port-base", "26443"]).output()?;
-    let rehearsal_log = log(&rehearsal);
-    assert!(rehearsal.status.success(), "{rehearsal_log}");
-    assert!(rehearsal_log.contains("rehearsal: a box (seed-set-rehearsal) at what runs:"), "{rehearsal_log}");
-    assert!(rehearsal_log.contains("longhorn v1.9.2 → v1.10.2: done in"), "{rehearsal_log}");
-    assert!(rehearsal_log.contains("rehearsal: passed, 15 hop(s)"), "{rehearsal_log}");
-    tests::shown(&format!(
-        "addon upgrade: rehearsal (a second box installed and upgraded) {:.1}s",
-        started.elapsed().as_secs_f64()
-    ));
-    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output()?;
-    assert!(!stdout(&namespaces).contains("seed-set-rehearsal"), "the rehearsal box is gone");
-    let rehearsed = own.xtask_as_real(&["upgrade", "plan"]).output()?;
-    assert!(stdout(&rehearsed).contains("rehearsal: passed at"), "{}", stdout(&rehearsed));
-
     let plan = own.xtask(&["upgrade", "plan"]).output()?;
     assert_eq!(plan.status.code(), Some(2), "something to do: {}", log(&plan));
     let shown = stdout(&plan);
     assert!(shown.contains("15 hop(s) to take"), "{shown}");
     assert!(shown.contains("longhorn       v1.7.3 → v1.12.1: to upgrade"), "{shown}");
     assert!(shown.contains("migrate every longhorn.io object still stored at another version to v1beta2"), "{shown}");
+
+    // As on a real cluster: apply asks for a rehearsal; rehearse copies what runs into a box
+    // of its own, upgrades that, and takes it down. It runs beside this box's own upgrade below
+    // once it has read what runs here.
+    let unrehearsed = own.xtask_as_real(&["upgrade", "apply"]).output()?;
+    assert!(!unrehearsed.status.success(), "{}", log(&unrehearsed));
+    assert!(log(&unrehearsed).contains("no rehearsal of this upgrade passed"), "{}", log(&unrehearsed));
+    assert!(log(&unrehearsed).contains("cargo xtask upgrade rehearse"), "{}", log(&unrehearsed));
+    let rehearsed = own.xtask_as_real(&["upgrade", "plan"]).output()?;
+    assert!(stdout(&rehearsed).contains("rehearsal: none of this upgrade yet"), "{}", stdout(&rehearsed));
+    let rehearsal_started = Instant::now();
+    let mut rehearsal =
+        own.xtask_as_real(&["upgrade", "rehearse"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+    let lines = read_lines(rehearsal.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
+    let mut rehearsal_log = Vec::new();
+    loop {
+        let line = lines.recv().map_err(|_| anyhow::anyhow!("rehearse ended early: {rehearsal_log:#?}"))?;
+        let copying = line.starts_with("rehearsal: a box (seed-set-rehearsal) at what runs:");
+        rehearsal_log.push(line);
+        if copying {
+            break;
+        }
+    }
 
     // Killed (the whole process group) as a Longhorn hop starts, then run again.
     let mut killed =
@@ -118,6 +134,20 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
         tests::shown(&format!("addon upgrade: {line}"));
     }
     tests::shown(&format!("addon upgrade: resumed run {:.1}s", took.as_secs_f64()));
+
+    rehearsal_log.extend(lines.iter());
+    let rehearsal_log = rehearsal_log.join("\n");
+    assert!(rehearsal.wait()?.success(), "{rehearsal_log}");
+    assert!(rehearsal_log.contains("longhorn v1.9.2 → v1.10.2: done in"), "{rehearsal_log}");
+    assert!(rehearsal_log.contains("rehearsal: passed, 15 hop(s)"), "{rehearsal_log}");
+    tests::shown(&format!(
+        "addon upgrade: rehearsal (a second box installed, upgraded, removed) {:.1}s",
+        rehearsal_started.elapsed().as_secs_f64()
+    ));
+    let namespaces = std::process::Command::new("ip").args(["netns", "list"]).output()?;
+    assert!(!stdout(&namespaces).contains("seed-set-rehearsal"), "the rehearsal box is gone");
+    let record = std::fs::read_to_string(own.config.state_dir().join("upgrade-rehearsal.json"))?;
+    assert!(record.contains("\"passed\": true") && record.contains("\"longhorn\": \"v1.7.3\""), "{record}");
 
     let again = own.xtask(&["upgrade", "plan"]).output()?;
     assert_eq!(again.status.code(), Some(0), "nothing left to upgrade: {}", stdout(&again));

@@ -51,7 +51,7 @@ pub enum UpgradeAction {
 }
 
 /// Where a rehearsal box listens unless told otherwise.
-const REHEARSAL_PORT_BASE: u16 = 26443;
+const REHEARSAL_PORT_BASE: u16 = 30443;
 
 /// A rehearsal of one upgrade, as recorded: which releases it went from and to, and how it went.
 #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
