@@ -569,6 +569,19 @@ mod tests {
     }
 
     #[test]
+    fn a_hop_does_what_every_minor_it_enters_needs_and_a_patch_enters_none() {
+        let cert_manager = work(Component::CertManager, v("v1.17.4"), v("v1.18.6"));
+        assert!(matches!(cert_manager[..2], [Work::StoredOnly { .. }, Work::StoredOnly { .. }]), "{cert_manager:?}");
+        assert!(cert_manager.contains(&Work::StateRotationPolicy), "before the default flips: {cert_manager:?}");
+        let longhorn = work(Component::Longhorn, v("v1.9.2"), v("v1.10.2"));
+        assert!(longhorn.iter().any(|work| matches!(work, Work::StoredOnly { group: "longhorn.io", migrate: true, .. })));
+        assert!(work(Component::Longhorn, v("v1.12.0"), v("v1.12.1")).is_empty(), "a patch enters no minor");
+        // metrics-server goes straight from 0.7 to 0.9: what 0.9 needs comes with that one hop.
+        let metrics = work(Component::MetricsServer, v("v0.7.2"), v("v0.9.0"));
+        assert!(metrics.iter().any(|work| work.to_string().contains("metrics.k8s.io is briefly unavailable")));
+    }
+
+    #[test]
     fn a_patch_is_one_hop_and_a_downgrade_or_an_unknown_minor_is_refused() {
         let patch = path(Component::Longhorn, v("v1.12.0"), v("v1.12.1")).expect("a patch");
         assert_eq!(texts(&patch), ["v1.12.1"]);

@@ -85,6 +85,16 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
     assert!(shown.contains("15 hop(s) to take"), "{shown}");
     assert!(shown.contains("longhorn       v1.7.3 → v1.12.1: to upgrade"), "{shown}");
     assert!(shown.contains("migrate every longhorn.io object still stored at another version to v1beta2"), "{shown}");
+    // The same for a script: one JSON object per add-on.
+    let json = own.xtask(&["upgrade", "plan", "--output", "json"]).output()?;
+    let upgrades: Vec<serde_json::Value> = stdout(&json).lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    let longhorn = upgrades.iter().find(|upgrade| upgrade["component"] == "longhorn").cloned().unwrap_or_default();
+    assert_eq!((&longhorn["running"], &longhorn["pin"]), (&"v1.7.3".into(), &"v1.12.1".into()), "{longhorn}");
+    let hops: Vec<&serde_json::Value> = longhorn["hops"].as_array().into_iter().flatten().collect();
+    assert_eq!(
+        hops.iter().map(|hop| hop["to"].clone()).collect::<Vec<_>>(),
+        ["v1.8.2", "v1.9.2", "v1.10.2", "v1.11.3", "v1.12.1"]
+    );
 
     // As on a real cluster: apply asks for a rehearsal; rehearse copies what runs into a box
     // of its own, upgrades that, and takes it down. It runs beside this box's own upgrade below
