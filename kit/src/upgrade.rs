@@ -574,7 +574,9 @@ mod tests {
         assert!(matches!(cert_manager[..2], [Work::StoredOnly { .. }, Work::StoredOnly { .. }]), "{cert_manager:?}");
         assert!(cert_manager.contains(&Work::StateRotationPolicy), "before the default flips: {cert_manager:?}");
         let longhorn = work(Component::Longhorn, v("v1.9.2"), v("v1.10.2"));
-        assert!(longhorn.iter().any(|work| matches!(work, Work::StoredOnly { group: "longhorn.io", migrate: true, .. })));
+        assert!(
+            longhorn.iter().any(|work| matches!(work, Work::StoredOnly { group: "longhorn.io", migrate: true, .. }))
+        );
         assert!(work(Component::Longhorn, v("v1.12.0"), v("v1.12.1")).is_empty(), "a patch enters no minor");
         // metrics-server goes straight from 0.7 to 0.9: what 0.9 needs comes with that one hop.
         let metrics = work(Component::MetricsServer, v("v0.7.2"), v("v0.9.0"));
