@@ -114,6 +114,12 @@ impl GlobalArgs {
         Ok(Some(if self.lab { config.in_box() } else { config }))
     }
 
+    /// `cargo xtask <words>` with these flags, as a user pastes it to resume a run.
+    pub fn xtask_command(&self, words: &str) -> String {
+        let flags: Vec<String> = self.to_args().iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
+        format!("cargo xtask {words} {}", flags.join(" ")).trim_end().to_owned()
+    }
+
     /// These flags as a command line gives them again (to a stage binary, or in the command
     /// that resumes): `--lab`, `--config` unless it is the default, `--kubeconfig`, `--mirror`,
     /// `--api-wait` unless it is the default, `--pin`.

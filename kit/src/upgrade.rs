@@ -57,19 +57,12 @@ pub fn path(component: Component, running: Version, pin: Version) -> anyhow::Res
         "versions.{name} is {pin}, older than the {running} the cluster runs: talos-ha does not downgrade \
          ({name} keeps data or CRDs only a newer release knows); set versions.{name}: {running} or newer"
     );
-    let minor = |version: Version| (version.major, version.minor);
     let mut hops = Vec::new();
-    if walk(component) == Walk::OneMinorAtATime && minor(pin) != minor(running) {
+    if walk(component) == Walk::OneMinorAtATime && (pin.major, pin.minor) != (running.major, running.minor) {
         let releases = compatibility::releases(name);
-        for series in releases.iter().map(|(series, _)| *series) {
-            if series > minor(running) && series < minor(pin) {
-                let newest = releases.iter().find(|(s, _)| *s == series).map(|(_, newest)| *newest);
-                hops.extend(newest);
-            }
-        }
-        let known = |series: (u32, u32)| releases.iter().any(|(s, _)| *s == series);
+        let newest = |minor: u32| releases.iter().find(|(series, _)| *series == (pin.major, minor)).map(|(_, v)| *v);
         let missing: Vec<String> = (running.minor + 1..pin.minor)
-            .filter(|minor| running.major == pin.major && !known((pin.major, *minor)))
+            .filter(|minor| newest(*minor).is_none())
             .map(|minor| format!("v{}.{minor}", pin.major))
             .collect();
         anyhow::ensure!(
@@ -78,6 +71,7 @@ pub fn path(component: Component, running: Version, pin: Version) -> anyhow::Res
              add them to kit/src/config/compatibility.rs",
             if missing.is_empty() { format!("v{}.x", pin.major) } else { missing.join(", ") }
         );
+        hops.extend((running.minor + 1..pin.minor).filter_map(newest));
     }
     hops.push(pin);
     Ok(hops)
@@ -466,7 +460,7 @@ async fn prune(client: &kube::Client, kind: Pruned, namespace: Option<&str>, nam
         Pruned::Role => delete(kube::Api::<Role>::namespaced(client.clone(), namespace), name).await?,
         Pruned::RoleBinding => delete(kube::Api::<RoleBinding>::namespaced(client.clone(), namespace), name).await?,
         Pruned::CustomResourceDefinition => {
-            let left = objects_of(client, name).await?;
+            let left = stored_objects(client, name).await?.map_or(0, |(_, objects)| objects.len());
             anyhow::ensure!(
                 left == 0,
                 "CRD {name} was dropped by this release, but {left} object(s) of it are left, and deleting the CRD \
@@ -492,12 +486,18 @@ where
     }
 }
 
-/// How many objects of the CRD `name` exist (0 when it does not).
-async fn objects_of(client: &kube::Client, name: &str) -> anyhow::Result<usize> {
+/// The CRD `name`'s objects, read at its storage version, with that version's API; `None`
+/// when the CRD does not exist.
+async fn stored_objects(
+    client: &kube::Client,
+    name: &str,
+) -> anyhow::Result<Option<(kube::discovery::ApiResource, Vec<DynamicObject>)>> {
     let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
-    let Some(crd) = crds.get_opt(name).await.with_context(|| format!("reading CRD {name}"))? else { return Ok(0) };
-    let all: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &storage_resource(&crd)?);
-    Ok(all.list(&Default::default()).await.with_context(|| format!("listing {name}"))?.items.len())
+    let Some(crd) = crds.get_opt(name).await.with_context(|| format!("reading CRD {name}"))? else { return Ok(None) };
+    let resource = storage_resource(&crd)?;
+    let all: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &resource);
+    let objects = all.list(&Default::default()).await.with_context(|| format!("listing {name}"))?;
+    Ok(Some((resource, objects.items)))
 }
 
 /// The API of a CRD's objects at its storage version.
@@ -519,13 +519,7 @@ fn storage_resource(crd: &CustomResourceDefinition) -> anyhow::Result<kube::disc
 /// Longhorn v1.10 Upgrade"; envoyproxy/gateway notes v1.9.0, TCPRoute and UDPRoute). Returns
 /// how many objects were rewritten.
 pub async fn migrate_storage(client: &kube::Client, name: &str) -> anyhow::Result<usize> {
-    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
-    let Some(crd) = crds.get_opt(name).await.with_context(|| format!("reading CRD {name}"))? else {
-        return Ok(0);
-    };
-    let resource = storage_resource(&crd)?;
-    let all: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &resource);
-    let objects = all.list(&Default::default()).await.with_context(|| format!("listing {name}"))?;
+    let Some((resource, objects)) = stored_objects(client, name).await? else { return Ok(0) };
     for object in &objects {
         let api: kube::Api<DynamicObject> = match object.namespace() {
             Some(namespace) => kube::Api::namespaced_with(client.clone(), &namespace, &resource),
@@ -535,11 +529,12 @@ pub async fn migrate_storage(client: &kube::Client, name: &str) -> anyhow::Resul
             .await
             .with_context(|| format!("rewriting {} {} at {}", resource.kind, object.name_any(), resource.version))?;
     }
+    let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
     let trimmed = serde_json::json!({ "status": { "storedVersions": [resource.version] } });
     crds.patch_status(name, &Default::default(), &kube::api::Patch::Merge(&trimmed))
         .await
         .with_context(|| format!("trimming the storedVersions of CRD {name} to {}", resource.version))?;
-    Ok(objects.items.len())
+    Ok(objects.len())
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ fn stdout(output: &Output) -> String {
 /// The box's config with README's seed block in place of the default pins, or without it.
 fn set_seed_pins(own: &OwnBox, seed: bool) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&own.config.source)?;
-    let pins = kit::config::seed_versions_block().replacen("versions:\n", "", 1);
+    let pins = kit::config::seed_pin_lines();
     let kubernetes = "  kubernetes: v1.35.0\n";
     let text =
         if seed { text.replacen(kubernetes, &format!("{kubernetes}{pins}"), 1) } else { text.replace(&pins, "") };

@@ -188,8 +188,7 @@ impl Report {
 
 /// The command that picks up at `stage` with the flags this run was given, ready to paste.
 fn resume_command(stage: &str, global: &GlobalArgs) -> String {
-    let flags: Vec<String> = global.to_args().iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
-    format!("cargo xtask install-all --from {stage} {}", flags.join(" ")).trim_end().to_owned()
+    global.xtask_command(&format!("install-all --from {stage}"))
 }
 
 /// `lab up`: builds the box and starts its machines; on an installed cluster, waits until

@@ -54,7 +54,7 @@ pub enum UpgradeAction {
 const REHEARSAL_PORT_BASE: u16 = 30443;
 
 /// A rehearsal of one upgrade, as recorded: which releases it went from and to, and how it went.
-#[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Rehearsal {
     from: BTreeMap<String, String>,
     to: BTreeMap<String, String>,
@@ -175,19 +175,24 @@ fn rehearse(global: &GlobalArgs, config: &ClusterConfig, plan: &[Upgrade], port_
     let lab = lab::Lab::new(&box_config, port_base);
     eprintln!("rehearsal: a box ({name}) at what runs: {}", shown(&from));
     let started = Instant::now();
-    let xtask = |args: &[&str]| -> anyhow::Result<std::process::Command> {
+    // The box's flags: the rehearsal box's config on the lab target, this run's mirror and API
+    // wait, never the real cluster's kubeconfig.
+    let in_box = GlobalArgs {
+        lab: true,
+        config: box_config.source.clone(),
+        kubeconfig: None,
+        pins: Vec::new(),
+        ..global.clone()
+    };
+    let xtask = |args: &[&str], global: &GlobalArgs| -> anyhow::Result<std::process::Command> {
         let mut command = std::process::Command::new(std::env::current_exe().context("locating this xtask")?);
-        command.args(args).args(["--lab", "--config"]).arg(&box_config.source);
-        if let Some(mirror) = &global.mirror {
-            command.arg("--mirror").arg(mirror);
-        }
+        command.args(args).args(global.to_args());
         Ok(command)
     };
-    let port = port_base.to_string();
-    let mut install = xtask(&["install-all", "--port-base", &port])?;
-    for (key, version) in &from {
-        install.args(["--pin", &format!("{key}={version}")]);
-    }
+    // Installed at what the cluster runs, one pin each.
+    let at_what_runs =
+        GlobalArgs { pins: from.iter().map(|(key, version)| format!("{key}={version}")).collect(), ..in_box.clone() };
+    let mut install = xtask(&["install-all", "--port-base", &port_base.to_string()], &at_what_runs)?;
     let outcome = (|| -> anyhow::Result<Vec<String>> {
         let installed = install.output().context("installing the rehearsal box")?;
         anyhow::ensure!(
@@ -196,7 +201,8 @@ fn rehearse(global: &GlobalArgs, config: &ClusterConfig, plan: &[Upgrade], port_
             String::from_utf8_lossy(&installed.stderr)
         );
         eprintln!("rehearsal: installed in {:.0}s; upgrading it", started.elapsed().as_secs_f64());
-        let mut upgrade = xtask(&["upgrade", "apply"])?.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        let mut upgrade =
+            xtask(&["upgrade", "apply"], &in_box)?.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
         let mut hops = Vec::new();
         let mut log = Vec::new();
         for line in BufReader::new(upgrade.stderr.take().context("the upgrade's stderr")?).lines() {
@@ -300,12 +306,10 @@ impl Walker<'_> {
         writeln!(stderr, "{error:#}")?;
         let done = if self.done.is_empty() { "nothing".to_owned() } else { self.done.join("; ") };
         writeln!(stderr, "done before the stop: {done}")?;
-        let flags: Vec<String> = self.global.to_args().iter().map(|arg| arg.to_string_lossy().into_owned()).collect();
-        let resume = format!("cargo xtask upgrade apply {}", flags.join(" "));
         writeln!(
             stderr,
             "fix the above, then resume with (it reads what runs and continues):\n  {}",
-            resume.trim_end()
+            self.global.xtask_command("upgrade apply")
         )?;
         Ok(())
     }

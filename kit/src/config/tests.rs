@@ -54,7 +54,7 @@ fn the_documented_config_is_valid() {
 
 /// The default config with README's seed `versions:` block in place of its own pins.
 fn seed_config() -> String {
-    let pins = seed_versions_block().replacen("versions:\n", "", 1);
+    let pins = seed_pin_lines();
     edited("  kubernetes: v1.35.0\n", &format!("  kubernetes: v1.35.0\n{pins}"))
 }
 

@@ -105,11 +105,12 @@ pub fn default_pin(key: &str) -> &'static str {
 /// The `versions:` block that installs the seed's set of add-ons (README shows it). Talos and
 /// Kubernetes stay at talos-ha's: the seed's Talos v1.9 cannot run Kubernetes v1.35.
 pub fn seed_versions_block() -> String {
-    let mut block = String::from("versions:\n");
-    for pin in PINS.iter().filter(|pin| pin.seed != pin.default) {
-        block.push_str(&format!("  {}: {}\n", pin.key, pin.seed));
-    }
-    block
+    format!("versions:\n{}", seed_pin_lines())
+}
+
+/// The block's lines under `versions:`, one for each add-on whose seed pin is not the default.
+pub fn seed_pin_lines() -> String {
+    PINS.iter().filter(|pin| pin.seed != pin.default).map(|pin| format!("  {}: {}\n", pin.key, pin.seed)).collect()
 }
 
 /// Every version the cluster pins (the add-ons' defaults are [`PINS`]).
