@@ -169,6 +169,27 @@ mod tests {
     }
 
     #[test]
+    fn a_pin_is_set_by_its_key_and_an_unknown_key_names_the_keys() {
+        let mut versions = Versions {
+            talos: v("v1.12.1"),
+            kubernetes: v("v1.35.0"),
+            metallb: v("v0.16.1"),
+            metrics_server: v("v0.9.0"),
+            kubelet_serving_cert_approver: v("v0.11.0"),
+            traefik: v("v3.7.9"),
+            cert_manager: v("v1.20.3"),
+            longhorn: v("v1.12.1"),
+            headlamp: v("v0.45.0"),
+            envoy_gateway: v("v1.9.0"),
+        };
+        versions.set("certManager", v("v1.17.4")).expect("a known key");
+        assert_eq!(versions.cert_manager, v("v1.17.4"));
+        let error = versions.set("longhron", v("v1.8.2")).expect_err("a typo").to_string();
+        assert!(error.starts_with("longhron is not an add-on pin; the keys are metallb, metricsServer"), "{error}");
+        assert_eq!(versions.longhorn, v("v1.12.1"), "nothing changed");
+    }
+
+    #[test]
     fn support_matrix_edges() {
         assert_eq!(talos_kubernetes_mismatch(v("v1.12.1"), v("v1.35.0")), None);
         assert_eq!(talos_kubernetes_mismatch(v("v1.12.1"), v("v1.30.4")), None);
