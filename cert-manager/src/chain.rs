@@ -13,7 +13,8 @@ fn first_der(pem: &[u8], what: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Ok when `leaf_pem` (its first certificate) was issued and signed by the CA in `ca_pem`,
-/// for `host` (a DNS name among its subject alternative names: what a browser matches).
+/// for `host` (a DNS name or an IP address among its subject alternative names: what a browser
+/// matches).
 pub fn verify(leaf_pem: &[u8], ca_pem: &[u8], host: &str) -> anyhow::Result<()> {
     let leaf_der = first_der(leaf_pem, "the certificate")?;
     let ca_der = first_der(ca_pem, "the CA certificate")?;
@@ -41,6 +42,9 @@ pub fn verify(leaf_pem: &[u8], ca_pem: &[u8], host: &str) -> anyhow::Result<()> 
                 .iter()
                 .filter_map(|name| match name {
                     x509_parser::extensions::GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+                    x509_parser::extensions::GeneralName::IPAddress(octets) => {
+                        <[u8; 4]>::try_from(*octets).ok().map(|ip| std::net::Ipv4Addr::from(ip).to_string())
+                    }
                     _ => None,
                 })
                 .collect()
@@ -84,6 +88,10 @@ mod tests {
         let (impostor_pem, _) = ca("talos-ha CA");
         let error = verify(leaf_pem.as_bytes(), impostor_pem.as_bytes(), HOST).expect_err("other key");
         assert!(error.to_string().contains("did not sign"), "{error}");
+
+        let for_ip = CertificateParams::new(vec!["172.16.16.101".to_owned()]).expect("params");
+        let ip_pem = for_ip.signed_by(&KeyPair::generate().expect("key"), &issuer).expect("signed").pem();
+        verify(ip_pem.as_bytes(), ca_pem.as_bytes(), "172.16.16.101").expect("an IP address name matches too");
 
         let (other_pem, _) = ca("another CA");
         let error = verify(leaf_pem.as_bytes(), other_pem.as_bytes(), HOST).expect_err("other name");

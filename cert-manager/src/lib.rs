@@ -196,55 +196,59 @@ impl BundleStage for CertManager {
         Ok(checks)
     }
 
-    /// On Talos, the CA certificate is exported for browsers and tools to trust.
+    /// The CA certificate is exported for browsers and tools to trust, wherever a controller
+    /// issues it (in a lab whose controller is a stand-in, nothing does).
     async fn after_apply(&self, ctx: &Context, client: &kube::Client, dry_run: bool) -> anyhow::Result<Vec<Change>> {
-        match (ctx.target, dry_run) {
-            (Target::Talos, false) => Ok(vec![export_ca(client, &ctx.config).await?]),
-            (Target::Lab, false) => {
+        if dry_run {
+            return Ok(Vec::new());
+        }
+        match common::controller_runs(ctx, client, Component::CertManager).await {
+            Ok(()) => Ok(vec![export_ca(client, &ctx.config).await?]),
+            Err(why) => {
                 tracing::info!(
-                    "the lab runs no cert-manager controller, so the CA is never issued there: {} is not written",
+                    "the CA is never issued here ({why}): {} is not written",
                     ca_file(&ctx.config).display()
                 );
                 Ok(Vec::new())
             }
-            (_, true) => Ok(Vec::new()),
         }
     }
 
     async fn verify(&self, ctx: &Context, client: &kube::Client) -> anyhow::Result<Vec<Check>> {
         let wait = Duration::from_secs(60);
-        let mut checks = vec![kit::check::exposure::ca_issuer(client, ctx.target).await];
+        let mut checks = vec![kit::check::exposure::ca_issuer(ctx, client).await];
         let ours: Vec<DynamicObject> = ours(&ctx.config)?.iter().flat_map(|part| part.objects().to_vec()).collect();
         let what = "the CA chain and the entry point's certificate";
         checks.push(common::stored_as_configured(client, Self::NAME, &ours, what).await);
         checks
             .push(common::certificate_ready(ctx, client, kit::names::TRAEFIK_NAMESPACE, entrypoint::CERTIFICATE).await);
-        match ctx.target {
-            Target::Talos => {
-                let resource = certificate_resource();
-                let ready = kit::wait::condition_true(
-                    client,
-                    &resource,
-                    Some(CERT_MANAGER_NAMESPACE),
-                    CA_CERTIFICATE,
-                    "Ready",
-                    wait,
-                )
-                .await;
-                checks.push(match ready {
-                    Ok(()) => Check::pass("ca certificate", format!("Certificate {CA_CERTIFICATE} is Ready")),
-                    Err(error) => Check::fail("ca certificate", format!("{error:#}"), "look at the controller's log"),
-                });
-                checks.push(issuance_check(client, &ctx.config).await);
-                let config = ctx.config.clone();
-                checks.push(tokio::task::spawn_blocking(move || https_entrypoint_check(&config)).await?);
-            }
-            Target::Lab => {
-                let why = "no cert-manager controller runs in the lab (kwok runs no containers)";
-                checks.push(Check::not_checkable_in_lab("ca certificate", why));
-                checks.push(Check::not_checkable_in_lab("issuance", why));
-            }
+        if let Err(why) = common::controller_runs(ctx, client, Component::CertManager).await {
+            checks.push(Check::not_checkable_in_lab("ca certificate", &why));
+            checks.push(Check::not_checkable_in_lab("issuance", why));
+            return Ok(checks);
         }
+        let resource = certificate_resource();
+        let ready =
+            kit::wait::condition_true(client, &resource, Some(CERT_MANAGER_NAMESPACE), CA_CERTIFICATE, "Ready", wait)
+                .await;
+        checks.push(match ready {
+            Ok(()) => Check::pass("ca certificate", format!("Certificate {CA_CERTIFICATE} is Ready")),
+            Err(error) => Check::fail("ca certificate", format!("{error:#}"), "look at the controller's log"),
+        });
+        checks.push(issuance_check(client, &ctx.config).await);
+        checks.push(match ctx.target {
+            Target::Talos => {
+                let config = ctx.config.clone();
+                tokio::task::spawn_blocking(move || https_entrypoint_check(&config)).await?
+            }
+            Target::Lab => Check::not_checkable_in_lab(
+                "https entry point",
+                format!(
+                    "nothing in the box answers on {}:443: Traefik's pods are kwok's, with no data path behind them",
+                    ctx.config.traefik_ip
+                ),
+            ),
+        });
         Ok(checks)
     }
 }

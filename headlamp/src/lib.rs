@@ -226,7 +226,7 @@ impl BundleStage for Headlamp {
         let (api, client) = common::api(ctx).await;
         let mut checks = vec![api];
         let Some(client) = client else { return Ok(checks) };
-        checks.extend(exposure::https_ingress(&client, ctx.target).await);
+        checks.extend(exposure::https_ingress(ctx, &client).await);
         Ok(checks)
     }
 

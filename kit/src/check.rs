@@ -6,6 +6,7 @@ pub mod graph;
 pub mod common {
     use std::time::Duration;
 
+    use crate::artifacts::Component;
     use crate::context::{Context, Target};
     use crate::report::Check;
 
@@ -127,14 +128,31 @@ pub mod common {
         }
     }
 
-    /// cert-manager issued Certificate `namespace/name` (Ready within a minute). On the lab
-    /// target no controller issues anything, so the line says so.
+    /// Whether `component`'s controller really runs where `ctx` points, so what it writes can
+    /// be checked: always on a real cluster; in the lab, while the box has a build of the
+    /// release the cluster runs (the workstation services run it; without one, kwok's pods are
+    /// all there is). `Err` says why not, for a "not checkable in the lab" line.
+    pub async fn controller_runs(ctx: &Context, client: &kube::Client, component: Component) -> Result<(), String> {
+        if ctx.target == Target::Talos {
+            return Ok(());
+        }
+        let name = component.dir();
+        match crate::upgrade::running(client, component).await {
+            Ok(Some((version, _))) if crate::lab::controller_binary(component, version).exists() => Ok(()),
+            Ok(Some((version, _))) => Err(format!(
+                "the box has no build of {name} {version}'s controller, so only kwok's stand-in pods run \
+                 (`cargo xtask lab build` builds the pinned release's)"
+            )),
+            Ok(None) => Err(format!("{name} is not installed, so no controller of its runs")),
+            Err(error) => Err(format!("{error:#}")),
+        }
+    }
+
+    /// cert-manager issued Certificate `namespace/name` (Ready within a minute). In a lab whose
+    /// cert-manager controller is a stand-in, nothing issues it, and the line says so.
     pub async fn certificate_ready(ctx: &Context, client: &kube::Client, namespace: &str, name: &str) -> Check {
-        if ctx.target == Target::Lab {
-            return Check::not_checkable_in_lab(
-                "certificate",
-                format!("Certificate {namespace}/{name}: no cert-manager controller runs in the lab to issue it"),
-            );
+        if let Err(why) = controller_runs(ctx, client, Component::CertManager).await {
+            return Check::not_checkable_in_lab("certificate", format!("Certificate {namespace}/{name}: {why}"));
         }
         let resource = crate::certs::certificate_resource();
         let wait = Duration::from_secs(60);
@@ -154,15 +172,16 @@ pub mod exposure {
     use k8s_openapi::api::networking::v1::IngressClass;
     use kube::api::{Api, DynamicObject};
 
+    use crate::artifacts::Component;
     use crate::certs::{DEFAULT_CLASS_ANNOTATION, INGRESS_CLASS, INGRESS_CONTROLLER};
-    use crate::context::Target;
+    use crate::context::Context;
     use crate::names::{CA_ISSUER, CA_SECRET, CERT_MANAGER_NAMESPACE};
     use crate::report::Check;
 
     /// What an HTTPS Ingress with a cluster-CA certificate needs (the legacy path): stage 04's
     /// IngressClass and stage 05's issuer.
-    pub async fn https_ingress(client: &kube::Client, target: Target) -> [Check; 2] {
-        [ingress_class(client).await, ca_issuer(client, target).await]
+    pub async fn https_ingress(ctx: &Context, client: &kube::Client) -> [Check; 2] {
+        [ingress_class(client).await, ca_issuer(ctx, client).await]
     }
 
     /// Stage 04's IngressClass is Traefik's and the default (an Ingress of a class nobody
@@ -205,11 +224,23 @@ pub mod exposure {
 
     /// Stage 05's ClusterIssuer signs with the CA's Secret and is Ready (a Certificate naming
     /// a missing or unready issuer never issues). Ready is cert-manager's controller's word:
-    /// in the lab, where none runs, an issuer it never looked at is not checkable.
-    pub async fn ca_issuer(client: &kube::Client, target: Target) -> Check {
-        let issuers: Api<DynamicObject> = Api::all_with(client.clone(), &crate::certs::cluster_issuer_resource());
-        match issuers.get_opt(CA_ISSUER).await {
-            Ok(issuer) => ca_issuer_verdict(issuer.as_ref().map(|issuer| &issuer.data), target),
+    /// in a lab whose controller is a stand-in, an issuer it never looked at is not checkable.
+    /// The controller marks the issuer Ready once it has read the CA's Secret, moments after
+    /// the CA is issued (right after stage 05's apply it may not have yet): an issuer that
+    /// exists is given this long.
+    pub async fn ca_issuer(ctx: &Context, client: &kube::Client) -> Check {
+        let resource = crate::certs::cluster_issuer_resource();
+        let issuers: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        let mut found = issuers.get_opt(CA_ISSUER).await;
+        let controller = super::common::controller_runs(ctx, client, Component::CertManager).await;
+        if matches!(found, Ok(Some(_))) && controller.is_ok() {
+            let ready = crate::wait::condition_true(client, &resource, None, CA_ISSUER, "Ready", ISSUER_WAIT).await;
+            if ready.is_ok() {
+                found = issuers.get_opt(CA_ISSUER).await;
+            }
+        }
+        match found {
+            Ok(issuer) => ca_issuer_verdict(issuer.as_ref().map(|issuer| &issuer.data), controller),
             // Without cert-manager's CRDs the kind itself is unknown.
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 Check::fail("ca issuer", "cert-manager is not installed (no ClusterIssuer kind)", ISSUER_FIX)
@@ -218,10 +249,14 @@ pub mod exposure {
         }
     }
 
+    const ISSUER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
     const ISSUER_FIX: &str =
         "run stage 05 first: `cert-manager apply` (or `cargo xtask install-all --from cert-manager`)";
 
-    pub fn ca_issuer_verdict(issuer: Option<&serde_json::Value>, target: Target) -> Check {
+    /// `controller`: whether cert-manager's controller runs (`Err`: why not), from
+    /// [`super::common::controller_runs`].
+    pub fn ca_issuer_verdict(issuer: Option<&serde_json::Value>, controller: Result<(), String>) -> Check {
         let name = "ca issuer";
         let Some(issuer) = issuer else {
             return Check::fail(name, format!("ClusterIssuer {CA_ISSUER} does not exist"), ISSUER_FIX);
@@ -240,15 +275,15 @@ pub mod exposure {
             .pointer("/status/conditions")
             .and_then(serde_json::Value::as_array)
             .and_then(|conditions| conditions.iter().find(|condition| condition["type"] == "Ready"));
-        match (ready, target) {
+        match (ready, controller) {
             (Some(ready), _) if ready["status"] == "True" => {
                 Check::pass(name, format!("ClusterIssuer {CA_ISSUER} is Ready, signing with Secret {CA_SECRET}"))
             }
-            (None, Target::Lab) => Check::not_checkable_in_lab(
+            (None, Err(why)) => Check::not_checkable_in_lab(
                 name,
                 format!(
                     "ClusterIssuer {CA_ISSUER} signs with Secret {CA_SECRET}; whether it is Ready is cert-manager's \
-                     controller's word, and none runs in the lab"
+                     controller's word: {why}"
                 ),
             ),
             (ready, _) => Check::fail(
@@ -296,16 +331,24 @@ pub mod exposure {
                 serde_json::json!({ "spec": { "ca": { "secretName": secret } }, "status": { "conditions": conditions } })
             };
             let ready = issuer(CA_SECRET, Some("True"));
-            assert_eq!(ca_issuer_verdict(Some(&ready), Target::Talos).status, Status::Pass);
-            assert_eq!(ca_issuer_verdict(Some(&ready), Target::Lab).status, Status::Pass);
+            let runs = || Ok(());
+            let stand_in = || Err("the box has no build".to_owned());
+            assert_eq!(ca_issuer_verdict(Some(&ready), runs()).status, Status::Pass);
+            assert_eq!(ca_issuer_verdict(Some(&ready), stand_in()).status, Status::Pass);
             let unseen = issuer(CA_SECRET, None);
-            assert_eq!(ca_issuer_verdict(Some(&unseen), Target::Lab).status, Status::NotCheckableInLab);
-            assert_eq!(ca_issuer_verdict(Some(&unseen), Target::Talos).status, Status::Fail);
-            let refused = ca_issuer_verdict(Some(&issuer(CA_SECRET, Some("False"))), Target::Lab);
+            let not_checkable = ca_issuer_verdict(Some(&unseen), stand_in());
+            assert_eq!(not_checkable.status, Status::NotCheckableInLab);
+            assert!(
+                not_checkable.reason.ends_with("controller's word: the box has no build"),
+                "{}",
+                not_checkable.reason
+            );
+            assert_eq!(ca_issuer_verdict(Some(&unseen), runs()).status, Status::Fail);
+            let refused = ca_issuer_verdict(Some(&issuer(CA_SECRET, Some("False"))), stand_in());
             assert!(refused.status == Status::Fail && refused.reason.ends_with("not Ready: why"), "{}", refused.reason);
-            let elsewhere = ca_issuer_verdict(Some(&issuer("other", Some("True"))), Target::Talos);
+            let elsewhere = ca_issuer_verdict(Some(&issuer("other", Some("True"))), runs());
             assert!(elsewhere.reason.contains("signs with Secret Some(\"other\")"), "{}", elsewhere.reason);
-            assert_eq!(ca_issuer_verdict(None, Target::Lab).status, Status::Fail);
+            assert_eq!(ca_issuer_verdict(None, stand_in()).status, Status::Fail);
         }
     }
 }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::config::ClusterConfig;
+use crate::artifacts::Component;
+use crate::config::{ClusterConfig, Version};
 
 /// The ports of one lab on 127.0.0.1 (and on the box's workstation), all derived from one base
 /// so two labs can run side by side; `lab up` keeps them in `state/lab/lab.json`.
@@ -72,4 +73,17 @@ pub fn enter_box(config: &ClusterConfig) -> anyhow::Result<()> {
 /// services write it once stage 01 has fetched the cluster's own, which is aimed at the VIP).
 pub fn kubeconfig_path(lab_dir: &Path) -> PathBuf {
     lab_dir.join("kubeconfig")
+}
+
+/// The lab's binary cache: what `cargo xtask lab build` builds, folders keyed by version.
+pub fn binaries_dir() -> PathBuf {
+    crate::fsutil::cache_root().join("lab")
+}
+
+/// Where the box keeps its host-process build of `component`'s controller at `version`
+/// (`<component>-<version>/controller` in the lab's cache). `lab build` writes it, and the
+/// workstation services (lab/go/talos/workstation/controllers.go) run it while the cluster runs
+/// that release; without it, the add-on's controller in the box is kwok's stand-in.
+pub fn controller_binary(component: Component, version: Version) -> PathBuf {
+    binaries_dir().join(format!("{}-{version}", component.dir())).join("controller")
 }

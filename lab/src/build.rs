@@ -5,6 +5,8 @@
 //!   wrapper module `lab/go/kubernetes` (k8s.io/kubernetes cannot be `go install`ed: its
 //!   go.mod replaces staging modules with local paths; the wrapper points them at releases).
 //! - kwok and MetalLB's controller are plain modules: `go install <package>@<version>`.
+//! - cert-manager's controller is talos-ha's own main over cert-manager's packages
+//!   (`lab/go/cert-manager`: upstream's main is a module the proxy does not serve).
 //! - talosctl (stage 01 generates and validates the machine configs with it) comes from the
 //!   wrapper module `lab/go/talos`, built with the Go checksum database off (some of Talos's
 //!   forked dependencies have no entry there; the committed go.sum pins every module), with
@@ -15,6 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use kit::artifacts::Component;
 use kit::config::{Version, Versions};
 use xshell::{Shell, cmd};
 
@@ -38,15 +41,32 @@ pub const TWIN: &str = "talos-twin";
 pub const WORKSTATION: &str = "talos-workstation";
 /// The Talos release whose talosctl the committed wrapper module `lab/go/talos` builds.
 const WRAPPER_TALOS: &str = "v1.12.1";
+/// The cert-manager release `lab/go/cert-manager`'s committed go.mod and go.sum build; other
+/// releases are resolved afresh in a scratch copy.
+const WRAPPER_CERT_MANAGER: &str = "v1.20.3";
+
+/// The add-on controllers the box runs for real, as host processes the workstation services
+/// start (lab/go/talos/workstation/controllers.go), with what each does there.
+pub const HOST_CONTROLLERS: [(Component, &str); 3] = [
+    (Component::Metallb, "assigns LoadBalancer addresses from stage 02's pools"),
+    (Component::CertManager, "issues the Certificates of stage 05's issuers"),
+    (Component::EnvoyGateway, "makes each Gateway's Envoy Deployment and Service, and reports the Gateway's status"),
+];
+
+/// A host controller's process name, its pid and log file's (the workstation names them alike).
+pub fn host_controller_name(component: Component) -> String {
+    format!("{}-controller", component.dir())
+}
+
+/// What the host controller of process `name` does, if `name` is one.
+pub fn host_controller_role(name: &str) -> Option<&'static str> {
+    HOST_CONTROLLERS.iter().find(|(component, _)| host_controller_name(*component) == name).map(|(_, role)| *role)
+}
 
 /// Where every lab binary lives once built.
 pub struct Binaries {
     pub kubernetes_dir: PathBuf,
     pub kwok_dir: PathBuf,
-    /// MetalLB's controller, run by the workstation services so LoadBalancer addresses are really
-    /// assigned.
-    pub metallb_dir: PathBuf,
-    metallb_version: Version,
     /// talosctl at versions.talos, where `kit::tool` looks for it.
     pub talos_dir: PathBuf,
     talos_version: Version,
@@ -61,7 +81,6 @@ impl Binaries {
     pub fn path(&self, name: &str) -> PathBuf {
         match name {
             "kwok" => self.kwok_dir.join(name),
-            "metallb-controller" => self.metallb_dir.join("controller"),
             "talosctl" => self.talos_dir.join(name),
             // The twin and the workstation services are our own code: their files carry a hash
             // of their source, so a change rebuilds them although versions.talos did not change.
@@ -72,12 +91,10 @@ impl Binaries {
 }
 
 pub fn binaries(versions: &Versions) -> Binaries {
-    let lab = kit::fsutil::cache_root().join("lab");
+    let lab = kit::lab::binaries_dir();
     Binaries {
         kubernetes_dir: lab.join(format!("kubernetes-{}", versions.kubernetes)),
         kwok_dir: lab.join(format!("kwok-{KWOK_VERSION}")),
-        metallb_dir: lab.join(format!("metallb-{}", versions.metallb)),
-        metallb_version: versions.metallb,
         talos_dir: kit::tool::talosctl_cache_dir(versions.talos),
         talos_version: versions.talos,
     }
@@ -91,13 +108,18 @@ fn go_module(name: &str) -> PathBuf {
 const KUBERNETES_COMMANDS: &[&str] =
     &["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl"];
 
-/// Builds whatever is missing from the cache; returns where the binaries are.
+/// Builds whatever is missing from the cache, the host controllers at `versions` among it;
+/// returns where the binaries are.
 pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
     let kubernetes = versions.kubernetes;
     let binaries = binaries(versions);
     let missing_kubernetes = KUBERNETES_COMMANDS.iter().any(|name| !binaries.path(name).exists());
     let missing_kwok = !binaries.path("kwok").exists() || binaries.kwok_stages().iter().any(|stage| !stage.exists());
-    let missing_metallb = !binaries.path("metallb-controller").exists();
+    let missing_controllers: Vec<(Component, Version)> = HOST_CONTROLLERS
+        .iter()
+        .map(|(component, _)| (*component, component.version(versions)))
+        .filter(|(component, version)| !host_controller_built(*component, *version))
+        .collect();
     let talos = binaries.talos_version;
     let missing_talos = ["talosctl", TWIN, WORKSTATION].iter().any(|name| !binaries.path(name).exists());
     let talos_buildable = talos.to_string() == WRAPPER_TALOS;
@@ -108,7 +130,7 @@ pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
         );
     }
     let missing_talos = missing_talos && talos_buildable;
-    if !missing_kubernetes && !missing_kwok && !missing_metallb && !missing_talos {
+    if !missing_kubernetes && !missing_kwok && missing_controllers.is_empty() && !missing_talos {
         return Ok(binaries);
     }
     let go = which::which("go").context(
@@ -127,16 +149,95 @@ pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
     if missing_kwok {
         build_kwok(&sh, &go, &binaries.kwok_dir)?;
     }
-    if missing_metallb {
-        let version = binaries.metallb_version;
-        let staging = staging_dir(&binaries.metallb_dir)?;
-        go_install(&sh, &go, &format!("go.universe.tf/metallb/controller@{version}"), &staging, "about 1 minute")?;
-        publish(&staging, &binaries.metallb_dir)?;
+    for (component, version) in missing_controllers {
+        build_host_controller(&sh, &go, component, version)?;
     }
     if missing_talos {
         build_talosctl(&sh, &go, talos, &go_module("talos"), &binaries.talos_dir)?;
     }
     Ok(binaries)
+}
+
+/// Builds `component`'s controller at `version` into the cache. A release that does not build
+/// from the modules this machine is served leaves the box with kwok's stand-in for it (said so
+/// here, and by the stage's `verify` in the lab); the default pins must build.
+fn build_host_controller(sh: &Shell, go: &Path, component: Component, version: Version) -> anyhow::Result<()> {
+    let Some(out) = kit::lab::controller_binary(component, version).parent().map(Path::to_path_buf) else {
+        anyhow::bail!("no folder for {component:?}'s controller");
+    };
+    let staging = staging_dir(&out)?;
+    let built = match component {
+        Component::CertManager => build_cert_manager(sh, go, version, &staging),
+        Component::EnvoyGateway => build_envoy_gateway(sh, go, version, &staging),
+        _ => {
+            let package = format!("go.universe.tf/metallb/controller@{version}");
+            go_install(sh, go, &package, &staging, GoInstall { cold: "about 2 minutes", ..GoInstall::default() })
+        }
+    };
+    match built {
+        Ok(()) => publish(&staging, &out),
+        Err(error) if version.to_string() != kit::config::default_pin(component.key()) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            tracing::warn!(
+                "the box has no build of {} {version}'s controller ({error:#}): while the cluster runs that release, \
+                 its controller in the box is kwok's stand-in",
+                component.dir()
+            );
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// cert-manager's controller from talos-ha's own main (`lab/go/cert-manager`), built in a
+/// scratch copy of that module. At the committed release its go.mod and go.sum are used as
+/// they are; another release gets a go.mod that requires only it, and `go mod tidy` resolves
+/// that release's own dependencies (checked against the Go checksum database), so the build
+/// links what that release was released with.
+fn build_cert_manager(sh: &Shell, go: &Path, version: Version, staging: &Path) -> anyhow::Result<()> {
+    let module = staging.join("module");
+    std::fs::create_dir_all(&module)?;
+    let committed = version.to_string() == WRAPPER_CERT_MANAGER;
+    let files: &[&str] = if committed { &["main.go", "go.mod", "go.sum"] } else { &["main.go"] };
+    for file in files {
+        std::fs::copy(go_module("cert-manager").join(file), module.join(file))
+            .with_context(|| format!("copying lab/go/cert-manager/{file}"))?;
+    }
+    let _dir = sh.push_dir(&module);
+    if !committed {
+        let go_mod = format!(
+            "module talos-ha/lab/cert-manager\n\ngo 1.23\n\nrequire github.com/cert-manager/cert-manager {version}\n"
+        );
+        std::fs::write(module.join("go.mod"), go_mod)?;
+        cmd!(sh, "{go} mod tidy").quiet().run().with_context(|| format!("resolving cert-manager {version}"))?;
+    }
+    // Without the stamp the controller calls itself "canary" in its user agent.
+    let ldflags = format!("-s -w -X github.com/cert-manager/cert-manager/pkg/util.AppVersion={version}");
+    let out = staging.join("controller");
+    let command = cmd!(sh, "{go} build -trimpath -buildvcs=false -ldflags {ldflags} -o {out} .");
+    with_heartbeat(&format!("building cert-manager {version}'s controller (cold: about 2–5 minutes, once)"), || {
+        command.quiet().run().context("go build of lab/go/cert-manager failed (output above)")
+    })?;
+    drop(_dir);
+    std::fs::write(staging.join(SOURCE_STAMP), cert_manager_source_hash())?;
+    std::fs::remove_dir_all(&module).context("removing the scratch module")
+}
+
+/// Envoy Gateway's controller: `go install` of its release (its go.mod has no replace lines),
+/// stamped with the version it reports, and static: the workstation runs it confined to a root
+/// that holds only what its pod would mount (lab/go/talos/workstation/envoy_gateway.go).
+fn build_envoy_gateway(sh: &Shell, go: &Path, version: Version, staging: &Path) -> anyhow::Result<()> {
+    let package = format!("github.com/envoyproxy/gateway/cmd/envoy-gateway@{version}");
+    let stamp = format!("-X github.com/envoyproxy/gateway/internal/cmd/version.envoyGatewayVersion={version}");
+    go_install(
+        sh,
+        go,
+        &package,
+        staging,
+        GoInstall { cold: "about 5–9 minutes", ldflags: &stamp, static_binary: true },
+    )?;
+    // `go install` names the binary after its package's folder.
+    std::fs::rename(staging.join("envoy-gateway"), staging.join("controller")).context("naming the build")
 }
 
 fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out: &Path) -> anyhow::Result<()> {
@@ -202,7 +303,7 @@ fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &
 /// wrapper's go.mod/go.sum.
 fn box_source_hash() -> String {
     let module = go_module("talos");
-    let mut files: Vec<std::path::PathBuf> = ["twin", "workstation"]
+    let mut files: Vec<PathBuf> = ["twin", "workstation"]
         .iter()
         .flat_map(|folder| std::fs::read_dir(module.join(folder)).into_iter().flatten())
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -210,18 +311,55 @@ fn box_source_hash() -> String {
         .collect();
     files.sort();
     files.extend([module.join("go.mod"), module.join("go.sum")]);
+    source_hash(&files)
+}
+
+/// The first 12 hex digits of the sha256 of `files`' contents, in order.
+fn source_hash(files: &[PathBuf]) -> String {
     let mut bytes = Vec::new();
     for file in files {
-        bytes.extend(std::fs::read(&file).unwrap_or_default());
+        bytes.extend(std::fs::read(file).unwrap_or_default());
     }
     kit::artifacts::sha256_hex(&bytes)[..12].to_owned()
 }
 
+/// cert-manager's controller is our own main: its build is current only while it was built
+/// from this source (kept beside the binary), so a change to the main rebuilds it.
+fn cert_manager_source_hash() -> String {
+    let module = go_module("cert-manager");
+    source_hash(&["main.go", "go.mod", "go.sum"].map(|file| module.join(file)))
+}
+
+/// Whether the cache holds a current build of `component`'s controller at `version`.
+fn host_controller_built(component: Component, version: Version) -> bool {
+    let binary = kit::lab::controller_binary(component, version);
+    let from_source = || std::fs::read_to_string(binary.with_file_name(SOURCE_STAMP)).unwrap_or_default();
+    binary.exists() && (component != Component::CertManager || from_source() == cert_manager_source_hash())
+}
+
+/// The file beside a build of our own main that names the source it was built from.
+const SOURCE_STAMP: &str = "source";
+
+/// How one `go install` is done.
+#[derive(Default)]
+struct GoInstall<'a> {
+    /// How long a build with a cold Go cache takes, for the progress line.
+    cold: &'a str,
+    /// `-ldflags` beyond stripping the symbols (a version stamp).
+    ldflags: &'a str,
+    /// No cgo: a binary that needs no shared library, to run in a root of its own.
+    static_binary: bool,
+}
+
 /// `go install PACKAGE@VERSION` into `staging`: for modules that install as they are.
-fn go_install(sh: &Shell, go: &Path, package: &str, staging: &Path, cold: &str) -> anyhow::Result<()> {
-    let ldflags = "-s -w";
-    let command = cmd!(sh, "{go} install -trimpath -buildvcs=false -ldflags {ldflags} {package}").env("GOBIN", staging);
-    with_heartbeat(&format!("building {package} (cold: {cold}, once)"), || {
+fn go_install(sh: &Shell, go: &Path, package: &str, staging: &Path, how: GoInstall<'_>) -> anyhow::Result<()> {
+    let ldflags = format!("-s -w {}", how.ldflags);
+    let mut command =
+        cmd!(sh, "{go} install -trimpath -buildvcs=false -ldflags {ldflags} {package}").env("GOBIN", staging);
+    if how.static_binary {
+        command = command.env("CGO_ENABLED", "0");
+    }
+    with_heartbeat(&format!("building {package} (cold: {}, once)", how.cold), || {
         command.quiet().run().with_context(|| format!("go install {package} failed (output above)"))
     })
 }
@@ -229,7 +367,8 @@ fn go_install(sh: &Shell, go: &Path, package: &str, staging: &Path, cold: &str) 
 fn build_kwok(sh: &Shell, go: &Path, out: &Path) -> anyhow::Result<()> {
     let staging = staging_dir(out)?;
     let module = format!("sigs.k8s.io/kwok@{KWOK_VERSION}");
-    go_install(sh, go, &format!("sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"), &staging, "about 3 minutes")?;
+    let package = format!("sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}");
+    go_install(sh, go, &package, &staging, GoInstall { cold: "about 3 minutes", ..GoInstall::default() })?;
     // The module `go install` just fetched holds the stage files; `go mod download` names its folder.
     let download = cmd!(sh, "{go} mod download -json {module}").read().context("locating the kwok module")?;
     let module_dir: ModuleDownload = serde_json::from_str(&download).context("reading `go mod download -json`")?;

@@ -157,9 +157,8 @@ impl Lab {
             format!("--image-factory-dir={}", self.image_factory_dir().display()),
             format!("--kubeconfig={}", self.cluster_kubeconfig().display()),
             format!("--host-kubeconfig={}", self.kubeconfig.display()),
-            format!("--metallb={}", self.binaries.path("metallb-controller").display()),
+            format!("--lab-binaries={}", kit::lab::binaries_dir().display()),
             format!("--metallb-metrics-port={}", self.ports.metallb_metrics()),
-            format!("--metallb-version={}", self.config.versions.metallb),
             format!("--run={}", self.dir.join("run").display()),
             format!("--logs={}", self.dir.join("logs").display()),
             format!("--ready-file={}", self.workstation_ready_file().display()),
@@ -177,15 +176,22 @@ impl Lab {
         self.dir.join("run").join("workstation.ready")
     }
 
-    /// MetalLB's controller, as the workstation services start it (known here by its pid file).
-    fn metallb_controller(&self) -> Process {
-        self.process("metallb-controller", self.binaries.path("metallb-controller"), Vec::new())
+    /// The add-on controllers the workstation services run for real (known here by their pid
+    /// files, named after their component; the workstation picks the build of the release the
+    /// cluster runs).
+    fn host_controllers(&self) -> impl Iterator<Item = Process> + '_ {
+        build::HOST_CONTROLLERS.iter().map(|(component, _)| {
+            let version = component.version(&self.config.versions);
+            let name = build::host_controller_name(*component);
+            self.process(&name, kit::lab::controller_binary(*component, version), Vec::new())
+        })
     }
 
     /// Every process, in start order.
     fn processes(&self) -> Vec<Process> {
         let mut all = self.twins();
-        all.extend([self.workstation(), self.metallb_controller()]);
+        all.push(self.workstation());
+        all.extend(self.host_controllers());
         all
     }
 
@@ -416,9 +422,12 @@ impl Lab {
         for process in &self.processes() {
             let pid = process.running_pid();
             let (healthy, detail) = match (pid, process.name.as_str()) {
-                (None, "metallb-controller") => {
-                    (true, "starts once stage 02 is applied (the workstation services start it)".to_owned())
-                }
+                (None, name) if build::host_controller_role(name).is_some() => (
+                    true,
+                    "starts once its stage is applied, if the box has a build of the release it runs \
+                     (the workstation services start it)"
+                        .to_owned(),
+                ),
                 (None, _) => (false, "not running".to_owned()),
                 (Some(_), name) if name.starts_with("twin-") => {
                     let node = name.trim_start_matches("twin-");
@@ -434,7 +443,9 @@ impl Lab {
                     true,
                     format!("forwards {} to {}; the box's stand-ins", self.api_url(), self.config.api_endpoint()),
                 ),
-                (Some(_), _) => (true, "running: assigns LoadBalancer addresses from stage 02's pools".to_owned()),
+                (Some(_), name) => {
+                    (true, format!("running: {}", build::host_controller_role(name).unwrap_or_default()))
+                }
             };
             report.push(ComponentStatus {
                 name: process.name.clone(),

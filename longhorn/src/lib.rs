@@ -347,7 +347,7 @@ impl BundleStage for Longhorn {
                 "uncordon or repair workers (kubectl get nodes): each replica needs a node of its own",
             )
         });
-        checks.extend(exposure::https_ingress(&client, ctx.target).await);
+        checks.extend(exposure::https_ingress(ctx, &client).await);
         // On the lab too: the box's twins report their extensions and configs as Talos does.
         checks.extend(talos::worker_checks(&ctx.config, DATA_PATH).await);
         Ok(checks)

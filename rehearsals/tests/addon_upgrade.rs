@@ -4,7 +4,8 @@
 //! hop: 15 hops, a Longhorn CRD left storing `v1beta1` migrated before v1.10, the upgrade killed
 //! mid-way and resumed. Afterwards nothing is left to upgrade, a full install changes nothing
 //! (no object talos-ha applied was lost, every stage's verify passes), and what the releases
-//! dropped is gone.
+//! dropped is gone. cert-manager's controller runs for real at both ends (v1.16.5, then
+//! v1.20.3): the CA that signed the leaves before the upgrade still verifies them after.
 
 use std::os::unix::process::CommandExt as _;
 use std::process::{Output, Stdio};
@@ -47,6 +48,15 @@ fn read_lines(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<St
     lines
 }
 
+/// The certificate (`tls.crt`) cert-manager stored in Secret `namespace/name`.
+async fn certificate(client: &kube::Client, namespace: &str, name: &str) -> anyhow::Result<Vec<u8>> {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let data = secrets.get(name).await?.data.unwrap_or_default();
+    data.get("tls.crt")
+        .map(|pem| pem.0.clone())
+        .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{name} holds no tls.crt"))
+}
+
 async fn stored_versions(client: &kube::Client, crd: &str) -> anyhow::Result<Vec<String>> {
     let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
     Ok(crds.get(crd).await?.status.and_then(|status| status.stored_versions).unwrap_or_default())
@@ -61,6 +71,11 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
     let installed = tokio::task::spawn_blocking(move || { install }.output()).await??;
     anyhow::ensure!(installed.status.success(), "the seed's set installs: {}", log(&installed));
     let client = kit::client::client_from_kubeconfig(&own.lab.kubeconfig).await?;
+    let controller_log = own.lab.dir.join("logs").join("cert-manager-controller.log");
+    assert!(std::fs::read_to_string(&controller_log)?.contains("version=\"v1.16.5\""), "the seed's controller runs");
+    let ca_before = certificate(&client, "cert-manager", "talos-ha-ca").await?;
+    let whoami_host = own.config.service_host("whoami", own.config.traefik_ip);
+    cert_manager::chain::verify(&certificate(&client, "whoami", "whoami-tls").await?, &ca_before, &whoami_host)?;
 
     // A restore of an old etcd can leave a Longhorn CRD storing v1beta1, which v1.10 drops.
     let crds: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
@@ -167,6 +182,14 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
     let bindings: kube::Api<k8s_openapi::api::rbac::v1::RoleBinding> =
         kube::Api::namespaced(client.clone(), "cert-manager");
     assert!(bindings.get_opt("cert-manager-cert-manager-tokenrequest").await?.is_none(), "renamed in 1.19");
+
+    // The CA kept its key pair through four minors (rotationPolicy Never, stated before 1.18
+    // flipped the default): the leaves it signed before still chain to it, and the controller
+    // that runs now is v1.20.3's.
+    assert_eq!(certificate(&client, "cert-manager", "talos-ha-ca").await?, ca_before, "the same CA");
+    cert_manager::chain::verify(&certificate(&client, "whoami", "whoami-tls").await?, &ca_before, &whoami_host)?;
+    let controller = std::fs::read_to_string(&controller_log)?;
+    assert!(controller.contains("version=\"v1.20.3\""), "the pinned release's controller took over: {controller}");
 
     // Every stage at the defaults: nothing to create or change, and every verify passes.
     let whole = own.xtask(&["install-all", "--port-base", &port_base]).output()?;

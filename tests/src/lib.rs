@@ -165,15 +165,6 @@ where
     }
 }
 
-/// A status condition as a controller writes it, for tests that stand in for a controller
-/// the lab does not run (cert-manager's, Envoy Gateway's).
-pub fn written_condition(kind: &str, status: &str, reason: &str) -> serde_json::Value {
-    serde_json::json!({
-        "type": kind, "status": status, "reason": reason, "message": "written by the test",
-        "lastTransitionTime": "2026-12-01T00:00:00Z", "observedGeneration": 1,
-    })
-}
-
 /// May ServiceAccount `namespace/account` do `verb` on `resource` in `target` (cluster-wide
 /// when `None`)? Asked of the API server's real RBAC authorizer (a SubjectAccessReview).
 pub async fn service_account_may(

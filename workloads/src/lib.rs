@@ -270,7 +270,7 @@ impl BundleStage for Workloads {
         let (api, client) = common::api(ctx).await;
         let mut checks = vec![api];
         let Some(client) = client else { return Ok(checks) };
-        checks.extend(exposure::https_ingress(&client, ctx.target).await);
+        checks.extend(exposure::https_ingress(ctx, &client).await);
         checks.push(gateway_check(&client).await);
         Ok(checks)
     }

@@ -123,7 +123,7 @@ async fn certificate_expiry(client: &kube::Client, namespace: &str, name: &str, 
     match certificates.get_opt(name).await {
         Ok(Some(certificate)) => match (certificate.data["status"]["notAfter"].as_str(), target) {
             (Some(after), _) => format!("valid until {after}"),
-            // cert-manager's controller is a pod, and the lab runs no containers.
+            // Only a lab whose cert-manager controller is kwok's stand-in never issues.
             (None, Target::Lab) => format!("{namespace}/{name} exists; issuance not checkable in the lab"),
             (None, Target::Talos) => "not issued yet".to_owned(),
         },

@@ -144,6 +144,11 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
                     ),
                 }
             }
+            if global.lab {
+                // The box runs each add-on controller it has a build of, at the release the
+                // cluster runs: the pins' builds must exist before the hops reach them.
+                lab::ensure_binaries(&config.versions)?;
+            }
             let root = xtask::workspace_root();
             let stages: Vec<&str> = plan.iter().filter(|upgrade| !upgrade.hops.is_empty()).map(stage_of).collect();
             let bin_dir = crate::stages::build(&root, &stages)?;

@@ -17,7 +17,9 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 
 pub use range::IpRange;
-pub use versions::{PINS, Pin, Version, Versions, seed_pin_lines, seed_versions_block, talos_kubernetes_mismatch};
+pub use versions::{
+    PINS, Pin, Version, Versions, default_pin, seed_pin_lines, seed_versions_block, talos_kubernetes_mismatch,
+};
 
 /// A validated cluster. Construct it with [`ClusterConfig::load`] or [`ClusterConfig::parse`].
 #[derive(Debug, Clone, Serialize)]

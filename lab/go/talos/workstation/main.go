@@ -9,8 +9,9 @@
 //     computes it (the real one is on the internet, which the box cannot reach);
 //   - kubelet-serving-cert-approver: its pods are kwok fakes, so this approves kubelet
 //     serving-certificate requests in their place, by the approver's rules;
-//   - MetalLB's controller: its pods are fakes too, so the real controller runs here, from
-//     its own binary, once stage 02 has installed its CRDs.
+//   - the add-on controllers the box has builds of (MetalLB's, cert-manager's): their pods
+//     are fakes too, so the real controllers run here, at the release the cluster runs,
+//     once their stage has installed their CRDs (controllers.go).
 //
 // It is started by `cargo xtask lab up` on this machine's network and enters the box itself:
 // one OS thread joins the workstation namespace and makes every socket and process that
@@ -30,7 +31,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -41,7 +41,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
-	"golang.org/x/mod/semver"
 	"gopkg.in/yaml.v3"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -58,9 +57,8 @@ func main() {
 	factoryDir := flag.String("image-factory-dir", "", "where the Image Factory stand-in keeps the schematics uploaded to it")
 	kubeconfig := flag.String("kubeconfig", "", "the cluster's admin kubeconfig (stage 01 writes it)")
 	hostKubeconfig := flag.String("host-kubeconfig", "", "the copy of the admin kubeconfig aimed at the forward, written here")
-	metallb := flag.String("metallb", "", "MetalLB's controller binary")
+	binaries := flag.String("lab-binaries", "", "the lab's binary cache: the add-on controllers' builds, as <component>-<release>/controller")
 	metallbPort := flag.Int("metallb-metrics-port", 16445, "the port of MetalLB's controller's metrics, on the workstation")
-	metallbVersion := flag.String("metallb-version", "", "the release of MetalLB's controller binary (vX.Y.Z)")
 	runDir := flag.String("run", "", "where the pid files of the processes started here go")
 	logDir := flag.String("logs", "", "where their logs go")
 	readyFile := flag.String("ready-file", "", "written with this process's PID once every listener is up")
@@ -108,9 +106,9 @@ func main() {
 
 	cluster := &clusterServices{
 		box: box, kubeconfig: *kubeconfig, hostKubeconfig: *hostKubeconfig, listen: *listen,
-		metallb: *metallb, metallbPort: *metallbPort, runDir: *runDir, logDir: *logDir,
-		metallbNamesItsPod: semver.Compare(*metallbVersion, "v0.16.0") >= 0,
+		binaries: *binaries, metallbPort: *metallbPort, runDir: *runDir, logDir: *logDir,
 	}
+	cluster.controllers = cluster.hostControllers()
 
 	for ctx.Err() == nil {
 		if err := cluster.reconcile(ctx); err != nil {
@@ -275,41 +273,17 @@ func (f imageFactory) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // clusterServices is what needs the cluster's API: the host kubeconfig, the approver
-// stand-in, MetalLB's controller.
+// stand-in, the add-on controllers.
 type clusterServices struct {
 	box            *inBox
 	kubeconfig     string
 	hostKubeconfig string
 	listen         string
-	metallb        string
+	binaries       string
 	metallbPort    int
 	runDir         string
 	logDir         string
-
-	// From v0.16 the controller reads its own Pod at start (ConfigurationState objects name
-	// it as their owner) and exits when it is missing: metallb v0.16.1 controller/main.go
-	// (-pod-name) and internal/k8s/k8s.go. Here that Pod is kwok's stand-in of the
-	// Deployment's pod.
-	metallbNamesItsPod bool
-	// The Pod the running controller was told is its own.
-	metallbPod string
-
-	metallbProcess *exec.Cmd
-	// Closed when MetalLB's controller has exited.
-	metallbExited chan struct{}
-}
-
-func (c *clusterServices) metallbRunning() bool {
-	if c.metallbProcess == nil {
-		return false
-	}
-
-	select {
-	case <-c.metallbExited:
-		return false
-	default:
-		return true
-	}
+	controllers    []*hostController
 }
 
 func (c *clusterServices) reconcile(ctx context.Context) error {
@@ -339,7 +313,13 @@ func (c *clusterServices) reconcile(ctx context.Context) error {
 		return fmt.Errorf("kubelet-serving-cert-approver stand-in: %w", err)
 	}
 
-	return c.runMetalLB(ctx, client)
+	for _, controller := range c.controllers {
+		if err = controller.reconcile(ctx, c, client); err != nil {
+			return err
+		}
+	}
+
+	return nil
 }
 
 // writeHostKubeconfig: the admin kubeconfig, its server the forward (the API server's
@@ -492,89 +472,9 @@ func refusal(ctx context.Context, client *kubernetes.Clientset, request certific
 	return ""
 }
 
-// runMetalLB starts MetalLB's controller (webhook off: the lab leaves MetalLB's webhook
-// out) once its CRDs exist, and keeps it running; its pid file lets `lab status` find it.
-func (c *clusterServices) runMetalLB(ctx context.Context, client *kubernetes.Clientset) error {
-	var pod string
-
-	if c.metallbNamesItsPod {
-		if pod = controllerPod(ctx, client); pod == "" {
-			return nil // no pod yet: stage 02 has not installed MetalLB, or kwok has not made it
-		}
-	}
-
-	if c.metallbRunning() {
-		if pod == c.metallbPod {
-			return nil
-		}
-		// The Deployment rolled (an upgrade): the controller's pod is another one now.
-		log.Printf("MetalLB's controller pod is %s now (was %s): restarting the controller", pod, c.metallbPod)
-		c.stop()
-	}
-
-	installed, err := client.Discovery().ServerResourcesForGroupVersion("metallb.io/v1beta1")
-	if err != nil || installed == nil {
-		return nil //nolint:nilerr // stage 02 has not installed MetalLB yet
-	}
-
-	logFile, err := os.OpenFile(filepath.Join(c.logDir, "metallb-controller.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-
-	cmd := exec.Command(c.metallb,
-		"-kubeconfig="+c.kubeconfig, "-namespace=metallb-system", "-webhook-mode=disabled",
-		"-disable-cert-rotation=true", "-ml-secret-name=metallb-memberlist", "-deployment=controller",
-		fmt.Sprintf("-port=%d", c.metallbPort))
-	if c.metallbNamesItsPod {
-		cmd.Args = append(cmd.Args, "-pod-name="+pod)
-	}
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-
-	c.box.do(func() { err = cmd.Start() })
-
-	if err != nil {
-		return fmt.Errorf("starting MetalLB's controller: %w", err)
-	}
-
-	exited := make(chan struct{})
-	c.metallbProcess, c.metallbExited, c.metallbPod = cmd, exited, pod
-
-	go func() {
-		cmd.Wait()      //nolint:errcheck
-		logFile.Close() //nolint:errcheck
-		close(exited)
-	}()
-
-	log.Printf("MetalLB's controller started (pid %d)", cmd.Process.Pid)
-
-	return writePidFile(filepath.Join(c.runDir, "metallb-controller.pid"), cmd.Process.Pid)
-}
-
-// controllerPod is the name of the running pod of MetalLB's controller Deployment, or "" (none
-// yet, or the API did not answer: reconcile asks again in 2 s).
-func controllerPod(ctx context.Context, client *kubernetes.Clientset) string {
-	selector := metav1.ListOptions{LabelSelector: "app=metallb,component=controller"}
-
-	pods, err := client.CoreV1().Pods("metallb-system").List(ctx, selector)
-	if err != nil {
-		return ""
-	}
-
-	for _, pod := range pods.Items {
-		if pod.DeletionTimestamp == nil && pod.Status.Phase == corev1.PodRunning {
-			return pod.Name
-		}
-	}
-
-	return ""
-}
-
 func (c *clusterServices) stop() {
-	if c.metallbRunning() {
-		c.metallbProcess.Process.Signal(syscall.SIGTERM) //nolint:errcheck
-		<-c.metallbExited
+	for _, controller := range c.controllers {
+		controller.stop()
 	}
 }
 
