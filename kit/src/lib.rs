@@ -4,8 +4,8 @@
 //!
 //! floor 0: report, manifest, names, fsutil, logging, golden, wait, http, rbac
 //! floor 1: config
-//! floor 2: client, artifacts, lab, certs, tool
-//! floor 3: context, apply, talos, upgrade
+//! floor 2: client, artifacts, certs, tool
+//! floor 3: context, apply, talos, upgrade, lab
 //! floor 4: check, stage
 //! floor 5: bundle
 //!
