@@ -7,6 +7,8 @@
 //! - kwok and MetalLB's controller are plain modules: `go install <package>@<version>`.
 //! - cert-manager's controller is talos-ha's own main over cert-manager's packages
 //!   (`lab/go/cert-manager`: upstream's main is a module the proxy does not serve).
+//! - Envoy Gateway's controller installs as it is; Traefik comes from the wrapper module
+//!   `lab/go/traefik` (its go.mod replaces forks and a local module, which `go install` refuses).
 //! - talosctl (stage 01 generates and validates the machine configs with it) comes from the
 //!   wrapper module `lab/go/talos`, built with the Go checksum database off (some of Talos's
 //!   forked dependencies have no entry there; the committed go.sum pins every module), with
@@ -44,11 +46,14 @@ const WRAPPER_TALOS: &str = "v1.12.1";
 /// The cert-manager release `lab/go/cert-manager`'s committed go.mod and go.sum build; other
 /// releases are resolved afresh in a scratch copy.
 const WRAPPER_CERT_MANAGER: &str = "v1.20.3";
+/// The Traefik release the wrapper module `lab/go/traefik` builds.
+const WRAPPER_TRAEFIK: &str = "v3.7.9";
 
 /// The add-on controllers the box runs for real, as host processes the workstation services
 /// start (lab/go/talos/workstation/controllers.go), with what each does there.
-pub const HOST_CONTROLLERS: [(Component, &str); 3] = [
+pub const HOST_CONTROLLERS: [(Component, &str); 4] = [
     (Component::Metallb, "assigns LoadBalancer addresses from stage 02's pools"),
+    (Component::Traefik, "watches Ingresses and IngressRoutes, and publishes traefik.ip on each Ingress"),
     (Component::CertManager, "issues the Certificates of stage 05's issuers"),
     (Component::EnvoyGateway, "makes each Gateway's Envoy Deployment and Service, and reports the Gateway's status"),
 ];
@@ -169,6 +174,7 @@ fn build_host_controller(sh: &Shell, go: &Path, component: Component, version: V
     let built = match component {
         Component::CertManager => build_cert_manager(sh, go, version, &staging),
         Component::EnvoyGateway => build_envoy_gateway(sh, go, version, &staging),
+        Component::Traefik => build_traefik(sh, go, version, &staging),
         _ => {
             let package = format!("go.universe.tf/metallb/controller@{version}");
             go_install(sh, go, &package, &staging, GoInstall { cold: "about 2 minutes", ..GoInstall::default() })
@@ -189,20 +195,27 @@ fn build_host_controller(sh: &Shell, go: &Path, component: Component, version: V
     }
 }
 
+/// A scratch copy of `files` of the lab's Go module `name`, in `staging`: a build there may
+/// change go.mod and go.sum without touching the committed ones.
+fn scratch_module(name: &str, files: &[&str], staging: &Path) -> anyhow::Result<PathBuf> {
+    let module = staging.join("module");
+    for file in files {
+        let to = module.join(file);
+        std::fs::create_dir_all(to.parent().unwrap_or(&module))?;
+        std::fs::copy(go_module(name).join(file), &to).with_context(|| format!("copying lab/go/{name}/{file}"))?;
+    }
+    Ok(module)
+}
+
 /// cert-manager's controller from talos-ha's own main (`lab/go/cert-manager`), built in a
 /// scratch copy of that module. At the committed release its go.mod and go.sum are used as
 /// they are; another release gets a go.mod that requires only it, and `go mod tidy` resolves
 /// that release's own dependencies (checked against the Go checksum database), so the build
 /// links what that release was released with.
 fn build_cert_manager(sh: &Shell, go: &Path, version: Version, staging: &Path) -> anyhow::Result<()> {
-    let module = staging.join("module");
-    std::fs::create_dir_all(&module)?;
     let committed = version.to_string() == WRAPPER_CERT_MANAGER;
     let files: &[&str] = if committed { &["main.go", "go.mod", "go.sum"] } else { &["main.go"] };
-    for file in files {
-        std::fs::copy(go_module("cert-manager").join(file), module.join(file))
-            .with_context(|| format!("copying lab/go/cert-manager/{file}"))?;
-    }
+    let module = scratch_module("cert-manager", files, staging)?;
     let _dir = sh.push_dir(&module);
     if !committed {
         let go_mod = format!(
@@ -238,6 +251,26 @@ fn build_envoy_gateway(sh: &Shell, go: &Path, version: Version, staging: &Path) 
     )?;
     // `go install` names the binary after its package's folder.
     std::fs::rename(staging.join("envoy-gateway"), staging.join("controller")).context("naming the build")
+}
+
+/// Traefik from the wrapper module `lab/go/traefik`, built in a scratch copy (`-mod=mod` may
+/// add to go.sum; the committed one is left alone), stamped with its version.
+fn build_traefik(sh: &Shell, go: &Path, version: Version, staging: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        version.to_string() == WRAPPER_TRAEFIK,
+        "the wrapper module lab/go/traefik builds Traefik {WRAPPER_TRAEFIK} (update it as its header says)"
+    );
+    let module = scratch_module("traefik", &["go.mod", "go.sum", "tools.go", "ext/go.mod", "ext/ext.go"], staging)?;
+    let _dir = sh.push_dir(&module);
+    let ldflags = format!("-s -w -X github.com/traefik/traefik/v3/pkg/version.Version={version}");
+    let out = staging.join("controller");
+    let package = "github.com/traefik/traefik/v3/cmd/traefik";
+    let command = cmd!(sh, "{go} build -mod=mod -trimpath -buildvcs=false -ldflags {ldflags} -o {out} {package}");
+    with_heartbeat(&format!("building Traefik {version} (cold: about 7 minutes and 3 GiB, once)"), || {
+        command.quiet().run().context("go build of lab/go/traefik failed (output above)")
+    })?;
+    drop(_dir);
+    std::fs::remove_dir_all(&module).context("removing the scratch module")
 }
 
 fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out: &Path) -> anyhow::Result<()> {

@@ -419,7 +419,9 @@ impl Lab {
     /// Each component's PID, health and memory, the cluster, and the box.
     pub async fn status(&self) -> Vec<ComponentStatus> {
         let mut report = Vec::new();
-        for process in &self.processes() {
+        let processes = self.processes();
+        let listed: Vec<i32> = processes.iter().filter_map(Process::running_pid).collect();
+        for process in &processes {
             let pid = process.running_pid();
             let (healthy, detail) = match (pid, process.name.as_str()) {
                 (None, name) if build::host_controller_role(name).is_some() => (
@@ -452,7 +454,7 @@ impl Lab {
                 pid,
                 healthy,
                 detail,
-                resident_bytes: pid.and_then(process::resident_bytes),
+                resident_bytes: pid.and_then(|pid| process::resident_bytes(pid, &listed)),
             });
         }
         let (healthy, detail) = match self.cluster_ready().await {

@@ -243,8 +243,10 @@ fn own_resident_bytes(pid: i32) -> Option<u64> {
 }
 
 /// Resident memory of a process and every process below it, in bytes, for `lab status`: a
-/// twin's machine is the twin and what it runs (etcd, the API server, kwok, ...).
-pub fn resident_bytes(pid: i32) -> Option<u64> {
+/// twin's machine is the twin and what it runs (etcd, the API server, kwok, ...). A process in
+/// `listed` (one with a line of its own, as the host controllers the workstation starts) is
+/// left out with what runs below it, so no memory is counted twice.
+pub fn resident_bytes(pid: i32, listed: &[i32]) -> Option<u64> {
     let parents: Vec<(i32, i32)> = fs::read_dir("/proc")
         .ok()?
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
@@ -257,7 +259,8 @@ pub fn resident_bytes(pid: i32) -> Option<u64> {
     let mut tree = vec![pid];
     let mut next = 0;
     while let Some(&parent) = tree.get(next) {
-        tree.extend(parents.iter().filter(|(_, of)| *of == parent).map(|(child, _)| *child));
+        let children = parents.iter().filter(|(child, of)| *of == parent && !listed.contains(child));
+        tree.extend(children.map(|(child, _)| *child));
         next += 1;
     }
     let total: u64 = tree.iter().filter_map(|member| own_resident_bytes(*member)).sum();

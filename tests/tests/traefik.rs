@@ -59,6 +59,8 @@ async fn traefik_needs_metallbs_pool_then_holds_its_fixed_address() -> anyhow::R
     assert_eq!(code, ExitCode::SUCCESS, "{verify}");
     assert!(verify.contains("ok    address: Service traefik/traefik has 172.16.16.101 (traefik.ip)"), "{verify}");
     assert!(verify.contains("lab   redirect: not checkable in the lab"), "{verify}");
+    // Traefik's controller runs in the box, and publishes traefik.ip on the Ingresses it serves.
+    assert!(verify.contains("ok    published: "), "{verify}");
     assert!(
         verify.contains(
             "ok    ingress class: IngressClass traefik is Traefik's (traefik.io/ingress-controller) and the default"

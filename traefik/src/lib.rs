@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kit::artifacts::Component;
 use kit::bundle::{Bundle, BundleStage, Part, Ready};
@@ -79,6 +80,56 @@ fn redirect_check(ip: Ipv4Addr) -> Check {
     }
 }
 
+/// Traefik publishes its Service's address on every Ingress it serves (its class, or none: it
+/// is the default class), as `--providers.kubernetesingress.ingressendpoint.publishedservice`
+/// asks: what `kubectl get ingress` shows and external DNS would read. Waits up to
+/// `ADDRESS_TIMEOUT` for Traefik to catch up with a new Ingress.
+async fn published_check(client: &kube::Client, ip: Ipv4Addr) -> anyhow::Result<Check> {
+    let ingresses: Api<Ingress> = Api::all(client.clone());
+    let deadline = tokio::time::Instant::now() + ADDRESS_TIMEOUT;
+    let ip = ip.to_string();
+    loop {
+        let served: Vec<Ingress> = ingresses
+            .list(&Default::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|ingress| {
+                let class = ingress.spec.as_ref().and_then(|spec| spec.ingress_class_name.as_deref());
+                class.unwrap_or(INGRESS_CLASS) == INGRESS_CLASS
+            })
+            .collect();
+        let unpublished: Vec<String> = served
+            .iter()
+            .filter(|ingress| {
+                let status = ingress.status.as_ref().and_then(|status| status.load_balancer.as_ref());
+                let shown = status.and_then(|lb| lb.ingress.as_ref()).into_iter().flatten();
+                !shown.into_iter().any(|entry| entry.ip.as_deref() == Some(ip.as_str()))
+            })
+            .map(|ingress| {
+                format!(
+                    "{}/{}",
+                    ingress.metadata.namespace.as_deref().unwrap_or_default(),
+                    ingress.metadata.name.as_deref().unwrap_or_default()
+                )
+            })
+            .collect();
+        if unpublished.is_empty() {
+            let what =
+                format!("{} Ingress(es) of class {INGRESS_CLASS} show {ip}, as Traefik publishes it", served.len());
+            return Ok(Check::pass("published", what));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Check::fail(
+                "published",
+                format!("Ingress(es) {} do not show {ip}", unpublished.join(", ")),
+                "look at `kubectl -n traefik logs deploy/traefik` (the kubernetesingress provider)",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 impl BundleStage for Traefik {
     const NAME: &'static str = "traefik";
     const FOLDER: &'static str = "04-traefik-ingress";
@@ -138,11 +189,16 @@ impl BundleStage for Traefik {
             ),
         }];
         checks.push(kit::check::exposure::ingress_class(client).await);
+        checks.push(match common::controller_runs(ctx, client, Component::Traefik).await {
+            Ok(()) => published_check(client, ip).await?,
+            Err(why) => Check::not_checkable_in_lab("published", why),
+        });
         checks.push(match ctx.target {
             Target::Talos => tokio::task::spawn_blocking(move || redirect_check(ip)).await?,
-            Target::Lab => {
-                Check::not_checkable_in_lab("redirect", format!("nothing listens on {ip}: kwok runs no Traefik"))
-            }
+            Target::Lab => Check::not_checkable_in_lab(
+                "redirect",
+                format!("nothing in the box answers on {ip}: no data path runs there"),
+            ),
         });
         Ok(checks)
     }

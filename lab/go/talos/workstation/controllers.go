@@ -18,10 +18,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"golang.org/x/mod/semver"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -36,11 +38,12 @@ type hostController struct {
 	namespace, deployment string
 	// An API group version its CRDs serve: the controller starts once they exist.
 	groupVersion string
-	// The controller's arguments, or ok=false while it cannot start yet.
-	args func(ctx context.Context, client *kubernetes.Clientset, release string) (args []string, ok bool)
-	// prepare, when set, readies what the process needs before each start (the files its pod
-	// would mount) and confines it to them: it returns the root the process is chrooted into
-	// (the binary is put there as /<component>) and the process's environment.
+	// The controller's arguments (given its Deployment and the release it runs), or ok=false
+	// while it cannot start yet.
+	args func(ctx context.Context, client *kubernetes.Clientset, deployment *appsv1.Deployment, release string) (args []string, ok bool)
+	// prepare, when set, readies what the process needs before each start and returns its
+	// environment, and the root it is confined to ("" for none): a root holds the files its
+	// pod would mount, and the binary is put there as /<component>, the process chrooted.
 	prepare func(ctx context.Context, client *kubernetes.Clientset, binary string) (root string, env []string, err error)
 
 	process *exec.Cmd
@@ -50,12 +53,17 @@ type hostController struct {
 	exited chan struct{}
 }
 
-// hostControllers: MetalLB's (stage 02), cert-manager's (stage 05) and Envoy Gateway's (stage 08).
+// hostControllers: MetalLB's (stage 02), Traefik (stage 04), cert-manager's (stage 05) and
+// Envoy Gateway's (stage 08).
 func (c *clusterServices) hostControllers() []*hostController {
 	return []*hostController{
 		{
 			component: "metallb", namespace: "metallb-system", deployment: "controller",
 			groupVersion: "metallb.io/v1beta1", args: c.metallbArgs,
+		},
+		{
+			component: "traefik", namespace: "traefik", deployment: "traefik",
+			groupVersion: "traefik.io/v1alpha1", args: traefikArgs, prepare: c.traefikEnvironment,
 		},
 		{
 			component: "cert-manager", namespace: "cert-manager", deployment: "cert-manager",
@@ -74,7 +82,7 @@ func (c *clusterServices) hostControllers() []*hostController {
 // and exits when it is missing (metallb v0.16.1 controller/main.go, -pod-name, and
 // internal/k8s/k8s.go): here that Pod is kwok's stand-in, and a new one (the Deployment rolled)
 // restarts the controller.
-func (c *clusterServices) metallbArgs(ctx context.Context, client *kubernetes.Clientset, release string) ([]string, bool) {
+func (c *clusterServices) metallbArgs(ctx context.Context, client *kubernetes.Clientset, _ *appsv1.Deployment, release string) ([]string, bool) {
 	args := []string{
 		"-kubeconfig=" + c.kubeconfig, "-namespace=metallb-system", "-webhook-mode=disabled",
 		"-disable-cert-rotation=true", "-ml-secret-name=metallb-memberlist", "-deployment=controller",
@@ -94,8 +102,49 @@ func (c *clusterServices) metallbArgs(ctx context.Context, client *kubernetes.Cl
 // only the cluster; ClusterIssuers keep their Secrets in cert-manager's namespace, as the
 // manifest's --cluster-resource-namespace=$(POD_NAMESPACE) says. Its webhook and cainjector stay
 // stand-ins: the lab transform leaves the webhook configurations out.
-func (c *clusterServices) certManagerArgs(context.Context, *kubernetes.Clientset, string) ([]string, bool) {
+func (c *clusterServices) certManagerArgs(context.Context, *kubernetes.Clientset, *appsv1.Deployment, string) ([]string, bool) {
 	return []string{"--kubeconfig=" + c.kubeconfig, "--cluster-resource-namespace=cert-manager"}, true
+}
+
+// traefikArgs: the arguments stage 04's Deployment gives Traefik, its entry points moved by
+// traefikPortShift. On a cluster each pod has a network namespace of its own; in the box every
+// host controller shares the workstation's, where Envoy Gateway's controller-runtime metrics
+// listener already holds :8080, Traefik's internal entry point (not configurable:
+// internal/provider/kubernetes/kubernetes.go at v1.9.0 leaves controller-runtime's default).
+// Nothing dials these ports in the box: no data path runs there.
+func traefikArgs(_ context.Context, _ *kubernetes.Clientset, deployment *appsv1.Deployment, _ string) ([]string, bool) {
+	args := slices.Clone(deployment.Spec.Template.Spec.Containers[0].Args)
+	for i, arg := range args {
+		flag, address, found := strings.Cut(arg, "=")
+		if !found || !strings.HasPrefix(flag, "--entryPoints.") || !strings.HasSuffix(flag, ".address") {
+			continue
+		}
+
+		host, rest, _ := strings.Cut(address, ":")
+		port, protocol, _ := strings.Cut(rest, "/")
+
+		number, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, false
+		}
+
+		args[i] = fmt.Sprintf("%s=%s:%d", flag, host, number+traefikPortShift)
+		if protocol != "" {
+			args[i] += "/" + protocol
+		}
+	}
+
+	return args, true
+}
+
+// traefikPortShift is added to Traefik's entry point ports in the box: above the lab's own
+// ports (API forwards from 16443 up) and Envoy Gateway's (18000-19001, 8081, 9443).
+const traefikPortShift = 40000
+
+// traefikEnvironment: Traefik has no kubeconfig flag; its Kubernetes providers read KUBECONFIG
+// when KUBERNETES_SERVICE_HOST is unset (pkg/provider/kubernetes/crd/kubernetes.go at v3.7.9).
+func (c *clusterServices) traefikEnvironment(context.Context, *kubernetes.Clientset, string) (string, []string, error) {
+	return "", []string{"KUBECONFIG=" + c.kubeconfig, "HOME=" + c.runDir}, nil
 }
 
 // desired is the command line the controller should run with now, or nil: the add-on is not
@@ -124,7 +173,7 @@ func (h *hostController) desired(ctx context.Context, client *kubernetes.Clients
 		return nil
 	}
 
-	args, ok := h.args(ctx, client, release)
+	args, ok := h.args(ctx, client, deployment, release)
 	if !ok {
 		return nil
 	}
@@ -172,7 +221,7 @@ func (h *hostController) reconcile(ctx context.Context, c *clusterServices, clie
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 
 	if h.prepare != nil {
-		if cmd, err = h.confined(ctx, client, want); err != nil {
+		if cmd, err = h.prepared(ctx, client, want); err != nil {
 			logFile.Close() //nolint:errcheck
 
 			return fmt.Errorf("preparing %s: %w", name, err)
@@ -203,12 +252,21 @@ func (h *hostController) reconcile(ctx context.Context, c *clusterServices, clie
 	return writePidFile(filepath.Join(c.runDir, name+".pid"), cmd.Process.Pid)
 }
 
-// confined is the command for a controller with a root of its own: the binary linked into that
-// root, the process chrooted there with the environment prepare gave.
-func (h *hostController) confined(ctx context.Context, client *kubernetes.Clientset, want []string) (*exec.Cmd, error) {
+// prepared is the command for a controller with a prepare step: the environment prepare gave,
+// and for one with a root of its own, the binary linked into that root and the process
+// chrooted there.
+func (h *hostController) prepared(ctx context.Context, client *kubernetes.Clientset, want []string) (*exec.Cmd, error) {
 	root, env, err := h.prepare(ctx, client, want[0])
 	if err != nil {
 		return nil, err
+	}
+
+	if root == "" {
+		cmd := exec.Command(want[0], want[1:]...) //nolint:gosec // a build from the lab's own cache
+		cmd.Env = env
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+
+		return cmd, nil
 	}
 
 	inside := "/" + h.component

@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 
+	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -26,7 +27,7 @@ import (
 const envoyGatewayNamespace = "envoy-gateway-system"
 
 // envoyGatewayArgs: the Deployment's own arguments.
-func (c *clusterServices) envoyGatewayArgs(context.Context, *kubernetes.Clientset, string) ([]string, bool) {
+func (c *clusterServices) envoyGatewayArgs(context.Context, *kubernetes.Clientset, *appsv1.Deployment, string) ([]string, bool) {
 	return []string{"server", "--config-path=/config/envoy-gateway.yaml"}, true
 }
 
