@@ -287,14 +287,15 @@ impl Ready {
         }
     }
 
-    /// Waits until the workload runs (`apply`).
-    async fn wait(&self, client: &kube::Client) -> anyhow::Result<()> {
+    /// Waits until the workload runs (`apply`), for its own time or `timeout` when given.
+    async fn wait(&self, client: &kube::Client, timeout: Option<Duration>) -> anyhow::Result<()> {
         let (namespace, name) = (&self.namespace, &self.name);
+        let within = timeout.unwrap_or(self.within);
         tracing::info!("waiting for {} {namespace}/{name} to be ready", self.kind());
         match self.workload {
-            Workload::Deployment => crate::wait::deployment_available(client, namespace, name, self.within).await,
+            Workload::Deployment => crate::wait::deployment_available(client, namespace, name, within).await,
             Workload::DaemonSet => {
-                crate::wait::daemonset_ready(client, namespace, name, self.least(), self.within).await.map(drop)
+                crate::wait::daemonset_ready(client, namespace, name, self.least(), within).await.map(drop)
             }
         }
     }
@@ -397,7 +398,7 @@ impl<S: BundleStage + Sync> Stage for S {
                 Step::Apply { through_webhook: Some(component), .. } => {
                     changes.extend(engine.apply_through_webhook(&step.objects(), component).await?);
                 }
-                Step::Wait(ready) => ready.wait(&client).await?,
+                Step::Wait(ready) => ready.wait(&client, ctx.rollout_timeout).await?,
             }
         }
         changes.extend(self.after_apply(ctx, &client, false).await?);
@@ -444,6 +445,7 @@ mod tests {
             mirror: Some(root.join("../shared/upstream")),
             bootstrap: false,
             api_wait: crate::client::API_WAIT,
+            rollout_timeout: None,
         }
     }
 

@@ -45,6 +45,9 @@ pub struct Context {
     pub bootstrap: bool,
     /// How long a step waits for a Kubernetes API that stopped answering (`--api-wait`).
     pub api_wait: Duration,
+    /// How long `apply` waits for each workload it rolled out (`--rollout-timeout`; `None`:
+    /// the stage's own).
+    pub rollout_timeout: Option<Duration>,
 }
 
 impl Context {
@@ -78,6 +81,7 @@ impl Context {
             mirror: self.mirror.clone(),
             bootstrap: self.bootstrap,
             api_wait: self.api_wait,
+            rollout_timeout: self.rollout_timeout,
         }
     }
 }

@@ -84,6 +84,10 @@ pub struct GlobalArgs {
     /// hop. An apply refuses a pin that skips a release its upstream says not to skip.
     #[arg(long = "pin", global = true, value_name = "KEY=VERSION")]
     pub pins: Vec<String>,
+    /// How long `apply` waits for each workload it rolled out to become ready before it stops
+    /// with what failed [default: each stage's own: 300 s, Longhorn's 600 s].
+    #[arg(long, global = true, value_name = "SECONDS", env = "TALOS_HA_ROLLOUT_TIMEOUT")]
+    pub rollout_timeout: Option<u64>,
 }
 
 impl GlobalArgs {
@@ -122,7 +126,7 @@ impl GlobalArgs {
 
     /// These flags as a command line gives them again (to a stage binary, or in the command
     /// that resumes): `--lab`, `--config` unless it is the default, `--kubeconfig`, `--mirror`,
-    /// `--api-wait` unless it is the default, `--pin`.
+    /// `--api-wait` unless it is the default, `--pin`, `--rollout-timeout`.
     /// Output and verbosity are left to the caller.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args = Vec::new();
@@ -142,6 +146,9 @@ impl GlobalArgs {
         }
         for pin in &self.pins {
             args.extend(["--pin".into(), pin.into()]);
+        }
+        if let Some(seconds) = self.rollout_timeout {
+            args.extend(["--rollout-timeout".into(), seconds.to_string().into()]);
         }
         args
     }
@@ -290,6 +297,7 @@ fn run<S: Stage + Sync, W: Write + Send>(stage: &S, cli: &StageCli, out: &mut W)
         mirror: cli.global.mirror.clone(),
         bootstrap,
         api_wait: Duration::from_secs(cli.global.api_wait),
+        rollout_timeout: cli.global.rollout_timeout.map(Duration::from_secs),
     };
     let output = cli.global.output;
     let work = |out: &mut W| -> anyhow::Result<ExitCode> {

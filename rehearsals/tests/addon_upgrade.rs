@@ -48,6 +48,16 @@ fn read_lines(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<St
     lines
 }
 
+/// Cordons (or uncordons) `nodes`: the scheduler places no new pod on an unschedulable node.
+async fn set_unschedulable(client: &kube::Client, nodes: &[String], unschedulable: bool) -> anyhow::Result<()> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let patch = serde_json::json!({ "spec": { "unschedulable": unschedulable } });
+    for node in nodes {
+        api.patch(node, &Default::default(), &kube::api::Patch::Merge(&patch)).await?;
+    }
+    Ok(())
+}
+
 /// The certificate (`tls.crt`) cert-manager stored in Secret `namespace/name`.
 async fn certificate(client: &kube::Client, namespace: &str, name: &str) -> anyhow::Result<Vec<u8>> {
     let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client.clone(), namespace);
@@ -143,6 +153,22 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
     nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL)?;
     killed.wait()?;
     assert!(reached, "the upgrade reached Longhorn's second hop: {before_kill:?}");
+
+    // A hop whose workloads never become ready stops with what failed, what was done and the
+    // command that resumes: with every worker cordoned no new pod is placed, so Longhorn's
+    // next hop cannot roll its Deployments out.
+    let workers: Vec<String> = own.config.workers().map(|node| node.name.clone()).collect();
+    set_unschedulable(&client, &workers, true).await?;
+    let stalled = own.xtask(&["upgrade", "apply", "--rollout-timeout", "20"]).output()?;
+    set_unschedulable(&client, &workers, false).await?;
+    let stalled_log = log(&stalled);
+    assert!(!stalled.status.success(), "{stalled_log}");
+    assert!(stalled_log.contains(": longhorn apply failed:"), "{stalled_log}");
+    assert!(stalled_log.contains("done before the stop: "), "{stalled_log}");
+    assert!(
+        stalled_log.contains("then resume with (it reads what runs and continues):\n  cargo xtask upgrade apply"),
+        "{stalled_log}"
+    );
 
     let started = Instant::now();
     let resumed = own.xtask(&["upgrade", "apply"]).output()?;

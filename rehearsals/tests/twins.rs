@@ -203,6 +203,7 @@ async fn generate_configs(config: &kit::config::ClusterConfig) -> anyhow::Result
         mirror: Some(tests::upstream_mirror()),
         bootstrap: false,
         api_wait: kit::client::API_WAIT,
+        rollout_timeout: None,
     };
     talos_bootstrap::generate_configs(&ctx).await.map(drop)
 }

@@ -51,7 +51,6 @@ async fn apply_installs_cert_manager_and_the_ca_chain_and_a_rerun_changes_nothin
     // The lab transform left out the webhook nothing could answer.
     let webhooks: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     assert!(webhooks.get_opt("cert-manager-webhook").await?.is_none());
-    the_box_issues_the_ca_and_the_leaves_for_real(&client).await?;
 
     let (code, again) = run_stage_async(CertManager, &["apply"], tests::config_path()).await;
     assert_eq!(code, ExitCode::SUCCESS);
@@ -70,7 +69,8 @@ async fn apply_installs_cert_manager_and_the_ca_chain_and_a_rerun_changes_nothin
     ] {
         assert!(verify.contains(line), "{line}\n{verify}");
     }
-    Ok(())
+    // verify waited for the entry point's certificate: its Secret is there now.
+    the_box_issues_the_ca_and_the_leaves_for_real(&client).await
 }
 
 /// cert-manager's controller runs in the box (lab/go/cert-manager, at the pinned release), so

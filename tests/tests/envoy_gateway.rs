@@ -168,6 +168,7 @@ async fn certgen_is_replaced_when_it_changes(client: &kube::Client) -> anyhow::R
         mirror: Some(tests::upstream_mirror()),
         bootstrap: false,
         api_wait: kit::client::API_WAIT,
+        rollout_timeout: None,
     };
     let newer = envoy_gateway::release(&ctx)?.patch::<Job>(CERTGEN, |job| {
         let pod = job.spec.as_mut().and_then(|spec| spec.template.spec.as_mut());

@@ -3,10 +3,11 @@
 //! user's first `install-all --lab` does) unless it is installed, runs `cargo test
 //! --workspace`, and stops the lab it started.
 //!
-//! The rehearsals (`rehearsals/`: tests that build boxes of their own) run as two more `cargo
-//! test` runs beside the rest: most of their time is machines booting and leases running out,
-//! and one after the other they would not fit the suite's budget. Their output is kept in a
-//! file each and printed whole when they end, so that the runs never interleave.
+//! The rehearsals (`rehearsals/`: tests that build boxes of their own) run as more `cargo test`
+//! runs beside the rest, started first (they need nothing of the shared box): most of their
+//! time is machines booting and leases running out, and one after the other they would not fit
+//! the suite's budget. Their output is kept in a file each and printed whole when they end, so
+//! that the runs never interleave.
 
 use std::process::ExitCode;
 
@@ -17,7 +18,8 @@ use lab::{DEFAULT_PORT_BASE, Lab};
 /// The package whose tests build boxes of their own (`rehearsals/`).
 const REHEARSALS: &str = "rehearsals";
 /// How many `cargo test` runs the rehearsals are dealt into, each beside the rest: one after
-/// another they take longer than the other tests.
+/// another they take longer than the other tests. (Three ran slower than two on 2 cores: the
+/// suite took 19 min against 17, every box slowed by the others.)
 const REHEARSAL_RUNS: usize = 2;
 
 /// The rehearsals' test files (by name, as `cargo test --test` takes them), dealt in turn into
@@ -43,6 +45,40 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
     };
     let lab = Lab::new(&config, DEFAULT_PORT_BASE);
     let was_running = !lab.running_pids().is_empty();
+    // Every test binary runs, so one failure does not hide the next.
+    let cargo_test = |selection: &[&str]| {
+        let mut command = xtask::cargo();
+        command
+            .current_dir(&root)
+            .args(["test", "--no-fail-fast"])
+            .args(selection)
+            .arg("--")
+            .args(cargo_args)
+            .env("TALOS_HA_LAB_KUBECONFIG", &lab.kubeconfig);
+        command
+    };
+    let logs = lab.dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    let mut runs = Vec::new();
+    for (index, files) in rehearsal_runs(&root)?.iter().enumerate() {
+        let log_path = logs.join(format!("rehearsals-{}.log", index + 1));
+        let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let mut selection = vec!["-p", REHEARSALS];
+        for file in files {
+            selection.extend(["--test", file.as_str()]);
+        }
+        let run = cargo_test(&selection)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("running cargo test -p rehearsals")?;
+        tracing::info!(
+            "rehearsals {} run beside the other tests; their output comes when they end ({})",
+            files.join(", "),
+            log_path.display()
+        );
+        runs.push((run, log_path));
+    }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let up = runtime.block_on(lab.up()).and_then(|()| {
         if lab.installed() {
@@ -62,50 +98,19 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
         anyhow::ensure!(code == ExitCode::SUCCESS, "stage 01 did not install the cluster in the box (see above)");
         Ok(())
     });
-    let tests = up.and_then(|()| {
-        // Every test binary runs, so one failure does not hide the next.
-        let cargo_test = |selection: &[&str]| {
-            let mut command = xtask::cargo();
-            command
-                .current_dir(&root)
-                .args(["test", "--no-fail-fast"])
-                .args(selection)
-                .arg("--")
-                .args(cargo_args)
-                .env("TALOS_HA_LAB_KUBECONFIG", &lab.kubeconfig);
-            command
-        };
-        std::fs::create_dir_all(lab.dir.join("logs"))?;
-        let mut runs = Vec::new();
-        for (index, files) in rehearsal_runs(&root)?.iter().enumerate() {
-            let log_path = lab.dir.join("logs").join(format!("rehearsals-{}.log", index + 1));
-            let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-            let mut selection = vec!["-p", REHEARSALS];
-            for file in files {
-                selection.extend(["--test", file.as_str()]);
-            }
-            let run = cargo_test(&selection)
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .context("running cargo test -p rehearsals")?;
-            tracing::info!(
-                "rehearsals {} run beside the other tests; their output comes when they end ({})",
-                files.join(", "),
-                log_path.display()
-            );
-            runs.push((run, log_path));
-        }
-        let others = cargo_test(&["--workspace", "--exclude", REHEARSALS]).status().context("running cargo test");
-        let mut rehearsed = true;
-        for (mut run, log_path) in runs {
-            let status = run.wait().context("waiting for the rehearsals")?;
-            let output = std::fs::read_to_string(&log_path).unwrap_or_default();
-            eprintln!("\n==== rehearsals ({}), run beside the above ====\n{output}", log_path.display());
-            rehearsed &= status.success();
-        }
-        let others = others?;
-        anyhow::ensure!(others.success(), "cargo test failed (its output is above)");
+    let others = up.and_then(|()| {
+        let status = cargo_test(&["--workspace", "--exclude", REHEARSALS]).status().context("running cargo test")?;
+        anyhow::ensure!(status.success(), "cargo test failed (its output is above)");
+        Ok(())
+    });
+    let mut rehearsed = true;
+    for (mut run, log_path) in runs {
+        let status = run.wait().context("waiting for the rehearsals")?;
+        let output = std::fs::read_to_string(&log_path).unwrap_or_default();
+        eprintln!("\n==== rehearsals ({}), run beside the above ====\n{output}", log_path.display());
+        rehearsed &= status.success();
+    }
+    let tests = others.and_then(|()| {
         anyhow::ensure!(rehearsed, "the rehearsals failed (their output is above)");
         Ok(())
     });
