@@ -175,12 +175,18 @@ fn build_host_controller(sh: &Shell, go: &Path, component: Component, version: V
         Component::CertManager => build_cert_manager(sh, go, version, &staging),
         Component::EnvoyGateway => build_envoy_gateway(sh, go, version, &staging),
         Component::Traefik => build_traefik(sh, go, version, &staging),
-        _ => {
+        Component::Metallb => {
             let package = format!("go.universe.tf/metallb/controller@{version}");
             go_install(sh, go, &package, &staging, GoInstall { cold: "about 2 minutes", ..GoInstall::default() })
         }
+        other => Err(anyhow::anyhow!("the box runs no controller of {other:?} as a host process")),
     };
-    match built {
+    let stamped = built.and_then(|()| match own_module(component) {
+        Some((name, files)) => std::fs::write(staging.join(SOURCE_STAMP), module_hash(name, files))
+            .with_context(|| format!("stamping the build of lab/go/{name}")),
+        None => Ok(()),
+    });
+    match stamped {
         Ok(()) => publish(&staging, &out),
         Err(error) if version.to_string() != kit::config::default_pin(component.key()) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -214,7 +220,7 @@ fn scratch_module(name: &str, files: &[&str], staging: &Path) -> anyhow::Result<
 /// links what that release was released with.
 fn build_cert_manager(sh: &Shell, go: &Path, version: Version, staging: &Path) -> anyhow::Result<()> {
     let committed = version.to_string() == WRAPPER_CERT_MANAGER;
-    let files: &[&str] = if committed { &["main.go", "go.mod", "go.sum"] } else { &["main.go"] };
+    let files: &[&str] = if committed { CERT_MANAGER_FILES } else { &["main.go"] };
     let module = scratch_module("cert-manager", files, staging)?;
     let _dir = sh.push_dir(&module);
     if !committed {
@@ -232,7 +238,6 @@ fn build_cert_manager(sh: &Shell, go: &Path, version: Version, staging: &Path) -
         command.quiet().run().context("go build of lab/go/cert-manager failed (output above)")
     })?;
     drop(_dir);
-    std::fs::write(staging.join(SOURCE_STAMP), cert_manager_source_hash())?;
     std::fs::remove_dir_all(&module).context("removing the scratch module")
 }
 
@@ -260,7 +265,7 @@ fn build_traefik(sh: &Shell, go: &Path, version: Version, staging: &Path) -> any
         version.to_string() == WRAPPER_TRAEFIK,
         "the wrapper module lab/go/traefik builds Traefik {WRAPPER_TRAEFIK} (update it as its header says)"
     );
-    let module = scratch_module("traefik", &["go.mod", "go.sum", "tools.go", "ext/go.mod", "ext/ext.go"], staging)?;
+    let module = scratch_module("traefik", TRAEFIK_FILES, staging)?;
     let _dir = sh.push_dir(&module);
     let ldflags = format!("-s -w -X github.com/traefik/traefik/v3/pkg/version.Version={version}");
     let out = staging.join("controller");
@@ -356,21 +361,37 @@ fn source_hash(files: &[PathBuf]) -> String {
     kit::artifacts::sha256_hex(&bytes)[..12].to_owned()
 }
 
-/// cert-manager's controller is our own main: its build is current only while it was built
-/// from this source (kept beside the binary), so a change to the main rebuilds it.
-fn cert_manager_source_hash() -> String {
-    let module = go_module("cert-manager");
-    source_hash(&["main.go", "go.mod", "go.sum"].map(|file| module.join(file)))
+/// `lab/go/cert-manager`'s files: our own main and its committed go.mod and go.sum.
+const CERT_MANAGER_FILES: &[&str] = &["main.go", "go.mod", "go.sum"];
+/// `lab/go/traefik`'s files: the wrapper's go.mod, go.sum and pin, and the local ext module.
+const TRAEFIK_FILES: &[&str] = &["go.mod", "go.sum", "tools.go", "ext/go.mod", "ext/ext.go"];
+
+/// The lab's own Go module (its folder under `lab/go` and its files) that `component`'s
+/// controller is built from, if it is built from one rather than installed as released.
+fn own_module(component: Component) -> Option<(&'static str, &'static [&'static str])> {
+    match component {
+        Component::CertManager => Some(("cert-manager", CERT_MANAGER_FILES)),
+        Component::Traefik => Some(("traefik", TRAEFIK_FILES)),
+        _ => None,
+    }
 }
 
-/// Whether the cache holds a current build of `component`'s controller at `version`.
+/// The hash of one of the lab's own Go modules' files.
+fn module_hash(name: &str, files: &[&str]) -> String {
+    let module = go_module(name);
+    source_hash(&files.iter().map(|file| module.join(file)).collect::<Vec<_>>())
+}
+
+/// Whether the cache holds a current build of `component`'s controller at `version`: one built
+/// from the lab's own module is current only while it was built from that module's files as
+/// they are (their hash is kept beside the binary), so a change to them rebuilds it.
 fn host_controller_built(component: Component, version: Version) -> bool {
     let binary = kit::lab::controller_binary(component, version);
-    let from_source = || std::fs::read_to_string(binary.with_file_name(SOURCE_STAMP)).unwrap_or_default();
-    binary.exists() && (component != Component::CertManager || from_source() == cert_manager_source_hash())
+    let stamp = || std::fs::read_to_string(binary.with_file_name(SOURCE_STAMP)).unwrap_or_default();
+    binary.exists() && own_module(component).is_none_or(|(name, files)| stamp() == module_hash(name, files))
 }
 
-/// The file beside a build of our own main that names the source it was built from.
+/// The file beside a build from the lab's own module that names the source it was built from.
 const SOURCE_STAMP: &str = "source";
 
 /// How one `go install` is done.

@@ -9,6 +9,16 @@ use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 use tests::{lab_client, run_stage, run_stage_async};
 
+/// verify's lines when Envoy Gateway's controller has reported on our objects (and cert-manager's
+/// has issued the wildcard Certificate): what the box's real controllers make checkable.
+const CONTROLLER_REPORTS: [&str; 5] = [
+    "ok    gatewayclass Accepted: GatewayClass talos-ha is Accepted",
+    "ok    gateway Programmed: Gateway talos-ha is Programmed",
+    "ok    listeners: every condition of listeners http, https is healthy",
+    "ok    certificate: Certificate envoy-gateway-system/talos-ha-gateway is Ready",
+    "ok    address: Gateway talos-ha is served on 172.16.16.102 (envoyGateway.ip)",
+];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn apply_installs_the_gateway_api_and_our_gateway_and_a_rerun_changes_nothing() -> anyhow::Result<()> {
     for (code, out) in [
@@ -71,14 +81,8 @@ async fn apply_installs_the_gateway_api_and_our_gateway_and_a_rerun_changes_noth
     ));
     // Envoy Gateway's controller runs in the box: it made the Gateway's Envoy Service, MetalLB's
     // controller gave that its address, and the Gateway reports it.
-    for line in [
-        "ok    gatewayclass Accepted: GatewayClass talos-ha is Accepted",
-        "ok    gateway Programmed: Gateway talos-ha is Programmed",
-        "ok    listeners: every condition of listeners http, https is healthy",
-        "ok    certificate: Certificate envoy-gateway-system/talos-ha-gateway is Ready",
-        "ok    address: Gateway talos-ha is served on 172.16.16.102 (envoyGateway.ip)",
-        "lab   data path: not checkable in the lab: Envoy's pods are kwok's",
-    ] {
+    let data_path = "lab   data path: not checkable in the lab: Envoy's pods are kwok's";
+    for line in CONTROLLER_REPORTS.iter().chain([&data_path]) {
         assert!(verify.contains(line), "{line}\n{verify}");
     }
 
@@ -98,13 +102,7 @@ async fn the_talos_verify_reads_what_the_controller_reports(client: &kube::Clien
     let verify = || tokio::task::spawn_blocking(|| tests::run_stage_on_the_boxs_cluster(EnvoyGateway, &["verify"]));
     let (code, report) = verify().await??;
     assert_eq!(code, ExitCode::SUCCESS, "{report}");
-    for line in [
-        "ok    gatewayclass Accepted: GatewayClass talos-ha is Accepted",
-        "ok    gateway Programmed: Gateway talos-ha is Programmed",
-        "ok    listeners: every condition of listeners http, https is healthy",
-        "ok    certificate: Certificate envoy-gateway-system/talos-ha-gateway is Ready",
-        "ok    address: Gateway talos-ha is served on 172.16.16.102 (envoyGateway.ip)",
-    ] {
+    for line in CONTROLLER_REPORTS {
         assert!(report.contains(line), "{line}\n{report}");
     }
 

@@ -71,7 +71,7 @@ func (c *clusterServices) hostControllers() []*hostController {
 		},
 		{
 			component: "envoy-gateway", namespace: envoyGatewayNamespace, deployment: "envoy-gateway",
-			groupVersion: "gateway.envoyproxy.io/v1alpha1", args: c.envoyGatewayArgs, prepare: c.envoyGatewayRoot,
+			groupVersion: "gateway.envoyproxy.io/v1alpha1", args: containerArgs, prepare: c.envoyGatewayRoot,
 		},
 	}
 }
@@ -106,14 +106,19 @@ func (c *clusterServices) certManagerArgs(context.Context, *kubernetes.Clientset
 	return []string{"--kubeconfig=" + c.kubeconfig, "--cluster-resource-namespace=cert-manager"}, true
 }
 
+// containerArgs: the arguments the Deployment gives its container, as its pod runs them.
+func containerArgs(_ context.Context, _ *kubernetes.Clientset, deployment *appsv1.Deployment, _ string) ([]string, bool) {
+	return slices.Clone(deployment.Spec.Template.Spec.Containers[0].Args), true
+}
+
 // traefikArgs: the arguments stage 04's Deployment gives Traefik, its entry points moved by
 // traefikPortShift. On a cluster each pod has a network namespace of its own; in the box every
 // host controller shares the workstation's, where Envoy Gateway's controller-runtime metrics
 // listener already holds :8080, Traefik's internal entry point (not configurable:
 // internal/provider/kubernetes/kubernetes.go at v1.9.0 leaves controller-runtime's default).
 // Nothing dials these ports in the box: no data path runs there.
-func traefikArgs(_ context.Context, _ *kubernetes.Clientset, deployment *appsv1.Deployment, _ string) ([]string, bool) {
-	args := slices.Clone(deployment.Spec.Template.Spec.Containers[0].Args)
+func traefikArgs(ctx context.Context, client *kubernetes.Clientset, deployment *appsv1.Deployment, release string) ([]string, bool) {
+	args, _ := containerArgs(ctx, client, deployment, release)
 	for i, arg := range args {
 		flag, address, found := strings.Cut(arg, "=")
 		if !found || !strings.HasPrefix(flag, "--entryPoints.") || !strings.HasSuffix(flag, ".address") {

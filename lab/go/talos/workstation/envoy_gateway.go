@@ -19,17 +19,11 @@ import (
 	"os/exec"
 	"path/filepath"
 
-	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
 const envoyGatewayNamespace = "envoy-gateway-system"
-
-// envoyGatewayArgs: the Deployment's own arguments.
-func (c *clusterServices) envoyGatewayArgs(context.Context, *kubernetes.Clientset, *appsv1.Deployment, string) ([]string, bool) {
-	return []string{"server", "--config-path=/config/envoy-gateway.yaml"}, true
-}
 
 // envoyGatewayRoot fills the controller's root with what its pod mounts: the config from
 // ConfigMap envoy-gateway-config, the control plane's certificates from Secret envoy-gateway
