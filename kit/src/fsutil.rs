@@ -81,6 +81,20 @@ pub fn write(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
     fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
+/// Writes `contents` to `path` whole or not at all: into a temporary file beside it, synced,
+/// then renamed over it (0600). A record that a process killed at any instant must leave
+/// readable (stage 01's evidence) is the old one or the new one, never a truncated file.
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> anyhow::Result<()> {
+    let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let mut file =
+        tempfile::NamedTempFile::new_in(parent).with_context(|| format!("creating a file in {}", parent.display()))?;
+    file.write_all(contents.as_ref()).with_context(|| format!("writing {}", file.path().display()))?;
+    file.as_file().sync_all().with_context(|| format!("syncing {}", file.path().display()))?;
+    file.persist(path).with_context(|| format!("renaming into {}", path.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,6 +109,17 @@ mod tests {
         write_private(&path, b"new")?;
         assert_eq!(fs::metadata(&path)?.permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::read_to_string(&path)?, "new");
+        Ok(())
+    }
+
+    #[test]
+    fn an_atomic_write_replaces_the_file_and_leaves_nothing_beside_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state/record.json");
+        write_atomic(&path, "old")?;
+        write_atomic(&path, "new")?;
+        assert_eq!(fs::read_to_string(&path)?, "new");
+        assert_eq!(fs::read_dir(dir.path().join("state"))?.count(), 1, "no temporary file is left");
         Ok(())
     }
 

@@ -85,7 +85,7 @@ impl Evidence {
             how: how.to_owned(),
         };
         let path = self.bootstrap_path();
-        kit::fsutil::write(&path, serde_json::to_string_pretty(&record)? + "\n")?;
+        kit::fsutil::write_atomic(&path, serde_json::to_string_pretty(&record)? + "\n")?;
         tracing::info!("recorded the bootstrap of {} in {}", self.cluster, path.display());
         Ok(record)
     }
@@ -107,7 +107,7 @@ impl Evidence {
     }
 
     fn save(&self, sent: &ConfigsSent) -> anyhow::Result<()> {
-        kit::fsutil::write(&self.configs_sent_path(), serde_json::to_string_pretty(sent)? + "\n")
+        kit::fsutil::write_atomic(&self.configs_sent_path(), serde_json::to_string_pretty(sent)? + "\n")
     }
 
     /// When `node` took this cluster's config, if it did and has not answered configured since.
