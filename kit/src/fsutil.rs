@@ -27,16 +27,28 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    let mut file = OpenOptions::new()
+    let mut file = create_private(path)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {} to 0600", path.display()))?;
+    file.write_all(contents).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates the folder `path` (and its parents) readable by the owner only (0700).
+pub fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("restricting {} to 0700", path.display()))
+}
+
+/// Creates (or truncates) `path` for writing, readable by the owner only (0600).
+pub fn create_private(path: &Path) -> anyhow::Result<fs::File> {
+    OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(path)
-        .with_context(|| format!("opening {} for writing", path.display()))?;
-    file.set_permissions(fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("restricting {} to 0600", path.display()))?;
-    file.write_all(contents).with_context(|| format!("writing {}", path.display()))
+        .with_context(|| format!("opening {} for writing", path.display()))
 }
 
 /// The permission bits of `path` (`0o600` for a private file).

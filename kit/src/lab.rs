@@ -69,6 +69,27 @@ pub fn enter_box(config: &ClusterConfig) -> anyhow::Result<()> {
     enter_namespace(&workstation_namespace(&config.name))
 }
 
+/// Runs `work` on a thread of its own that can reach the machines, with an async runtime of
+/// its own: for the box (a config loaded with `--lab`), a thread that joined the box's
+/// workstation, since the machines' addresses exist only in there; for a real cluster, any.
+pub fn at_the_machines<T, F, Fut>(config: &ClusterConfig, work: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(ClusterConfig) -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let config = config.clone();
+    std::thread::spawn(move || {
+        if config.in_box {
+            enter_box(&config).context("the box's machines are reached from inside the box")?;
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(work(config))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread that talks to the machines panicked"))?
+}
+
 /// The lab's admin kubeconfig, aimed at the API forward on 127.0.0.1 (the workstation
 /// services write it once stage 01 has fetched the cluster's own, which is aimed at the VIP).
 pub fn kubeconfig_path(lab_dir: &Path) -> PathBuf {

@@ -13,6 +13,8 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::ConfigMap;
+use kit::talos::TalosApi as _;
 use lab::twin::twin_dir;
 use rehearsals::OwnBox;
 
@@ -120,10 +122,31 @@ fn killed_then_converged(name: &str, port_base: u16, point: Point) -> anyhow::Re
     Ok(own)
 }
 
+/// A ConfigMap `name` in `default`, written through the box's API.
+async fn write_marker(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), "default");
+    let map = ConfigMap {
+        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+        ..Default::default()
+    };
+    maps.create(&Default::default(), &map).await?;
+    Ok(())
+}
+
 /// Every control plane's etcd data gone (machines cut off, their etcd folders deleted, machines on):
 /// stage 01 finds no members, but it recorded a bootstrap of this cluster, so this is a lost
-/// cluster, not a new one. It refuses, changes nothing, and names the restore.
+/// cluster, not a new one. It refuses, changes nothing, and names the restore. The way back
+/// is taken: a backup from before the loss (`cargo xtask backup`) restored with Talos's
+/// `bootstrap --recover-from` brings back what it held, and only that.
 async fn wiped_members_are_refused_with_the_restore_hint(own: &OwnBox) -> anyhow::Result<()> {
+    let client = kit::client::client_from_kubeconfig(&own.lab.kubeconfig).await?;
+    write_marker(&client, "before-the-backup").await?;
+    let mut backup = own.xtask(&["backup"]);
+    let backed_up = tokio::task::spawn_blocking(move || backup.output()).await??;
+    anyhow::ensure!(backed_up.status.success(), "backup: {}", log(&backed_up));
+    let folder = std::path::PathBuf::from(String::from_utf8(backed_up.stdout)?.trim());
+    write_marker(&client, "after-the-backup").await?;
+
     let control_planes: Vec<String> = own.config.control_planes().map(|node| node.name.clone()).collect();
     for node in &control_planes {
         own.lab.power_cut(node)?;
@@ -150,6 +173,45 @@ async fn wiped_members_are_refused_with_the_restore_hint(own: &OwnBox) -> anyhow
     assert!(log.contains("talosctl bootstrap --recover-from"), "the way back: {log}");
     assert!(log.contains("--bootstrap"), "and the way to a new cluster on purpose: {log}");
     assert!(!log.contains("bootstrapping etcd"), "nothing was bootstrapped: {log}");
+
+    // Talos's runbook on the twins: the snapshot uploaded to one control plane and restored there
+    // as a cluster of one, which the others join.
+    let started = Instant::now();
+    let snapshot = folder.join(kit::talos::snapshot::SNAPSHOT_FILE).display().to_string();
+    let recovered = kit::lab::at_the_machines(&own.config.clone().in_box(), move |config| async move {
+        let talosctl = kit::talos::Talosctl::find(&config).await?;
+        let first = config.control_planes().next().ok_or_else(|| anyhow::anyhow!("no control plane"))?;
+        // A twin refuses a bootstrap for a few seconds after it booted, as Talos does.
+        tests::eventually(Duration::from_secs(60), "the recovering bootstrap", || async {
+            let args = ["bootstrap", &format!("--recover-from={snapshot}")];
+            let said = talosctl.talosctl(first, &args, Duration::from_secs(60), &mut |_| {}).await?;
+            let answer = format!("{}{}", said.stdout, said.stderr);
+            anyhow::ensure!(said.success || answer.contains("not available yet"), "{answer}");
+            Ok(said.success.then_some(()))
+        })
+        .await?;
+        tests::eventually(Duration::from_secs(180), "three healthy members", || async {
+            let (check, healthy) = kit::talos::etcd_check(&talosctl, &config).await;
+            Ok((healthy == 3).then_some(check))
+        })
+        .await
+    })?;
+    let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), "default");
+    let names = tests::eventually(Duration::from_secs(120), "the API back", || async {
+        Ok(maps
+            .list(&Default::default())
+            .await
+            .ok()
+            .map(|list| list.items.into_iter().filter_map(|map| map.metadata.name).collect::<Vec<_>>()))
+    })
+    .await?;
+    assert!(names.contains(&"before-the-backup".to_owned()), "what the snapshot held is back: {names:?}");
+    assert!(!names.contains(&"after-the-backup".to_owned()), "what came after it is not: {names:?}");
+    tests::shown(&format!(
+        "interrupted install: recovered from the backup in {:.1}s ({})",
+        started.elapsed().as_secs_f64(),
+        recovered.reason
+    ));
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask …`: talos-ha's task runner (the cargo-xtask convention: plain Rust, no scripts).
 
+mod backup;
 mod bench;
 mod install_all;
 mod lab_cmd;
@@ -77,6 +78,11 @@ enum Command {
         #[command(subcommand)]
         action: upgrade::UpgradeAction,
     },
+    /// Back the cluster up: an etcd snapshot from the most up-to-date healthy control plane,
+    /// with what a rebuild needs (secrets bundle, talosconfig, machine configs, cluster.yaml,
+    /// talos-ha.lock), in a dated folder (0700, files 0600); prints its path. Optionally
+    /// encrypted (--age-recipient) and pruned (--keep N). `restore --from` reads it.
+    Backup(backup::BackupArgs),
     /// Benchmarks (speed targets live here, not in timed tests).
     Bench {
         #[command(subcommand)]
@@ -108,6 +114,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => install_all::run(&cli.global, &args.into()),
         Command::Validate => validate::run(&cli.global),
         Command::Lab { action } => lab_cmd::run(&cli.global, action),
+        Command::Backup(args) => backup::run(&cli.global, &args),
         Command::Bench { what: BenchTarget::Apply } => bench::run(&cli.global),
         Command::Mirror { out } => mirror::run(&cli.global, &out),
         Command::Render { out } => render::run(&cli.global, &out),

@@ -63,6 +63,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         }
         rows.extend(node_rows);
         rows.extend(control_plane_rows(&config, target).await);
+        rows.push(backup_row(&config));
         anyhow::Ok(rows)
     })?;
     match global.output {
@@ -224,6 +225,37 @@ async fn talos_rows(config: &ClusterConfig) -> Vec<Row> {
             state: expiry.reason,
         },
     ]
+}
+
+/// The newest backup in the default folder, and its age: past a day a warning (a disaster
+/// would lose everything since). It never fails `status`: a cluster can be healthy unbacked.
+fn backup_row(config: &ClusterConfig) -> Row {
+    let dir = kit::talos::snapshot::default_dir(config);
+    let newest = kit::talos::snapshot::backups(&dir, &config.name).map(|mut backups| backups.pop());
+    let (value, state) = match newest {
+        Ok(None) => ("-".to_owned(), format!("none in {}: `cargo xtask backup` takes one", dir.display())),
+        Ok(Some((path, backup))) => {
+            let taken = match kit::talos::snapshot::age(&backup.taken_at) {
+                Ok(age) if age > std::time::Duration::from_secs(24 * 3600) => {
+                    let warning = format!(
+                        "taken {} h ago: older than a day, so a disaster now loses everything since; `cargo xtask backup`",
+                        age.as_secs() / 3600
+                    );
+                    tracing::warn!("backup: {warning}");
+                    warning
+                }
+                Ok(age) if age.as_secs() < 3600 => format!("taken {} min ago", age.as_secs() / 60),
+                Ok(age) => format!("taken {} h ago", age.as_secs() / 3600),
+                Err(error) => format!("{error:#}"),
+            };
+            (
+                path.display().to_string(),
+                format!("{taken} (etcd revision {}, from {})", backup.snapshot.revision, backup.member),
+            )
+        }
+        Err(error) => ("-".to_owned(), format!("{error:#}")),
+    };
+    Row { section: "backup", name: "last backup".into(), value, state, ok: true }
 }
 
 fn print_table(rows: &[Row], config: &ClusterConfig, out: &mut impl std::io::Write) -> anyhow::Result<()> {

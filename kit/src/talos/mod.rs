@@ -8,6 +8,7 @@
 //!
 //! Each rule names the Talos v1.12.1 source it follows.
 
+pub mod snapshot;
 pub mod talosconfig;
 
 use std::net::Ipv4Addr;
@@ -431,6 +432,8 @@ pub struct EtcdMemberStatus {
     pub learner: bool,
     /// The member's own errors (an alarm, no leader); empty when healthy.
     pub errors: String,
+    /// The last Raft entry it applied: how up to date its data is.
+    pub applied_index: u64,
 }
 
 impl EtcdMemberStatus {
@@ -456,6 +459,7 @@ pub fn parse_etcd_status(table: &str) -> Option<EtcdMemberStatus> {
     let percent = words.iter().position(|word| word.ends_with("%)"))?;
     let member = (*words.get(1)?).to_owned();
     // leader, raft index, raft term, raft applied index, then LEARNER.
+    let applied_index = words.get(percent + 4)?.parse().ok()?;
     let learner = match *words.get(percent + 5)? {
         "true" => true,
         "false" => false,
@@ -464,7 +468,7 @@ pub fn parse_etcd_status(table: &str) -> Option<EtcdMemberStatus> {
     // PROTOCOL and STORAGE are versions (3.6.0) or empty; what follows them is ERRORS.
     let rest = &words[percent + 6..];
     let versions = rest.iter().take(2).take_while(|word| word.chars().all(|c| c.is_ascii_digit() || c == '.')).count();
-    Some(EtcdMemberStatus { member, learner, errors: rest[versions..].join(" ") })
+    Some(EtcdMemberStatus { member, learner, errors: rest[versions..].join(" "), applied_index })
 }
 
 /// Every control plane's own etcd status, asked of each: membership alone is never health
@@ -632,7 +636,12 @@ mod tests {
         let status = parse_etcd_status(&healthy).expect("a row");
         assert_eq!(
             status,
-            EtcdMemberStatus { member: "8a6c7e1e0b2d4f11".into(), learner: false, errors: String::new() }
+            EtcdMemberStatus {
+                member: "8a6c7e1e0b2d4f11".into(),
+                learner: false,
+                errors: String::new(),
+                applied_index: 1203
+            }
         );
         assert!(status.healthy());
         let alarm = format!(

@@ -8,7 +8,6 @@ mod talos;
 
 use std::io::Write as _;
 
-use anyhow::Context as _;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -53,15 +52,11 @@ pub fn run(global: &GlobalArgs, args: &VerifyHaArgs) -> anyhow::Result<ExitCode>
         // From the box's workstation, as a user at the site: the cluster's own kubeconfig,
         // aimed at the VIP, and talosctl at the twins' addresses.
         Target::Lab => {
-            let (config, args) = (config.clone(), args.clone());
-            std::thread::spawn(move || {
-                kit::lab::enter_box(&config).context("verify-ha --lab runs inside the box")?;
+            let args = args.clone();
+            kit::lab::at_the_machines(&config, move |config| async move {
                 let kubeconfig = kit::context::cluster_kubeconfig_path(&config.state_dir());
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                runtime.block_on(steps(&config, &kubeconfig, &args, api_wait, drill::Watch::ControlPlaneAndNodes, text))
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("verify-ha's thread in the box panicked"))??
+                steps(&config, &kubeconfig, &args, api_wait, drill::Watch::ControlPlaneAndNodes, text).await
+            })?
         }
     };
     let failed = checks.iter().filter(|check| check.status == Status::Fail).count();

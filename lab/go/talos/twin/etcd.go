@@ -46,6 +46,8 @@ type etcdMember struct {
 
 	mu      sync.Mutex
 	service *service
+	// failure is why the service's pre stage failed (a snapshot that could not be restored).
+	failure string
 }
 
 func newEtcdMember(provider config.Provider, binary, address, name, stateDir string, controlPlanes []string) (*etcdMember, error) {
@@ -161,9 +163,30 @@ func (e *etcdMember) stop() {
 	}
 }
 
-// bootstrap starts a new cluster of one: this member.
-func (e *etcdMember) bootstrap() error {
+// bootstrap starts a new cluster of one, this member: empty, or restored from the snapshot
+// uploaded for recovery. A restore that fails fails etcd's pre stage, as Talos's does: the
+// service shows the error and etcd does not start.
+func (e *etcdMember) bootstrap(recoverSnapshot, skipHashCheck bool) error {
+	if recoverSnapshot {
+		if err := e.restoreFromSnapshot(skipHashCheck); err != nil {
+			log.Printf("etcd: %v", err)
+			e.mu.Lock()
+			e.failure = "Failed to run pre stage: " + err.Error()
+			e.mu.Unlock()
+
+			return nil
+		}
+	}
+
 	return e.start(e.name+"="+e.peerURL(e.address), "new")
+}
+
+// failed is why etcd could not start, if it could not.
+func (e *etcdMember) failed() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+
+	return e.failure
 }
 
 // client talks to the members at `endpoints`.

@@ -166,17 +166,22 @@ func (c *configured) ServiceList(ctx context.Context, _ *emptypb.Empty) (*machin
 
 		running := c.etcd.running()
 		healthy := running && c.etcd.voting(ctx)
-		message := "Health check successful"
 
-		if !healthy {
-			message = "etcd is not a healthy voting member yet"
+		var etcdState *machine.ServiceInfo
+
+		switch failure := c.etcd.failed(); {
+		case !running && failure != "":
+			etcdState = serviceState("etcd", false, false, failure)
+			etcdState.State = "Failed"
+		case !running:
+			etcdState = serviceState("etcd", false, false, "Waiting for bootstrap or for the cluster to be joined")
+		case !healthy:
+			etcdState = serviceState("etcd", true, false, "etcd is not a healthy voting member yet")
+		default:
+			etcdState = serviceState("etcd", true, true, "Health check successful")
 		}
 
-		if !running {
-			message = "Waiting for bootstrap or for the cluster to be joined"
-		}
-
-		services = append(services, serviceState("etcd", running, healthy, message))
+		services = append(services, etcdState)
 	}
 
 	kubeletReady := c.services.kubelet.ready()

@@ -4,7 +4,8 @@ package main
 // Talos answers them (internal/app/machined/internal/server/v1alpha1/v1alpha1_server.go and
 // internal/pkg/etcd/etcd.go): removing a member by its ID, a member leaving (removed, its etcd
 // stopped and its data deleted), a snapshot of the local member's data, and a reset (leave etcd
-// when asked to be graceful, wipe the disk, then reboot into maintenance mode or power off).
+// when asked to be graceful, wipe the whole system disk or the volumes named, then reboot or
+// power off).
 
 import (
 	"context"
@@ -12,10 +13,14 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/google/uuid"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
@@ -23,6 +28,8 @@ import (
 
 	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
+	"github.com/siderolabs/talos/pkg/machinery/resources/block"
 )
 
 // clusterClient talks to every control plane's member (Talos: NewClientFromControlPlaneIPs).
@@ -143,54 +150,118 @@ func (c *configured) EtcdSnapshot(_ *machine.EtcdSnapshotRequest, srv machine.Ma
 	}
 }
 
-// Reset answers, then leaves etcd (graceful, on a control plane), stops the machine's
-// services, wipes what the install put on the disk (the config and every service's data;
-// the hardware stays), and reboots into maintenance mode, or powers off without --reboot
-// (v1alpha1_server.go, Reset; the reset sequence).
+// Reset checks what it is asked to wipe as Talos does (v1alpha1_server.go, Reset), answers
+// with the actor ID of the reset, then runs the reset sequence (v1alpha1_sequencer.go, Reset):
+// graceful, a control plane leaves etcd first; the machine's services stop; the system disk is
+// wiped, all of it or only the volumes named (ResetSystemDiskSpec); then the machine reboots
+// or powers off. A machine whose STATE survives (only EPHEMERAL wiped) boots into its config
+// with an empty etcd: the first step of Talos's disaster recovery. Draining the node on a
+// graceful reset is not modelled (the twin has no pods of its own to evict).
 func (c *configured) Reset(ctx context.Context, in *machine.ResetRequest) (*machine.ResetResponse, error) {
-	if in.Graceful && c.etcd != nil {
-		if err := c.leave(ctx); err != nil {
-			return nil, status.Errorf(codes.FailedPrecondition, "leaving etcd before the reset: %s", err)
+	actorID := uuid.New().String()
+
+	if len(in.GetUserDisksToWipe()) > 0 {
+		if err := c.checkUserDisks(in); err != nil {
+			return nil, err
 		}
 	}
 
-	go func() {
-		time.Sleep(500 * time.Millisecond)
+	var volumes []string
 
-		c.services.stop()
-
-		if err := wipe(filepath.Dir(c.configFile)); err != nil {
-			log.Printf("reset: %v", err)
+	if len(in.GetSystemPartitionsToWipe()) > 0 {
+		if in.Mode == machine.ResetRequest_USER_DISKS {
+			return nil, errors.New("reset failed: invalid input, wipe mode USER_DISKS doesn't support SystemPartitionsToWipe parameter")
 		}
 
-		if !in.Reboot {
-			log.Printf("reset: powering off")
-			os.Exit(0)
+		for _, spec := range in.GetSystemPartitionsToWipe() {
+			volume, err := safe.ReaderGetByID[*block.VolumeStatus](ctx, c.resources, spec.Label)
+			if err != nil {
+				return nil, fmt.Errorf("failed to get volume status with label %q: %w", spec.Label, err)
+			}
+
+			if volume.TypedSpec().Location == "" {
+				return nil, fmt.Errorf("failed to reset: volume %q is not located", spec.Label)
+			}
+
+			if spec.Wipe {
+				volumes = append(volumes, spec.Label)
+			}
 		}
+	}
 
-		c.rebooting.Store(true)
-		c.shutDown()
-	}()
+	// ALL and SYSTEM_DISK wipe the system disk: the volumes named, or the whole of it.
+	wipeSystemDisk := in.Mode != machine.ResetRequest_USER_DISKS
+	if wipeSystemDisk && len(in.GetSystemPartitionsToWipe()) == 0 {
+		volumes = slices.Collect(maps.Keys(volumeContents))
+	}
 
-	return &machine.ResetResponse{Messages: []*machine.Reset{{Metadata: c.metadata()}}}, nil
+	log.Printf("reset request received. actorID: %s", actorID)
+
+	go c.reset(in.Graceful, in.Reboot, volumes)
+
+	return &machine.ResetResponse{Messages: []*machine.Reset{{Metadata: c.metadata(), ActorId: actorID}}}, nil
 }
 
-// wipe empties the machine's state folder but for its hardware description.
-func wipe(dir string) error {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return err
+// checkUserDisks refuses a user disk that is not there or is the system disk (Reset's input
+// checks). The twin keeps nothing on user disks, so wiping one changes nothing else.
+func (c *configured) checkUserDisks(in *machine.ResetRequest) error {
+	if in.Mode == machine.ResetRequest_SYSTEM_DISK {
+		return errors.New("reset failed: invalid input, wipe mode SYSTEM_DISK doesn't support UserDisksToWipe parameter")
 	}
 
-	for _, entry := range entries {
-		if entry.Name() == "hardware.json" {
-			continue
+	systemDisk := c.config.Machine().Install().Disk()
+
+	for _, device := range in.GetUserDisksToWipe() {
+		if !slices.ContainsFunc(c.hardware.Disks, func(disk Disk) bool { return disk.DevPath == device }) {
+			return fmt.Errorf("reset user disk failed: device %s wasn't found", device)
 		}
 
-		if err = os.RemoveAll(filepath.Join(dir, entry.Name())); err != nil {
-			return err
+		if device == systemDisk {
+			return fmt.Errorf("reset user disk failed: device %s is the system disk", device)
 		}
 	}
 
 	return nil
+}
+
+// volumeContents is what each system volume holds of the twin's disk folder: STATE the
+// machine config, EPHEMERAL (/var) etcd's data, the kubelet's and the control plane's files,
+// META (the installer's tags) nothing the twin keeps.
+var volumeContents = map[string][]string{
+	constants.StatePartitionLabel:     {"config.yaml"},
+	constants.EphemeralPartitionLabel: {"etcd", "kubelet", "kubernetes"},
+	constants.MetaPartitionLabel:      nil,
+}
+
+// reset is the reset sequence, after the answer is out.
+func (c *configured) reset(graceful, reboot bool, volumes []string) {
+	time.Sleep(500 * time.Millisecond)
+
+	if graceful && c.etcd != nil {
+		if err := c.leave(context.Background()); err != nil {
+			log.Printf("reset: leaving etcd: %v", err)
+		}
+	}
+
+	c.services.stop()
+
+	dir := filepath.Dir(c.configFile)
+
+	for _, volume := range volumes {
+		log.Printf("reset: wiping %s", volume)
+
+		for _, entry := range volumeContents[volume] {
+			if err := os.RemoveAll(filepath.Join(dir, entry)); err != nil {
+				log.Printf("reset: wiping %s: %v", volume, err)
+			}
+		}
+	}
+
+	if !reboot {
+		log.Printf("reset: powering off")
+		os.Exit(0)
+	}
+
+	c.rebooting.Store(true)
+	c.shutDown()
 }

@@ -33,6 +33,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -45,6 +46,7 @@ import (
 	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
 	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
 	"github.com/cosi-project/runtime/pkg/state/protobuf/server"
+	"github.com/dustin/go-humanize"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -61,6 +63,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/config/configdiff"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
+	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
 	"github.com/siderolabs/talos/pkg/machinery/nethelpers"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
 	configres "github.com/siderolabs/talos/pkg/machinery/resources/config"
@@ -286,7 +289,7 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 
 	node.address = address
 
-	if err = mountEphemeral(ctx, resources, provider, node.hardware); err != nil {
+	if err = systemVolumes(ctx, resources, provider, node.hardware); err != nil {
 		return false, err
 	}
 
@@ -312,7 +315,7 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 	runningServices.Store(running)
 
 	served := &configured{
-		config: provider, configFile: configFile, address: address, bootedAt: time.Now(),
+		config: provider, configFile: configFile, resources: resources, address: address, bootedAt: time.Now(),
 		services: running, etcd: running.etcd, hardware: node.hardware,
 	}
 
@@ -394,44 +397,56 @@ func markRunning(ctx context.Context, resources state.State) error {
 	return resources.Update(ctx, machineStatus)
 }
 
-// ephemeralReserved is what the install leaves to the other partitions (EFI, META, STATE)
-// before EPHEMERAL takes the rest of the disk.
-const ephemeralReserved = 3 << 30
-
-// mountEphemeral records the EPHEMERAL volume (/var) on the install disk, as the volume
-// manager reports it once mounted (internal/app/machined/pkg/controllers/block/volume_manager.go).
-func mountEphemeral(ctx context.Context, resources state.State, provider config.Provider, hardware Hardware) error {
+// systemVolumes records the install disk's volumes Talos reports once they are mounted
+// (internal/app/machined/pkg/controllers/block/volume_manager.go): META (partition 4, the
+// installer's tags), STATE (5, the machine config, /system/state) and EPHEMERAL (6, /var: etcd's
+// and the kubelet's data, the rest of the disk), sized as this release's installer makes them
+// (imager/quirks). A reset names them to wipe one (lifecycle.go).
+func systemVolumes(ctx context.Context, resources state.State, provider config.Provider, hardware Hardware) error {
 	installDisk := provider.Machine().Install().Disk()
 
-	for _, disk := range hardware.Disks {
-		if disk.DevPath != installDisk {
-			continue
-		}
-
-		separator := ""
-		if strings.Contains(disk.DevPath, "nvme") {
-			separator = "p"
-		}
-
-		volume := block.NewVolumeStatus(block.NamespaceName, constants.EphemeralPartitionLabel)
-		spec := volume.TypedSpec()
-		spec.Phase = block.VolumePhaseReady
-		spec.Type = block.VolumeTypePartition
-		spec.Location = disk.DevPath + separator + "6"
-		spec.ParentLocation = disk.DevPath
-		spec.MountLocation = "/var"
-		spec.Filesystem = block.FilesystemTypeXFS
-		spec.Size = disk.Size - ephemeralReserved
-		spec.PrettySize = fmt.Sprintf("%d GB", spec.Size/1_000_000_000)
-
-		if err := resources.Create(ctx, volume); err != nil && !state.IsConflictError(err) {
-			return err
-		}
-
-		return nil
+	index := slices.IndexFunc(hardware.Disks, func(disk Disk) bool { return disk.DevPath == installDisk })
+	if index < 0 {
+		return fmt.Errorf("machine.install.disk %s is not one of this machine's disks", installDisk)
 	}
 
-	return fmt.Errorf("machine.install.disk %s is not one of this machine's disks", installDisk)
+	disk := hardware.Disks[index]
+
+	separator := ""
+	if strings.Contains(disk.DevPath, "nvme") {
+		separator = "p"
+	}
+
+	sizes := quirks.New(version.Tag).PartitionSizes()
+	// What precedes EPHEMERAL: EFI, BIOS and BOOT (partitions 1-3), META and STATE.
+	reserved := sizes.GrubEFISize() + sizes.GrubBIOSSize() + sizes.GrubBootSize() + sizes.METASize() + sizes.StateSize()
+
+	for _, volume := range []struct {
+		label, partition, mount string
+		filesystem              block.FilesystemType
+		size                    uint64
+	}{
+		{constants.MetaPartitionLabel, "4", "", block.FilesystemTypeNone, sizes.METASize()},
+		{constants.StatePartitionLabel, "5", "/system/state", block.FilesystemTypeXFS, sizes.StateSize()},
+		{constants.EphemeralPartitionLabel, "6", "/var", block.FilesystemTypeXFS, disk.Size - reserved},
+	} {
+		status := block.NewVolumeStatus(block.NamespaceName, volume.label)
+		spec := status.TypedSpec()
+		spec.Phase = block.VolumePhaseReady
+		spec.Type = block.VolumeTypePartition
+		spec.Location = disk.DevPath + separator + volume.partition
+		spec.ParentLocation = disk.DevPath
+		spec.MountLocation = volume.mount
+		spec.Filesystem = volume.filesystem
+		spec.Size = volume.size
+		spec.PrettySize = humanize.Bytes(volume.size)
+
+		if err := resources.Create(ctx, status); err != nil && !state.IsConflictError(err) {
+			return err
+		}
+	}
+
+	return nil
 }
 
 // boot fills the state as a machine booted from the ISO has it: the resource definitions
@@ -588,9 +603,11 @@ type configured struct {
 
 	config     config.Provider
 	configFile string
-	address    string
-	bootedAt   time.Time
-	hardware   Hardware
+	// The machine's COSI resources (what `talosctl get` reads).
+	resources state.State
+	address   string
+	bootedAt  time.Time
+	hardware  Hardware
 	// What the machine runs; its etcd member (control planes only).
 	services *services
 	etcd     *etcdMember
@@ -637,10 +654,11 @@ func (c *configured) checkControlplane(api string) error {
 	return nil
 }
 
-// Bootstrap starts a new etcd cluster on this node, once in the cluster's life
-// (v1alpha1_server.go, Bootstrap): FailedPrecondition while the node is not ready for it or
-// is a worker, AlreadyExists once the etcd data directory holds data.
-func (c *configured) Bootstrap(context.Context, *machine.BootstrapRequest) (*machine.BootstrapResponse, error) {
+// Bootstrap starts a new etcd cluster on this node, once in the cluster's life, or restores
+// one from an uploaded snapshot (RecoverEtcd; recovery.go) (v1alpha1_server.go, Bootstrap):
+// FailedPrecondition while the node is not ready for it or is a worker, AlreadyExists once
+// the etcd data directory holds data.
+func (c *configured) Bootstrap(_ context.Context, in *machine.BootstrapRequest) (*machine.BootstrapResponse, error) {
 	if time.Since(c.bootedAt) < bootstrapReadyAfter {
 		return nil, status.Error(codes.FailedPrecondition, "bootstrap is not available yet")
 	}
@@ -655,7 +673,7 @@ func (c *configured) Bootstrap(context.Context, *machine.BootstrapRequest) (*mac
 		return nil, status.Error(codes.AlreadyExists, "etcd data directory is not empty")
 	}
 
-	if err := c.etcd.bootstrap(); err != nil {
+	if err := c.etcd.bootstrap(in.RecoverEtcd, in.RecoverSkipHashCheck); err != nil {
 		return nil, status.Errorf(codes.Internal, "starting etcd: %s", err)
 	}
 
