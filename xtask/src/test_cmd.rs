@@ -3,11 +3,12 @@
 //! user's first `install-all --lab` does) unless it is installed, runs `cargo test
 //! --workspace`, and stops the lab it started.
 //!
-//! The rehearsals (`rehearsals/`: tests that build boxes of their own) run as more `cargo test`
-//! runs beside the rest, started first (they need nothing of the shared box): most of their
-//! time is machines booting and leases running out, and one after the other they would not fit
-//! the suite's budget. Their output is kept in a file each and printed whole when they end, so
-//! that the runs never interleave.
+//! The rehearsals (`rehearsals/`: tests that build boxes of their own) run beside the rest,
+//! started first (they need nothing of the shared box), two at a time, each runner taking the
+//! next test file in name order as soon as its last one ended: most of their time is machines
+//! booting and leases running out, and one after the other they would not fit the suite's
+//! budget. Each runner's output is kept in a file and printed whole when it ends, so that the
+//! runs never interleave.
 
 use std::process::ExitCode;
 
@@ -17,25 +18,20 @@ use lab::{DEFAULT_PORT_BASE, Lab};
 
 /// The package whose tests build boxes of their own (`rehearsals/`).
 const REHEARSALS: &str = "rehearsals";
-/// How many `cargo test` runs the rehearsals are dealt into, each beside the rest: one after
-/// another they take longer than the other tests. (Three ran slower than two on 2 cores: the
-/// suite took 19 min against 17, every box slowed by the others.)
-const REHEARSAL_RUNS: usize = 2;
+/// How many rehearsals run at once, each beside the rest: one after another they take longer
+/// than the other tests. (Three at once ran slower than two on 2 cores: the suite took 19 min
+/// against 17, every box slowed by the others.)
+const REHEARSAL_RUNNERS: usize = 2;
 
-/// The rehearsals' test files (by name, as `cargo test --test` takes them), dealt in turn into
-/// [`REHEARSAL_RUNS`] runs.
-fn rehearsal_runs(root: &std::path::Path) -> anyhow::Result<Vec<Vec<String>>> {
+/// The rehearsals' test files, by name as `cargo test --test` takes them.
+fn rehearsal_files(root: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let dir = root.join(REHEARSALS).join("tests");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|entry| entry.ok()?.path().file_stem()?.to_str().map(str::to_owned))
         .collect();
     files.sort();
-    let mut runs = vec![Vec::new(); REHEARSAL_RUNS];
-    for (index, file) in files.into_iter().enumerate() {
-        runs[index % REHEARSAL_RUNS].push(file);
-    }
-    Ok(runs)
+    Ok(files)
 }
 
 pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCode> {
@@ -46,38 +42,48 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
     let lab = Lab::new(&config, DEFAULT_PORT_BASE);
     let was_running = !lab.running_pids().is_empty();
     // Every test binary runs, so one failure does not hide the next.
-    let cargo_test = |selection: &[&str]| {
-        let mut command = xtask::cargo();
-        command
-            .current_dir(&root)
-            .args(["test", "--no-fail-fast"])
-            .args(selection)
-            .arg("--")
-            .args(cargo_args)
-            .env("TALOS_HA_LAB_KUBECONFIG", &lab.kubeconfig);
-        command
+    let cargo_test = {
+        let (root, cargo_args, kubeconfig) = (root.clone(), cargo_args.to_vec(), lab.kubeconfig.clone());
+        move |selection: &[&str]| {
+            let mut command = xtask::cargo();
+            command
+                .current_dir(&root)
+                .args(["test", "--no-fail-fast"])
+                .args(selection)
+                .arg("--")
+                .args(&cargo_args)
+                .env("TALOS_HA_LAB_KUBECONFIG", &kubeconfig);
+            command
+        }
     };
     let logs = lab.dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let mut runs = Vec::new();
-    for (index, files) in rehearsal_runs(&root)?.iter().enumerate() {
-        let log_path = logs.join(format!("rehearsals-{}.log", index + 1));
+    // Each runner takes the next rehearsal as soon as its last one ended, so a long one is
+    // never followed by a long one on the same runner while the other sits idle.
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(rehearsal_files(&root)?)));
+    let mut runners = Vec::new();
+    for index in 1..=REHEARSAL_RUNNERS {
+        let log_path = logs.join(format!("rehearsals-{index}.log"));
         let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
-        let mut selection = vec!["-p", REHEARSALS];
-        for file in files {
-            selection.extend(["--test", file.as_str()]);
-        }
-        let run = cargo_test(&selection)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("running cargo test -p rehearsals")?;
+        let (queue, cargo_test) = (queue.clone(), cargo_test.clone());
         tracing::info!(
-            "rehearsals {} run beside the other tests; their output comes when they end ({})",
-            files.join(", "),
+            "rehearsal runner {index} runs beside the other tests; its output comes when it ends ({})",
             log_path.display()
         );
-        runs.push((run, log_path));
+        let runner = std::thread::spawn(move || -> anyhow::Result<bool> {
+            let mut passed = true;
+            loop {
+                let next = queue.lock().map_err(|_| anyhow::anyhow!("the rehearsal queue is poisoned"))?.pop_front();
+                let Some(file) = next else { return Ok(passed) };
+                let status = cargo_test(&["-p", REHEARSALS, "--test", &file])
+                    .stdout(log.try_clone()?)
+                    .stderr(log.try_clone()?)
+                    .status()
+                    .with_context(|| format!("running the rehearsal {file}"))?;
+                passed &= status.success();
+            }
+        });
+        runners.push((runner, log_path));
     }
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let up = runtime.block_on(lab.up()).and_then(|()| {
@@ -104,11 +110,11 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
         Ok(())
     });
     let mut rehearsed = true;
-    for (mut run, log_path) in runs {
-        let status = run.wait().context("waiting for the rehearsals")?;
+    for (runner, log_path) in runners {
+        let passed = runner.join().map_err(|_| anyhow::anyhow!("a rehearsal runner panicked"))??;
         let output = std::fs::read_to_string(&log_path).unwrap_or_default();
         eprintln!("\n==== rehearsals ({}), run beside the above ====\n{output}", log_path.display());
-        rehearsed &= status.success();
+        rehearsed &= passed;
     }
     let tests = others.and_then(|()| {
         anyhow::ensure!(rehearsed, "the rehearsals failed (their output is above)");

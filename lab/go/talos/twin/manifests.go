@@ -19,6 +19,7 @@ import (
 	"sort"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,14 +31,33 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
+	sigsyaml "sigs.k8s.io/yaml"
 
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 )
 
-// bootstrapManifests are the token and the three bindings (k8stemplates/csr.go and talos.go).
-func bootstrapManifests(provider config.Provider) string {
+// bootstrapManifests are the token and the three bindings (k8stemplates/kubelet.go, csr.go and
+// talos.go). The token's Secret is a typed object marshalled as Talos builds it: a token ID
+// such as "9929e5" written into YAML by hand reads back as a number, and the API server refuses
+// the Secret (the interrupted-install rehearsal met one).
+func bootstrapManifests(provider config.Provider) (string, error) {
 	token := provider.Cluster().Token()
+
+	secret, err := sigsyaml.Marshal(&corev1.Secret{
+		TypeMeta:   metav1.TypeMeta{Kind: "Secret", APIVersion: "v1"},
+		ObjectMeta: metav1.ObjectMeta{Name: "bootstrap-token-" + token.ID(), Namespace: "kube-system"},
+		Type:       corev1.SecretType("bootstrap.kubernetes.io/token"),
+		StringData: map[string]string{
+			"token-id":                       token.ID(),
+			"token-secret":                   token.Secret(),
+			"usage-bootstrap-authentication": "true",
+			"auth-extra-groups":              "system:bootstrappers:nodes",
+		},
+	})
+	if err != nil {
+		return "", err
+	}
 
 	binding := func(name, role string, groups ...string) string {
 		text := fmt.Sprintf("apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata:\n  name: %s\n"+
@@ -49,13 +69,10 @@ func bootstrapManifests(provider config.Provider) string {
 		return text
 	}
 
-	return fmt.Sprintf("apiVersion: v1\nkind: Secret\nmetadata:\n  name: bootstrap-token-%s\n  namespace: kube-system\n"+
-		"type: bootstrap.kubernetes.io/token\nstringData:\n  token-id: %s\n  token-secret: %s\n"+
-		"  usage-bootstrap-authentication: \"true\"\n  auth-extra-groups: system:bootstrappers:nodes\n",
-		token.ID(), token.ID(), token.Secret()) +
+	return string(secret) +
 		"---\n" + binding("system-bootstrap-node-bootstrapper", "system:node-bootstrapper", "system:bootstrappers:nodes", "system:nodes") +
 		"---\n" + binding("system-bootstrap-approve-node-client-csr", "system:certificates.k8s.io:certificatesigningrequests:nodeclient", "system:bootstrappers:nodes") +
-		"---\n" + binding("system-bootstrap-node-renewal", "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes")
+		"---\n" + binding("system-bootstrap-node-renewal", "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes"), nil
 }
 
 // kwokStandIn is not Talos's: it lets each node's kwok (the stand-in for its kubelet's
@@ -114,7 +131,12 @@ func deployOnce(ctx context.Context, k *kubelet, etcd *etcdMember) error {
 		return err
 	}
 
-	documents := append([]string{bootstrapManifests(k.config), kwokStandIn}, addons...)
+	bootstrap, err := bootstrapManifests(k.config)
+	if err != nil {
+		return err
+	}
+
+	documents := append([]string{bootstrap, kwokStandIn}, addons...)
 	for _, manifest := range k.config.Cluster().InlineManifests() {
 		documents = append(documents, manifest.Contents())
 	}
@@ -224,12 +246,9 @@ func deployOnce(ctx context.Context, k *kubelet, etcd *etcdMember) error {
 		}
 	}
 
-	// A malformed object is reported and skipped; the rest stay applied (as Talos does).
-	for _, err := range malformed {
-		log.Printf("manifests: %v", err)
-	}
-
-	return nil
+	// A malformed object does not stop the others, but the pass fails and is tried again, as
+	// Talos's controller returns the errors it gathered and is run again (manifest_apply.go).
+	return errors.Join(malformed...)
 }
 
 // parseObjects splits a multi-document YAML into objects (empty documents skipped).
