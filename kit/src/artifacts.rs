@@ -214,7 +214,7 @@ impl ArtifactStore {
                         None => artifact.official_url(version),
                     };
                     let bytes = download(&url)?;
-                    write_atomically(&cached, &bytes)?;
+                    crate::fsutil::write_atomic(&cached, &bytes)?;
                     (bytes, url)
                 }
             }
@@ -280,14 +280,6 @@ fn download(url: &str) -> anyhow::Result<Vec<u8>> {
         .limit(64 * 1024 * 1024)
         .read_to_vec()
         .with_context(|| format!("reading the body of {url}"))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let parent = path.parent().context("cache path has no parent")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, bytes).with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, path).with_context(|| format!("moving the download into {}", path.display()))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use kit::talos::snapshot::{Backup, MANIFEST_FILE, SNAPSHOT_FILE};
-use sha2::Digest as _;
 
 fn backup(out: &Path, extra: &[&str]) -> anyhow::Result<Output> {
     Ok(xtask::cargo()
@@ -42,10 +41,6 @@ fn mode(path: &Path) -> anyhow::Result<u32> {
     Ok(std::fs::metadata(path)?.permissions().mode() & 0o777)
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    sha2::Sha256::digest(bytes).iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 fn manifest(folder: &Path) -> anyhow::Result<Backup> {
     Ok(serde_json::from_str(&std::fs::read_to_string(folder.join(MANIFEST_FILE))?)?)
 }
@@ -72,7 +67,7 @@ fn a_backup_holds_a_consistent_snapshot_and_the_rebuild_files_private_and_pruned
         assert!(names.contains(&needed), "{needed} in {names:?}");
     }
     for file in &backup_json.files {
-        assert_eq!(sha256(&std::fs::read(folder.join(&file.name))?), file.sha256, "{}", file.name);
+        assert_eq!(kit::artifacts::sha256_hex(&std::fs::read(folder.join(&file.name))?), file.sha256, "{}", file.name);
     }
 
     // Two more (a second apart: folders are named to the second): --keep 2 leaves the newest two.
@@ -106,7 +101,7 @@ fn an_encrypted_backup_opens_with_its_identity_and_holds_no_plaintext_secret() -
         let sealed = folder.join(format!("{}.age", file.name));
         assert!(!folder.join(&file.name).exists(), "no plaintext {}", file.name);
         let opened = age::decrypt(&identity, &std::fs::read(&sealed)?)?;
-        assert_eq!(sha256(&opened), file.sha256, "{} opens to what was backed up", file.name);
+        assert_eq!(kit::artifacts::sha256_hex(&opened), file.sha256, "{} opens to what was backed up", file.name);
     }
 
     // The secrets bundle's keys (base64 in secrets.yaml) appear nowhere in the folder.

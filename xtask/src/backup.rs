@@ -76,7 +76,8 @@ pub fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitCode> {
         snapshot.revision, snapshot.keys, snapshot.bytes
     );
 
-    let mut files = vec![BackupFile::of(&partial, kit::talos::snapshot::SNAPSHOT_FILE)?];
+    let taken = std::fs::read(&snapshot_path).with_context(|| format!("reading {}", snapshot_path.display()))?;
+    let mut files = vec![BackupFile::new(kit::talos::snapshot::SNAPSHOT_FILE, &taken)];
     for (source, name) in rebuild_files(&config)? {
         let copy = partial.join(&name);
         if let Some(parent) = copy.parent() {
@@ -84,7 +85,7 @@ pub fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitCode> {
         }
         let contents = std::fs::read(&source).with_context(|| format!("reading {}", source.display()))?;
         kit::fsutil::write_private(&copy, &contents)?;
-        files.push(BackupFile::of(&partial, &name)?);
+        files.push(BackupFile::new(&name, &contents));
     }
     if let Some(recipient) = &recipient {
         for file in &files {

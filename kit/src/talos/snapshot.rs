@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use sha2::Digest as _;
 
 use super::{EtcdMemberStatus, PROBE_TIMEOUT, TalosApi, describe_health};
 use crate::config::{ClusterConfig, Node};
@@ -45,11 +44,9 @@ pub struct BackupFile {
 }
 
 impl BackupFile {
-    /// `folder/name`'s SHA-256, under `name` (`talos/cp01.yaml`).
-    pub fn of(folder: &Path, name: &str) -> anyhow::Result<BackupFile> {
-        let path = folder.join(name);
-        let contents = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        Ok(BackupFile { name: name.to_owned(), sha256: hex(&sha2::Sha256::digest(&contents)) })
+    /// A file named `name` in the backup (`talos/cp01.yaml`) holding `contents`.
+    pub fn new(name: &str, contents: &[u8]) -> BackupFile {
+        BackupFile { name: name.to_owned(), sha256: crate::artifacts::sha256_hex(contents) }
     }
 }
 
@@ -152,10 +149,6 @@ pub fn backups(out: &Path, cluster: &str) -> anyhow::Result<Vec<(PathBuf, Backup
     }
     found.sort_by(|(_, a), (_, b)| a.taken_at.cmp(&b.taken_at));
     Ok(found)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 #[cfg(test)]

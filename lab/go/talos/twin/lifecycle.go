@@ -237,9 +237,13 @@ var volumeContents = map[string][]string{
 func (c *configured) reset(graceful, reboot bool, volumes []string) {
 	time.Sleep(500 * time.Millisecond)
 
+	// The leave phase is not one whose error is only logged: a member that cannot leave fails
+	// the sequence, and the machine is not wiped (v1alpha1_sequencer.go, Reset: "leave").
 	if graceful && c.etcd != nil {
 		if err := c.leave(context.Background()); err != nil {
-			log.Printf("reset: leaving etcd: %v", err)
+			log.Printf("reset failed: leaving etcd: %v", err)
+
+			return
 		}
 	}
 
