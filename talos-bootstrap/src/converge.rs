@@ -250,9 +250,9 @@ async fn bootstrap_once(
             anyhow::bail!(
                 "etcd of this cluster was bootstrapped on {} at {} ({}, recorded in {}), and now no control plane \
                  reports etcd members: every member's data is gone. Bootstrapping again would start a new, empty \
-                 cluster in its place. To get this one back, restore etcd from a backup (Talos's disaster recovery: \
-                 `talosctl bootstrap --recover-from <snapshot>`); for a new, empty cluster on purpose, run \
-                 `talos-bootstrap apply --bootstrap`",
+                 cluster in its place. To get this one back, restore etcd from a backup: `cargo xtask restore --from \
+                 <backup folder>` (Talos's disaster recovery, `talosctl bootstrap --recover-from <snapshot>`, as a \
+                 tool); for a new, empty cluster on purpose, run `talos-bootstrap apply --bootstrap`",
                 record.member,
                 record.at,
                 record.how,

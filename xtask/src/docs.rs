@@ -203,7 +203,15 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
          Deployment, one pod per worker, for that). Once the node is back (rebooted, Ready) it waits \
          for every etcd member to be healthy again and for Longhorn to rebuild the replicas the node \
          held, and times both. It refuses, before touching anything, a drill that would lose etcd \
-         quorum (a control plane while another is down) or a volume's last healthy replica.\n",
+         quorum (a control plane while another is down) or a volume's last healthy replica.\n\n\
+         ## 6. When quorum is lost: restore from a backup\n\n\
+         Losing {quorum_loss} of the {cp_count} control planes at once (a power cut, disks, a bad upgrade) stops \
+         etcd, and with it the API: nothing above survives that, only a backup does. Take one daily and \
+         before every upgrade with `cargo xtask backup`, keep it off this machine, and restore with \
+         `cargo xtask restore --from <backup>`: it refuses while etcd has quorum, wipes etcd on the \
+         control planes, bootstraps one from the snapshot, lets the others join and verifies. \
+         README.md, \"Backups and disaster recovery\", says what it stores, how often, and what restore \
+         will and will not do.\n",
         control_planes.join(", "),
         config.control_planes().count(),
         vip = config.network.vip,
@@ -211,6 +219,8 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
         cps = config.control_planes().map(|n| n.ip.to_string()).collect::<Vec<_>>().join(" "),
         cps_comma = config.control_planes().map(|n| n.ip.to_string()).collect::<Vec<_>>().join(","),
         workers = workers.join(", "),
+        cp_count = config.control_planes().count(),
+        quorum_loss = config.control_planes().count() - config.control_planes().count() / 2,
     );
     text.push_str(
         "\n## In the lab\n\n\

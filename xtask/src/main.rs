@@ -6,6 +6,7 @@ mod install_all;
 mod lab_cmd;
 mod mirror;
 mod render;
+mod restore;
 use xtask::stages;
 mod status;
 mod test_cmd;
@@ -83,6 +84,12 @@ enum Command {
     /// talos-ha.lock), in a dated folder (0700, files 0600); prints its path. Optionally
     /// encrypted (--age-recipient) and pruned (--keep N). `restore --from` reads it.
     Backup(backup::BackupArgs),
+    /// Disaster recovery: Talos's runbook for a cluster whose etcd lost quorum, from a backup.
+    /// Checks the backup (hashes, this cluster's secrets) and refuses while a majority of
+    /// control planes is healthy; wipes EPHEMERAL on the control planes, bootstraps one from
+    /// the snapshot, lets the others join, verifies, and prints the recovery point and time.
+    /// Run it again when a control plane that was off is back: it wipes only non-members.
+    Restore(restore::RestoreArgs),
     /// Benchmarks (speed targets live here, not in timed tests).
     Bench {
         #[command(subcommand)]
@@ -115,6 +122,7 @@ fn main() -> ExitCode {
         Command::Validate => validate::run(&cli.global),
         Command::Lab { action } => lab_cmd::run(&cli.global, action),
         Command::Backup(args) => backup::run(&cli.global, &args),
+        Command::Restore(args) => restore::run(&cli.global, &args),
         Command::Bench { what: BenchTarget::Apply } => bench::run(&cli.global),
         Command::Mirror { out } => mirror::run(&cli.global, &out),
         Command::Render { out } => render::run(&cli.global, &out),

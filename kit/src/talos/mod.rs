@@ -8,6 +8,7 @@
 //!
 //! Each rule names the Talos v1.12.1 source it follows.
 
+pub mod recovery;
 pub mod snapshot;
 pub mod talosconfig;
 
@@ -546,7 +547,12 @@ fn first_line(text: &str) -> &str {
 /// The hostnames of etcd's members as `node` lists them (`etcd members`: NODE ID HOSTNAME …).
 pub async fn etcd_members(api: &impl TalosApi, node: &Node) -> anyhow::Result<Vec<String>> {
     let table = api.ask(node, &["etcd", "members"], PROBE_TIMEOUT).await?;
-    Ok(table.lines().skip(1).filter_map(|line| line.split_whitespace().nth(2)).map(str::to_owned).collect())
+    Ok(member_column(&table, 2))
+}
+
+/// One column of the `etcd members` table, row by row.
+fn member_column(table: &str, column: usize) -> Vec<String> {
+    table.lines().skip(1).filter_map(|line| line.split_whitespace().nth(column)).map(str::to_owned).collect()
 }
 
 /// The control planes that have the VIP among their addresses: exactly one when healthy.
@@ -582,7 +588,12 @@ pub enum BootstrapAnswer {
 }
 
 pub async fn bootstrap(api: &impl TalosApi, node: &Node) -> BootstrapAnswer {
-    match api.talosctl(node, &["bootstrap"], PROBE_TIMEOUT * 4, &mut |_| {}).await {
+    bootstrap_with(api, node, &["bootstrap"], PROBE_TIMEOUT * 4).await
+}
+
+/// A `talosctl bootstrap` call (plain, or from a snapshot) and what its answer means.
+async fn bootstrap_with(api: &impl TalosApi, node: &Node, args: &[&str], timeout: Duration) -> BootstrapAnswer {
+    match api.talosctl(node, args, timeout, &mut |_| {}).await {
         Ok(output) if output.success => BootstrapAnswer::Bootstrapped,
         Ok(output) => classify_bootstrap(&format!("{}{}", output.stderr, output.stdout)),
         Err(error) => BootstrapAnswer::NotYet(format!("{error:#}")),

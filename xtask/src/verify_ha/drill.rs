@@ -120,6 +120,8 @@ pub(super) async fn reboot(
     }
     let probe = if control_plane { None } else { Some(deploy_probe(client, config, &node.name).await?) };
 
+    // Not talosctl's own wait: the drill samples the cluster every second while the node is
+    // away, and judges the node back by its own measures (rebooted, Ready, etcd healthy).
     talosctl.ask(node, &["reboot", "--wait=false"], Duration::from_secs(30)).await?;
     let started = Instant::now();
     tracing::info!("{} is rebooting; sampling the API, the VIP and etcd each second until it is back", node.name);

@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -268,23 +269,31 @@ func (e *etcdMember) joinOnce(ctx context.Context) error {
 		return err
 	}
 
+	// Joining means an empty data directory: a member of the same name is this machine's
+	// previous self (before a reset or a disk swap) and is removed first, or the new member and
+	// the old one would conflict (system/services/etcd.go, addMember). An unnamed member at this
+	// machine's peer URL is a learner this machine added and never started (a join interrupted
+	// by a reboot); Talos would be refused its add ("Peer URLs already exists") until someone
+	// removed it, the twin removes it too, so a box's retried join does not stall.
 	self := e.peerURL(e.address)
-	added := false
 
 	for _, member := range list.Members {
-		for _, url := range member.PeerURLs {
-			added = added || url == self
+		stale := member.Name == e.name || (member.Name == "" && slices.Contains(member.PeerURLs, self))
+		if !stale {
+			continue
+		}
+
+		if _, err = client.MemberRemove(callCtx, member.ID); err != nil {
+			return fmt.Errorf("error removing self from the member list: %w", err)
 		}
 	}
 
-	if !added {
-		if _, err = client.MemberAddAsLearner(callCtx, []string{self}); err != nil {
-			return err
-		}
+	if _, err = client.MemberAddAsLearner(callCtx, []string{self}); err != nil {
+		return fmt.Errorf("error adding member: %w", err)
+	}
 
-		if list, err = client.MemberList(callCtx); err != nil {
-			return err
-		}
+	if list, err = client.MemberList(callCtx); err != nil {
+		return fmt.Errorf("error getting second etcd member list: %w", err)
 	}
 
 	var initial []string

@@ -25,6 +25,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
@@ -197,7 +202,10 @@ func (c *configured) Reset(ctx context.Context, in *machine.ResetRequest) (*mach
 
 	log.Printf("reset request received. actorID: %s", actorID)
 
-	go c.reset(in.Graceful, in.Reboot, volumes)
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		c.runSequence("reset", actorID, c.resetPhases(in, volumes)) //nolint:errcheck // logged and published as an event
+	}()
 
 	return &machine.ResetResponse{Messages: []*machine.Reset{{Metadata: c.metadata(), ActorId: actorID}}}, nil
 }
@@ -233,39 +241,127 @@ var volumeContents = map[string][]string{
 	constants.MetaPartitionLabel:      nil,
 }
 
-// reset is the reset sequence, after the answer is out.
-func (c *configured) reset(graceful, reboot bool, volumes []string) {
-	time.Sleep(500 * time.Millisecond)
+// resetPhases is Talos's reset sequence for a machine installed to disk
+// (v1alpha1_sequencer.go, Reset): graceful, it cordons and drains the node and leaves etcd (a
+// member that cannot leave fails the sequence, and nothing is wiped); then every service
+// stops; then the volumes named are wiped (resetSpec), or the whole system disk (reset); then
+// the machine reboots or powers off. Wiping only EPHEMERAL keeps the config: the machine comes
+// back configured, its etcd empty.
+func (c *configured) resetPhases(in *machine.ResetRequest, volumes []string) []phase {
+	var phases []phase
 
-	// The leave phase is not one whose error is only logged: a member that cannot leave fails
-	// the sequence, and the machine is not wiped (v1alpha1_sequencer.go, Reset: "leave").
-	if graceful && c.etcd != nil {
-		if err := c.leave(context.Background()); err != nil {
-			log.Printf("reset failed: leaving etcd: %v", err)
-
-			return
-		}
+	if in.GetGraceful() {
+		phases = append(phases,
+			phase{name: "drain", tasks: []task{{name: "cordonAndDrainNode", run: logOnly(c.cordonAndDrain)}}},
+			phase{name: "cleanup", tasks: []task{{name: "removeAllPods", run: logOnly(c.stopAllPods)}}},
+		)
+	} else {
+		phases = append(phases, phase{name: "cleanup", tasks: []task{{name: "stopAllPods", run: logOnly(c.stopAllPods)}}})
 	}
 
-	c.services.stop()
+	phases = append(phases, phase{name: "dbus", tasks: []task{noop("stopDBus")}})
 
+	if in.GetGraceful() && c.etcd != nil {
+		phases = append(phases, phase{name: "leave", tasks: []task{{name: "leaveEtcd", run: func() error {
+			return c.leave(context.Background())
+		}}}})
+	}
+
+	// kexec when the boot partition stays (the volumes named do not include it).
+	targeted := len(in.GetSystemPartitionsToWipe()) > 0
+
+	phases = append(phases, phase{name: "preReset", tasks: []task{noop("sendResetSignal")}})
+	phases = append(phases, c.stopAll(targeted)...)
+	phases = append(phases, phase{name: "forceCleanup", tasks: []task{noop("forceCleanup")}})
+
+	wipe := task{name: "resetSystemDisk", run: func() error { return c.wipe(volumes) }}
+	wipePhase := "reset"
+
+	if targeted {
+		wipe.name, wipePhase = "resetSystemDiskSpec", "resetSpec"
+	}
+
+	if len(volumes) > 0 {
+		phases = append(phases, phase{name: wipePhase, tasks: []task{wipe}})
+	}
+
+	if in.GetReboot() {
+		return append(phases, phase{name: "reboot", tasks: []task{{name: "reboot", run: c.goDown(true)}}})
+	}
+
+	return append(phases, phase{name: "shutdown", tasks: []task{{name: "shutdown", run: c.goDown(false)}}})
+}
+
+// logOnly is Talos's taskErrorHandler(logError, …): the task's failure is logged, the sequence
+// goes on.
+func logOnly(run func() error) func() error {
+	return func() error {
+		if err := run(); err != nil {
+			log.Printf("ignoring: %v", err)
+		}
+
+		return nil
+	}
+}
+
+// wipe empties what the volumes named hold of the machine's folder.
+func (c *configured) wipe(volumes []string) error {
 	dir := filepath.Dir(c.configFile)
+
+	var failed []error
 
 	for _, volume := range volumes {
 		log.Printf("reset: wiping %s", volume)
 
 		for _, entry := range volumeContents[volume] {
 			if err := os.RemoveAll(filepath.Join(dir, entry)); err != nil {
-				log.Printf("reset: wiping %s: %v", volume, err)
+				failed = append(failed, fmt.Errorf("wiping %s: %w", volume, err))
 			}
 		}
 	}
 
-	if !reboot {
-		log.Printf("reset: powering off")
-		os.Exit(0)
+	return errors.Join(failed...)
+}
+
+// cordonAndDrain marks the node unschedulable and evicts its pods through the eviction API, so
+// PodDisruptionBudgets are honoured; mirror pods and DaemonSets' pods stay, as kubectl drain
+// leaves them (v1alpha1_sequencer_tasks.go, CordonAndDrainNode, with the kubelet's own
+// credentials: a node may evict the pods bound to it).
+func (c *configured) cordonAndDrain() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	client, node, err := c.services.kubelet.ownNode(ctx)
+	if err != nil {
+		return fmt.Errorf("cordoning: %w", err)
 	}
 
-	c.rebooting.Store(true)
-	c.shutDown()
+	cordon := []byte(`{"spec":{"unschedulable":true}}`)
+	if _, err = client.CoreV1().Nodes().Patch(ctx, node.Name, types.StrategicMergePatchType, cordon, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("cordoning %s: %w", node.Name, err)
+	}
+
+	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node.Name})
+	if err != nil {
+		return fmt.Errorf("listing the pods to drain: %w", err)
+	}
+
+	var failed []error
+
+	for _, pod := range pods.Items {
+		if _, mirror := pod.Annotations[corev1.MirrorPodAnnotationKey]; mirror || ownedByDaemonSet(pod) {
+			continue
+		}
+
+		eviction := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace}}
+		if err = client.PolicyV1().Evictions(pod.Namespace).Evict(ctx, eviction); err != nil && !apierrors.IsNotFound(err) {
+			failed = append(failed, fmt.Errorf("evicting %s/%s: %w", pod.Namespace, pod.Name, err))
+		}
+	}
+
+	return errors.Join(failed...)
+}
+
+func ownedByDaemonSet(pod corev1.Pod) bool {
+	return slices.ContainsFunc(pod.OwnerReferences, func(owner metav1.OwnerReference) bool { return owner.Kind == "DaemonSet" })
 }

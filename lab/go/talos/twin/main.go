@@ -42,6 +42,7 @@ import (
 	cosiv1alpha1 "github.com/cosi-project/runtime/api/v1alpha1"
 	"github.com/cosi-project/runtime/pkg/resource"
 	"github.com/cosi-project/runtime/pkg/resource/meta"
+	"github.com/cosi-project/runtime/pkg/safe"
 	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/cosi-project/runtime/pkg/state/impl/inmem"
 	"github.com/cosi-project/runtime/pkg/state/impl/namespaced"
@@ -55,10 +56,13 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/google/uuid"
+	"github.com/siderolabs/talos/pkg/grpc/middleware/authz"
 	"github.com/siderolabs/talos/pkg/kubeconfig"
 	clusterapi "github.com/siderolabs/talos/pkg/machinery/api/cluster"
 	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
+	"github.com/siderolabs/talos/pkg/machinery/api/storage"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/config/configdiff"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
@@ -70,6 +74,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
 	"github.com/siderolabs/talos/pkg/machinery/resources/network"
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
+	talosv1alpha1 "github.com/siderolabs/talos/pkg/machinery/resources/v1alpha1"
 	"github.com/siderolabs/talos/pkg/machinery/version"
 )
 
@@ -240,9 +245,10 @@ func serveMaintenance(resources state.State, address, configFile string) error {
 	node := &maintenance{resources: resources, configFile: configFile, stop: grpcServer.Stop}
 
 	machine.RegisterMachineServiceServer(grpcServer, node)
+	storage.RegisterStorageServiceServer(grpcServer, &maintenanceDisks{resources: resources})
 	// Maintenance mode serves the COSI state read-only, and only what is not sensitive
 	// (internal/app/maintenance/server.go, Register; internal/app/resources/access.go).
-	cosiv1alpha1.RegisterStateServer(grpcServer, server.NewState(state.Filter(resources, readOnly)))
+	cosiv1alpha1.RegisterStateServer(grpcServer, server.NewState(state.Filter(resources, accessPolicy(resources))))
 
 	log.Printf("maintenance mode: waiting for a config on %s", listener.Addr())
 
@@ -262,10 +268,6 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 	provider, err := configloader.NewFromBytes(raw)
 	if err != nil {
 		return false, fmt.Errorf("%s: %w", configFile, err)
-	}
-
-	if err = markRunning(ctx, resources); err != nil {
-		return false, err
 	}
 
 	addressing, err := configuredAddressing(ctx, resources, provider, node.hardware, node.lease)
@@ -307,17 +309,32 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 		return false, err
 	}
 
-	running, err := startServices(ctx, provider, node, resources)
+	served := &configured{
+		config: provider, configFile: configFile, resources: resources, address: address, bootedAt: time.Now(),
+		hardware: node.hardware, events: newEventBus(),
+	}
+
+	// The boot sequence's last phase starts every service (v1alpha1_sequencer.go, Boot); the
+	// phases before it prepare a real machine's disks and files, which the twin's folder is.
+	err = served.runSequence("boot", "", []phase{{name: "startEverything", tasks: []task{{name: "startAllServices", run: func() error {
+		running, err := startServices(ctx, provider, node, resources)
+		if err != nil {
+			return err
+		}
+
+		runningServices.Store(running)
+		served.services, served.etcd = running, running.etcd
+
+		return nil
+	}}}}})
 	if err != nil {
 		return false, err
 	}
 
-	runningServices.Store(running)
+	readiness, stopReadiness := context.WithCancel(ctx)
+	defer stopReadiness()
 
-	served := &configured{
-		config: provider, configFile: configFile, resources: resources, address: address, bootedAt: time.Now(),
-		services: running, etcd: running.etcd, hardware: node.hardware,
-	}
+	go served.watchReadiness(readiness)
 
 	// machined: the machine's own services, reached through apid only.
 	socket := filepath.Join(node.stateDir, "machined.sock")
@@ -330,9 +347,12 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 
 	apidSocket := filepath.Join(node.stateDir, "apid.sock")
 
-	machined := grpc.NewServer()
+	// machined reads the caller's roles from what apid forwards (system/services/machined.go:
+	// authz.Injector in MetadataOnly mode); the resource API allows what Talos's allows.
+	roles := &authz.Injector{Mode: authz.MetadataOnly}
+	machined := grpc.NewServer(grpc.UnaryInterceptor(roles.UnaryInterceptor()), grpc.StreamInterceptor(roles.StreamInterceptor()))
 	machine.RegisterMachineServiceServer(machined, served)
-	cosiv1alpha1.RegisterStateServer(machined, server.NewState(resources))
+	cosiv1alpha1.RegisterStateServer(machined, server.NewState(state.Filter(resources, accessPolicy(resources))))
 	clusterapi.RegisterClusterServiceServer(machined, &health{apidSocket: apidSocket})
 
 	go machined.Serve(machinedListener) //nolint:errcheck
@@ -377,24 +397,6 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 	}
 
 	return served.rebooting.Load(), nil
-}
-
-// markRunning moves MachineStatus to stage "running": the machine booted its config.
-func markRunning(ctx context.Context, resources state.State) error {
-	current, err := resources.Get(ctx, runtime.NewMachineStatus().Metadata())
-	if err != nil {
-		return err
-	}
-
-	machineStatus, ok := current.(*runtime.MachineStatus)
-	if !ok {
-		return fmt.Errorf("unexpected MachineStatus %T", current)
-	}
-
-	machineStatus.TypedSpec().Stage = runtime.MachineStageRunning
-	machineStatus.TypedSpec().Status.Ready = true
-
-	return resources.Update(ctx, machineStatus)
 }
 
 // systemVolumes records the install disk's volumes Talos reports once they are mounted
@@ -498,7 +500,11 @@ func boot(ctx context.Context, st state.State, hardware Hardware) error {
 		created = append(created, res)
 	}
 
+	// The definitions of definitions and namespaces first, as COSI's registry registers them
+	// (state/registry, RegisterDefault): talosctl reads them to resolve `get`'s type names.
 	definitions := []meta.ResourceDefinitionProvider{
+		meta.ResourceDefinitionExtension{},
+		meta.NamespaceExtension{},
 		runtime.MachineStatusExtension{},
 		runtime.DiagnosticExtension{},
 		runtime.ExtensionStatusExtension{},
@@ -508,6 +514,7 @@ func boot(ctx context.Context, st state.State, hardware Hardware) error {
 		block.DiskExtension{},
 		block.VolumeStatusExtension{},
 		k8s.StaticPodStatusExtension{},
+		talosv1alpha1.ServiceExtension{},
 	}
 
 	for _, provider := range definitions {
@@ -523,15 +530,6 @@ func boot(ctx context.Context, st state.State, hardware Hardware) error {
 		if err := st.Create(ctx, res); err != nil {
 			return err
 		}
-	}
-
-	return nil
-}
-
-// readOnly lets a client read, never write (the maintenance API's reader role).
-func readOnly(_ context.Context, access state.Access) error {
-	if !access.Verb.Readonly() {
-		return status.Error(codes.PermissionDenied, "not authorized")
 	}
 
 	return nil
@@ -611,27 +609,100 @@ type configured struct {
 	// What the machine runs; its etcd member (control planes only).
 	services *services
 	etcd     *etcdMember
+	// This boot's events (events.go).
+	events *eventBus
 	// Stops the API (the machine goes down); rebooting says it comes back.
 	shutDown  func()
 	rebooting atomic.Bool
 }
 
-// Reboot answers, then takes the machine down (its etcd member and API with it) and brings it
-// back booted into its config: what `talosctl reboot --wait=false` sees of a real node
-// (Talos's Reboot does not leave etcd: v1alpha1_sequencer.go, Reboot).
-func (c *configured) Reboot(context.Context, *machine.RebootRequest) (*machine.RebootResponse, error) {
+// Reboot answers with the call's actor ID, then runs the reboot sequence: the pods and
+// services stop (the VIP released first), the machine goes down and comes back booted into its
+// config, its events from then on those of the new boot. Talos's Reboot does not leave etcd
+// (v1alpha1_server.go, Reboot; v1alpha1_sequencer.go, Reboot: FORCE skips the teardown).
+func (c *configured) Reboot(_ context.Context, in *machine.RebootRequest) (*machine.RebootResponse, error) {
+	actorID := uuid.New().String()
+
+	var phases []phase
+	if in.GetMode() != machine.RebootRequest_FORCE {
+		phases = append([]phase{
+			{name: "cleanup", tasks: []task{{name: "stopAllPods", run: c.stopAllPods}}},
+			{name: "dbus", tasks: []task{noop("stopDBus")}},
+		}, c.stopAll(true)...)
+	}
+
+	phases = append(phases, phase{name: "reboot", tasks: []task{{name: "reboot", run: c.goDown(true)}}})
+
 	go func() {
 		time.Sleep(500 * time.Millisecond)
-
-		c.services.tearDownKubeletLifecycle()
-		c.services.kubelet.shutdownGracefully(context.Background())
-		c.services.stop()
-		c.rebooting.Store(true)
-		c.shutDown()
+		c.runSequence("reboot", actorID, phases) //nolint:errcheck // logged and published as an event
 	}()
 
-	return &machine.RebootResponse{Messages: []*machine.Reboot{{Metadata: c.metadata()}}}, nil
+	return &machine.RebootResponse{Messages: []*machine.Reboot{{Metadata: c.metadata(), ActorId: actorID}}}, nil
 }
+
+// stopAllPods: the VIP election ends (tearDownKubeletLifecycle), then the kubelet's pods stop
+// within its graceful-shutdown period (v1alpha1_sequencer_tasks.go, StopAllPods).
+func (c *configured) stopAllPods() error {
+	c.services.tearDownKubeletLifecycle()
+	c.services.kubelet.shutdownGracefully(context.Background())
+
+	return nil
+}
+
+// stopAll is Talos's stopAllPhaselist: services stopped, mounts undone (nothing to undo on a
+// twin), then every service stopped (v1alpha1_sequencer.go, stopAllPhaselist).
+func (c *configured) stopAll(kexec bool) []phase {
+	phases := []phase{
+		{name: "stopServices", tasks: []task{noop("stopServicesForUpgrade")}},
+		{name: "umount", tasks: []task{noop("unmountPodMounts")}},
+		{name: "unmountBind", tasks: []task{noop("unmountSystemDiskBindMounts")}},
+		{name: "unmountSystem", tasks: []task{noop("unmountEphemeralPartition")}},
+		{name: "volumeFinalize", tasks: []task{noop("teardownLifecycle")}},
+	}
+
+	if kexec {
+		phases = append(phases, phase{name: "kexec", tasks: []task{noop("kexecPrepare")}})
+	}
+
+	return append(phases, phase{name: "stopEverything", tasks: []task{{name: "stopAllServices", run: func() error {
+		c.services.stop()
+
+		return nil
+	}}}})
+}
+
+// goDown is the sequence's last task: the machine's last events are flushed to whoever
+// watches, then its API stops; it comes back (reboot) or stays off (shutdown).
+func (c *configured) goDown(reboot bool) func() error {
+	return func() error {
+		c.events.close()
+
+		if !reboot {
+			log.Printf("powering off")
+			os.Exit(0)
+		}
+
+		c.rebooting.Store(true)
+		c.shutDown()
+
+		return nil
+	}
+}
+
+// Read answers the one file a twin has: the boot ID, new at each boot, which `talosctl reboot`
+// and `reset` read before and after to know the machine rebooted (v1alpha1_server.go, Read;
+// cmd/talosctl/pkg/talos/action/tracker.go, getBootID). Any other path is not there.
+func (c *configured) Read(in *machine.ReadRequest, srv machine.MachineService_ReadServer) error {
+	if in.GetPath() != bootIDPath {
+		return status.Errorf(codes.NotFound, "stat %s: no such file or directory", in.GetPath())
+	}
+
+	return srv.Send(&common.Data{Bytes: []byte(c.services.kubelet.bootID + "\n")})
+}
+
+// bootIDPath is where Linux keeps the boot ID.
+const bootIDPath = "/proc/sys/kernel/random/boot_id"
 
 // bootstrapReadyAfter models how long after boot Talos refuses Bootstrap because the
 // container runtime is not up yet (v1alpha1_runtime.go, IsBootstrapAllowed).
@@ -865,4 +936,50 @@ func selfSigned() (tls.Certificate, error) {
 	}
 
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// maintenanceDisks is the storage API a machine in maintenance mode serves
+// (internal/app/maintenance/server.go, Register; internal/app/storaged/server.go, Disks): the
+// disks it found. `talosctl reset --reboot --wait` asks it to learn that a reset machine came
+// back in maintenance mode.
+type maintenanceDisks struct {
+	storage.UnimplementedStorageServiceServer
+
+	resources state.State
+}
+
+func (m *maintenanceDisks) Disks(ctx context.Context, _ *emptypb.Empty) (*storage.DisksResponse, error) {
+	disks, err := safe.StateListAll[*block.Disk](ctx, m.resources)
+	if err != nil {
+		return nil, err
+	}
+
+	var found []*storage.Disk
+
+	for disk := range disks.All() {
+		spec := disk.TypedSpec()
+
+		// storaged's type by transport; the box's disks are neither CD-ROMs nor rotational.
+		kind := storage.Disk_UNKNOWN
+
+		switch spec.Transport {
+		case "nvme":
+			kind = storage.Disk_NVME
+		case "mmc":
+			kind = storage.Disk_SD
+		case "":
+		default:
+			kind = storage.Disk_SSD
+		}
+
+		found = append(found, &storage.Disk{
+			DeviceName: filepath.Join("/dev", disk.Metadata().ID()),
+			Model:      spec.Model,
+			Size:       spec.Size,
+			Type:       kind,
+			BusPath:    spec.BusPath,
+		})
+	}
+
+	return &storage.DisksResponse{Messages: []*storage.Disks{{Disks: found}}}, nil
 }
