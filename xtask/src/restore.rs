@@ -524,9 +524,11 @@ fn verify(global: &GlobalArgs, config: &ClusterConfig) -> anyhow::Result<Vec<Str
     let present = crate::stages::present(&root);
     let stages = tokio::runtime::Runtime::new()?.block_on(async {
         let client = kit::client::client_from_kubeconfig(&kubeconfig).await?;
+        let api_wait = Duration::from_secs(global.api_wait);
         let mut stages = Vec::new();
         for stage in present {
-            if stage_installed(&client, stage).await? {
+            // This machine's way to the API (a forward, on the box) may lag the VIP's.
+            if kit::client::ride_out(&kubeconfig, api_wait, || stage_installed(&client, stage)).await? {
                 stages.push(stage);
             } else {
                 eprintln!("restore: {stage:<16} not installed in the restored cluster: nothing to verify");
