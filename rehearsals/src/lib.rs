@@ -9,7 +9,10 @@
 //! - `fresh_clone.rs`: README's first command from nothing, twice.
 //! - `interrupted_install.rs`: a first install killed at three points, and a wiped cluster.
 //! - `addon_upgrade.rs`: a box at the seed's add-ons upgraded hop by hop to the defaults.
-//! - `restore_drill.rs`: a fully installed box that lost etcd's quorum, restored from a backup.
+//!   Its box, at every stage's default release, then runs the restore drill (`drill.rs`): it
+//!   loses etcd's quorum and is restored from a backup.
+
+pub mod drill;
 
 use kit::config::ClusterConfig;
 use lab::Lab;

@@ -6,6 +6,7 @@
 //! (no object talos-ha applied was lost, every stage's verify passes), and what the releases
 //! dropped is gone. cert-manager's controller runs for real at both ends (v1.16.5, then
 //! v1.20.3): the CA that signed the leaves before the upgrade still verifies them after.
+//! Then the box, at every default, runs issue 26's restore drill (`rehearsals::drill`).
 
 use std::os::unix::process::CommandExt as _;
 use std::process::{Output, Stdio};
@@ -222,5 +223,11 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
     assert!(!stdout(&namespaces).contains("seed-set-rehearsal"), "the rehearsal box is gone");
     let record = std::fs::read_to_string(own.config.state_dir().join("upgrade-rehearsal.json"))?;
     assert!(record.contains("\"passed\": true") && record.contains("\"longhorn\": \"v1.7.3\""), "{record}");
+
+    // Issue 26's drill on this box, installed with every stage: quorum lost, restored.
+    let (alone, recovered) = rehearsals::drill::restore_after_losing_quorum(&own).await?;
+    tests::shown(&format!(
+        "restore drill: cp01 restored alone in {alone:.1}s, all three members and every check after {recovered:.1}s"
+    ));
     Ok(())
 }

@@ -13,7 +13,6 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ConfigMap;
 use lab::twin::twin_dir;
 use rehearsals::OwnBox;
 
@@ -121,31 +120,11 @@ fn killed_then_converged(name: &str, port_base: u16, point: Point) -> anyhow::Re
     Ok(own)
 }
 
-/// A ConfigMap `name` in `default`, written through the box's API.
-async fn write_marker(client: &kube::Client, name: &str) -> anyhow::Result<()> {
-    let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), "default");
-    let map = ConfigMap {
-        metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-        ..Default::default()
-    };
-    maps.create(&Default::default(), &map).await?;
-    Ok(())
-}
-
 /// Every control plane's etcd data gone (machines cut off, their etcd folders deleted, machines on):
 /// stage 01 finds no members, but it recorded a bootstrap of this cluster, so this is a lost
-/// cluster, not a new one. It refuses, changes nothing, and names the restore. The way back
-/// is taken: a backup from before the loss (`cargo xtask backup`) restored by `cargo xtask
-/// restore` brings back what it held, and only that.
+/// cluster, not a new one. It refuses, changes nothing, and names the way back, `cargo xtask
+/// restore` (which the restore drill takes: `rehearsals::drill`, run by `addon_upgrade.rs`).
 async fn wiped_members_are_refused_with_the_restore_hint(own: &OwnBox) -> anyhow::Result<()> {
-    let client = kit::client::client_from_kubeconfig(&own.lab.kubeconfig).await?;
-    write_marker(&client, "before-the-backup").await?;
-    let mut backup = own.xtask(&["backup"]);
-    let backed_up = tokio::task::spawn_blocking(move || backup.output()).await??;
-    anyhow::ensure!(backed_up.status.success(), "backup: {}", log(&backed_up));
-    let folder = std::path::PathBuf::from(String::from_utf8(backed_up.stdout)?.trim());
-    write_marker(&client, "after-the-backup").await?;
-
     let control_planes: Vec<String> = own.config.control_planes().map(|node| node.name.clone()).collect();
     for node in &control_planes {
         own.lab.power_cut(node)?;
@@ -172,26 +151,6 @@ async fn wiped_members_are_refused_with_the_restore_hint(own: &OwnBox) -> anyhow
     assert!(log.contains("cargo xtask restore --from"), "the way back: {log}");
     assert!(log.contains("--bootstrap"), "and the way to a new cluster on purpose: {log}");
     assert!(!log.contains("bootstrapping etcd"), "nothing was bootstrapped: {log}");
-
-    // The way back, as the refusal names it: `cargo xtask restore`, Talos's runbook on every
-    // control plane (each one answers, its etcd empty: all are wiped, one is bootstrapped from
-    // the snapshot, the others join).
-    let started = Instant::now();
-    let mut restore = own.xtask(&["restore", "--from", &folder.display().to_string()]);
-    let restored = tokio::task::spawn_blocking(move || restore.output()).await??;
-    anyhow::ensure!(restored.status.success(), "restore: {}", String::from_utf8_lossy(&restored.stderr));
-    let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), "default");
-    let names = tests::eventually(Duration::from_secs(120), "the API back", || async {
-        Ok(maps
-            .list(&Default::default())
-            .await
-            .ok()
-            .map(|list| list.items.into_iter().filter_map(|map| map.metadata.name).collect::<Vec<_>>()))
-    })
-    .await?;
-    assert!(names.contains(&"before-the-backup".to_owned()), "what the snapshot held is back: {names:?}");
-    assert!(!names.contains(&"after-the-backup".to_owned()), "what came after it is not: {names:?}");
-    tests::shown(&format!("interrupted install: restored from the backup in {:.1}s", started.elapsed().as_secs_f64()));
     Ok(())
 }
 

@@ -1,8 +1,10 @@
-//! Issue 26's drill: a box installed with every stage loses etcd's quorum for real (two control
-//! planes' power cut, the third's etcd data deleted: the API is gone) and `cargo xtask restore`
-//! brings it back from a backup, as Talos's runbook does by hand. Exactly what the backup held
-//! is back, each object at the resourceVersion it had; what was written after it is not; the
-//! three control planes are healthy voting members again and a full install changes nothing.
+//! Issue 26's drill, on a box installed with every stage (`addon_upgrade.rs` runs it on its box
+//! once the upgrade is done, instead of installing a box of its own): the box loses etcd's
+//! quorum for real (two control planes' power cut, the third's etcd data deleted: the API is
+//! gone) and `cargo xtask restore` brings it back from a backup, as Talos's runbook does by hand.
+//! Exactly what the backup held is back, each object at the resourceVersion it had; what was
+//! written after it is not; the three control planes are healthy voting members again and a
+//! full install changes nothing.
 //!
 //! On the way, what must be refused is: `backup` with no healthy member (naming whom it asked),
 //! `restore` of a tampered snapshot (before any machine is touched), `restore` of a cluster
@@ -12,10 +14,10 @@ use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::Instant;
 
+use crate::OwnBox;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use lab::twin::twin_dir;
-use rehearsals::OwnBox;
 
 /// The label on every object the drill writes.
 const DRILL: &str = "talos-ha.dev/drill";
@@ -92,13 +94,10 @@ async fn drill_objects(client: &kube::Client) -> anyhow::Result<BTreeMap<String,
     Ok(found)
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_cluster_that_lost_quorum_is_restored_from_its_backup() -> anyhow::Result<()> {
-    let own = OwnBox::new("drill", 32443)?;
+/// The drill on `own`, a box installed with every stage; returns how long the first restore
+/// (one control plane, two still off) and the whole recovery took, in seconds.
+pub async fn restore_after_losing_quorum(own: &OwnBox) -> anyhow::Result<(f64, f64)> {
     let port_base = own.lab.ports.base.to_string();
-    let installed = output(own.xtask(&["install-all", "--port-base", &port_base])).await?;
-    anyhow::ensure!(installed.status.success(), "install: {}", log(&installed));
-
     let client = kit::client::client_from_kubeconfig(&own.lab.kubeconfig).await?;
     let before = write_objects(&client, "before", 12).await?;
     let backed_up = output(own.xtask(&["backup"])).await?;
@@ -188,10 +187,5 @@ async fn a_cluster_that_lost_quorum_is_restored_from_its_backup() -> anyhow::Res
     anyhow::ensure!(!healthy.status.success(), "{}", log(&healthy));
     anyhow::ensure!(log(&healthy).contains("the cluster has quorum and needs no restore"), "{}", log(&healthy));
 
-    tests::shown(&format!(
-        "restore drill: cp01 restored alone in {:.1}s, all three members and every check after {:.1}s",
-        first_took.as_secs_f64(),
-        recovered.as_secs_f64()
-    ));
-    Ok(())
+    Ok((first_took.as_secs_f64(), recovered.as_secs_f64()))
 }
