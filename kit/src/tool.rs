@@ -17,6 +17,9 @@ use crate::config::Version;
 /// What replaces a secret in anything shown to a person.
 pub const REDACTED: &str = "<redacted>";
 
+/// What a run stopped at its timeout says: the command got no answer in time.
+pub const TIMED_OUT: &str = "did not finish within";
+
 /// Where `cargo xtask lab build` puts a talosctl it built from Go modules.
 pub fn talosctl_cache_dir(version: Version) -> PathBuf {
     crate::fsutil::cache_root().join("lab").join(format!("talos-{version}"))
@@ -133,7 +136,8 @@ impl Tool {
         redact(text, &self.secrets)
     }
 
-    /// Runs the tool with `args` and waits at most `timeout`; the process is killed on timeout.
+    /// Runs the tool with `args` and waits at most `timeout`; the process is killed on timeout
+    /// (the error then says [`TIMED_OUT`]).
     pub async fn run<I, S>(&self, args: I, timeout: Duration) -> anyhow::Result<Output>
     where
         I: IntoIterator<Item = S>,
@@ -196,7 +200,7 @@ impl Tool {
         };
         match tokio::time::timeout(timeout, collect).await {
             Ok(output) => output.with_context(|| format!("running {shown}")),
-            Err(_) => anyhow::bail!("{shown} did not finish within {timeout:?} and was stopped"),
+            Err(_) => anyhow::bail!("{shown} {TIMED_OUT} {timeout:?} and was stopped"),
         }
     }
 }

@@ -109,6 +109,11 @@ pub async fn probe(api: &impl TalosApi, node: &Node) -> NodeState {
         Ok(_) => return NodeState::Configured,
         Err(error) => error,
     };
+    // No answer at all within the timeout: the port is silent (a machine off, a cable out),
+    // and the reads without a certificate would wait out the same silence twice more.
+    if format!("{secure:#}").contains(crate::tool::TIMED_OUT) {
+        return NodeState::Unreachable(format!("{secure:#}"));
+    }
     let machine = match resources::<MachineStatus>(api, node, "machinestatus", Access::Insecure).await {
         Ok(statuses) => match statuses.first() {
             // pkg/machinery/resources/runtime/machinestage.go: the stage's text form.

@@ -82,14 +82,15 @@ func (c *configured) updateMachineStatus(change func(*runtime.MachineStatusSpec)
 
 // watchReadiness keeps the machine's Service resources and its readiness current until the
 // machine goes down: Talos's MachineStatus controller re-evaluates on every change; the twin
-// looks each second while something is unmet and every five once all is.
+// looks each second while something is unmet and every ten once all is (each look asks etcd and
+// the API server, and a box runs six machines beside other boxes).
 func (c *configured) watchReadiness(ctx context.Context) {
 	for {
 		ready := c.evaluate(ctx)
 
 		wait := time.Second
 		if ready {
-			wait = 5 * time.Second
+			wait = 10 * time.Second
 		}
 
 		select {
