@@ -314,9 +314,11 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 		hardware: node.hardware, events: newEventBus(),
 	}
 
-	// The boot sequence's last phase starts every service (v1alpha1_sequencer.go, Boot); the
-	// phases before it prepare a real machine's disks and files, which the twin's folder is.
-	err = served.runSequence("boot", "", []phase{{name: "startEverything", tasks: []task{{name: "startAllServices", run: func() error {
+	// The boot sequence, phase by phase and task by task as Talos runs it on an installed
+	// machine (v1alpha1_sequencer.go, Boot). Its last phase starts every service; the ones
+	// before it check and prepare a real machine's memory, disks and files, which the twin's
+	// folder stands for, so they have nothing to do here but are published as Talos's are.
+	startAll := task{name: "startAllServices", run: func() error {
 		running, err := startServices(ctx, provider, node, resources)
 		if err != nil {
 			return err
@@ -326,7 +328,19 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 		served.services, served.etcd = running, running.etcd
 
 		return nil
-	}}}}})
+	}}
+
+	err = served.runSequence("boot", "", []phase{
+		{name: "memorySizeCheck", tasks: []task{noop("memorySizeCheck")}},
+		{name: "diskSizeCheck", tasks: []task{noop("diskSizeCheck")}},
+		{name: "env", tasks: []task{noop("setUserEnvVars"), noop("waitForCARoots")}},
+		{name: "dbus", tasks: []task{noop("startDBus")}},
+		{name: "ephemeral", tasks: []task{noop("mountEphemeralPartition")}},
+		{name: "udevSetup", tasks: []task{noop("writeUdevRules")}},
+		{name: "userDisks", tasks: []task{noop("mountUserDisks")}},
+		{name: "userSetup", tasks: []task{noop("writeUserFiles")}},
+		{name: "startEverything", tasks: []task{startAll}},
+	})
 	if err != nil {
 		return false, err
 	}
