@@ -17,8 +17,14 @@ use crate::config::Version;
 /// What replaces a secret in anything shown to a person.
 pub const REDACTED: &str = "<redacted>";
 
-/// What a run stopped at its timeout says: the command got no answer in time.
-pub const TIMED_OUT: &str = "did not finish within";
+/// A run stopped at its timeout: the command got no answer in time (a machine that is off,
+/// a port nothing answers on), which callers tell apart from a command that answered "no".
+#[derive(Debug, thiserror::Error)]
+#[error("{command} did not finish within {timeout:?} and was stopped")]
+pub struct TimedOut {
+    pub command: String,
+    pub timeout: Duration,
+}
 
 /// Where `cargo xtask lab build` puts a talosctl it built from Go modules.
 pub fn talosctl_cache_dir(version: Version) -> PathBuf {
@@ -137,7 +143,7 @@ impl Tool {
     }
 
     /// Runs the tool with `args` and waits at most `timeout`; the process is killed on timeout
-    /// (the error then says [`TIMED_OUT`]).
+    /// (the error is then a [`TimedOut`]).
     pub async fn run<I, S>(&self, args: I, timeout: Duration) -> anyhow::Result<Output>
     where
         I: IntoIterator<Item = S>,
@@ -200,7 +206,7 @@ impl Tool {
         };
         match tokio::time::timeout(timeout, collect).await {
             Ok(output) => output.with_context(|| format!("running {shown}")),
-            Err(_) => anyhow::bail!("{shown} {TIMED_OUT} {timeout:?} and was stopped"),
+            Err(_) => Err(TimedOut { command: shown, timeout }.into()),
         }
     }
 }
@@ -249,6 +255,7 @@ mod tests {
         let tool = Tool::at("sleep", sleep, Version { major: 0, minor: 0, patch: 0 });
         let error = tool.run(["30"], Duration::from_millis(300)).await.expect_err("must time out");
         assert!(error.to_string().contains("did not finish within 300ms"), "{error}");
+        assert!(error.is::<TimedOut>(), "callers can tell a timeout by its type");
         Ok(())
     }
 

@@ -162,7 +162,7 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
     let control_planes: Vec<String> = config.control_planes().map(|n| format!("{} ({})", n.name, n.ip)).collect();
     let first = config.control_planes().next().map(|n| n.ip.to_string()).unwrap_or_default();
     let workers: Vec<String> = config.workers().map(|n| n.name.clone()).collect();
-    let quorum = config.control_planes().count() / 2 + 1;
+    let quorum = kit::talos::quorum(config.control_planes().count());
     let mut text = format!(
         "# HA verification\n\n\
          What this cluster survives, and how to see it. `cargo xtask verify-ha` runs the read-only \
@@ -220,7 +220,7 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
         cps_comma = config.control_planes().map(|n| n.ip.to_string()).collect::<Vec<_>>().join(","),
         workers = workers.join(", "),
         cp_count = config.control_planes().count(),
-        quorum_loss = config.control_planes().count() - config.control_planes().count() / 2,
+        quorum_loss = config.control_planes().count() + 1 - quorum,
     );
     text.push_str(
         "\n## In the lab\n\n\

@@ -34,7 +34,7 @@ use kit::config::{ClusterConfig, Node};
 use kit::stage::{GlobalArgs, exit};
 use kit::talos::recovery::{bootstrap_from, etcd_member_ids, etcd_service_state, wipe_ephemeral};
 use kit::talos::snapshot::{Backup, MANIFEST_FILE, SNAPSHOT_FILE};
-use kit::talos::{BootstrapAnswer, NodeState, Talosctl, etcd_health, etcd_status, probe};
+use kit::talos::{BootstrapAnswer, EtcdMemberStatus, NodeState, Talosctl, etcd_health, etcd_status, probe};
 use serde::Deserialize;
 use talos_bootstrap::evidence::Evidence;
 
@@ -268,9 +268,9 @@ fn read_backup_file(
 
 /// What a run will do.
 struct Plan {
-    /// The control plane a previous run restored, and the IDs of its cluster's members: set
-    /// when this run only brings back machines that were away.
-    restored: Option<(Node, BTreeSet<String>)>,
+    /// The control plane a previous run restored: set when this run only brings back
+    /// machines that were away.
+    restored: Option<String>,
     /// The control planes to wipe: every one that answers and is not a healthy member of the
     /// restored cluster.
     wipe: Vec<Node>,
@@ -284,9 +284,8 @@ impl Plan {
     fn describe(&self) -> String {
         let names = |nodes: &[Node]| nodes.iter().map(|node| node.name.clone()).collect::<Vec<_>>().join(", ");
         let mut said = match (&self.restored, self.wipe.first()) {
-            (Some((node, _)), _) => format!(
-                "the cluster was restored on {}; wipe EPHEMERAL on {} so they join it",
-                node.name,
+            (Some(node), _) => format!(
+                "the cluster was restored on {node}; wipe EPHEMERAL on {} so they join it",
                 if self.wipe.is_empty() { "nothing".to_owned() } else { names(&self.wipe) }
             ),
             (None, Some(first)) => format!(
@@ -312,20 +311,21 @@ impl Plan {
 async fn plan(talosctl: &Talosctl, config: &ClusterConfig, evidence: &Evidence, force: bool) -> anyhow::Result<Plan> {
     let health = etcd_health(talosctl, config).await;
     eprintln!("restore: etcd now: {}", kit::talos::describe_health(&health));
+    // The control plane a previous run restored, while its member is healthy: the members it
+    // lists are the restored cluster's.
     let restored = match evidence.recorded()? {
-        Some(record) if record.how.starts_with(RESTORED) => {
-            match config.control_planes().find(|node| node.name == record.member) {
-                Some(node) if etcd_status(talosctl, node).await.is_ok_and(|status| status.healthy()) => {
-                    let ids = etcd_member_ids(talosctl, node).await?;
-                    Some((node.clone(), ids.into_iter().collect::<BTreeSet<_>>()))
-                }
-                _ => None,
-            }
-        }
+        Some(record) if record.how.starts_with(RESTORED) => health
+            .iter()
+            .find(|(node, status)| node.name == record.member && status.as_ref().is_ok_and(EtcdMemberStatus::healthy))
+            .map(|(node, _)| *node),
         _ => None,
     };
-    let keep = judge(&health, restored.as_ref().map(|(_, ids)| ids), force)?;
-    let restored = restored.filter(|_| !keep.is_empty());
+    let members = match restored {
+        Some(node) => Some(etcd_member_ids(talosctl, node).await?.into_iter().collect::<BTreeSet<_>>()),
+        None => None,
+    };
+    let keep = judge(&health, members.as_ref(), force)?;
+    let restored = restored.filter(|_| !keep.is_empty()).map(|node| node.name.clone());
     let mut wipe = Vec::new();
     let mut unreachable = Vec::new();
     // Asked all at once: a machine that is off costs each probe its whole timeout.
@@ -357,13 +357,12 @@ async fn plan(talosctl: &Talosctl, config: &ClusterConfig, evidence: &Evidence, 
 /// complete and this run is judged as a new one. A new one is refused while a majority of
 /// members is healthy (the cluster has quorum), unless `force`.
 fn judge(
-    health: &[(&Node, anyhow::Result<kit::talos::EtcdMemberStatus>)],
+    health: &[(&Node, anyhow::Result<EtcdMemberStatus>)],
     restored: Option<&BTreeSet<String>>,
     force: bool,
 ) -> anyhow::Result<Vec<String>> {
-    let member_of_restored = |status: &kit::talos::EtcdMemberStatus| {
-        status.healthy() && restored.is_some_and(|ids| ids.contains(&status.member))
-    };
+    let member_of_restored =
+        |status: &EtcdMemberStatus| status.healthy() && restored.is_some_and(|ids| ids.contains(&status.member));
     let keep: Vec<String> = health
         .iter()
         .filter(|(_, status)| status.as_ref().is_ok_and(member_of_restored))
@@ -373,7 +372,7 @@ fn judge(
         return Ok(keep);
     }
     let healthy = kit::talos::healthy_members(health);
-    if healthy.len() > health.len() / 2 {
+    if healthy.len() >= kit::talos::quorum(health.len()) {
         anyhow::ensure!(
             force,
             "{} of {} control planes' etcd members are healthy ({}): the cluster has quorum and needs no restore, \
@@ -437,7 +436,7 @@ async fn recover(
     eprintln!("restore: waiting for every control plane that answers to be a healthy member");
     for node in &plan.wipe {
         wait_for(Duration::from_secs(600), &format!("{} to be a healthy etcd member", node.name), || async {
-            Ok(etcd_status(talosctl, node).await.ok().filter(kit::talos::EtcdMemberStatus::healthy))
+            Ok(etcd_status(talosctl, node).await.ok().filter(EtcdMemberStatus::healthy))
         })
         .await?;
     }
@@ -584,7 +583,6 @@ fn humanize(age: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kit::talos::EtcdMemberStatus;
 
     fn node(name: &str) -> Node {
         Node {

@@ -111,7 +111,7 @@ pub async fn probe(api: &impl TalosApi, node: &Node) -> NodeState {
     };
     // No answer at all within the timeout: the port is silent (a machine off, a cable out),
     // and the reads without a certificate would wait out the same silence twice more.
-    if format!("{secure:#}").contains(crate::tool::TIMED_OUT) {
+    if secure.chain().any(|cause| cause.is::<crate::tool::TimedOut>()) {
         return NodeState::Unreachable(format!("{secure:#}"));
     }
     let machine = match resources::<MachineStatus>(api, node, "machinestatus", Access::Insecure).await {
@@ -447,6 +447,11 @@ impl EtcdMemberStatus {
     pub fn healthy(&self) -> bool {
         !self.learner && self.errors.is_empty()
     }
+}
+
+/// How many of `members` etcd needs healthy to elect a leader and accept writes: a majority.
+pub fn quorum(members: usize) -> usize {
+    members / 2 + 1
 }
 
 /// `talosctl etcd status` of one control plane: its own member, asked of itself.

@@ -205,7 +205,7 @@ pub(super) async fn reboot(
     let mut failures = Vec::new();
     let control_planes = config.control_planes().count();
     if control_plane {
-        let quorum = control_planes / 2 + 1;
+        let quorum = kit::talos::quorum(control_planes);
         match etcd_watch.fewest_healthy {
             Some(fewest) if fewest >= quorum => measured.push(format!(
                 "etcd kept its quorum throughout (never fewer than {fewest} of {control_planes} healthy)"

@@ -38,7 +38,7 @@ pub fn drill_refusal(
     control_planes: usize,
     volumes: &[VolumeHealth],
 ) -> Option<String> {
-    let quorum = control_planes / 2 + 1;
+    let quorum = kit::talos::quorum(control_planes);
     if node.role == Role::ControlPlane && healthy_members.saturating_sub(1) < quorum {
         return Some(format!(
             "{} is an etcd member and only {healthy_members} of {control_planes} are healthy: losing it leaves fewer than {quorum}, and etcd stops",

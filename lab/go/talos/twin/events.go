@@ -198,17 +198,7 @@ func (b *eventBus) close() {
 	b.published = make(chan struct{})
 	b.mu.Unlock()
 
-	done := make(chan struct{})
-
-	go func() {
-		b.watchers.Wait()
-		close(done)
-	}()
-
-	select {
-	case <-done:
-	case <-time.After(time.Second):
-	}
+	waitAtMost(&b.watchers, time.Second)
 }
 
 // Events streams the machine's events (v1alpha1_server.go, Events).
@@ -265,6 +255,16 @@ func (c *configured) runSequence(sequence, actorID string, phases []phase) error
 	}
 
 	return nil
+}
+
+// runAfterAnswer runs a sequence an API call asked for once its answer (with the actor ID) is
+// out: Talos starts the sequence asynchronously, and the twin leaves the answer half a second to
+// reach the client before the machine may go down (v1alpha1_server.go, Reboot and Reset).
+func (c *configured) runAfterAnswer(sequence, actorID string, phases []phase) {
+	go func() {
+		time.Sleep(500 * time.Millisecond)
+		c.runSequence(sequence, actorID, phases) //nolint:errcheck // logged and published as an event
+	}()
 }
 
 func (c *configured) runPhases(actorID string, phases []phase) error {

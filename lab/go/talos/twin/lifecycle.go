@@ -202,10 +202,7 @@ func (c *configured) Reset(ctx context.Context, in *machine.ResetRequest) (*mach
 
 	log.Printf("reset request received. actorID: %s", actorID)
 
-	go func() {
-		time.Sleep(500 * time.Millisecond)
-		c.runSequence("reset", actorID, c.resetPhases(in, volumes)) //nolint:errcheck // logged and published as an event
-	}()
+	c.runAfterAnswer("reset", actorID, c.resetPhases(in, volumes))
 
 	return &machine.ResetResponse{Messages: []*machine.Reset{{Metadata: c.metadata(), ActorId: actorID}}}, nil
 }

@@ -647,10 +647,7 @@ func (c *configured) Reboot(_ context.Context, in *machine.RebootRequest) (*mach
 
 	phases = append(phases, phase{name: "reboot", tasks: []task{{name: "reboot", run: c.goDown(true)}}})
 
-	go func() {
-		time.Sleep(500 * time.Millisecond)
-		c.runSequence("reboot", actorID, phases) //nolint:errcheck // logged and published as an event
-	}()
+	c.runAfterAnswer("reboot", actorID, phases)
 
 	return &machine.RebootResponse{Messages: []*machine.Reboot{{Metadata: c.metadata(), ActorId: actorID}}}, nil
 }

@@ -133,17 +133,25 @@ func (s *services) tearDownKubeletLifecycle() {
 
 	s.endElections()
 
-	released := make(chan struct{})
+	if !waitAtMost(&s.campaigns, kubeletLifecycleTimeout) {
+		log.Printf("the VIP election did not end within %s", kubeletLifecycleTimeout)
+	}
+}
+
+// waitAtMost waits for `group` to finish, for `limit` at most; false when it did not.
+func waitAtMost(group *sync.WaitGroup, limit time.Duration) bool {
+	done := make(chan struct{})
 
 	go func() {
-		s.campaigns.Wait()
-		close(released)
+		group.Wait()
+		close(done)
 	}()
 
 	select {
-	case <-released:
-	case <-time.After(kubeletLifecycleTimeout):
-		log.Printf("the VIP election did not end within %s", kubeletLifecycleTimeout)
+	case <-done:
+		return true
+	case <-time.After(limit):
+		return false
 	}
 }
 
