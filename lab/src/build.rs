@@ -337,6 +337,52 @@ fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &
     publish(&staging, out)
 }
 
+/// Talos's API integration suite (`internal/integration`, see `talos_suite`), a Go test binary
+/// built from the wrapper module at versions.talos.
+pub const TALOS_SUITE: &str = "talos-integration.test";
+/// The go-debug release the suite's build needs: Talos v1.12.1 pins v0.6.1, which does not
+/// compile with Go 1.25's runtime; v0.6.2 does (and changes nothing else the suite uses).
+const GO_DEBUG: &str = "github.com/siderolabs/go-debug@v0.6.2";
+
+/// Builds Talos's integration suite for `versions.talos` into the cache on first use (it is only
+/// needed to judge the twins, so `lab up` does not build it); returns the binary. Beside it, the
+/// Go release that built it, which the suite compares with what the twins report.
+pub fn ensure_talos_suite(versions: &Versions) -> anyhow::Result<PathBuf> {
+    let binaries = binaries(versions);
+    let binary = binaries.talos_dir.join(TALOS_SUITE);
+    if binary.exists() {
+        return Ok(binary);
+    }
+    let talos = versions.talos;
+    anyhow::ensure!(
+        talos.to_string() == WRAPPER_TALOS,
+        "versions.talos is {talos}, but the wrapper module lab/go/talos builds Talos {WRAPPER_TALOS}'s suite (update it as its header says)"
+    );
+    let go = which::which("go").context("`go` not found on PATH: Talos's suite is built from its Go module")?;
+    let sh = Shell::new()?;
+    // Its own staging folder: the wrapper's other binaries share talos_dir's.
+    let staging = staging_dir(&binaries.talos_dir.join("integration"))?;
+    let module = scratch_module("talos", &["go.mod", "go.sum"], &staging)?;
+    let _dir = sh.push_dir(&module);
+    cmd!(sh, "{go} mod edit -require={GO_DEBUG}").quiet().run().context("raising go-debug in the scratch module")?;
+    let out = staging.join(TALOS_SUITE);
+    let tags = "integration,integration_api,integration_k8s";
+    let package = "github.com/siderolabs/talos/internal/integration";
+    // -mod=mod: the suite's own dependencies (and go-debug's) join the scratch go.sum.
+    let command = cmd!(sh, "{go} test -c -mod=mod -trimpath -tags {tags} -o {out} {package}").env("GOSUMDB", "off");
+    with_heartbeat(&format!("building Talos {talos}'s API integration suite (cold: about 6 minutes, once)"), || {
+        command.quiet().run().context("go test -c of Talos's integration suite failed (output above)")
+    })?;
+    let go_version = cmd!(sh, "{go} env GOVERSION").read().context("asking go for its release")?;
+    drop(_dir);
+    std::fs::write(out.with_extension("go-version"), go_version)?;
+    // The binary last: its presence is what says the build is done.
+    std::fs::rename(out.with_extension("go-version"), binary.with_extension("go-version"))?;
+    std::fs::rename(&out, &binary).context("moving the suite into the cache")?;
+    std::fs::remove_dir_all(&staging).context("removing the scratch module")?;
+    Ok(binary)
+}
+
 /// The first 12 hex digits of the sha256 of the twin's and the workstation's source and the
 /// wrapper's go.mod/go.sum.
 fn box_source_hash() -> String {

@@ -27,6 +27,7 @@
 mod build;
 pub mod lan;
 pub mod process;
+pub mod talos_suite;
 pub mod twin;
 
 use std::path::{Path, PathBuf};
@@ -37,7 +38,7 @@ use kit::config::ClusterConfig;
 pub use kit::lab::Ports;
 use serde::Serialize;
 
-pub use build::{KWOK_VERSION, ensure_binaries};
+pub use build::{KWOK_VERSION, ensure_binaries, ensure_talos_suite};
 use process::Process;
 
 /// A kwok stage of our own: a returning kubelet re-reports its running pods as Ready. When a

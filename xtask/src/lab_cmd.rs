@@ -1,4 +1,4 @@
-//! `cargo xtask lab build | up | status | shell | power-cut | power-on | down`: the command-line
+//! `cargo xtask lab build | up | status | shell | power-cut | power-on | talos-suite | down`: the command-line
 //! face of `lab`.
 
 use std::io::Write as _;
@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Subcommand;
 use kit::stage::{GlobalArgs, Output, exit};
+use lab::talos_suite::{Judged, Outcome};
 use lab::{DEFAULT_PORT_BASE, Lab};
 
 /// Where a new lab listens on this machine: `lab up` and `install-all --lab` take it.
@@ -21,7 +22,8 @@ pub struct LabPorts {
 
 #[derive(Subcommand, Debug)]
 pub enum LabAction {
-    /// Build the lab's binaries from Go modules into the cache (`up` does this on first use).
+    /// Build the lab's binaries from Go modules into the cache (`up` does this on first use),
+    /// and Talos's API integration suite (`talos-suite` builds it on first use).
     Build,
     /// Build the box and start its machines (building the binaries on first use): in
     /// maintenance mode the first time, waiting for `install-all --lab`; into their configs
@@ -54,6 +56,11 @@ pub enum LabAction {
         /// The machine, by its name in cluster.yaml.
         node: String,
     },
+    /// Judge the twins with Talos's own API integration suite, the tests Sidero Labs runs on
+    /// real machines (built from Talos's Go module on first use, about 6 minutes): the suites
+    /// the twins answer run against the installed box from its workstation, and every other
+    /// suite is listed with why it is skipped. Exits 1 if a judged test fails.
+    TalosSuite,
     /// Stop every process the lab started.
     Down {
         /// Also delete the box's data: its machines' disks and the cluster installed on them, its
@@ -77,6 +84,7 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
     match action {
         LabAction::Build => {
             let binaries = lab::ensure_binaries(&config.versions)?;
+            lab::ensure_talos_suite(&config.versions)?;
             writeln!(
                 stdout,
                 "lab binaries ready in {}",
@@ -142,6 +150,35 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
             runtime.block_on(lab.power_on(&node))?;
             writeln!(stdout, "{node} is on and answers on its Talos API.")?;
             Ok(ExitCode::SUCCESS)
+        }
+        LabAction::TalosSuite => {
+            let binary = lab::ensure_talos_suite(&config.versions)?;
+            let results = lab::talos_suite::run(&config, &binary)?;
+            for result in &results {
+                let outcome = match result.outcome {
+                    Outcome::Passed => "pass",
+                    Outcome::Failed => "FAIL",
+                    Outcome::Skipped => "skip (by the test)",
+                };
+                writeln!(stdout, "{outcome:<5} {}/{}", result.suite, result.test)?;
+                if !result.output.is_empty() {
+                    writeln!(stdout, "{}", result.output)?;
+                }
+            }
+            for (suite, judged) in lab::talos_suite::SUITES {
+                if let Judged::Skipped(reason) = judged {
+                    writeln!(stdout, "not run {suite}: {reason}")?;
+                }
+            }
+            let count = |outcome: Outcome| results.iter().filter(|result| result.outcome == outcome).count();
+            let failed = count(Outcome::Failed);
+            writeln!(
+                stdout,
+                "Talos's judged tests: {} passed, {failed} failed, {} skipped by the tests themselves",
+                count(Outcome::Passed),
+                count(Outcome::Skipped)
+            )?;
+            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::FAILED) })
         }
         LabAction::Down { purge } => {
             let stopped = lab.down(purge)?;

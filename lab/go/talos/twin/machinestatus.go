@@ -109,6 +109,7 @@ func (c *configured) watchReadiness(ctx context.Context) {
 // and healthy) and `nodeReady` (the Node's Ready condition in the API).
 func (c *configured) evaluate(ctx context.Context) bool {
 	c.syncServices(ctx)
+	c.syncEtcdMember(ctx)
 
 	stage, err := safe.StateGetByID[*runtime.MachineStatus](ctx, c.resources, runtime.MachineStatusID)
 	if err != nil {

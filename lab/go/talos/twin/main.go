@@ -71,6 +71,8 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/nethelpers"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
 	configres "github.com/siderolabs/talos/pkg/machinery/resources/config"
+	"github.com/siderolabs/talos/pkg/machinery/resources/etcd"
+	"github.com/siderolabs/talos/pkg/machinery/resources/hardware"
 	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
 	"github.com/siderolabs/talos/pkg/machinery/resources/network"
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
@@ -299,6 +301,10 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 		return false, err
 	}
 
+	if err = publishInventory(ctx, resources, provider, node.hardware, hostname(provider, address)); err != nil {
+		return false, err
+	}
+
 	tlsConfig, err := apiTLS(ctx, provider, address, node.controlPlanes)
 	if err != nil {
 		return false, err
@@ -417,16 +423,18 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 // (internal/app/machined/pkg/controllers/block/volume_manager.go): META (partition 4, the
 // installer's tags), STATE (5, the machine config, /system/state) and EPHEMERAL (6, /var: etcd's
 // and the kubelet's data, the rest of the disk), sized as this release's installer makes them
-// (imager/quirks). A reset names them to wipe one (lifecycle.go).
-func systemVolumes(ctx context.Context, resources state.State, provider config.Provider, hardware Hardware) error {
+// (imager/quirks). A reset names them to wipe one (lifecycle.go). What block discovery finds on
+// the disk is published too (block/discovery.go: the GPT disk and each partition with its label
+// and filesystem, EFI, BIOS and BOOT first), and the disk Talos booted from (block/system_disk.go).
+func systemVolumes(ctx context.Context, resources state.State, provider config.Provider, hw Hardware) error {
 	installDisk := provider.Machine().Install().Disk()
 
-	index := slices.IndexFunc(hardware.Disks, func(disk Disk) bool { return disk.DevPath == installDisk })
+	index := slices.IndexFunc(hw.Disks, func(disk Disk) bool { return disk.DevPath == installDisk })
 	if index < 0 {
 		return fmt.Errorf("machine.install.disk %s is not one of this machine's disks", installDisk)
 	}
 
-	disk := hardware.Disks[index]
+	disk := hw.Disks[index]
 
 	separator := ""
 	if strings.Contains(disk.DevPath, "nvme") {
@@ -437,27 +445,62 @@ func systemVolumes(ctx context.Context, resources state.State, provider config.P
 	// What precedes EPHEMERAL: EFI, BIOS and BOOT (partitions 1-3), META and STATE.
 	reserved := sizes.GrubEFISize() + sizes.GrubBIOSSize() + sizes.GrubBootSize() + sizes.METASize() + sizes.StateSize()
 
-	for _, volume := range []struct {
-		label, partition, mount string
-		filesystem              block.FilesystemType
-		size                    uint64
+	systemDisk := block.NewSystemDisk(block.NamespaceName, block.SystemDiskID)
+	systemDisk.TypedSpec().DiskID = diskName(disk)
+	systemDisk.TypedSpec().DevPath = disk.DevPath
+
+	whole := block.NewDiscoveredVolume(block.NamespaceName, diskName(disk))
+	*whole.TypedSpec() = block.DiscoveredVolumeSpec{
+		DevPath: disk.DevPath, Type: "disk", Name: "gpt", Size: disk.Size, PrettySize: humanize.Bytes(disk.Size),
+		SectorSize: 512, IOSize: 512,
+	}
+
+	discovered := []resource.Resource{systemDisk, whole}
+
+	for number, volume := range []struct {
+		label, mount string
+		filesystem   block.FilesystemType
+		size         uint64
+		// A volume Talos manages (it has a VolumeStatus); the boot partitions are the installer's.
+		managed bool
 	}{
-		{constants.MetaPartitionLabel, "4", "", block.FilesystemTypeNone, sizes.METASize()},
-		{constants.StatePartitionLabel, "5", "/system/state", block.FilesystemTypeXFS, sizes.StateSize()},
-		{constants.EphemeralPartitionLabel, "6", "/var", block.FilesystemTypeXFS, disk.Size - reserved},
+		{constants.EFIPartitionLabel, "", block.FilesystemTypeVFAT, sizes.GrubEFISize(), false},
+		{constants.BIOSGrubPartitionLabel, "", block.FilesystemTypeNone, sizes.GrubBIOSSize(), false},
+		{constants.BootPartitionLabel, "", block.FilesystemTypeXFS, sizes.GrubBootSize(), false},
+		{constants.MetaPartitionLabel, "", block.FilesystemTypeNone, sizes.METASize(), true},
+		{constants.StatePartitionLabel, "/system/state", block.FilesystemTypeXFS, sizes.StateSize(), true},
+		{constants.EphemeralPartitionLabel, "/var", block.FilesystemTypeXFS, disk.Size - reserved, true},
 	} {
+		location := fmt.Sprintf("%s%s%d", disk.DevPath, separator, number+1)
+
+		partition := block.NewDiscoveredVolume(block.NamespaceName, filepath.Base(location))
+		*partition.TypedSpec() = block.DiscoveredVolumeSpec{
+			DevPath: location, Type: "partition", Parent: diskName(disk), ParentDevPath: disk.DevPath,
+			Size: volume.size, PrettySize: humanize.Bytes(volume.size), SectorSize: 512, IOSize: 512,
+			Name: discoveredName(volume.label, volume.filesystem), PartitionLabel: volume.label, PartitionIndex: uint(number + 1),
+		}
+		discovered = append(discovered, partition)
+
+		if !volume.managed {
+			continue
+		}
+
 		status := block.NewVolumeStatus(block.NamespaceName, volume.label)
 		spec := status.TypedSpec()
 		spec.Phase = block.VolumePhaseReady
 		spec.Type = block.VolumeTypePartition
-		spec.Location = disk.DevPath + separator + volume.partition
+		spec.Location = location
 		spec.ParentLocation = disk.DevPath
 		spec.MountLocation = volume.mount
 		spec.Filesystem = volume.filesystem
 		spec.Size = volume.size
 		spec.PrettySize = humanize.Bytes(volume.size)
 
-		if err := resources.Create(ctx, status); err != nil && !state.IsConflictError(err) {
+		discovered = append(discovered, status)
+	}
+
+	for _, res := range discovered {
+		if err := resources.Create(ctx, res); err != nil && !state.IsConflictError(err) {
 			return err
 		}
 	}
@@ -465,16 +508,40 @@ func systemVolumes(ctx context.Context, resources state.State, provider config.P
 	return nil
 }
 
+// discoveredName is what blkid calls a partition's content (block/discovery.go): its
+// filesystem's name, "talosmeta" for META once the installer wrote it, nothing for a raw one.
+func discoveredName(label string, filesystem block.FilesystemType) string {
+	switch {
+	case label == constants.MetaPartitionLabel:
+		return "talosmeta"
+	case filesystem == block.FilesystemTypeNone:
+		return ""
+	default:
+		return filesystem.String()
+	}
+}
+
+// diskSymlinks are the names udev gives a disk under /dev/disk (block/disks.go reads them): the
+// by-id name from its transport ("ata" for SATA) and model.
+func diskSymlinks(disk Disk) []string {
+	transport := disk.Transport
+	if transport == "sata" {
+		transport = "ata"
+	}
+
+	return []string{fmt.Sprintf("/dev/disk/by-id/%s-%s", transport, strings.ReplaceAll(disk.Model, " ", "_"))}
+}
+
 // boot fills the state as a machine booted from the ISO has it: the resource definitions
 // talosctl resolves kinds with, MachineStatus in stage "maintenance", its links and disks.
-func boot(ctx context.Context, st state.State, hardware Hardware) error {
+func boot(ctx context.Context, st state.State, hw Hardware) error {
 	machineStatus := runtime.NewMachineStatus()
 	machineStatus.TypedSpec().Stage = runtime.MachineStageMaintenance
 	machineStatus.TypedSpec().Status.Ready = false
 
 	created := []resource.Resource{machineStatus}
 
-	for index, link := range hardware.Links {
+	for index, link := range hw.Links {
 		mac, err := net.ParseMAC(link.MAC)
 		if err != nil {
 			return fmt.Errorf("link %s: %w", link.Name, err)
@@ -500,8 +567,8 @@ func boot(ctx context.Context, st state.State, hardware Hardware) error {
 		created = append(created, res)
 	}
 
-	for _, disk := range hardware.Disks {
-		res := block.NewDisk(block.NamespaceName, filepath.Base(disk.DevPath))
+	for _, disk := range hw.Disks {
+		res := block.NewDisk(block.NamespaceName, diskName(disk))
 		spec := res.TypedSpec()
 		spec.DevPath = disk.DevPath
 		spec.Size = disk.Size
@@ -510,6 +577,7 @@ func boot(ctx context.Context, st state.State, hardware Hardware) error {
 		spec.Transport = disk.Transport
 		spec.IOSize = 512
 		spec.SectorSize = 512
+		spec.Symlinks = diskSymlinks(disk)
 
 		created = append(created, res)
 	}
@@ -527,6 +595,17 @@ func boot(ctx context.Context, st state.State, hardware Hardware) error {
 		network.AddressStatusExtension{},
 		block.DiskExtension{},
 		block.VolumeStatusExtension{},
+		block.DiscoveredVolumeExtension{},
+		block.SystemDiskExtension{},
+		runtime.VersionExtension{},
+		runtime.SecurityStateExtension{},
+		runtime.PlatformMetadataExtension{},
+		network.HostnameStatusExtension{},
+		hardware.SystemInformationExtension{},
+		hardware.ProcessorExtension{},
+		hardware.MemoryModuleExtension{},
+		hardware.PCRStatusExtension{},
+		etcd.MemberExtension{},
 		k8s.StaticPodStatusExtension{},
 		talosv1alpha1.ServiceExtension{},
 	}
@@ -887,7 +966,14 @@ func (*configured) Version(context.Context, *emptypb.Empty) (*machine.VersionRes
 func (c *configured) ApplyConfiguration(_ context.Context, in *machine.ApplyConfigurationRequest) (*machine.ApplyConfigurationResponse, error) {
 	provider, err := configloader.NewFromBytes(in.GetData())
 	if err != nil {
-		return nil, fmt.Errorf("failed to parse config: %w", err)
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+
+	// A configured machine always keeps a v1alpha1 document; Talos refuses a config without one
+	// rather than guess that a patch was meant.
+	if provider.RawV1Alpha1() == nil {
+		return nil, status.Error(codes.InvalidArgument,
+			"the applied machine configuration doesn't contain v1alpha1 config, did you mean to patch the machine config instead?")
 	}
 
 	if _, err = provider.Validate(metal{}); err != nil {
