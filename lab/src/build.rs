@@ -39,6 +39,8 @@ const KWOK_STAGES: &[&str] = &[
 const WRAPPER_KUBERNETES: &str = "v1.35.0";
 /// The node twin's binary (`lab/go/talos/twin`), beside talosctl.
 pub const TWIN: &str = "talos-twin";
+/// Talos's discovery service (`discovery.rs`), in a folder of its release.
+pub const DISCOVERY_SERVICE: &str = "discovery-service";
 /// The workstation services' binary (the API forward and the box's stand-ins), beside the twin.
 pub const WORKSTATION: &str = "talos-workstation";
 /// The Talos release whose talosctl the committed wrapper module `lab/go/talos` builds.
@@ -86,6 +88,7 @@ impl Binaries {
     pub fn path(&self, name: &str) -> PathBuf {
         match name {
             "kwok" => self.kwok_dir.join(name),
+            DISCOVERY_SERVICE => discovery_service_dir().join(name),
             "talosctl" => self.talos_dir.join(name),
             // The twin and the workstation services are our own code: their files carry a hash
             // of their source, so a change rebuilds them although versions.talos did not change.
@@ -105,6 +108,11 @@ pub fn binaries(versions: &Versions) -> Binaries {
     }
 }
 
+/// Where the discovery service's build is kept.
+fn discovery_service_dir() -> PathBuf {
+    kit::lab::binaries_dir().join(format!("{DISCOVERY_SERVICE}-{}", crate::discovery::SERVICE_VERSION))
+}
+
 /// One of the lab's wrapper modules, in this crate's `go/` folder.
 fn go_module(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("go").join(name)
@@ -120,6 +128,7 @@ pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
     let binaries = binaries(versions);
     let missing_kubernetes = KUBERNETES_COMMANDS.iter().any(|name| !binaries.path(name).exists());
     let missing_kwok = !binaries.path("kwok").exists() || binaries.kwok_stages().iter().any(|stage| !stage.exists());
+    let missing_discovery = !binaries.path(DISCOVERY_SERVICE).exists();
     let missing_controllers: Vec<(Component, Version)> = HOST_CONTROLLERS
         .iter()
         .map(|(component, _)| (*component, component.version(versions)))
@@ -135,7 +144,7 @@ pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
         );
     }
     let missing_talos = missing_talos && talos_buildable;
-    if !missing_kubernetes && !missing_kwok && missing_controllers.is_empty() && !missing_talos {
+    if !missing_kubernetes && !missing_kwok && !missing_discovery && missing_controllers.is_empty() && !missing_talos {
         return Ok(binaries);
     }
     let go = which::which("go").context(
@@ -153,6 +162,9 @@ pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
     }
     if missing_kwok {
         build_kwok(&sh, &go, &binaries.kwok_dir)?;
+    }
+    if missing_discovery {
+        build_discovery_service(&sh, &go)?;
     }
     for (component, version) in missing_controllers {
         build_host_controller(&sh, &go, component, version)?;
@@ -239,6 +251,32 @@ fn build_cert_manager(sh: &Shell, go: &Path, version: Version, staging: &Path) -
     })?;
     drop(_dir);
     std::fs::remove_dir_all(&module).context("removing the scratch module")
+}
+
+/// Talos's discovery service, built in a scratch module that requires its release: `go install
+/// …@version` first asks the proxy for the module's version list, which it does not serve for
+/// this module. go-debug is raised to v0.6.2 as for Talos's suite.
+fn build_discovery_service(sh: &Shell, go: &Path) -> anyhow::Result<()> {
+    let version = crate::discovery::SERVICE_VERSION;
+    let out = discovery_service_dir();
+    let staging = staging_dir(&out)?;
+    let module = staging.join("module");
+    std::fs::create_dir_all(&module)?;
+    let go_mod = format!(
+        "module talos-ha/lab/discovery-service\n\ngo 1.25\n\nrequire (\n\tgithub.com/siderolabs/discovery-service {version}\n\t{}\n)\n",
+        GO_DEBUG.replace('@', " ")
+    );
+    std::fs::write(module.join("go.mod"), go_mod)?;
+    let _dir = sh.push_dir(&module);
+    let binary = staging.join(DISCOVERY_SERVICE);
+    let package = format!("github.com/siderolabs/discovery-service/cmd/{DISCOVERY_SERVICE}");
+    let command = cmd!(sh, "{go} build -mod=mod -trimpath -buildvcs=false -ldflags=-s -o {binary} {package}");
+    with_heartbeat(&format!("building Talos's discovery service {version} (cold: about 2 minutes, once)"), || {
+        command.quiet().run().context("go build of the discovery service failed (output above)")
+    })?;
+    drop(_dir);
+    std::fs::remove_dir_all(&module).context("removing the scratch module")?;
+    publish(&staging, &out)
 }
 
 /// Envoy Gateway's controller: `go install` of its release (its go.mod has no replace lines),
@@ -345,23 +383,22 @@ pub const TALOS_SUITE: &str = "talos-integration.test";
 const GO_DEBUG: &str = "github.com/siderolabs/go-debug@v0.6.2";
 
 /// Builds Talos's integration suite for `versions.talos` into the cache on first use (it is only
-/// needed to judge the twins, so `lab up` does not build it); returns the binary. Beside it, the
-/// Go release that built it, which the suite compares with what the twins report.
+/// needed to judge the twins, so `lab up` does not build it); returns the binary. It has a folder
+/// of its own: the twin's folder is replaced whenever the twin is rebuilt.
 pub fn ensure_talos_suite(versions: &Versions) -> anyhow::Result<PathBuf> {
-    let binaries = binaries(versions);
-    let binary = binaries.talos_dir.join(TALOS_SUITE);
+    let talos = versions.talos;
+    let dir = kit::lab::binaries_dir().join(format!("talos-suite-{talos}"));
+    let binary = dir.join(TALOS_SUITE);
     if binary.exists() {
         return Ok(binary);
     }
-    let talos = versions.talos;
     anyhow::ensure!(
         talos.to_string() == WRAPPER_TALOS,
         "versions.talos is {talos}, but the wrapper module lab/go/talos builds Talos {WRAPPER_TALOS}'s suite (update it as its header says)"
     );
     let go = which::which("go").context("`go` not found on PATH: Talos's suite is built from its Go module")?;
     let sh = Shell::new()?;
-    // Its own staging folder: the wrapper's other binaries share talos_dir's.
-    let staging = staging_dir(&binaries.talos_dir.join("integration"))?;
+    let staging = staging_dir(&dir)?;
     let module = scratch_module("talos", &["go.mod", "go.sum"], &staging)?;
     let _dir = sh.push_dir(&module);
     cmd!(sh, "{go} mod edit -require={GO_DEBUG}").quiet().run().context("raising go-debug in the scratch module")?;
@@ -373,13 +410,9 @@ pub fn ensure_talos_suite(versions: &Versions) -> anyhow::Result<PathBuf> {
     with_heartbeat(&format!("building Talos {talos}'s API integration suite (cold: about 6 minutes, once)"), || {
         command.quiet().run().context("go test -c of Talos's integration suite failed (output above)")
     })?;
-    let go_version = cmd!(sh, "{go} env GOVERSION").read().context("asking go for its release")?;
     drop(_dir);
-    std::fs::write(out.with_extension("go-version"), go_version)?;
-    // The binary last: its presence is what says the build is done.
-    std::fs::rename(out.with_extension("go-version"), binary.with_extension("go-version"))?;
-    std::fs::rename(&out, &binary).context("moving the suite into the cache")?;
-    std::fs::remove_dir_all(&staging).context("removing the scratch module")?;
+    std::fs::remove_dir_all(&module).context("removing the scratch module")?;
+    publish(&staging, &dir)?;
     Ok(binary)
 }
 

@@ -266,6 +266,18 @@ pub fn listens(namespace: &str, address: std::net::SocketAddr) -> bool {
     .unwrap_or(false)
 }
 
+/// Runs `command` inside `namespace` from a thread that enters it (the process it starts is
+/// there too), and returns what it printed and how it ended.
+pub fn output_in(namespace: &str, mut command: std::process::Command) -> anyhow::Result<std::process::Output> {
+    let namespace = namespace.to_owned();
+    std::thread::spawn(move || {
+        enter(&namespace)?;
+        command.output().with_context(|| format!("running {:?} in {namespace}", command.get_program()))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread in the box panicked"))?
+}
+
 /// Runs `command` inside `namespace` (`ip netns exec`), with `env` set: what `lab shell` does.
 pub fn exec_in(
     namespace: &str,

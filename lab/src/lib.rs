@@ -25,6 +25,7 @@
 //! installed in it included (`state/lab/cluster/`, see `ClusterConfig::in_box`).
 
 mod build;
+pub mod discovery;
 pub mod lan;
 pub mod process;
 pub mod talos_suite;
@@ -190,10 +191,17 @@ impl Lab {
 
     /// Every process, in start order.
     fn processes(&self) -> Vec<Process> {
-        let mut all = self.twins();
+        let mut all = vec![self.discovery_service()];
+        all.extend(self.twins());
         all.push(self.workstation());
         all.extend(self.host_controllers());
         all
+    }
+
+    /// Talos's discovery service on the workstation, under its public name (`discovery.rs`).
+    fn discovery_service(&self) -> Process {
+        let binary = self.binaries.path(build::DISCOVERY_SERVICE);
+        discovery::process(&self.dir, &binary, &self.config, lan::admin_address(&self.config))
     }
 
     /// One node twin per node of the config, each in its namespace of the box.
@@ -209,6 +217,7 @@ impl Lab {
             kwok_config: &kwok_config,
             image_factory_dir: &image_factory_dir,
             control_planes: &control_planes,
+            box_ca: &discovery::ca_file(&self.dir),
         };
         self.config
             .nodes
@@ -315,6 +324,8 @@ impl Lab {
         self.write_files()?;
         self.lan().up().context("building the box")?;
         tracing::info!("the box: the config's LAN in network namespaces ({})", self.lan().switch);
+        discovery::write_files(&self.dir, &self.lan(), lan::admin_address(&self.config))?;
+        self.start(&self.discovery_service())?;
         self.start_twins().await?;
         let workstation = self.workstation();
         if workstation.running_pid().is_none() {
@@ -446,6 +457,15 @@ impl Lab {
                     true,
                     format!("forwards {} to {}; the box's stand-ins", self.api_url(), self.config.api_endpoint()),
                 ),
+                (Some(_), "discovery-service") => (
+                    true,
+                    format!(
+                        "Talos's discovery service {} as https://{}/ (in the box, {}:443)",
+                        discovery::SERVICE_VERSION,
+                        discovery::SERVICE_HOST,
+                        lan::admin_address(&self.config)
+                    ),
+                ),
                 (Some(_), name) => {
                     (true, format!("running: {}", build::host_controller_role(name).unwrap_or_default()))
                 }
@@ -534,6 +554,7 @@ impl Lab {
         if self.lan().down()? > 0 {
             stopped.push(format!("the box ({})", self.lan().switch));
         }
+        discovery::remove_files(&self.lan())?;
         let owner = box_owner_file(&self.config.name);
         if std::fs::read_to_string(&owner).is_ok_and(|dir| Path::new(dir.trim()) == self.dir) {
             std::fs::remove_file(&owner).with_context(|| format!("removing {}", owner.display()))?;

@@ -121,12 +121,15 @@ pub struct Peers<'a> {
     /// Where the Image Factory stand-in keeps the schematics (what an installer image carries).
     pub image_factory_dir: &'a Path,
     pub control_planes: &'a [Ipv4Addr],
+    /// The box's CA, the one the machine trusts for the public services the box stands in for
+    /// (the discovery service: `discovery.rs`).
+    pub box_ca: &'a Path,
 }
 
 /// The twin of one node: started inside the node's network namespace with `ip netns exec`,
 /// and in a UTS namespace of its own with `unshare --uts` (so the hostname it takes from its
-/// config names that machine only). Each execs the next, so the PID the lab records is the
-/// twin's.
+/// config names that machine only), trusting the box's CA (`env SSL_CERT_FILE=`). Each execs
+/// the next, so the PID the lab records is the twin's.
 pub fn process(lab_dir: &Path, twin: &Path, member: &Member, lease: &Lease, peers: &Peers<'_>) -> Process {
     let dir = twin_dir(lab_dir, &member.name);
     let control_planes: Vec<String> = peers.control_planes.iter().map(Ipv4Addr::to_string).collect();
@@ -139,6 +142,8 @@ pub fn process(lab_dir: &Path, twin: &Path, member: &Member, lease: &Lease, peer
             member.namespace.clone(),
             "unshare".into(),
             "--uts".into(),
+            "env".into(),
+            format!("SSL_CERT_FILE={}", peers.box_ca.display()),
             twin.display().to_string(),
             format!("--dhcp-lease={}/{}", lease.address, lease.prefix_len),
             format!("--router={}", lease.router),

@@ -235,7 +235,10 @@ async fn up_is_idempotent_and_down_leaves_no_process_behind() -> anyhow::Result<
         lab.up().await?;
         let first = lab.running_pids();
         // No cluster yet (its machines wait for stage 01), so no MetalLB controller either.
-        anyhow::ensure!(first.len() == 7, "6 node twins in its own box and the workstation services: {first:?}");
+        anyhow::ensure!(
+            first.len() == 8,
+            "the discovery service, 6 node twins in its own box and the workstation services: {first:?}"
+        );
         lab.up().await?;
         anyhow::ensure!(lab.running_pids() == first, "a second up restarts nothing");
         anyhow::Ok(first)
@@ -243,13 +246,17 @@ async fn up_is_idempotent_and_down_leaves_no_process_behind() -> anyhow::Result<
     .await;
     let stopped = lab.down(true)?;
     let first = result?;
-    assert_eq!(stopped.len(), 8, "7 processes and the box: {stopped:?}");
+    assert_eq!(stopped.len(), 9, "8 processes and the box: {stopped:?}");
     assert!(lab.running_pids().is_empty());
     for (name, pid) in first {
         // Stopped and reaped: not even a zombie is left.
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "{name} (pid {pid}) is still there");
     }
     assert!(!lab.dir.exists(), "--purge deletes the lab's folder");
+    for namespace in lab.lan().namespaces() {
+        let etc = std::path::Path::new("/etc/netns").join(namespace);
+        assert!(!etc.exists(), "{} (the namespace's hosts and resolv.conf) outlives the box", etc.display());
+    }
     Ok(())
 }
 

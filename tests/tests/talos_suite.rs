@@ -35,3 +35,39 @@ fn talos_own_read_only_api_suites_pass_against_the_twins() -> anyhow::Result<()>
     }
     Ok(())
 }
+
+/// The first command people type: `talosctl health` with no node lists. The node it asks finds
+/// the cluster through discovery (every machine registered with the discovery service in the
+/// box, under the config's cluster ID and secret) and checks all six.
+#[test]
+fn talosctl_health_with_no_node_lists_finds_the_cluster_through_discovery() -> anyhow::Result<()> {
+    let config = tests::config();
+    let lab = lab::Lab::new(&config, lab::DEFAULT_PORT_BASE);
+    let talosconfig = kit::tool::talosconfig_path(&config.clone().in_box());
+    let node = config.control_planes().next().map(|node| node.ip.to_string()).expect("a control plane");
+    let talosctl = |args: &[&str]| -> anyhow::Result<String> {
+        let mut command = std::process::Command::new(lab.binary("talosctl"));
+        command.arg("--talosconfig").arg(&talosconfig).args(["-n", &node, "-e", &node]).args(args);
+        let output = lab::lan::output_in(&kit::lab::workstation_namespace(&config.name), command)?;
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        anyhow::ensure!(output.status.success(), "talosctl {args:?} failed:\n{said}");
+        Ok(said)
+    };
+    // The members come from the discovery service, not from Kubernetes (Talos's fallback).
+    let members = talosctl(&["get", "members"])?;
+    for node in &config.nodes {
+        assert!(
+            members.lines().any(|line| line.split_whitespace().nth(3) == Some(&node.name)),
+            "{}: {members}",
+            node.name
+        );
+    }
+    let said = talosctl(&["health", "--wait-timeout", "2m"])?;
+    let addresses: Vec<String> = config.nodes.iter().map(|node| format!("{:?}", node.ip.to_string())).collect();
+    let discovered = said.lines().find(|line| line.starts_with("discovered nodes:")).unwrap_or_default();
+    for address in &addresses {
+        assert!(discovered.contains(address), "{address} was not discovered: {discovered}");
+    }
+    assert!(said.contains("waiting for all k8s nodes to report schedulable: OK"), "{said}");
+    Ok(())
+}

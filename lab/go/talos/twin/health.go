@@ -3,23 +3,29 @@ package main
 // What `talosctl health` reads. It runs on the node (`--server`, the default): the node runs
 // Talos's own checks (pkg/cluster/check: etcd, apid, memory and disk sizes, diagnostics,
 // kubelet, boot sequence, then Kubernetes: nodes, static pods, control plane, kube-proxy,
-// CoreDNS, schedulable) against every node of the lists it is given, through its own apid, and
-// streams their progress (internal/app/machined/internal/server/v1alpha1/v1alpha1_cluster.go).
+// CoreDNS, schedulable) against every node of the cluster, through its own apid, and streams
+// their progress (internal/app/machined/internal/server/v1alpha1/v1alpha1_cluster.go). The
+// cluster is the lists the caller gives, else the discovered members (discovery.go), else the
+// Kubernetes Nodes.
 // Every node then answers what the checks ask of it: its services, its memory, its
 // EPHEMERAL volume, its diagnostics, its static pods, its boot stage.
 
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"slices"
 	"strings"
 
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
 	"github.com/siderolabs/gen/xslices"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/timestamppb"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/siderolabs/talos/pkg/cluster"
 	"github.com/siderolabs/talos/pkg/cluster/check"
@@ -28,6 +34,8 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/client"
 	configmachine "github.com/siderolabs/talos/pkg/machinery/config/machine"
+	"github.com/siderolabs/talos/pkg/machinery/constants"
+	clusterres "github.com/siderolabs/talos/pkg/machinery/resources/cluster"
 )
 
 // health serves the ClusterService (only HealthCheck).
@@ -36,6 +44,8 @@ type health struct {
 
 	// The machine's own apid, on its unix socket (Talos's LocalClientProvider).
 	apidSocket string
+	// The machine's resources, where the discovered members are.
+	resources state.State
 }
 
 // localClients is a Talos client of this machine's apid, which forwards to the nodes named.
@@ -84,20 +94,6 @@ func (n *nodeLists) NodesByType(t configmachine.Type) []cluster.NodeInfo { retur
 // HealthCheck waits for Talos's default checks, reporting each condition as it waits.
 func (h *health) HealthCheck(in *clusterapi.HealthCheckRequest, srv clusterapi.ClusterService_HealthCheckServer) error {
 	info := in.GetClusterInfo()
-	if len(info.GetControlPlaneNodes()) == 0 {
-		// Talos would discover the members; the twin needs the lists talos-ha always passes.
-		return status.Error(codes.InvalidArgument, "pass --control-plane-nodes and --worker-nodes (the twin does not discover members)")
-	}
-
-	controlPlanes, err := cluster.IPsToNodeInfos(info.GetControlPlaneNodes())
-	if err != nil {
-		return err
-	}
-
-	workers, err := cluster.IPsToNodeInfos(info.GetWorkerNodes())
-	if err != nil {
-		return err
-	}
 
 	clients := &localClients{socket: h.apidSocket}
 	defer clients.Close() //nolint:errcheck
@@ -108,13 +104,16 @@ func (h *health) HealthCheck(in *clusterapi.HealthCheckRequest, srv clusterapi.C
 	ctx, cancel := context.WithTimeout(srv.Context(), in.GetWaitTimeout().AsDuration())
 	defer cancel()
 
+	nodes, err := h.clusterNodes(ctx, info, kubernetes)
+	if err != nil {
+		return err
+	}
+
 	state := struct {
 		cluster.ClientProvider
 		cluster.K8sProvider
 		cluster.Info
-	}{clients, kubernetes, &nodeLists{byType: map[configmachine.Type][]cluster.NodeInfo{
-		configmachine.TypeControlPlane: controlPlanes, configmachine.TypeWorker: workers,
-	}}}
+	}{clients, kubernetes, nodes}
 
 	addresses := xslices.Map(state.Nodes(), func(node cluster.NodeInfo) string { return node.InternalIP.String() })
 	if err = srv.Send(&clusterapi.HealthCheckProgress{Message: fmt.Sprintf("discovered nodes: %q", addresses)}); err != nil {
@@ -122,6 +121,66 @@ func (h *health) HealthCheck(in *clusterapi.HealthCheckRequest, srv clusterapi.C
 	}
 
 	return check.Wait(ctx, &state, append(check.DefaultClusterChecks(), check.ExtraClusterChecks()...), &progress{srv: srv})
+}
+
+// clusterNodes is the cluster to check, found as Talos finds it (v1alpha1_cluster.go,
+// buildClusterInfo): the lists given, else the discovered members, else the Kubernetes Nodes.
+func (h *health) clusterNodes(ctx context.Context, info *clusterapi.ClusterInfo, kubernetes *cluster.KubernetesClient) (cluster.Info, error) {
+	if len(info.GetControlPlaneNodes()) > 0 || len(info.GetWorkerNodes()) > 0 {
+		controlPlanes, err := cluster.IPsToNodeInfos(info.GetControlPlaneNodes())
+		if err != nil {
+			return nil, err
+		}
+
+		workers, err := cluster.IPsToNodeInfos(info.GetWorkerNodes())
+		if err != nil {
+			return nil, err
+		}
+
+		return &nodeLists{byType: map[configmachine.Type][]cluster.NodeInfo{
+			configmachine.TypeControlPlane: controlPlanes, configmachine.TypeWorker: workers,
+		}}, nil
+	}
+
+	members, err := safe.StateListAll[*clusterres.Member](ctx, h.resources)
+	if err == nil && members.Len() > 0 {
+		return check.NewDiscoveredClusterInfo(slices.Collect(members.All()))
+	}
+
+	client, err := kubernetes.K8sClient(ctx)
+	if err != nil {
+		return nil, err
+	}
+
+	nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+
+	byType := map[configmachine.Type][]cluster.NodeInfo{}
+
+	for _, node := range nodes.Items {
+		var internal []netip.Addr
+
+		for _, address := range node.Status.Addresses {
+			if parsed, err := netip.ParseAddr(address.Address); err == nil && address.Type == corev1.NodeInternalIP {
+				internal = append(internal, parsed)
+			}
+		}
+
+		if len(internal) == 0 {
+			return nil, fmt.Errorf("node %s has no internal address", node.Name)
+		}
+
+		kind := configmachine.TypeWorker
+		if _, ok := node.Labels[constants.LabelNodeRoleControlPlane]; ok {
+			kind = configmachine.TypeControlPlane
+		}
+
+		byType[kind] = append(byType[kind], cluster.NodeInfo{InternalIP: internal[0], IPs: internal})
+	}
+
+	return &nodeLists{byType: byType}, nil
 }
 
 type progress struct {

@@ -191,11 +191,6 @@ func (c *configured) syncEtcdMember(ctx context.Context) {
 
 	local.TypedSpec().MemberID = etcd.FormatMemberID(status.GetMessages()[0].GetMemberStatus().GetMemberId())
 
-	current, err := safe.StateGetByID[*etcd.Member](ctx, c.resources, etcd.LocalMemberID)
-	if err == nil && current.TypedSpec().MemberID == local.TypedSpec().MemberID {
-		return
-	}
-
 	if err = putResource(ctx, c.resources, local); err != nil {
 		log.Printf("etcd member resource: %v", err)
 	}

@@ -30,6 +30,7 @@ import (
 	"log"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -70,6 +71,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
 	"github.com/siderolabs/talos/pkg/machinery/nethelpers"
 	"github.com/siderolabs/talos/pkg/machinery/resources/block"
+	"github.com/siderolabs/talos/pkg/machinery/resources/cluster"
 	configres "github.com/siderolabs/talos/pkg/machinery/resources/config"
 	"github.com/siderolabs/talos/pkg/machinery/resources/etcd"
 	"github.com/siderolabs/talos/pkg/machinery/resources/hardware"
@@ -305,6 +307,14 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 		return false, err
 	}
 
+	// Discovery runs for this boot: a reboot stops it, and the next boot starts it again.
+	discoveryCtx, stopDiscovery := context.WithCancel(ctx)
+	defer stopDiscovery()
+
+	if err = publishDiscovery(discoveryCtx, resources, provider, node.stateDir, hostname(provider, address), netip.MustParseAddr(address)); err != nil {
+		return false, err
+	}
+
 	tlsConfig, err := apiTLS(ctx, provider, address, node.controlPlanes)
 	if err != nil {
 		return false, err
@@ -373,7 +383,7 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 	machined := grpc.NewServer(grpc.UnaryInterceptor(roles.UnaryInterceptor()), grpc.StreamInterceptor(roles.StreamInterceptor()))
 	machine.RegisterMachineServiceServer(machined, served)
 	cosiv1alpha1.RegisterStateServer(machined, server.NewState(state.Filter(resources, accessPolicy(resources))))
-	clusterapi.RegisterClusterServiceServer(machined, &health{apidSocket: apidSocket})
+	clusterapi.RegisterClusterServiceServer(machined, &health{apidSocket: apidSocket, resources: resources})
 
 	go machined.Serve(machinedListener) //nolint:errcheck
 
@@ -606,6 +616,9 @@ func boot(ctx context.Context, st state.State, hw Hardware) error {
 		hardware.MemoryModuleExtension{},
 		hardware.PCRStatusExtension{},
 		etcd.MemberExtension{},
+		cluster.IdentityExtension{},
+		cluster.AffiliateExtension{},
+		cluster.MemberExtension{},
 		k8s.StaticPodStatusExtension{},
 		talosv1alpha1.ServiceExtension{},
 	}

@@ -58,7 +58,8 @@ func addressStatus(prefix netip.Prefix, link string) *network.AddressStatus {
 	return status
 }
 
-// putResource creates a resource, or replaces the one there.
+// putResource creates a resource, or replaces the one there if it differs (as a controller's
+// Modify leaves an unchanged resource, and its version, alone).
 func putResource(ctx context.Context, resources state.State, res resource.Resource) error {
 	current, err := resources.Get(ctx, res.Metadata())
 	if state.IsNotFoundError(err) {
@@ -70,6 +71,10 @@ func putResource(ctx context.Context, resources state.State, res resource.Resour
 	}
 
 	res.Metadata().SetVersion(current.Metadata().Version())
+
+	if resource.Equal(current, res) {
+		return nil
+	}
 
 	return resources.Update(ctx, res)
 }
