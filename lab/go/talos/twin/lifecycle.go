@@ -230,10 +230,10 @@ func (c *configured) checkUserDisks(in *machine.ResetRequest) error {
 }
 
 // volumeContents is what each system volume holds of the twin's disk folder: STATE the
-// machine config, EPHEMERAL (/var) etcd's data, the kubelet's and the control plane's files,
-// META (the installer's tags) nothing the twin keeps.
+// machine config and the node identity (discovery.go), EPHEMERAL (/var) etcd's data, the
+// kubelet's and the control plane's files, META (the installer's tags) nothing the twin keeps.
 var volumeContents = map[string][]string{
-	constants.StatePartitionLabel:     {"config.yaml"},
+	constants.StatePartitionLabel:     {"config.yaml", constants.NodeIdentityFilename},
 	constants.EphemeralPartitionLabel: {"etcd", "kubelet", "kubernetes"},
 	constants.MetaPartitionLabel:      nil,
 }
