@@ -71,3 +71,40 @@ fn talosctl_health_with_no_node_lists_finds_the_cluster_through_discovery() -> a
     assert!(said.contains("waiting for all k8s nodes to report schedulable: OK"), "{said}");
     Ok(())
 }
+
+/// Every machine says which Image Factory schematic it booted, as Talos 1.12 says it: the
+/// factory's virtual `schematic` extension, its version the schematic's ID. It is the one that
+/// stage 01 computes from its extensions (what a Talos upgrade must keep).
+#[test]
+fn each_machine_reports_the_schematic_it_booted_as_a_virtual_extension() -> anyhow::Result<()> {
+    let config = tests::config();
+    let lab = lab::Lab::new(&config, lab::DEFAULT_PORT_BASE);
+    let talosconfig = kit::tool::talosconfig_path(&config.clone().in_box());
+    let wanted =
+        talos_bootstrap::schematic::id(&talos_bootstrap::schematic::document(talos_bootstrap::schematic::EXTENSIONS));
+    for node in &config.nodes {
+        let address = node.ip.to_string();
+        let mut command = std::process::Command::new(lab.binary("talosctl"));
+        command.arg("--talosconfig").arg(&talosconfig).args([
+            "-n",
+            &address,
+            "-e",
+            &address,
+            "get",
+            "extensions",
+            "-o",
+            "json",
+        ]);
+        let output = lab::lan::output_in(&kit::lab::workstation_namespace(&config.name), command)?;
+        let printed = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}: {}", node.name, String::from_utf8_lossy(&output.stderr));
+        let extensions: Vec<kit::talos::Resource<serde_json::Value>> = kit::talos::parse_resources(&printed)?;
+        let versions: Vec<&str> = extensions
+            .iter()
+            .filter(|extension| extension.spec["metadata"]["name"] == "schematic")
+            .filter_map(|extension| extension.spec["metadata"]["version"].as_str())
+            .collect();
+        assert_eq!(versions, [wanted.as_str()], "{}'s schematic entry", node.name);
+    }
+    Ok(())
+}

@@ -10,6 +10,7 @@ package main
 //     `machine.install.image`. The box's Image Factory stand-in keeps every schematic uploaded to
 //     it in a folder (`--image-factory-dir`), where the twin reads its image's; a schematic the
 //     factory never received gives no extensions, as an image that cannot be pulled installs none.
+//     A factory image also carries the virtual `schematic` extension, its version the schematic ID.
 
 import (
 	"context"
@@ -107,7 +108,9 @@ func publishSelf(ctx context.Context, resources state.State, provider config.Pro
 		}
 	}
 
-	for index, name := range installedExtensions(provider, factoryDir) {
+	names := installedExtensions(provider, factoryDir)
+
+	for index, name := range names {
 		extension := runtime.NewExtensionStatus(runtime.NamespaceName, fmt.Sprint(index))
 		extension.TypedSpec().Image = name + ".sqsh"
 		extension.TypedSpec().Metadata.Name = name
@@ -118,14 +121,42 @@ func publishSelf(ctx context.Context, resources state.State, provider config.Pro
 		}
 	}
 
+	// An Image Factory image also carries a virtual extension named "schematic" whose version
+	// is the schematic's ID: the one place Talos 1.12 says which schematic a machine booted.
+	if id, ok := factorySchematic(provider.Machine().Install().Image()); ok {
+		schematic := runtime.NewExtensionStatus(runtime.NamespaceName, fmt.Sprint(len(names)))
+		schematic.TypedSpec().Metadata.Name = "schematic"
+		schematic.TypedSpec().Metadata.Version = id
+		schematic.TypedSpec().Metadata.Author = "Image Factory"
+
+		if err = putResource(ctx, resources, schematic); err != nil {
+			return err
+		}
+	}
+
 	return nil
+}
+
+// factorySchematic is the schematic ID of an Image Factory installer image
+// (`factory.talos.dev/<platform>-installer/<id>:<tag>` or `…/installer/<id>:<tag>`).
+func factorySchematic(image string) (string, bool) {
+	repository := strings.SplitN(image, ":", 2)[0]
+
+	parts := strings.Split(repository, "/")
+	if len(parts) != 3 || parts[0] != "factory.talos.dev" || !strings.HasSuffix(parts[1], "installer") || parts[2] == "" {
+		return "", false
+	}
+
+	return parts[2], true
 }
 
 // installedExtensions are the short names ("iscsi-tools") of the official extensions of the
 // schematic in the install image's path (`…/metal-installer/<schematic id>:<version>`).
 func installedExtensions(provider config.Provider, factoryDir string) []string {
-	image := provider.Machine().Install().Image()
-	id := path.Base(strings.SplitN(image, ":", 2)[0])
+	id, ok := factorySchematic(provider.Machine().Install().Image())
+	if !ok {
+		return nil
+	}
 
 	raw, err := os.ReadFile(filepath.Join(factoryDir, id+".yaml"))
 	if err != nil {
