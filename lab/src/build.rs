@@ -13,6 +13,9 @@
 //!   wrapper module `lab/go/talos`, built with the Go checksum database off (some of Talos's
 //!   forked dependencies have no entry there; the committed go.sum pins every module), with
 //!   the node twin (`lab/go/talos/twin`) built from the same module on the same packages.
+//! - A twin of every other Talos release the box can run (`TWIN_RELEASES`), the same twin
+//!   source built in a scratch copy of that module with Talos pinned at the release: the
+//!   machines' "images", which an upgrade in the box installs and boots.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -43,8 +46,15 @@ pub const TWIN: &str = "talos-twin";
 pub const DISCOVERY_SERVICE: &str = "discovery-service";
 /// The workstation services' binary (the API forward and the box's stand-ins), beside the twin.
 pub const WORKSTATION: &str = "talos-workstation";
-/// The Talos release whose talosctl the committed wrapper module `lab/go/talos` builds.
+/// The Talos release whose talosctl (and twin) the committed wrapper module `lab/go/talos` builds.
 const WRAPPER_TALOS: &str = "v1.12.1";
+/// Every Talos release the box has a twin of: what its machines can boot, be installed with and
+/// be upgraded to. Each is the twin's source built against that release's own packages (its
+/// version, config schema and validation, API and upgrade tables), never one binary relabelled:
+/// the committed wrapper's release, then the others (built on first use, cached by release).
+/// The Go module proxy serves Talos's main module at v1.12.0 and v1.12.1 only
+/// (`../shared/design/talos-day2.md` §1), so these are the releases an upgrade is rehearsed on.
+pub const TWIN_RELEASES: [&str; 2] = [WRAPPER_TALOS, "v1.12.0"];
 /// The cert-manager release `lab/go/cert-manager`'s committed go.mod and go.sum build; other
 /// releases are resolved afresh in a scratch copy.
 const WRAPPER_CERT_MANAGER: &str = "v1.20.3";
@@ -74,9 +84,11 @@ pub fn host_controller_role(name: &str) -> Option<&'static str> {
 pub struct Binaries {
     pub kubernetes_dir: PathBuf,
     pub kwok_dir: PathBuf,
-    /// talosctl at versions.talos, where `kit::tool` looks for it.
+    /// talosctl, the wrapper release's twin and the workstation services, in the folder where
+    /// `kit::tool` looks for talosctl of that release (a newer talosctl manages older nodes).
     pub talos_dir: PathBuf,
-    talos_version: Version,
+    /// The Talos release the machines boot from the ISO: versions.talos.
+    iso: Version,
 }
 
 impl Binaries {
@@ -96,6 +108,34 @@ impl Binaries {
             _ => self.kubernetes_dir.join(name),
         }
     }
+
+    /// The twin of Talos `release`: the wrapper's own build, or the one built for that release.
+    pub fn twin(&self, release: Version) -> PathBuf {
+        if release.to_string() == WRAPPER_TALOS {
+            self.path(TWIN)
+        } else {
+            twin_release_dir(release).join(format!("{TWIN}-{}", twin_source_hash()))
+        }
+    }
+
+    /// The twin the machines boot from the ISO (versions.talos).
+    pub fn iso_twin(&self) -> PathBuf {
+        self.twin(self.iso)
+    }
+
+    /// The releases whose twins are built: the images the box can install.
+    pub fn built_releases(&self) -> Vec<Version> {
+        TWIN_RELEASES
+            .iter()
+            .filter_map(|release| release.parse().ok())
+            .filter(|release| self.twin(*release).exists())
+            .collect()
+    }
+}
+
+/// Where the twin of a release other than the wrapper's is kept.
+fn twin_release_dir(release: Version) -> PathBuf {
+    kit::lab::binaries_dir().join(format!("{TWIN}-{release}"))
 }
 
 pub fn binaries(versions: &Versions) -> Binaries {
@@ -103,8 +143,8 @@ pub fn binaries(versions: &Versions) -> Binaries {
     Binaries {
         kubernetes_dir: lab.join(format!("kubernetes-{}", versions.kubernetes)),
         kwok_dir: lab.join(format!("kwok-{KWOK_VERSION}")),
-        talos_dir: kit::tool::talosctl_cache_dir(versions.talos),
-        talos_version: versions.talos,
+        talos_dir: kit::tool::talosctl_cache_dir(WRAPPER_TALOS.parse().expect("WRAPPER_TALOS is a version")),
+        iso: versions.talos,
     }
 }
 
@@ -134,17 +174,22 @@ pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
         .map(|(component, _)| (*component, component.version(versions)))
         .filter(|(component, version)| !host_controller_built(*component, *version))
         .collect();
-    let talos = binaries.talos_version;
+    let iso = binaries.iso;
+    anyhow::ensure!(
+        TWIN_RELEASES.contains(&iso.to_string().as_str()),
+        "versions.talos is {iso}, but the box has twins of Talos {} only (lab/src/build.rs, TWIN_RELEASES): set one \
+         of them, or add the release as that list says",
+        TWIN_RELEASES.join(" and ")
+    );
     let missing_talos = ["talosctl", TWIN, WORKSTATION].iter().any(|name| !binaries.path(name).exists());
-    let talos_buildable = talos.to_string() == WRAPPER_TALOS;
-    if missing_talos && !talos_buildable {
-        tracing::warn!(
-            "versions.talos is {talos}, but the wrapper module lab/go/talos builds talosctl {WRAPPER_TALOS}: \
-             install talosctl {talos} yourself (stage 01 finds it on PATH), or update the wrapper as its header says"
-        );
-    }
-    let missing_talos = missing_talos && talos_buildable;
-    if !missing_kubernetes && !missing_kwok && !missing_discovery && missing_controllers.is_empty() && !missing_talos {
+    let missing_iso = !binaries.iso_twin().exists();
+    if !missing_kubernetes
+        && !missing_kwok
+        && !missing_discovery
+        && missing_controllers.is_empty()
+        && !missing_talos
+        && !missing_iso
+    {
         return Ok(binaries);
     }
     let go = which::which("go").context(
@@ -170,9 +215,54 @@ pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
         build_host_controller(&sh, &go, component, version)?;
     }
     if missing_talos {
-        build_talosctl(&sh, &go, talos, &go_module("talos"), &binaries.talos_dir)?;
+        build_talosctl(&sh, &go, &go_module("talos"), &binaries.talos_dir)?;
+    }
+    if !binaries.iso_twin().exists() {
+        build_twin_release(&sh, &go, iso)?;
     }
     Ok(binaries)
+}
+
+/// The twin's source built against Talos `release`: a scratch copy of the wrapper module whose
+/// go.mod pins Talos's main module and pkg/machinery at the release (their version, config
+/// schema, validation and upgrade tables are that release's). The modules the two releases
+/// share stay at the wrapper's versions (the newer of the two: Talos v1.12.0 and v1.12.1 differ
+/// in three patch levels, `../shared/design/talos-day2.md` §1).
+fn build_twin_release(sh: &Shell, go: &Path, release: Version) -> anyhow::Result<()> {
+    let out = twin_release_dir(release);
+    let staging = staging_dir(&out)?;
+    let mut files = vec!["go.mod".to_owned(), "go.sum".to_owned()];
+    files.extend(
+        go_sources("twin")
+            .iter()
+            .filter_map(|path| path.strip_prefix(go_module("talos")).ok())
+            .map(|path| path.display().to_string()),
+    );
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    let module = scratch_module("talos", &files, &staging)?;
+    let _dir = sh.push_dir(&module);
+    let (talos, machinery) = ("github.com/siderolabs/talos", "github.com/siderolabs/talos/pkg/machinery");
+    let pins = [
+        format!("-require={talos}@{release}"),
+        format!("-require={machinery}@{release}"),
+        format!("-replace={machinery}={machinery}@{release}"),
+    ];
+    cmd!(sh, "{go} mod edit {pins...}")
+        .quiet()
+        .run()
+        .with_context(|| format!("pinning Talos {release} in the scratch module"))?;
+    let binary = staging.join(format!("{TWIN}-{}", twin_source_hash()));
+    let command =
+        cmd!(sh, "{go} build -mod=mod -trimpath -buildvcs=false -ldflags=-s -o {binary} ./twin").env("GOSUMDB", "off");
+    with_heartbeat(&format!("building the twin of Talos {release} (cold: about 4 minutes, once)"), || {
+        command
+            .quiet()
+            .run()
+            .with_context(|| format!("go build of the twin against Talos {release} failed (output above)"))
+    })?;
+    drop(_dir);
+    std::fs::remove_dir_all(&module).context("removing the scratch module")?;
+    publish(&staging, &out)
 }
 
 /// Builds `component`'s controller at `version` into the cache. A release that does not build
@@ -354,7 +444,7 @@ fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out:
 /// talosctl, the node twin (`lab/go/talos/twin`) and the workstation services
 /// (`lab/go/talos/workstation`) from the one wrapper module: the twin is built on the same
 /// Talos packages, at the same version, as the talosctl that talks to it.
-fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &Path) -> anyhow::Result<()> {
+fn build_talosctl(sh: &Shell, go: &Path, module: &Path, out: &Path) -> anyhow::Result<()> {
     let staging = staging_dir(out)?;
     let _dir = sh.push_dir(module);
     let staging_arg = format!("{}/", staging.display());
@@ -365,7 +455,7 @@ fn build_talosctl(sh: &Shell, go: &Path, version: Version, module: &Path, out: &
     let command = cmd!(sh, "{go} build -trimpath -buildvcs=false -ldflags {ldflags} -o {staging_arg} {packages...}")
         .env("GOSUMDB", "off");
     with_heartbeat(
-        &format!("building talosctl {version} and the node twin from Go modules (cold: about 5 minutes, once)"),
+        &format!("building talosctl {WRAPPER_TALOS} and the node twin from Go modules (cold: about 5 minutes, once)"),
         || command.quiet().run().context("go build of the talosctl wrapper module failed (output above)"),
     )?;
     // `go build` names a package's binary after its folder.
@@ -420,15 +510,28 @@ pub fn ensure_talos_suite(versions: &Versions) -> anyhow::Result<PathBuf> {
 /// wrapper's go.mod/go.sum.
 fn box_source_hash() -> String {
     let module = go_module("talos");
-    let mut files: Vec<PathBuf> = ["twin", "workstation"]
-        .iter()
-        .flat_map(|folder| std::fs::read_dir(module.join(folder)).into_iter().flatten())
+    let mut files = go_sources("twin");
+    files.extend(go_sources("workstation"));
+    files.extend([module.join("go.mod"), module.join("go.sum")]);
+    source_hash(&files)
+}
+
+/// The same for the twin alone: what a build of another release is made from.
+fn twin_source_hash() -> String {
+    let module = go_module("talos");
+    source_hash(&[go_sources("twin"), vec![module.join("go.mod"), module.join("go.sum")]].concat())
+}
+
+/// The Go files of a folder of the wrapper module `lab/go/talos`, in order.
+fn go_sources(folder: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(go_module("talos").join(folder))
+        .into_iter()
+        .flatten()
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "go"))
         .collect();
     files.sort();
-    files.extend([module.join("go.mod"), module.join("go.sum")]);
-    source_hash(&files)
+    files
 }
 
 /// The first 12 hex digits of the sha256 of `files`' contents, in order.

@@ -207,7 +207,9 @@ impl Lab {
     /// One node twin per node of the config, each in its namespace of the box.
     fn twins(&self) -> Vec<Process> {
         let lan = self.lan();
-        let twin = self.binaries.path(build::TWIN);
+        let twin = self.binaries.iso_twin();
+        let iso = self.config.versions.talos.to_string();
+        let images_dir = self.images_dir();
         let control_planes: Vec<_> = self.config.control_planes().map(|node| node.ip).collect();
         let (kwok, kwok_config) = (self.binaries.path("kwok"), self.dir.join("kwok.yaml"));
         let image_factory_dir = self.image_factory_dir();
@@ -216,6 +218,8 @@ impl Lab {
             kwok: &kwok,
             kwok_config: &kwok_config,
             image_factory_dir: &image_factory_dir,
+            images_dir: &images_dir,
+            iso: &iso,
             control_planes: &control_planes,
             box_ca: &discovery::ca_file(&self.dir),
         };
@@ -415,7 +419,29 @@ impl Lab {
         }
         kwok_config.push_str(POD_READY_AGAIN_STAGE);
         std::fs::write(self.dir.join("kwok.yaml"), kwok_config)?;
+        self.write_images()
+    }
+
+    /// The Talos images the box can install: `images/<release>/talos-twin`, a link to that
+    /// release's twin, for each release built. An installer image whose release is not here
+    /// cannot be pulled (the twin says so as Talos does); a machine booting a release execs
+    /// that release's twin.
+    fn write_images(&self) -> anyhow::Result<()> {
+        let images = self.images_dir();
+        if images.exists() {
+            std::fs::remove_dir_all(&images).with_context(|| format!("clearing {}", images.display()))?;
+        }
+        for release in self.binaries.built_releases() {
+            let dir = images.join(release.to_string());
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::os::unix::fs::symlink(self.binaries.twin(release), dir.join(build::TWIN))
+                .with_context(|| format!("linking Talos {release}'s twin into {}", dir.display()))?;
+        }
         Ok(())
+    }
+
+    fn images_dir(&self) -> PathBuf {
+        self.dir.join("images")
     }
 
     fn start(&self, process: &Process) -> anyhow::Result<()> {

@@ -120,6 +120,10 @@ pub struct Peers<'a> {
     pub kwok_config: &'a Path,
     /// Where the Image Factory stand-in keeps the schematics (what an installer image carries).
     pub image_factory_dir: &'a Path,
+    /// The Talos images the box can pull, one folder per release with its twin (`Lab::write_images`).
+    pub images_dir: &'a Path,
+    /// The Talos release of the ISO the machine boots while its disk holds no Talos.
+    pub iso: &'a str,
     pub control_planes: &'a [Ipv4Addr],
     /// The box's CA, the one the machine trusts for the public services the box stands in for
     /// (the discovery service: `discovery.rs`).
@@ -153,9 +157,30 @@ pub fn process(lab_dir: &Path, twin: &Path, member: &Member, lease: &Lease, peer
             format!("--kwok={}", peers.kwok.display()),
             format!("--kwok-config={}", peers.kwok_config.display()),
             format!("--image-factory-dir={}", peers.image_factory_dir.display()),
+            format!("--images={}", peers.images_dir.display()),
+            format!("--iso={}", peers.iso),
             format!("--control-planes={}", control_planes.join(",")),
         ],
         run_dir: lab_dir.join("run"),
         log_dir: lab_dir.join("logs"),
     }
+}
+
+/// The lab's named fault, in a twin's folder beside its hardware (not on its disk: a wipe keeps
+/// it): the Talos releases this machine fails to boot, one per line, as a real image can fail
+/// for a driver it lacks. A boot of such a release fails before the machine is ready, and the
+/// twin does what Talos does then: back to the boot entry before the upgrade, if there is one
+/// (`lab/go/talos/twin/upgrade.go`).
+pub const FAILS_TO_BOOT_FILE: &str = "fails-to-boot";
+
+/// Marks `node` as failing to boot each of `releases` (none: the fault is cleared).
+pub fn set_fails_to_boot(lab_dir: &Path, node: &str, releases: &[&str]) -> anyhow::Result<()> {
+    let file = twin_dir(lab_dir, node).join(FAILS_TO_BOOT_FILE);
+    if releases.is_empty() {
+        return match std::fs::remove_file(&file) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+            _ => Ok(()),
+        };
+    }
+    std::fs::write(&file, releases.join("\n") + "\n").with_context(|| format!("writing {}", file.display()))
 }

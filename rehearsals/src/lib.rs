@@ -8,6 +8,8 @@
 //! - `twins.rs`: stage 01 one step at a time against the node twins.
 //! - `fresh_clone.rs`: README's first command from nothing, twice.
 //! - `interrupted_install.rs`: a first install killed at three points, and a wiped cluster.
+//! - `talos_upgrade.rs`: a box at Talos v1.12.0 whose machines are upgraded to v1.12.1 by
+//!   talosctl, on twins built from each release.
 //! - `addon_upgrade.rs`: a box at the seed's add-ons upgraded hop by hop to the defaults.
 //!   Its box, at every stage's default release, then runs the restore drill (`drill.rs`): it
 //!   loses etcd's quorum and is restored from a backup.
@@ -30,11 +32,28 @@ impl OwnBox {
     /// The shared lab's config under another cluster name, in a folder of its own, on ports
     /// from `port_base`.
     pub fn new(name: &str, port_base: u16) -> anyhow::Result<OwnBox> {
+        OwnBox::edited(name, port_base, str::to_owned)
+    }
+
+    /// The same, its `cluster.yaml` rewritten by `edit` first (another release pinned).
+    pub fn edited(name: &str, port_base: u16, edit: impl Fn(&str) -> String) -> anyhow::Result<OwnBox> {
         let dir = tempfile::tempdir()?;
-        let config = lab::second_box_config(&tests::config_path(), dir.path(), name)?;
+        let renamed = lab::second_box_config(&tests::config_path(), dir.path(), name)?;
+        std::fs::write(&renamed.source, edit(&std::fs::read_to_string(&renamed.source)?))?;
+        let config = ClusterConfig::load(&renamed.source)?;
         let lab = Lab::new(&config, port_base);
         let cluster_state = config.clone().in_box().state_dir();
         Ok(OwnBox { _dir: dir, config, lab, cluster_state })
+    }
+
+    /// talosctl (the lab's) with this box's talosconfig, run on its workstation: what it printed,
+    /// stdout then stderr, and whether it succeeded.
+    pub fn talosctl(&self, args: &[&str]) -> anyhow::Result<(bool, String)> {
+        let mut command = std::process::Command::new(self.lab.binary("talosctl"));
+        command.arg("--talosconfig").arg(kit::tool::talosconfig_path(&self.config.clone().in_box())).args(args);
+        let output = lab::lan::output_in(&kit::lab::workstation_namespace(&self.config.name), command)?;
+        let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        Ok((output.status.success(), said))
     }
 
     /// `cargo xtask <args> --lab` on this box (its ports, its config, the test mirror).

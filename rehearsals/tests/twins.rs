@@ -8,6 +8,8 @@
 //! at /dev/sda.
 
 use std::path::Path;
+
+use anyhow::Context as _;
 use std::process::ExitCode;
 
 use lab::twin::{Disk, Hardware, Link, twin_dir};
@@ -193,8 +195,13 @@ where
 }
 
 /// Generates the secrets, machine configs and talosconfig into the box's config's state
-/// folder, as stage 01's apply does before it sends them (this test sends them itself).
+/// folder, and uploads the schematic to the box's Image Factory stand-in (the machines install
+/// their installer image from there), as stage 01's apply does before it sends them (this test
+/// sends them itself).
 async fn generate_configs(config: &kit::config::ClusterConfig) -> anyhow::Result<()> {
+    // The stand-in listens on the workstation's loopback, inside the box.
+    let factory = kit::lab::Ports::stored(&config.lab_dir()).context("the box is up")?.image_factory_url();
+    in_the_box(move || async move { talos_bootstrap::schematic::upload(&factory).await }).await?;
     let ctx = kit::context::Context {
         kubeconfig: kit::context::cluster_kubeconfig_path(&config.state_dir()),
         config: config.clone(),

@@ -25,11 +25,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	corev1 "k8s.io/api/core/v1"
-	policyv1 "k8s.io/api/policy/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/siderolabs/talos/pkg/machinery/api/common"
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
@@ -231,11 +226,13 @@ func (c *configured) checkUserDisks(in *machine.ResetRequest) error {
 
 // volumeContents is what each system volume holds of the twin's disk folder: STATE the
 // machine config and the node identity (discovery.go), EPHEMERAL (/var) etcd's data, the
-// kubelet's and the control plane's files, META (the installer's tags) nothing the twin keeps.
+// kubelet's and the control plane's files, META the installer's tags, BOOT the boot entries
+// (upgrade.go).
 var volumeContents = map[string][]string{
 	constants.StatePartitionLabel:     {"config.yaml", constants.NodeIdentityFilename},
 	constants.EphemeralPartitionLabel: {"etcd", "kubelet", "kubernetes"},
-	constants.MetaPartitionLabel:      nil,
+	constants.MetaPartitionLabel:      {metaFile},
+	constants.BootPartitionLabel:      {bootFile},
 }
 
 // resetPhases is Talos's reset sequence for a machine installed to disk
@@ -318,47 +315,4 @@ func (c *configured) wipe(volumes []string) error {
 	}
 
 	return errors.Join(failed...)
-}
-
-// cordonAndDrain marks the node unschedulable and evicts its pods through the eviction API, so
-// PodDisruptionBudgets are honoured; mirror pods and DaemonSets' pods stay, as kubectl drain
-// leaves them (v1alpha1_sequencer_tasks.go, CordonAndDrainNode, with the kubelet's own
-// credentials: a node may evict the pods bound to it).
-func (c *configured) cordonAndDrain() error {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-
-	client, node, err := c.services.kubelet.ownNode(ctx)
-	if err != nil {
-		return fmt.Errorf("cordoning: %w", err)
-	}
-
-	cordon := []byte(`{"spec":{"unschedulable":true}}`)
-	if _, err = client.CoreV1().Nodes().Patch(ctx, node.Name, types.StrategicMergePatchType, cordon, metav1.PatchOptions{}); err != nil {
-		return fmt.Errorf("cordoning %s: %w", node.Name, err)
-	}
-
-	pods, err := client.CoreV1().Pods("").List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + node.Name})
-	if err != nil {
-		return fmt.Errorf("listing the pods to drain: %w", err)
-	}
-
-	var failed []error
-
-	for _, pod := range pods.Items {
-		if _, mirror := pod.Annotations[corev1.MirrorPodAnnotationKey]; mirror || ownedByDaemonSet(pod) {
-			continue
-		}
-
-		eviction := &policyv1.Eviction{ObjectMeta: metav1.ObjectMeta{Name: pod.Name, Namespace: pod.Namespace}}
-		if err = client.PolicyV1().Evictions(pod.Namespace).Evict(ctx, eviction); err != nil && !apierrors.IsNotFound(err) {
-			failed = append(failed, fmt.Errorf("evicting %s/%s: %w", pod.Namespace, pod.Name, err))
-		}
-	}
-
-	return errors.Join(failed...)
-}
-
-func ownedByDaemonSet(pod corev1.Pod) bool {
-	return slices.ContainsFunc(pod.OwnerReferences, func(owner metav1.OwnerReference) bool { return owner.Kind == "DaemonSet" })
 }

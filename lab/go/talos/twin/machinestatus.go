@@ -134,6 +134,10 @@ func (c *configured) evaluate(ctx context.Context) bool {
 		status.Status = runtime.MachineStatusStatus{Ready: len(unmet) == 0, UnmetConditions: unmet}
 	})
 
+	if len(unmet) == 0 && stage.TypedSpec().Stage == runtime.MachineStageRunning && !c.settled.Swap(true) {
+		c.runningAndReady(ctx)
+	}
+
 	return len(unmet) == 0
 }
 

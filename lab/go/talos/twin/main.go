@@ -116,6 +116,20 @@ func (metal) RequiresInstall() bool { return true }
 func (metal) InContainer() bool     { return false }
 
 func main() {
+	// The installer's preflight, run by the twin of the release an upgrade installs (upgrade.go).
+	if len(os.Args) > 1 && os.Args[1] == "preflight" {
+		checks := flag.NewFlagSet("preflight", flag.ExitOnError)
+		host := checks.String("host-version", "", "the Talos release the host runs")
+		checks.Parse(os.Args[2:]) //nolint:errcheck // ExitOnError
+
+		if err := preflight(*host); err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+
+		return
+	}
+
 	dhcpLease := flag.String("dhcp-lease", "", "the address/prefix the site's DHCP server reserves for this machine (what it takes in maintenance mode)")
 	router := flag.String("router", "", "the router the DHCP lease names")
 	hardwareFile := flag.String("hardware", "", "a JSON file describing the node's links and disks")
@@ -125,6 +139,8 @@ func main() {
 	kwokConfig := flag.String("kwok-config", "", "the stages kwok plays for the pods")
 	factoryDir := flag.String("image-factory-dir", "", "where the box's Image Factory stand-in keeps the schematics uploaded to it")
 	controlPlanes := flag.String("control-planes", "", "the control planes' addresses, comma-separated (a stand-in for Talos's discovery)")
+	images := flag.String("images", "", "the Talos images the box can pull: a folder per release, holding that release's twin")
+	iso := flag.String("iso", version.Tag, "the Talos release of the ISO the machine boots while its disk holds no Talos")
 	flag.Parse()
 
 	lease, err := parseLease(*dhcpLease, *router)
@@ -133,7 +149,7 @@ func main() {
 	}
 
 	node := nodeFlags{lease: lease, stateDir: *stateDir, kubernetesBin: *kubernetesBin, kwok: *kwok, kwokConfig: *kwokConfig, factoryDir: *factoryDir,
-		controlPlanes: strings.Split(*controlPlanes, ","),
+		controlPlanes: strings.Split(*controlPlanes, ","), images: *images, iso: *iso,
 	}
 	stopOnSignal()
 
@@ -159,6 +175,9 @@ type nodeFlags struct {
 	factoryDir    string
 	controlPlanes []string
 	hardware      Hardware
+	// The box's images folder, and the release the machine boots from the ISO (upgrade.go).
+	images string
+	iso    string
 }
 
 func run(node nodeFlags, hardwareFile string) error {
@@ -176,15 +195,39 @@ func run(node nodeFlags, hardwareFile string) error {
 	ctx := context.Background()
 	configFile := filepath.Join(node.stateDir, "config.yaml")
 
-	// Each boot starts from nothing but the disk: a machine with a config on it boots into it;
-	// one without (new, or reset) waits in maintenance mode.
+	machineDisk := disk{node.stateDir}
+	pulls := registry{images: node.images, factoryDir: node.factoryDir}
+
+	// Each boot starts from nothing but the disk: a machine with a config on it boots into it
+	// (the release of its boot entry); one without (new, or reset) boots the ISO and waits in
+	// maintenance mode.
 	for {
+		_, err = os.Stat(configFile)
+		installed := err == nil
+
+		if err = bootRelease(node, installed); err != nil {
+			return err
+		}
+
+		if installed && machineDisk.failsToBoot(version.Tag) {
+			log.Printf("boot failed: Talos %s does not boot on this machine (the lab's fault %s)", version.Tag, faultsFile)
+
+			if reverted, err := machineDisk.revertFailedBoot(); err != nil || !reverted {
+				log.Printf("nothing to fall back to (%v): the machine is stuck until it is reinstalled", err)
+				select {}
+			}
+
+			time.Sleep(rebootTime)
+
+			continue
+		}
+
 		resources := state.WrapCore(namespaced.NewState(inmem.Build))
 		if err = boot(ctx, resources, hardware); err != nil {
 			return err
 		}
 
-		if _, err = os.Stat(configFile); err != nil {
+		if !installed {
 			if err = takeAddressing(node.lease.addressing()); err != nil {
 				return err
 			}
@@ -194,6 +237,7 @@ func run(node nodeFlags, hardwareFile string) error {
 			}
 
 			log.Printf("installing the config and rebooting")
+			installFromConfig(configFile, pulls, machineDisk)
 			time.Sleep(installTime)
 
 			continue
@@ -206,6 +250,25 @@ func run(node nodeFlags, hardwareFile string) error {
 
 		log.Printf("rebooting")
 		time.Sleep(rebootTime)
+	}
+}
+
+// installFromConfig is the install sequence of a machine sent its config in maintenance mode:
+// the config's installer image is pulled and written to the disk's first boot entry
+// (v1alpha1_sequencer_tasks.go, Install). An image the box cannot pull fails the install, and
+// the machine boots the ISO again, its config not kept.
+func installFromConfig(configFile string, pulls registry, machineDisk disk) {
+	provider, err := configloader.NewFromFile(configFile)
+	if err == nil {
+		var entry bootEntry
+		if entry, err = pulls.pull(provider.Machine().Install().Image()); err == nil {
+			err = machineDisk.install(entry, false)
+		}
+	}
+
+	if err != nil {
+		log.Printf("install failed: %v", err)
+		os.Remove(configFile) //nolint:errcheck
 	}
 }
 
@@ -299,7 +362,12 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 		return false, err
 	}
 
-	if err = publishSelf(ctx, resources, provider, node.hardware, node.factoryDir); err != nil {
+	booted, err := disk{node.stateDir}.booted(node.iso)
+	if err != nil {
+		return false, err
+	}
+
+	if err = publishSelf(ctx, resources, provider, node.hardware, booted.Image, node.factoryDir); err != nil {
 		return false, err
 	}
 
@@ -327,7 +395,7 @@ func serveConfigured(ctx context.Context, resources state.State, node nodeFlags,
 
 	served := &configured{
 		config: provider, configFile: configFile, resources: resources, address: address, bootedAt: time.Now(),
-		hardware: node.hardware, events: newEventBus(),
+		hardware: node.hardware, events: newEventBus(), registry: registry{images: node.images, factoryDir: node.factoryDir},
 	}
 
 	// The boot sequence, phase by phase and task by task as Talos runs it on an installed
@@ -720,6 +788,10 @@ type configured struct {
 	// Stops the API (the machine goes down); rebooting says it comes back.
 	shutDown  func()
 	rebooting atomic.Bool
+	// The installer images the box can pull (upgrade.go).
+	registry registry
+	// Set once this boot was running and ready (its upgrade fallback dropped).
+	settled atomic.Bool
 }
 
 // Reboot answers with the call's actor ID, then runs the reboot sequence: the pods and
@@ -729,19 +801,22 @@ type configured struct {
 func (c *configured) Reboot(_ context.Context, in *machine.RebootRequest) (*machine.RebootResponse, error) {
 	actorID := uuid.New().String()
 
+	c.runAfterAnswer("reboot", actorID, c.rebootPhases(in.GetMode()))
+
+	return &machine.RebootResponse{Messages: []*machine.Reboot{{Metadata: c.metadata(), ActorId: actorID}}}, nil
+}
+
+// rebootPhases is Talos's reboot sequence (v1alpha1_sequencer.go, Reboot).
+func (c *configured) rebootPhases(mode machine.RebootRequest_Mode) []phase {
 	var phases []phase
-	if in.GetMode() != machine.RebootRequest_FORCE {
+	if mode != machine.RebootRequest_FORCE {
 		phases = append([]phase{
 			{name: "cleanup", tasks: []task{{name: "stopAllPods", run: c.stopAllPods}}},
 			{name: "dbus", tasks: []task{noop("stopDBus")}},
 		}, c.stopAll(true)...)
 	}
 
-	phases = append(phases, phase{name: "reboot", tasks: []task{{name: "reboot", run: c.goDown(true)}}})
-
-	c.runAfterAnswer("reboot", actorID, phases)
-
-	return &machine.RebootResponse{Messages: []*machine.Reboot{{Metadata: c.metadata(), ActorId: actorID}}}, nil
+	return append(phases, phase{name: "reboot", tasks: []task{{name: "reboot", run: c.goDown(true)}}})
 }
 
 // stopAllPods: the VIP election ends (tearDownKubeletLifecycle), then the kubelet's pods stop
@@ -754,8 +829,9 @@ func (c *configured) stopAllPods() error {
 }
 
 // stopAll is Talos's stopAllPhaselist: services stopped, mounts undone (nothing to undo on a
-// twin), then every service stopped (v1alpha1_sequencer.go, stopAllPhaselist).
-func (c *configured) stopAll(kexec bool) []phase {
+// twin), then every service stopped (v1alpha1_sequencer.go, stopAllPhaselist); an upgrade
+// installs after the unmounts, before the kexec.
+func (c *configured) stopAll(kexec bool, installs ...phase) []phase {
 	phases := []phase{
 		{name: "stopServices", tasks: []task{noop("stopServicesForUpgrade")}},
 		{name: "umount", tasks: []task{noop("unmountPodMounts")}},
@@ -763,6 +839,8 @@ func (c *configured) stopAll(kexec bool) []phase {
 		{name: "unmountSystem", tasks: []task{noop("unmountEphemeralPartition")}},
 		{name: "volumeFinalize", tasks: []task{noop("teardownLifecycle")}},
 	}
+
+	phases = append(phases, installs...)
 
 	if kexec {
 		phases = append(phases, phase{name: "kexec", tasks: []task{noop("kexecPrepare")}})

@@ -6,8 +6,9 @@ package main
 //   - its addresses (`get addresses`: network/address_status.go), the VIP among them while this
 //     machine holds it;
 //   - its system extensions (`get extensions`: runtime/extension_status.go): those the
-//     installer image carries, which the Image Factory built from the schematic named in
-//     `machine.install.image`. The box's Image Factory stand-in keeps every schematic uploaded to
+//     installer image carries, which the Image Factory built from the schematic named in the
+//     image of the boot entry the machine booted (upgrade.go; after an upgrade that is not
+//     `machine.install.image`). The box's Image Factory stand-in keeps every schematic uploaded to
 //     it in a folder (`--image-factory-dir`), where the twin reads its image's; a schematic the
 //     factory never received gives no extensions, as an image that cannot be pulled installs none.
 //     A factory image also carries the virtual `schematic` extension, its version the schematic ID.
@@ -82,7 +83,7 @@ func putResource(ctx context.Context, resources state.State, res resource.Resour
 
 // publishSelf records the machine config, the addresses on the box's port and the installed
 // extensions.
-func publishSelf(ctx context.Context, resources state.State, provider config.Provider, hardware Hardware, factoryDir string) error {
+func publishSelf(ctx context.Context, resources state.State, provider config.Provider, hardware Hardware, image, factoryDir string) error {
 	if err := putResource(ctx, resources, configres.NewMachineConfig(provider)); err != nil {
 		return err
 	}
@@ -108,7 +109,7 @@ func publishSelf(ctx context.Context, resources state.State, provider config.Pro
 		}
 	}
 
-	names := installedExtensions(provider, factoryDir)
+	names := installedExtensions(image, factoryDir)
 
 	for index, name := range names {
 		extension := runtime.NewExtensionStatus(runtime.NamespaceName, fmt.Sprint(index))
@@ -123,7 +124,7 @@ func publishSelf(ctx context.Context, resources state.State, provider config.Pro
 
 	// An Image Factory image also carries a virtual extension named "schematic" whose version
 	// is the schematic's ID: the one place Talos 1.12 says which schematic a machine booted.
-	if id, ok := factorySchematic(provider.Machine().Install().Image()); ok {
+	if id, ok := factorySchematic(image); ok {
 		schematic := runtime.NewExtensionStatus(runtime.NamespaceName, fmt.Sprint(len(names)))
 		schematic.TypedSpec().Metadata.Name = "schematic"
 		schematic.TypedSpec().Metadata.Version = id
@@ -151,9 +152,9 @@ func factorySchematic(image string) (string, bool) {
 }
 
 // installedExtensions are the short names ("iscsi-tools") of the official extensions of the
-// schematic in the install image's path (`…/metal-installer/<schematic id>:<version>`).
-func installedExtensions(provider config.Provider, factoryDir string) []string {
-	id, ok := factorySchematic(provider.Machine().Install().Image())
+// schematic in the booted image's path (`…/metal-installer/<schematic id>:<version>`).
+func installedExtensions(image, factoryDir string) []string {
+	id, ok := factorySchematic(image)
 	if !ok {
 		return nil
 	}
