@@ -3,6 +3,7 @@
 //! must be baked into the image the node installs, from the very first install.
 
 use anyhow::Context as _;
+use kit::talos::upgrade::FACTORY_INSTALLER;
 use sha2::{Digest, Sha256};
 
 /// Official extensions every node gets (names as the Image Factory lists them).
@@ -11,9 +12,6 @@ pub const EXTENSIONS: &[&str] = &["siderolabs/iscsi-tools", "siderolabs/util-lin
 /// The Image Factory: it serves installer images only for schematics it has stored
 /// (siderolabs/image-factory internal/schematic/schematic.go, Get), so `apply` uploads ours.
 pub const IMAGE_FACTORY: &str = "https://factory.talos.dev";
-/// Its registry path for bare-metal installers (the v1.12 docs and the factory's UI use
-/// `metal-installer/`; plain `installer/` is the older alias for the same image).
-const FACTORY_INSTALLER: &str = "factory.talos.dev/metal-installer";
 
 /// The schematic document, in the exact form the Image Factory hashes (Go's YAML encoder:
 /// four-space indent). `POST https://factory.talos.dev/schematics` with it returns the same ID.

@@ -9,6 +9,7 @@ mod render;
 mod restore;
 use xtask::stages;
 mod status;
+mod talos_upgrade;
 mod test_cmd;
 mod upgrade;
 mod validate;

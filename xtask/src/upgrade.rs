@@ -1,6 +1,6 @@
-//! `cargo xtask upgrade`: the add-ons from the releases the cluster runs to the ones
-//! `cluster.yaml` pins, hop by hop as each upstream asks. `kit::upgrade` holds the walk and
-//! what each hop does; this runs it.
+//! `cargo xtask upgrade`: the cluster from what it runs to what `cluster.yaml` pins. First
+//! Talos, machine by machine (`talos_upgrade.rs`), then the add-ons, hop by hop as each
+//! upstream asks (`kit::upgrade` holds the walk and what each hop does).
 //!
 //! - `plan`: per add-on, what runs (read from the cluster), the pin, and every hop with its
 //!   work. Exits 0 when nothing would change, 2 when something would, 1 on an error.
@@ -19,6 +19,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use kit::config::ClusterConfig;
 use kit::stage::{GlobalArgs, Output, exit};
+use kit::talos::upgrade::Step;
 use kit::upgrade::{Hop, Upgrade};
 
 use crate::install_all::StageRunner;
@@ -37,6 +38,15 @@ pub enum UpgradeAction {
         /// Upgrade a real cluster that no rehearsal of this upgrade passed on. Not advised.
         #[arg(long)]
         skip_rehearsal: bool,
+        /// Upgrade Talos without a backup from the last hour (`cargo xtask backup` takes one).
+        /// Not advised: every control plane reboots on the way.
+        #[arg(long)]
+        no_backup: bool,
+        /// How long draining a machine may wait for PodDisruptionBudgets before the upgrade stops
+        /// with the pods that will not leave (seconds; Talos's own drain gives up after 300 and
+        /// upgrades anyway).
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        drain_timeout: u64,
     },
     /// Before a real cluster is touched: a box at the releases it runs (read from it) is
     /// installed, takes this same upgrade, and is taken down with its data; each hop's result
@@ -65,21 +75,34 @@ struct Rehearsal {
     hops: Vec<String>,
 }
 
-/// What runs and what is pinned, for every installed add-on: what a rehearsal is of.
-fn from_to(plan: &[Upgrade]) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+/// What runs and what is pinned, for every installed add-on and for Talos (the oldest release
+/// a machine runs): what a rehearsal is of.
+fn from_to(plan: &[Upgrade], talos: &[Step]) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let installed = plan.iter().filter_map(|upgrade| Some((upgrade, upgrade.running?)));
-    let from =
+    let mut from: BTreeMap<String, String> =
         installed.clone().map(|(upgrade, running)| (upgrade.component.to_owned(), running.to_string())).collect();
-    let to = installed.map(|(upgrade, _)| (upgrade.component.to_owned(), upgrade.pin.to_string())).collect();
+    let mut to: BTreeMap<String, String> =
+        installed.map(|(upgrade, _)| (upgrade.component.to_owned(), upgrade.pin.to_string())).collect();
+    let oldest = talos
+        .iter()
+        .filter_map(|step| Some((step.running.parse::<kit::config::Version>().ok()?, step)))
+        .min_by_key(|(running, _)| *running);
+    if let Some((running, step)) = oldest {
+        from.insert(TALOS.to_owned(), running.to_string());
+        to.insert(TALOS.to_owned(), step.wanted.clone());
+    }
     (from, to)
 }
+
+/// Talos's key in a rehearsal's record (`versions.talos`).
+const TALOS: &str = "talos";
 
 fn rehearsal_path(config: &ClusterConfig) -> PathBuf {
     config.state_dir().join("upgrade-rehearsal.json")
 }
 
 /// The recorded rehearsal, when it passed and is of this very upgrade.
-fn rehearsed(config: &ClusterConfig, plan: &[Upgrade]) -> anyhow::Result<Option<Rehearsal>> {
+fn rehearsed(config: &ClusterConfig, plan: &[Upgrade], talos: &[Step]) -> anyhow::Result<Option<Rehearsal>> {
     let path = rehearsal_path(config);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -87,7 +110,7 @@ fn rehearsed(config: &ClusterConfig, plan: &[Upgrade]) -> anyhow::Result<Option<
         Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
     };
     let record: Rehearsal = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-    let (from, to) = from_to(plan);
+    let (from, to) = from_to(plan, talos);
     Ok((record.passed && record.from == from && record.to == to).then_some(record))
 }
 
@@ -104,12 +127,14 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
         let plan = kit::upgrade::plan(&client, &config.versions).await?;
         anyhow::Ok((client, plan))
     }))?;
-    let hops: usize = plan.iter().map(|upgrade| upgrade.hops.len()).sum();
+    let talos = crate::talos_upgrade::plan(&config, &client, &runtime)?;
+    let machines = talos.iter().filter(|step| step.to_do()).count();
+    let hops: usize = plan.iter().map(|upgrade| upgrade.hops.len()).sum::<usize>() + machines;
     match action {
         UpgradeAction::Plan => {
-            write_plan(&plan, global.output, &mut stdout)?;
+            write_plan(&plan, &talos, global.output, &mut stdout)?;
             if hops > 0 && !global.lab && global.output == Output::Text {
-                let line = match rehearsed(&config, &plan)? {
+                let line = match rehearsed(&config, &plan, &talos)? {
                     Some(record) => format!("rehearsal: passed at {} in {:.0}s", record.at, record.seconds),
                     None => "rehearsal: none of this upgrade yet: `cargo xtask upgrade rehearse` (apply asks for one)"
                         .to_owned(),
@@ -119,19 +144,22 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
             Ok(if hops == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::WOULD_CHANGE) })
         }
         UpgradeAction::Rehearse { port_base } => {
-            write_plan(&plan, Output::Text, &mut std::io::stderr())?;
+            write_plan(&plan, &talos, Output::Text, &mut std::io::stderr())?;
             if hops == 0 {
                 return Ok(ExitCode::SUCCESS);
             }
-            rehearse(global, &config, &plan, *port_base)
+            rehearse(global, &config, &plan, &talos, *port_base)
         }
-        UpgradeAction::Apply { skip_rehearsal } => {
-            write_plan(&plan, Output::Text, &mut std::io::stderr())?;
+        UpgradeAction::Apply { skip_rehearsal, no_backup, drain_timeout } => {
+            write_plan(&plan, &talos, Output::Text, &mut std::io::stderr())?;
             if hops == 0 {
                 return Ok(ExitCode::SUCCESS);
+            }
+            if machines > 0 {
+                crate::talos_upgrade::preconditions(&config, &talos, *no_backup)?;
             }
             if !global.lab {
-                match (rehearsed(&config, &plan)?, skip_rehearsal) {
+                match (rehearsed(&config, &plan, &talos)?, skip_rehearsal) {
                     (Some(record), _) => eprintln!("rehearsed: this upgrade passed in a box at {}", record.at),
                     (None, true) => tracing::warn!(
                         "--skip-rehearsal: upgrading a real cluster that no rehearsal of this upgrade passed on; \
@@ -153,6 +181,22 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
             let stages: Vec<&str> = plan.iter().filter(|upgrade| !upgrade.hops.is_empty()).map(stage_of).collect();
             let bin_dir = crate::stages::build(&root, &stages)?;
             let mut walker = Walker { global, bin_dir: &bin_dir, client: &client, runtime: &runtime, done: Vec::new() };
+            let kube_api = crate::talos_upgrade::KubeApi {
+                client: &client,
+                kubeconfig: &kubeconfig,
+                wait: api_wait,
+                runtime: &runtime,
+            };
+            if let Err(error) = crate::talos_upgrade::apply(
+                &config,
+                &kube_api,
+                &talos,
+                Duration::from_secs(*drain_timeout),
+                &mut walker.done,
+            ) {
+                walker.stopped(&error)?;
+                return Ok(ExitCode::from(exit::FAILED));
+            }
             for upgrade in &plan {
                 for hop in &upgrade.hops {
                     if let Err(error) = walker.take(upgrade, hop) {
@@ -169,14 +213,25 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
 
 /// A box at the releases the cluster runs: installed, upgraded as `apply` would upgrade the
 /// cluster, reported and taken down; a pass is recorded.
-fn rehearse(global: &GlobalArgs, config: &ClusterConfig, plan: &[Upgrade], port_base: u16) -> anyhow::Result<ExitCode> {
-    let (from, to) = from_to(plan);
+fn rehearse(
+    global: &GlobalArgs,
+    config: &ClusterConfig,
+    plan: &[Upgrade],
+    talos: &[Step],
+    port_base: u16,
+) -> anyhow::Result<ExitCode> {
+    let (from, to) = from_to(plan, talos);
     let dir = config.state_dir().join("rehearsal");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     let name = format!("{}-rehearsal", config.name);
     let box_config = lab::second_box_config(&global.config, &dir, &name)?;
+    // The box's machines boot the Talos release the cluster's oldest machine runs.
+    if let (Some(running), Some(wanted)) = (from.get(TALOS), to.get(TALOS)) {
+        let text = std::fs::read_to_string(&box_config.source)?;
+        std::fs::write(&box_config.source, text.replace(&format!("talos: {wanted}"), &format!("talos: {running}")))?;
+    }
     let lab = lab::Lab::new(&box_config, port_base);
     eprintln!("rehearsal: a box ({name}) at what runs: {}", shown(&from));
     let started = Instant::now();
@@ -195,8 +250,8 @@ fn rehearse(global: &GlobalArgs, config: &ClusterConfig, plan: &[Upgrade], port_
         Ok(command)
     };
     // Installed at what the cluster runs, one pin each.
-    let at_what_runs =
-        GlobalArgs { pins: from.iter().map(|(key, version)| format!("{key}={version}")).collect(), ..in_box.clone() };
+    let pins = from.iter().filter(|(key, _)| key.as_str() != TALOS).map(|(key, version)| format!("{key}={version}"));
+    let at_what_runs = GlobalArgs { pins: pins.collect(), ..in_box.clone() };
     let mut install = xtask(&["install-all", "--port-base", &port_base.to_string()], &at_what_runs)?;
     let outcome = (|| -> anyhow::Result<Vec<String>> {
         let installed = install.output().context("installing the rehearsal box")?;
@@ -206,8 +261,11 @@ fn rehearse(global: &GlobalArgs, config: &ClusterConfig, plan: &[Upgrade], port_
             String::from_utf8_lossy(&installed.stderr)
         );
         eprintln!("rehearsal: installed in {:.0}s; upgrading it", started.elapsed().as_secs_f64());
-        let mut upgrade =
-            xtask(&["upgrade", "apply"], &in_box)?.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
+        // A rehearsal box has no backup of its own to keep: its data is thrown away after.
+        let mut upgrade = xtask(&["upgrade", "apply", "--no-backup"], &in_box)?
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
         let mut hops = Vec::new();
         let mut log = Vec::new();
         for line in BufReader::new(upgrade.stderr.take().context("the upgrade's stderr")?).lines() {
@@ -320,14 +378,19 @@ impl Walker<'_> {
     }
 }
 
-/// The plan for people (a block per add-on) or for scripts (one JSON object per add-on).
-fn write_plan(plan: &[Upgrade], output: Output, out: &mut impl Write) -> anyhow::Result<()> {
+/// The plan for people (Talos's machines, then a block per add-on) or for scripts (one JSON
+/// object per machine to upgrade, `{"talos": …}`, then one per add-on).
+fn write_plan(plan: &[Upgrade], talos: &[Step], output: Output, out: &mut impl Write) -> anyhow::Result<()> {
     if output == Output::Json {
+        for step in talos.iter().filter(|step| step.to_do()) {
+            writeln!(out, "{}", serde_json::json!({ TALOS: step }))?;
+        }
         for upgrade in plan {
             writeln!(out, "{}", serde_json::to_string(upgrade)?)?;
         }
         return Ok(());
     }
+    crate::talos_upgrade::write_plan(talos, out)?;
     for upgrade in plan {
         let running = upgrade.running.map_or_else(|| "not installed".to_owned(), |version| version.to_string());
         let state = if upgrade.hops.is_empty() { "nothing to do" } else { "to upgrade" };

@@ -11,6 +11,7 @@
 pub mod recovery;
 pub mod snapshot;
 pub mod talosconfig;
+pub mod upgrade;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

@@ -51,6 +51,7 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
 	"github.com/siderolabs/talos/pkg/machinery/resources/runtime"
+	"github.com/siderolabs/talos/pkg/machinery/version"
 )
 
 type kubelet struct {
@@ -395,9 +396,11 @@ func (k *kubelet) register(ctx context.Context) error {
 	}
 
 	// Each boot has its own boot ID, which the kubelet reports (/proc/sys/kernel/random/boot_id):
-	// how a client tells a rebooted node from one that never went away. kwok keeps it.
-	bootID := fmt.Sprintf(`{"status":{"nodeInfo":{"bootID":%q}}}`, k.bootID)
-	if _, err = client.CoreV1().Nodes().PatchStatus(ctx, k.hostname, []byte(bootID)); err != nil {
+	// how a client tells a rebooted node from one that never went away; and the OS image, the
+	// PRETTY_NAME of the release's /etc/os-release (version/osrelease.go: "Talos (v1.12.1)"),
+	// which a new release changes. kwok keeps both.
+	nodeInfo := fmt.Sprintf(`{"status":{"nodeInfo":{"bootID":%q,"osImage":%q}}}`, k.bootID, fmt.Sprintf("%s (%s)", version.Name, version.Tag))
+	if _, err = client.CoreV1().Nodes().PatchStatus(ctx, k.hostname, []byte(nodeInfo)); err != nil {
 		return err
 	}
 
