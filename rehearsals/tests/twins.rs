@@ -322,7 +322,10 @@ async fn three_control_planes_bootstrap_etcd_once_and_a_member_down_is_not_healt
     let members_while_away = in_the_box(move || async move {
         kit::talos::TalosApi::ask(&edge, &cp03, &["reboot", "--wait=false"], std::time::Duration::from_secs(30))
             .await?;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        // etcd stops after the pods: the kubelet's graceful shutdown may take its whole grace
+        // period (30 s, constants.KubeletShutdownGracePeriod) waiting for the not-ready taint,
+        // which a loaded API server is slow to add.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         while kit::talos::etcd_status(&edge, &cp03).await.is_ok() {
             anyhow::ensure!(tokio::time::Instant::now() < deadline, "cp03's member never went away");
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
