@@ -137,6 +137,14 @@ impl Lab {
         self.binaries.path(name)
     }
 
+    /// The lab's talosctl with the box's cluster's talosconfig, run on the box's workstation as a
+    /// person at the site runs it (`args` name the nodes and the endpoint).
+    pub fn talosctl(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        let mut command = std::process::Command::new(self.binary("talosctl"));
+        command.arg("--talosconfig").arg(kit::tool::talosconfig_path(&self.config)).args(args);
+        lan::output_in(&kit::lab::workstation_namespace(&self.config.name), command)
+    }
+
     /// The API through the forward, on this machine.
     pub fn api_url(&self) -> String {
         format!("https://127.0.0.1:{}", self.ports.api())

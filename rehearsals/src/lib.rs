@@ -49,9 +49,7 @@ impl OwnBox {
     /// talosctl (the lab's) with this box's talosconfig, run on its workstation: what it printed,
     /// stdout then stderr, and whether it succeeded.
     pub fn talosctl(&self, args: &[&str]) -> anyhow::Result<(bool, String)> {
-        let mut command = std::process::Command::new(self.lab.binary("talosctl"));
-        command.arg("--talosconfig").arg(kit::tool::talosconfig_path(&self.config.clone().in_box())).args(args);
-        let output = lab::lan::output_in(&kit::lab::workstation_namespace(&self.config.name), command)?;
+        let output = self.lab.talosctl(args)?;
         let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         Ok((output.status.success(), said))
     }

@@ -43,12 +43,9 @@ fn talos_own_read_only_api_suites_pass_against_the_twins() -> anyhow::Result<()>
 fn talosctl_health_with_no_node_lists_finds_the_cluster_through_discovery() -> anyhow::Result<()> {
     let config = tests::config();
     let lab = lab::Lab::new(&config, lab::DEFAULT_PORT_BASE);
-    let talosconfig = kit::tool::talosconfig_path(&config.clone().in_box());
     let node = config.control_planes().next().map(|node| node.ip.to_string()).expect("a control plane");
     let talosctl = |args: &[&str]| -> anyhow::Result<String> {
-        let mut command = std::process::Command::new(lab.binary("talosctl"));
-        command.arg("--talosconfig").arg(&talosconfig).args(["-n", &node, "-e", &node]).args(args);
-        let output = lab::lan::output_in(&kit::lab::workstation_namespace(&config.name), command)?;
+        let output = lab.talosctl(&[&["-n", &node, "-e", &node], args].concat())?;
         let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
         anyhow::ensure!(output.status.success(), "talosctl {args:?} failed:\n{said}");
         Ok(said)
@@ -79,23 +76,11 @@ fn talosctl_health_with_no_node_lists_finds_the_cluster_through_discovery() -> a
 fn each_machine_reports_the_schematic_it_booted_as_a_virtual_extension() -> anyhow::Result<()> {
     let config = tests::config();
     let lab = lab::Lab::new(&config, lab::DEFAULT_PORT_BASE);
-    let talosconfig = kit::tool::talosconfig_path(&config.clone().in_box());
     let wanted =
         talos_bootstrap::schematic::id(&talos_bootstrap::schematic::document(talos_bootstrap::schematic::EXTENSIONS));
     for node in &config.nodes {
         let address = node.ip.to_string();
-        let mut command = std::process::Command::new(lab.binary("talosctl"));
-        command.arg("--talosconfig").arg(&talosconfig).args([
-            "-n",
-            &address,
-            "-e",
-            &address,
-            "get",
-            "extensions",
-            "-o",
-            "json",
-        ]);
-        let output = lab::lan::output_in(&kit::lab::workstation_namespace(&config.name), command)?;
+        let output = lab.talosctl(&["-n", &address, "-e", &address, "get", "extensions", "-o", "json"])?;
         let printed = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{}: {}", node.name, String::from_utf8_lossy(&output.stderr));
         let extensions: Vec<kit::talos::Resource<serde_json::Value>> = kit::talos::parse_resources(&printed)?;

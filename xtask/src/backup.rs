@@ -67,8 +67,7 @@ pub fn run(global: &GlobalArgs, args: &BackupArgs) -> anyhow::Result<ExitCode> {
     eprintln!("backup: asking every control plane's etcd member for its status");
     let snapshot_path = partial.join(kit::talos::snapshot::SNAPSHOT_FILE);
     let into = snapshot_path.clone();
-    let (member, snapshot) = kit::lab::at_the_machines(&config, move |config| async move {
-        let talosctl = kit::talos::Talosctl::find(&config).await?;
+    let (member, snapshot) = crate::machines::with_talosctl(&config, move |talosctl, config| async move {
         kit::talos::snapshot::take(&talosctl, &config, &into).await
     })?;
     eprintln!(

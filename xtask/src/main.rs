@@ -4,6 +4,7 @@ mod backup;
 mod bench;
 mod install_all;
 mod lab_cmd;
+mod machines;
 mod mirror;
 mod render;
 mod restore;

@@ -83,8 +83,7 @@ pub fn run(global: &GlobalArgs, args: &RestoreArgs) -> anyhow::Result<ExitCode> 
     let paths = talos_bootstrap::StatePaths::new(&config);
     let evidence = Evidence::for_secrets(&paths.secrets, paths.evidence.clone())?;
     let (force, dry_run, from) = (args.force, args.dry_run, args.from.display().to_string());
-    let unreachable = kit::lab::at_the_machines(&config, move |config| async move {
-        let talosctl = Talosctl::find(&config).await?;
+    let unreachable = crate::machines::with_talosctl(&config, move |talosctl, config| async move {
         let plan = plan(&talosctl, &config, &evidence, force).await?;
         eprintln!("restore: {}", plan.describe());
         if dry_run {
@@ -509,10 +508,7 @@ where
 /// The checks after the restore: etcd on every control plane, then each stage's `verify`;
 /// returns what failed.
 fn verify(global: &GlobalArgs, config: &ClusterConfig) -> anyhow::Result<Vec<String>> {
-    let (check, _) = kit::lab::at_the_machines(config, |config| async move {
-        let talosctl = Talosctl::find(&config).await?;
-        Ok(kit::talos::etcd_check(&talosctl, &config).await)
-    })?;
+    let check = crate::machines::etcd_check(config)?;
     eprintln!("restore: {check}");
     let mut failed = Vec::new();
     if check.status == kit::report::Status::Fail {

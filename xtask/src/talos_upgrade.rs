@@ -66,13 +66,13 @@ pub fn plan(
     let wanted = config.versions.talos;
     let images = runtime.block_on(os_images(client))?;
     let at_release = format!("Talos ({wanted})");
+    let machines = in_order(config);
     let to_ask: Vec<Node> =
-        in_order(config).into_iter().filter(|node| images.get(&node.name) != Some(&at_release)).collect();
+        machines.iter().filter(|node| images.get(&node.name) != Some(&at_release)).cloned().collect();
     let asked: BTreeMap<String, Machine> = if to_ask.is_empty() {
         BTreeMap::new()
     } else {
-        kit::lab::at_the_machines(config, move |config| async move {
-            let talosctl = kit::talos::Talosctl::find(&config).await?;
+        crate::machines::with_talosctl(config, move |talosctl, _| async move {
             let mut asked = BTreeMap::new();
             for node in &to_ask {
                 let machine = kit::talos::upgrade::machine(&talosctl, node)
@@ -84,7 +84,7 @@ pub fn plan(
         })?
     };
     let configured = configured_schematic();
-    Ok(in_order(config)
+    Ok(machines
         .iter()
         .map(|node| match asked.get(&node.name) {
             Some(machine) => kit::talos::upgrade::step(&node.name, machine, wanted, &configured),
@@ -230,10 +230,7 @@ pub fn apply(
 /// Every control plane's etcd member healthy: an upgrade takes one member down for its reboot,
 /// so one already down would cost quorum.
 fn etcd_gate(config: &ClusterConfig, node: &Node) -> anyhow::Result<()> {
-    let (check, _) = kit::lab::at_the_machines(config, |config| async move {
-        let talosctl = kit::talos::Talosctl::find(&config).await?;
-        anyhow::Ok(kit::talos::etcd_check(&talosctl, &config).await)
-    })?;
+    let check = crate::machines::etcd_check(config)?;
     anyhow::ensure!(
         check.status == kit::report::Status::Pass,
         "etcd is not healthy ({}), so {} is not upgraded: {}",
@@ -329,8 +326,7 @@ async fn drain(client: &kube::Client, node: &str, timeout: Duration) -> anyhow::
 /// `talosctl upgrade --wait` from where the machines are reached, its progress on stderr.
 fn upgrade(config: &ClusterConfig, node: &Node, image: &str) -> anyhow::Result<()> {
     let (node, image) = (node.clone(), image.to_owned());
-    kit::lab::at_the_machines(config, move |config| async move {
-        let talosctl = kit::talos::Talosctl::find(&config).await?;
+    crate::machines::with_talosctl(config, move |talosctl, _| async move {
         kit::talos::upgrade::upgrade(&talosctl, &node, &image, &mut |line| eprintln!("  {line}")).await
     })
 }
@@ -339,8 +335,7 @@ fn upgrade(config: &ClusterConfig, node: &Node, image: &str) -> anyhow::Result<(
 /// planes) and its Node Ready.
 fn verify(config: &ClusterConfig, api: &KubeApi<'_>, node: &Node, wanted: Version) -> anyhow::Result<()> {
     let asked = node.clone();
-    let machine = kit::lab::at_the_machines(config, move |config| async move {
-        let talosctl = kit::talos::Talosctl::find(&config).await?;
+    let machine = crate::machines::with_talosctl(config, move |talosctl, _| async move {
         kit::talos::upgrade::machine(&talosctl, &asked).await
     })?;
     let talosconfig = kit::tool::talosconfig_path(config);
@@ -363,8 +358,7 @@ fn verify(config: &ClusterConfig, api: &KubeApi<'_>, node: &Node, wanted: Versio
     );
     if node.role == kit::config::Role::ControlPlane {
         let asked = node.clone();
-        kit::lab::at_the_machines(config, move |config| async move {
-            let talosctl = kit::talos::Talosctl::find(&config).await?;
+        crate::machines::with_talosctl(config, move |talosctl, _| async move {
             let started = Instant::now();
             while !kit::talos::etcd_status(&talosctl, &asked).await.is_ok_and(|status| status.healthy()) {
                 anyhow::ensure!(
