@@ -17,6 +17,20 @@ pub const CONTROL_PLANE_ROLE: &str = "node-role.kubernetes.io/control-plane";
 /// A client built from one kubeconfig file (never from `$KUBECONFIG`: a command must not reach
 /// another cluster by accident).
 pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
+    kube::Client::try_from(config_from_kubeconfig(path).await?).context("building a Kubernetes client")
+}
+
+/// The same, for calls whose refusal is the answer the caller waits on: a 429 from the eviction
+/// API means a PodDisruptionBudget holds the pod now. kube's client retries 429, 503 and 504
+/// itself by default, up to 15 times with a backoff that grows towards 1000 s, which turns one
+/// refused eviction into minutes inside a single call.
+pub async fn client_without_retries(path: &Path) -> anyhow::Result<kube::Client> {
+    let mut config = config_from_kubeconfig(path).await?;
+    config.default_retry = false;
+    kube::Client::try_from(config).context("building a Kubernetes client")
+}
+
+async fn config_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Config> {
     let kubeconfig = Kubeconfig::read_from(path).with_context(|| {
         format!("reading kubeconfig {} (for the lab, run `cargo xtask lab up` first)", path.display())
     })?;
@@ -30,7 +44,7 @@ pub async fn client_from_kubeconfig(path: &Path) -> anyhow::Result<kube::Client>
     // from the request's write keeps a pooled connection's idle time out of it.
     config.read_timeout = Some(REQUEST_TIMEOUT);
     config.reset_reader_on_write = true;
-    kube::Client::try_from(config).context("building a Kubernetes client")
+    Ok(config)
 }
 
 /// The API server a kubeconfig file points at (its current context's cluster), to name it in

@@ -166,21 +166,37 @@ pub fn process(lab_dir: &Path, twin: &Path, member: &Member, lease: &Lease, peer
     }
 }
 
-/// The lab's named fault, in a twin's folder beside its hardware (not on its disk: a wipe keeps
-/// it): the Talos releases this machine fails to boot, one per line, as a real image can fail
-/// for a driver it lacks. A boot of such a release fails before the machine is ready, and the
-/// twin does what Talos does then: back to the boot entry before the upgrade, if there is one
+/// The lab's named faults, each a file in a twin's folder beside its hardware (not on its disk:
+/// a wipe keeps them), one entry per line; the twin reads them when it acts
 /// (`lab/go/talos/twin/upgrade.go`).
-pub const FAILS_TO_BOOT_FILE: &str = "fails-to-boot";
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Talos releases this machine fails to boot, as a real image can fail for a driver it
+    /// lacks. A boot of such a release fails before the machine is ready, and the twin does
+    /// what Talos does then: back to the boot entry before the upgrade, if there is one.
+    FailsToBoot,
+    /// Mount points under /var that something keeps open: Talos's unmount before an upgrade
+    /// (or a graceful reboot) fails on them, with its services already stopped.
+    BusyMounts,
+}
 
-/// Marks `node` as failing to boot each of `releases` (none: the fault is cleared).
-pub fn set_fails_to_boot(lab_dir: &Path, node: &str, releases: &[&str]) -> anyhow::Result<()> {
-    let file = twin_dir(lab_dir, node).join(FAILS_TO_BOOT_FILE);
-    if releases.is_empty() {
+impl Fault {
+    fn file(self) -> &'static str {
+        match self {
+            Fault::FailsToBoot => "fails-to-boot",
+            Fault::BusyMounts => "busy-mounts",
+        }
+    }
+}
+
+/// Gives `node` the `fault` for each of `entries` (none: the fault is cleared).
+pub fn set_fault(lab_dir: &Path, node: &str, fault: Fault, entries: &[&str]) -> anyhow::Result<()> {
+    let file = twin_dir(lab_dir, node).join(fault.file());
+    if entries.is_empty() {
         return match std::fs::remove_file(&file) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
             _ => Ok(()),
         };
     }
-    std::fs::write(&file, releases.join("\n") + "\n").with_context(|| format!("writing {}", file.display()))
+    std::fs::write(&file, entries.join("\n") + "\n").with_context(|| format!("writing {}", file.display()))
 }

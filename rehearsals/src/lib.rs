@@ -6,15 +6,18 @@
 //! (`tests/`), which keeps the whole suite inside its time budget on two cores.
 //!
 //! - `twins.rs`: stage 01 one step at a time against the node twins.
-//! - `fresh_clone.rs`: README's first command from nothing, twice.
+//! - `fresh_clone.rs`: README's first command from nothing, on a box pinned at Talos v1.12.0;
+//!   the box then takes the Talos upgrade to v1.12.1 (`talos_upgrade.rs`: by talosctl, then by
+//!   `cargo xtask upgrade` through its faults, watched by `watch.rs`), and a second install-all
+//!   changes nothing.
 //! - `interrupted_install.rs`: a first install killed at three points, and a wiped cluster.
-//! - `talos_upgrade.rs`: a box at Talos v1.12.0 whose machines are upgraded to v1.12.1 by
-//!   talosctl, on twins built from each release.
 //! - `addon_upgrade.rs`: a box at the seed's add-ons upgraded hop by hop to the defaults.
 //!   Its box, at every stage's default release, then runs the restore drill (`drill.rs`): it
 //!   loses etcd's quorum and is restored from a backup.
 
 pub mod drill;
+pub mod talos_upgrade;
+pub mod watch;
 
 use kit::config::ClusterConfig;
 use lab::Lab;
@@ -85,6 +88,12 @@ impl OwnBox {
 
 impl Drop for OwnBox {
     fn drop(&mut self) {
+        // A failed rehearsal's box goes too, but its logs stay for the person reading the failure.
+        if std::thread::panicking() {
+            let kept = std::env::temp_dir().join(format!("talos-ha-failed-{}", self.config.name));
+            let copied = std::process::Command::new("cp").arg("-a").arg(self.lab.dir.join("logs")).arg(&kept).status();
+            eprintln!("the box's logs: {} ({copied:?})", kept.display());
+        }
         if let Err(error) = self.lab.down(true) {
             eprintln!("taking {} down: {error:#}", self.config.name);
         }

@@ -2,7 +2,10 @@
 //! exists yet builds the box, installs the cluster on its twins with stage 01 and converges
 //! every stage; it writes nothing where a real cluster's files live; and `lab down --purge`
 //! leaves nothing of the box. It runs on a second box (another cluster name, state folder and
-//! port base) beside the test lab.
+//! port base) beside the test lab, whose cluster.yaml pins the Talos release before talos-ha's
+//! (v1.12.0): once installed, the box is the one issue 27's Talos upgrade is rehearsed on
+//! (`rehearsals::talos_upgrade`), with every add-on and workload running; a second install-all
+//! after it changes nothing.
 //!
 //! Issue 24: on the way, the control plane holding the VIP loses its power (SIGKILL of its twin:
 //! no resignation, no goodbye to etcd) in the middle of MetalLB's apply, once the speakers'
@@ -11,7 +14,7 @@
 //! waits, showing it, and goes on; the power comes back once the API answers again, as a site's
 //! does after an outage, and the machine rejoins: every stage verifies (MetalLB's speakers on
 //! all six nodes included, which a kubelet stand-in that lost its work during the outage would
-//! not show), and a second run changes nothing.
+//! not show).
 
 use std::io::BufRead as _;
 use std::path::Path;
@@ -19,17 +22,8 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use lab::Lab;
-
-/// The second box, taken down with its data whatever the test did.
-struct FreshBox(Lab);
-
-impl Drop for FreshBox {
-    fn drop(&mut self) {
-        if let Err(error) = self.0.down(true) {
-            eprintln!("taking the fresh box down: {error:#}");
-        }
-    }
-}
+use rehearsals::OwnBox;
+use rehearsals::talos_upgrade::{FROM, TO};
 
 /// What a run through a power cut printed, and when the API answered again after the cut.
 struct Survived {
@@ -106,26 +100,15 @@ async fn speakers_exist(kubeconfig: &Path) -> anyhow::Result<()> {
 
 #[test]
 fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let config = lab::second_box_config(&tests::config_path(), dir.path(), "fresh-clone")?;
-    let port_base = 31443;
-    let fresh = FreshBox(Lab::new(&config, port_base));
-    anyhow::ensure!(!fresh.0.installed() && fresh.0.running_pids().is_empty(), "a new state folder has no box");
+    let pin = |text: &str| text.replace(&format!("talos: {TO}"), &format!("talos: {FROM}"));
+    let own = OwnBox::edited("fresh-clone", 18443, pin)?;
+    let (config, fresh, port_base) = (own.config.clone(), &own.lab, own.lab.ports.base.to_string());
+    anyhow::ensure!(!fresh.installed() && fresh.running_pids().is_empty(), "a new state folder has no box");
 
-    let install_all = |config_dir: &Path| {
-        let mut command = xtask::cargo();
-        command
-            .current_dir(xtask::workspace_root())
-            .args(["xtask", "install-all", "--lab", "--output", "json", "--port-base", &port_base.to_string()])
-            .arg("--config")
-            .arg(config_dir.join("cluster.yaml"))
-            .arg("--mirror")
-            .arg(tests::upstream_mirror());
-        command
-    };
+    let install_all = || own.xtask(&["install-all", "--output", "json", "--port-base", &port_base]);
     let started = Instant::now();
     let in_the_box = config.clone().in_box();
-    let Survived { output: run, log, back } = through_a_power_cut(install_all(dir.path()), &fresh.0, &in_the_box)?;
+    let Survived { output: run, log, back } = through_a_power_cut(install_all(), fresh, &in_the_box)?;
     assert!(run.status.success(), "{log}");
     assert!(log.contains("the machines wait in maintenance mode"), "the box was built first: {log}");
     // The wait is shown while it lasts, under the step that waits.
@@ -147,31 +130,39 @@ fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow
 
     // The box it built is the one asked for: its forward on the port base, every node Ready (the
     // machine that lost its power among them).
-    let kubeconfig = std::fs::read_to_string(&fresh.0.kubeconfig)?;
+    let kubeconfig = std::fs::read_to_string(&fresh.kubeconfig)?;
     assert!(kubeconfig.contains(&format!("https://127.0.0.1:{port_base}")), "{kubeconfig}");
-    let not_ready = tokio::runtime::Runtime::new()?.block_on(async {
-        let client = kit::client::client_from_kubeconfig(&fresh.0.kubeconfig).await?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let not_ready = runtime.block_on(async {
+        let client = kit::client::client_from_kubeconfig(&fresh.kubeconfig).await?;
         kit::client::nodes_not_ready(&client, &config).await
     })?;
     assert!(not_ready.is_empty(), "not Ready: {not_ready:?}");
     // What the machines' kubelet stand-ins did about the outage: kwok's status patches that
     // failed and were dropped, and the restarts that played them again (lab/go/talos/twin/
     // status_sync.go). Shown, not asserted: whether a patch lands in the outage is timing.
-    let twins = config.nodes.iter().map(|node| fresh.0.dir.join("logs").join(format!("twin-{}.log", node.name)));
-    let kwoks = config.nodes.iter().map(|node| lab::twin::twin_dir(&fresh.0.dir, &node.name).join("kubelet/kwok.log"));
+    let twins = config.nodes.iter().map(|node| fresh.dir.join("logs").join(format!("twin-{}.log", node.name)));
+    let kwoks = config.nodes.iter().map(|node| lab::twin::twin_dir(&fresh.dir, &node.name).join("kubelet/kwok.log"));
     let dropped = lines_in(kwoks, |line| line.contains("failed to apply stage") && line.contains("pod-ready"));
     let restarts = lines_in(twins, |line| line.contains("restarting kwok"));
     tests::shown(&format!(
         "fresh clone: kwok dropped {dropped} pod-ready patch(es) in the outage; the twins' kubelets restarted kwok {restarts} time(s)"
     ));
-    let again = install_all(dir.path()).output()?;
+
+    // Issue 27: the whole cluster's Talos upgraded, machine by machine.
+    let upgrade_started = Instant::now();
+    runtime.block_on(rehearsals::talos_upgrade::rehearse(&own))?;
+    tests::shown(&format!("talos upgrade: the rehearsal took {:.1}s", upgrade_started.elapsed().as_secs_f64()));
+
+    // Every stage, after all that: nothing to change, every verify passes.
+    let again = install_all().output()?;
     let log = String::from_utf8_lossy(&again.stderr);
     assert!(again.status.success(), "{log}");
     assert!(log.contains("nothing changed: the cluster was already converged"), "a second run changes nothing: {log}");
 
     // Everything the box's run wrote is in the box's folder; a real cluster's state folder
     // holds nothing but that folder (no secrets, talosconfig or kubeconfig of the box's).
-    let state = dir.path().join("state");
+    let state = config.state_dir();
     let written: Vec<String> =
         std::fs::read_dir(&state)?.flatten().map(|entry| entry.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(written, ["lab"], "{}", state.display());
@@ -182,10 +173,10 @@ fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow
     let purged = xtask::cargo()
         .current_dir(xtask::workspace_root())
         .args(["xtask", "lab", "down", "--purge", "--config"])
-        .arg(dir.path().join("cluster.yaml"))
+        .arg(&config.source)
         .output()?;
     assert!(purged.status.success(), "{}", String::from_utf8_lossy(&purged.stderr));
-    assert!(!fresh.0.installed() && !state.join("lab").exists(), "purge leaves nothing of the box");
-    assert!(fresh.0.running_pids().is_empty(), "nor any of its processes");
+    assert!(!fresh.installed() && !state.join("lab").exists(), "purge leaves nothing of the box");
+    assert!(fresh.running_pids().is_empty(), "nor any of its processes");
     Ok(())
 }

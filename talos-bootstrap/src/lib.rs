@@ -48,6 +48,11 @@ pub struct StatePaths {
 }
 
 impl StatePaths {
+    /// The machine config stage 01 renders for `node`.
+    pub fn node_config(&self, node: &kit::config::Node) -> PathBuf {
+        self.machine_configs.join(machine_configs::node_config_file(node))
+    }
+
     pub fn new(config: &ClusterConfig) -> StatePaths {
         let state = config.state_dir();
         StatePaths {
@@ -92,7 +97,7 @@ async fn generate_into_state(ctx: &Context) -> anyhow::Result<(Tool, Vec<NodeCon
 }
 
 fn node_config_path(paths: &StatePaths, node: &kit::config::Node) -> PathBuf {
-    paths.machine_configs.join(machine_configs::node_config_file(node))
+    paths.node_config(node)
 }
 
 fn file_change(path: &Path, action: Action) -> Change {

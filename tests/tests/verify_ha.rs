@@ -35,7 +35,14 @@ fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Re
     tests::shown(&format!("verify-ha --lab {drill}"));
     assert!(drill.contains(&format!("{holder} back (rebooted, Ready) after")), "{report}");
     assert!(drill.contains(&format!("the VIP moved from {holder} to cp0")), "{report}");
-    assert!(drill.contains("etcd kept its quorum throughout (never fewer than 2 of 3 healthy)"), "{report}");
+    // Under load a sample can miss the member's few seconds away (the report says so); quorum
+    // is what must hold.
+    assert!(
+        ["2 of 3 healthy)", "3 of 3 healthy; no sample caught"]
+            .iter()
+            .any(|seen| drill.contains(&format!("etcd kept its quorum throughout (never fewer than {seen}"))),
+        "{report}"
+    );
     assert!(drill.contains("etcd had all 3 members healthy"), "{report}");
     assert_ne!(tests::vip_holder(&config)?, holder, "the VIP stays where it moved");
 

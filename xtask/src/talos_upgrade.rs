@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use kit::config::{ClusterConfig, Node, Version};
-use kit::talos::upgrade::{Machine, Step};
+use kit::talos::upgrade::{Install, Machine, Step, UNMOUNT_FAILED};
 use kube::api::{Api, EvictParams, ListParams, Patch, PatchParams};
 
 /// How long an upgraded machine's Node may take to be Ready again.
@@ -69,15 +69,19 @@ pub fn plan(
     let machines = in_order(config);
     let to_ask: Vec<Node> =
         machines.iter().filter(|node| images.get(&node.name) != Some(&at_release)).cloned().collect();
-    let asked: BTreeMap<String, Machine> = if to_ask.is_empty() {
+    // A machine that does not answer is planned as refused, with what its Node last reported.
+    let asked: BTreeMap<String, Result<Machine, String>> = if to_ask.is_empty() {
         BTreeMap::new()
     } else {
         crate::machines::with_talosctl(config, move |talosctl, _| async move {
             let mut asked = BTreeMap::new();
             for node in &to_ask {
-                let machine = kit::talos::upgrade::machine(&talosctl, node)
-                    .await
-                    .with_context(|| format!("asking {} ({}) which Talos it runs", node.name, node.ip))?;
+                let machine = kit::talos::upgrade::machine(&talosctl, node).await.map_err(|error| {
+                    format!(
+                        "{} ({}) did not say which Talos it runs ({error:#}): bring it back, then plan again",
+                        node.name, node.ip
+                    )
+                });
                 asked.insert(node.name.clone(), machine);
             }
             anyhow::Ok(asked)
@@ -87,7 +91,18 @@ pub fn plan(
     Ok(machines
         .iter()
         .map(|node| match asked.get(&node.name) {
-            Some(machine) => kit::talos::upgrade::step(&node.name, machine, wanted, &configured),
+            Some(Ok(machine)) => kit::talos::upgrade::step(&node.name, machine, wanted, &configured),
+            Some(Err(unanswered)) => Step {
+                node: node.name.clone(),
+                running: images
+                    .get(&node.name)
+                    .and_then(|image| image.strip_prefix("Talos (")?.strip_suffix(')'))
+                    .unwrap_or("unknown")
+                    .to_owned(),
+                wanted: wanted.to_string(),
+                image: None,
+                refusal: Some(unanswered.clone()),
+            },
             None => Step {
                 node: node.name.clone(),
                 running: wanted.to_string(),
@@ -176,13 +191,20 @@ impl KubeApi<'_> {
     }
 }
 
+/// How each machine is taken to the release.
+pub struct How {
+    /// How long the drain waits for PodDisruptionBudgets before it stops.
+    pub drain_timeout: Duration,
+    pub install: Install,
+}
+
 /// Upgrades every machine of `steps` that is not at its release, one at a time; returns the
 /// machines done, or the first failure (the machine and the step named).
 pub fn apply(
     config: &ClusterConfig,
     api: &KubeApi<'_>,
     steps: &[Step],
-    drain_timeout: Duration,
+    how: &How,
     done: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let client = api.client;
@@ -208,12 +230,28 @@ pub fn apply(
         eprintln!("{name}: starting");
         etcd_gate(config, node).with_context(|| format!("{name}: refused before any call"))?;
         api.ride_out(|| cordon(client, &node.name, true)).with_context(|| format!("{name}: cordoning"))?;
-        if let Err(error) = api.runtime.block_on(drain(client, &node.name, drain_timeout)) {
+        // Evictions get their 429 at once, for the drain to retry on its own clock; the client
+        // is new for each machine, its connections made after the last one's reboot moved the VIP.
+        let drained = api.runtime.block_on(async {
+            let evictions = kit::client::client_without_retries(api.kubeconfig).await?;
+            drain(&evictions, &node.name, how.drain_timeout).await
+        });
+        if let Err(error) = drained {
             api.ride_out(|| cordon(client, &node.name, false)).ok();
             return Err(error.context(format!("{name}: draining (the node is uncordoned again, not upgraded)")));
         }
+        let drained_after = started.elapsed();
         eprintln!("{name}: drained; upgrading with {image}");
-        upgrade(config, node, &image).with_context(|| format!("{name}: talosctl upgrade"))?;
+        install(config, node, &image, how.install).map_err(|error| match how.install {
+            Install::Live if format!("{error:#}").contains(UNMOUNT_FAILED) => error.context(format!(
+                "{name}: a mount would not come down, so Talos stopped the upgrade there: {} still runs {}, its \
+                 services stopped until it reboots, and it stays cordoned. Resume with `cargo xtask upgrade apply \
+                 --stage`: the installer is recorded on META and runs at the next boot, before anything is mounted",
+                node.name, step.running
+            )),
+            _ => error.context(format!("{name}: talosctl upgrade")),
+        })?;
+        let back_after = started.elapsed();
         verify(config, api, node, wanted).with_context(|| {
             format!(
                 "{name}: after the reboot (the node stays cordoned until you have looked: `kubectl uncordon {}`)",
@@ -221,7 +259,14 @@ pub fn apply(
             )
         })?;
         api.ride_out(|| cordon(client, &node.name, false)).with_context(|| format!("{name}: uncordoning"))?;
-        eprintln!("{name}: done in {:.1}s", started.elapsed().as_secs_f64());
+        let took = started.elapsed();
+        eprintln!(
+            "{name}: done in {:.1}s (gate and drain {:.1}s, upgrade and reboot {:.1}s, checks {:.1}s)",
+            took.as_secs_f64(),
+            drained_after.as_secs_f64(),
+            (back_after - drained_after).as_secs_f64(),
+            (took - back_after).as_secs_f64()
+        );
         done.push(name);
     }
     Ok(())
@@ -288,7 +333,15 @@ async fn drain(client: &kube::Client, node: &str, timeout: Duration) -> anyhow::
     let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
     let deadline = Instant::now() + timeout;
     loop {
-        let listed = pods.list(&on_node).await.context("listing the node's pods")?;
+        let listed = match pods.list(&on_node).await.context("listing the node's pods") {
+            // The API out of reach for a moment (the VIP moving) costs this pass, not the drain.
+            Err(error) if kit::client::out_of_reach(&error) && Instant::now() < deadline => {
+                eprintln!("  the API does not answer ({error:#}); asking again");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            listed => listed?,
+        };
         let leaving: Vec<&Pod> = listed.items.iter().filter(|pod| !stays(pod)).collect();
         if leaving.is_empty() {
             return Ok(());
@@ -323,11 +376,45 @@ async fn drain(client: &kube::Client, node: &str, timeout: Duration) -> anyhow::
     }
 }
 
-/// `talosctl upgrade --wait` from where the machines are reached, its progress on stderr.
-fn upgrade(config: &ClusterConfig, node: &Node, image: &str) -> anyhow::Result<()> {
+/// Each machine gets the config stage 01 rendered for it, without a reboot: after an upgrade
+/// only its installer image differs, which Talos changes live; anything else pending in
+/// cluster.yaml that needs a reboot makes Talos refuse, and nothing is changed on that machine.
+pub fn apply_configs(config: &ClusterConfig) -> anyhow::Result<()> {
+    let paths = talos_bootstrap::StatePaths::new(config);
+    let files: Vec<(Node, String)> = in_order(config)
+        .into_iter()
+        .map(|node| (node.clone(), paths.node_config(&node).display().to_string()))
+        .collect();
+    crate::machines::with_talosctl(config, move |talosctl, _| async move {
+        for (node, file) in &files {
+            kit::talos::apply_config_live(&talosctl, node, file).await?;
+            eprintln!("  {}: its config now names the installer it booted (applied without a reboot)", node.name);
+        }
+        anyhow::Ok(())
+    })
+}
+
+/// `talosctl upgrade --wait` from where the machines are reached, its progress on stderr. A
+/// staged upgrade whose own reboot stops on a mount that will not come down (the StageUpgrade
+/// sequence unmounts as a reboot does) is finished by a forced reboot, which skips the
+/// unmounts: the machine is drained and Talos has stopped its services by then, so nothing
+/// runs there to lose; the boot then installs the staged image.
+fn install(config: &ClusterConfig, node: &Node, image: &str, install: Install) -> anyhow::Result<()> {
     let (node, image) = (node.clone(), image.to_owned());
     crate::machines::with_talosctl(config, move |talosctl, _| async move {
-        kit::talos::upgrade::upgrade(&talosctl, &node, &image, &mut |line| eprintln!("  {line}")).await
+        let mut progress = |line: &str| eprintln!("  {line}");
+        let upgraded = kit::talos::upgrade::upgrade(&talosctl, &node, &image, install, &mut progress).await;
+        match upgraded {
+            Err(error) if install == Install::Staged && format!("{error:#}").contains(UNMOUNT_FAILED) => {
+                eprintln!(
+                    "  {}: the staged upgrade's reboot stopped on a mount that would not come down; rebooting it \
+                     with --mode force, which skips the unmounts (its pods are drained, its services stopped)",
+                    node.name
+                );
+                kit::talos::upgrade::force_reboot(&talosctl, &node, &mut progress).await
+            }
+            other => other,
+        }
     })
 }
 

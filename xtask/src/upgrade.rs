@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use kit::config::ClusterConfig;
 use kit::stage::{GlobalArgs, Output, exit};
-use kit::talos::upgrade::Step;
+use kit::talos::upgrade::{Install, Step};
 use kit::upgrade::{Hop, Upgrade};
 
 use crate::install_all::StageRunner;
@@ -47,6 +47,11 @@ pub enum UpgradeAction {
         /// upgrades anyway).
         #[arg(long, value_name = "SECONDS", default_value_t = 300)]
         drain_timeout: u64,
+        /// Talos's staged upgrade: each machine records the installer and reboots, and its next
+        /// boot installs it before anything is mounted. For a machine whose upgrade stopped on a
+        /// mount that would not come down (apply says so); slower, one more reboot per machine.
+        #[arg(long)]
+        stage: bool,
     },
     /// Before a real cluster is touched: a box at the releases it runs (read from it) is
     /// installed, takes this same upgrade, and is taken down with its data; each hop's result
@@ -150,7 +155,7 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
             }
             rehearse(global, &config, &plan, &talos, *port_base)
         }
-        UpgradeAction::Apply { skip_rehearsal, no_backup, drain_timeout } => {
+        UpgradeAction::Apply { skip_rehearsal, no_backup, drain_timeout, stage } => {
             write_plan(&plan, &talos, Output::Text, &mut std::io::stderr())?;
             if hops == 0 {
                 return Ok(ExitCode::SUCCESS);
@@ -178,7 +183,10 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
                 lab::ensure_binaries(&config.versions)?;
             }
             let root = xtask::workspace_root();
-            let stages: Vec<&str> = plan.iter().filter(|upgrade| !upgrade.hops.is_empty()).map(stage_of).collect();
+            let mut stages: Vec<&str> = plan.iter().filter(|upgrade| !upgrade.hops.is_empty()).map(stage_of).collect();
+            if machines > 0 {
+                stages.push(kit::names::TALOS_BOOTSTRAP_STAGE);
+            }
             let bin_dir = crate::stages::build(&root, &stages)?;
             let mut walker = Walker { global, bin_dir: &bin_dir, client: &client, runtime: &runtime, done: Vec::new() };
             let kube_api = crate::talos_upgrade::KubeApi {
@@ -191,9 +199,14 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
                 &config,
                 &kube_api,
                 &talos,
-                Duration::from_secs(*drain_timeout),
+                &crate::talos_upgrade::How {
+                    drain_timeout: Duration::from_secs(*drain_timeout),
+                    install: if *stage { Install::Staged } else { Install::Live },
+                },
                 &mut walker.done,
-            ) {
+            )
+            .and_then(|()| if machines > 0 { walker.machine_configs(&config) } else { Ok(()) })
+            {
                 walker.stopped(&error)?;
                 return Ok(ExitCode::from(exit::FAILED));
             }
@@ -344,6 +357,40 @@ impl Walker<'_> {
         let mut global = self.global.clone();
         global.pins = vec![format!("{}={}", upgrade.component, hop.to)];
         let runner = StageRunner { bin_dir: self.bin_dir, stage: stage_of(upgrade), global: &global };
+        self.apply_then_verify(&name, &runner, || {
+            for line in self.runtime.block_on(kit::upgrade::after(self.client, hop)).with_context(|| name.clone())? {
+                eprintln!("{name}: {line}");
+            }
+            Ok(())
+        })?;
+        eprintln!("{name}: done in {:.1}s", started.elapsed().as_secs_f64());
+        self.done.push(name);
+        Ok(())
+    }
+
+    /// After machines were upgraded: stage 01 renders the machine configs again, now naming the
+    /// installer of the release they boot (`talosctl upgrade` leaves a machine's config as it
+    /// was), each machine gets its own (stage 01 leaves configured machines alone), and stage
+    /// 01 verifies: a reinstall or reset boots that release, and stage 01 finds no drift.
+    fn machine_configs(&mut self, config: &ClusterConfig) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let name = "talos machine configs".to_owned();
+        eprintln!("{name}: rendered again by stage 01, their installer image at the release the machines boot");
+        let runner =
+            StageRunner { bin_dir: self.bin_dir, stage: kit::names::TALOS_BOOTSTRAP_STAGE, global: self.global };
+        self.apply_then_verify(&name, &runner, || crate::talos_upgrade::apply_configs(config))?;
+        eprintln!("{name}: done in {:.1}s", started.elapsed().as_secs_f64());
+        self.done.push(name);
+        Ok(())
+    }
+
+    /// The stage's apply, `after_apply`, then its verify; each step's outcome shown under `name`.
+    fn apply_then_verify(
+        &self,
+        name: &str,
+        runner: &StageRunner<'_>,
+        mut after_apply: impl FnMut() -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         for step in ["apply", "verify"] {
             let outcome = runner.run(step)?;
             eprintln!("{name}: {} {step}: {}", runner.stage, outcome.summary());
@@ -351,15 +398,9 @@ impl Walker<'_> {
                 anyhow::bail!("{name}: {} {step} failed:\n{failure}", runner.stage);
             }
             if step == "apply" {
-                for line in
-                    self.runtime.block_on(kit::upgrade::after(self.client, hop)).with_context(|| name.clone())?
-                {
-                    eprintln!("{name}: {line}");
-                }
+                after_apply()?;
             }
         }
-        eprintln!("{name}: done in {:.1}s", started.elapsed().as_secs_f64());
-        self.done.push(name);
         Ok(())
     }
 

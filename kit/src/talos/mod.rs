@@ -627,6 +627,16 @@ pub fn classify_bootstrap(said: &str) -> BootstrapAnswer {
     }
 }
 
+/// Applies `file` to a configured node without a reboot: Talos applies it at once when every
+/// change can be made live (`machine.install` among them: CanApplyImmediate,
+/// v1alpha1_runtime.go) and refuses it otherwise, changing nothing.
+pub async fn apply_config_live(api: &impl TalosApi, node: &Node, file: &str) -> anyhow::Result<()> {
+    let output = api
+        .talosctl(node, &["apply-config", "--mode", "no-reboot", "--file", file], PROBE_TIMEOUT * 8, &mut |_| {})
+        .await?;
+    output.ok(format!("talosctl apply-config --mode no-reboot on {} ({})", node.name, node.ip)).map(drop)
+}
+
 /// What `apply-config --dry-run` would change on a configured node: the diff Talos prints,
 /// which talosctl writes to stderr (cmd/talosctl/pkg/talos/helpers/mode.go, PrintApplyResults),
 /// and `None` for "No changes.".

@@ -148,6 +148,22 @@ pub fn step(name: &str, machine: &Machine, wanted: Version, configured: &str) ->
     Step { node: name.to_owned(), running: machine.release.to_string(), wanted: wanted.to_string(), image, refusal }
 }
 
+/// How an upgrade reaches the new release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Install {
+    /// Talos's Upgrade sequence: the installer runs in the running system, after its mounts
+    /// are taken down, then the machine reboots into the new entry.
+    Live,
+    /// `--stage`: the image is recorded on META and the machine reboots; the next boot installs
+    /// it before anything is mounted and reboots again (v1alpha1_server.go, Upgrade; Install
+    /// sequence, IsInstallStaged).
+    Staged,
+}
+
+/// What Talos says when a mount under /var cannot be taken down (UnmountPodMounts,
+/// v1alpha1_sequencer_tasks.go): the upgrade stops there.
+pub const UNMOUNT_FAILED: &str = "error unmounting ";
+
 /// `talosctl upgrade` of one machine, aimed at it alone (`-e`/`-n` = the node, never the VIP:
 /// the VIP moves when its holder reboots, and the call would hang; siderolabs/talos#11830), with
 /// talosctl's own wait: its events until it is running and ready, and a changed boot ID.
@@ -155,12 +171,29 @@ pub async fn upgrade(
     api: &impl TalosApi,
     node: &Node,
     image: &str,
+    install: Install,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> anyhow::Result<()> {
     let timeout = format!("{}s", UPGRADE_TIMEOUT.as_secs());
-    let args = ["upgrade", "--image", image, "--wait", "--timeout", &timeout];
+    let mut args = vec!["upgrade", "--image", image, "--wait", "--timeout", &timeout];
+    if install == Install::Staged {
+        args.push("--stage");
+    }
     let output = api.talosctl(node, &args, UPGRADE_TIMEOUT + PROBE_TIMEOUT, progress).await?;
     output.ok(format!("talosctl upgrade on {} ({})", node.name, node.ip)).map(drop)
+}
+
+/// `talosctl reboot --mode force`: the one reboot that does not stop services and take down
+/// mounts first (v1alpha1_sequencer.go, Reboot), waiting until the machine is back.
+pub async fn force_reboot(
+    api: &impl TalosApi,
+    node: &Node,
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> anyhow::Result<()> {
+    let timeout = format!("{}s", UPGRADE_TIMEOUT.as_secs());
+    let args = ["reboot", "--mode", "force", "--wait", "--timeout", &timeout];
+    let output = api.talosctl(node, &args, UPGRADE_TIMEOUT + PROBE_TIMEOUT, progress).await?;
+    output.ok(format!("talosctl reboot --mode force on {} ({})", node.name, node.ip)).map(drop)
 }
 
 #[cfg(test)]

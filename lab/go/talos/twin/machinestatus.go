@@ -23,6 +23,9 @@ var sequenceStages = map[string]runtime.MachineStage{
 	"boot":   runtime.MachineStageBooting,
 	"reboot": runtime.MachineStageRebooting,
 	"reset":  runtime.MachineStageResetting,
+	// machine_status.go: both upgrades are "upgrading" from their start.
+	"upgrade":      runtime.MachineStageUpgrading,
+	"stageUpgrade": runtime.MachineStageUpgrading,
 }
 
 // setStage records the machine's stage; readiness is computed only while booting or running

@@ -205,7 +205,7 @@ func run(node nodeFlags, hardwareFile string) error {
 		_, err = os.Stat(configFile)
 		installed := err == nil
 
-		if err = bootRelease(node, installed); err != nil {
+		if err = bootRelease(node, installed, pulls); err != nil {
 			return err
 		}
 
@@ -833,8 +833,12 @@ func (c *configured) stopAllPods() error {
 // installs after the unmounts, before the kexec.
 func (c *configured) stopAll(kexec bool, installs ...phase) []phase {
 	phases := []phase{
-		{name: "stopServices", tasks: []task{noop("stopServicesForUpgrade")}},
-		{name: "umount", tasks: []task{noop("unmountPodMounts")}},
+		{name: "stopServices", tasks: []task{{name: "stopServicesForUpgrade", run: func() error {
+			c.services.stop()
+
+			return nil
+		}}}},
+		{name: "umount", tasks: []task{{name: "unmountPodMounts", run: c.unmountPodMounts}}},
 		{name: "unmountBind", tasks: []task{noop("unmountSystemDiskBindMounts")}},
 		{name: "unmountSystem", tasks: []task{noop("unmountEphemeralPartition")}},
 		{name: "volumeFinalize", tasks: []task{noop("teardownLifecycle")}},
@@ -1071,7 +1075,13 @@ func (c *configured) ApplyConfiguration(_ context.Context, in *machine.ApplyConf
 		return nil, status.Errorf(codes.InvalidArgument, "configuration validation failed: %s", err)
 	}
 
-	modeDetails := "Applied configuration with a reboot"
+	// The twin keeps the config and reboots for none of it. NO_REBOOT is answered as Talos
+	// answers it; Talos also refuses it when a change cannot be made live (CanApplyImmediate),
+	// which the twin does not judge yet.
+	mode, modeDetails := machine.ApplyConfigurationRequest_REBOOT, "Applied configuration with a reboot"
+	if in.GetMode() == machine.ApplyConfigurationRequest_NO_REBOOT {
+		mode, modeDetails = machine.ApplyConfigurationRequest_NO_REBOOT, "Applied configuration without a reboot"
+	}
 
 	if in.DryRun {
 		diff, err := configdiff.DiffToString(c.config, provider)
@@ -1084,7 +1094,7 @@ func (c *configured) ApplyConfiguration(_ context.Context, in *machine.ApplyConf
 		}
 
 		return &machine.ApplyConfigurationResponse{Messages: []*machine.ApplyConfiguration{{
-			Mode:        machine.ApplyConfigurationRequest_REBOOT,
+			Mode:        mode,
 			ModeDetails: fmt.Sprintf("Dry run summary:\n%s (skipped in dry-run).\nConfig diff:\n\n%s", modeDetails, diff),
 		}}}, nil
 	}
@@ -1096,7 +1106,7 @@ func (c *configured) ApplyConfiguration(_ context.Context, in *machine.ApplyConf
 	c.config = provider
 
 	return &machine.ApplyConfigurationResponse{Messages: []*machine.ApplyConfiguration{{
-		Mode:        machine.ApplyConfigurationRequest_REBOOT,
+		Mode:        mode,
 		ModeDetails: modeDetails,
 	}}}, nil
 }

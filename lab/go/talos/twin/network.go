@@ -179,8 +179,11 @@ func assignAliases(ctx context.Context, resources state.State, provider config.P
 	return nil
 }
 
-// takeAddressing makes the box's port carry exactly these addresses (the VIP, a /32 its
-// holder adds, aside) and default routes through these routers.
+// takeAddressing makes the box's port carry exactly these addresses and default routes through
+// these routers, at boot. A machine boots with no address on its links; the twin's network
+// namespace outlives a twin that was killed (a power cut) while it held the VIP or announced a
+// service address, and such an address left there is taken off here, before the port answers
+// anything: otherwise two machines would answer ARP for it until this one's election ran.
 func takeAddressing(addressing boxAddressing) error {
 	return onBoxPort(func(conn *rtnetlink.Conn, port *net.Interface) error {
 		return replaceAddressing(conn, port, addressing)
@@ -216,8 +219,8 @@ func addressMessage(port *net.Interface, address netip.Prefix) *rtnetlink.Addres
 	}
 }
 
-// replaceAddressing removes the port's other IPv4 addresses (but a /32), adds the missing
-// ones and points the default routes at the routers.
+// replaceAddressing removes the port's other IPv4 addresses, adds the missing ones and points
+// the default routes at the routers.
 func replaceAddressing(conn *rtnetlink.Conn, port *net.Interface, addressing boxAddressing) error {
 	current, err := conn.Address.List()
 	if err != nil {
@@ -230,7 +233,7 @@ func replaceAddressing(conn *rtnetlink.Conn, port *net.Interface, addressing box
 	}
 
 	for _, message := range current {
-		if message.Index != uint32(port.Index) || message.Family != unix.AF_INET || message.PrefixLength == 32 {
+		if message.Index != uint32(port.Index) || message.Family != unix.AF_INET {
 			continue
 		}
 

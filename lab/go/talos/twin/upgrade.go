@@ -52,10 +52,14 @@ type bootloader struct {
 	Default string               `json:"default"`
 }
 
-// metaTags are the installer's tags on META the twin models.
+// metaTags are the tags on META the twin models.
 type metaTags struct {
 	// Upgrade is the label to fall back to while an upgraded boot is not yet running and ready.
 	Upgrade string `json:"upgrade,omitempty"`
+	// StagedImage is a staged upgrade's installer image, installed by the next boot before
+	// anything is mounted (meta.StagedUpgradeImageRef; Talos stores the installer's options
+	// beside it, which the twin's installer has none of).
+	StagedImage string `json:"stagedUpgradeImageRef,omitempty"`
 }
 
 const (
@@ -67,6 +71,10 @@ const (
 	// releases this machine fails to boot (what a missing driver does to a real image). It is
 	// the lab's, not the machine's: a wipe of the disk keeps it.
 	faultsFile = "fails-to-boot"
+	// busyMountsFile is the lab's other named fault, beside it: mount points under /var that
+	// something keeps open (a volume a process still writes to), which an upgrade's unmount
+	// cannot take down.
+	busyMountsFile = "busy-mounts"
 )
 
 // The bootloader's labels (internal/app/machined/pkg/runtime/v1alpha1/bootloader/options/boot_label.go).
@@ -195,6 +203,16 @@ func (d disk) failsToBoot(tag string) bool {
 	return strings.Contains("\n"+string(raw)+"\n", "\n"+tag+"\n")
 }
 
+// busyMounts are the mount points the lab marked as held open on this machine.
+func (d disk) busyMounts() []string {
+	raw, err := os.ReadFile(filepath.Join(d.dir, busyMountsFile))
+	if err != nil {
+		return nil
+	}
+
+	return strings.Fields(string(raw))
+}
+
 // revertFailedBoot is what machined does when a boot fails before it is running and ready:
 // with META's Upgrade set, the bootloader flips back to the entry before the upgrade and the
 // tag is dropped; without it there is nothing to go back to (revert.go, revertBootloadInternal).
@@ -215,7 +233,8 @@ func (d disk) revertFailedBoot() (bool, error) {
 
 // bootRelease runs the release the disk boots: when that is another release than this
 // twin's, the box's twin of it takes over this process (syscall.Exec: same PID and flags).
-func bootRelease(node nodeFlags, installed bool) error {
+// The booted release first installs a staged upgrade, if META holds one, and boots again.
+func bootRelease(node nodeFlags, installed bool, pulls registry) error {
 	tag := node.iso
 	if installed {
 		entry, err := disk{node.stateDir}.booted(node.iso)
@@ -226,14 +245,62 @@ func bootRelease(node nodeFlags, installed bool) error {
 		tag = entry.Tag
 	}
 
-	if tag == version.Tag {
+	if tag != version.Tag {
+		next := filepath.Join(node.images, tag, imageTwin)
+		log.Printf("booting Talos %s (%s)", tag, next)
+
+		return syscall.Exec(next, os.Args, os.Environ())
+	}
+
+	if !installed {
 		return nil
 	}
 
-	next := filepath.Join(node.images, tag, imageTwin)
-	log.Printf("booting Talos %s (%s)", tag, next)
+	staged, err := installStaged(node.stateDir, pulls)
+	if err != nil || !staged {
+		return err
+	}
 
-	return syscall.Exec(next, os.Args, os.Environ())
+	return bootRelease(node, installed, pulls)
+}
+
+// installStaged is the Install sequence of a boot that finds a staged upgrade on META: the
+// tag is cleared first, so that a failing install cannot loop (v1alpha1_state.go, probeMeta),
+// then the staged installer runs as an upgrade's does; the machine reboots into the entry it
+// wrote (v1alpha1_sequencer_tasks.go, Install: IsInstallStaged). An install that fails leaves
+// the boot on the release it was (Talos: the boot fails, reverts nothing, and boots again
+// without the tag).
+func installStaged(dir string, pulls registry) (bool, error) {
+	machineDisk := disk{dir}
+
+	tags, err := machineDisk.meta()
+	if err != nil || tags.StagedImage == "" {
+		return false, err
+	}
+
+	image := tags.StagedImage
+	tags.StagedImage = ""
+
+	if err = machineDisk.writeMeta(tags); err != nil {
+		return false, err
+	}
+
+	log.Printf("performing staged upgrade via %q", image)
+
+	target, err := pulls.pull(image)
+	if err == nil {
+		err = installUpgrade(pulls.images, dir, target)
+	}
+
+	if err != nil {
+		log.Printf("Talos staged upgrade failed: %v", err)
+
+		return false, nil
+	}
+
+	log.Printf("staged upgrade successful")
+
+	return true, nil
 }
 
 // registry is what the box can pull: installer images of the releases it has a twin of, the
@@ -290,7 +357,7 @@ func preflight(host string) error {
 
 // Upgrade checks the image and, on a control plane without Force, etcd (under its upgrade
 // mutex, held for the call alone: the drain that follows is unguarded), then answers and runs
-// the upgrade sequence, or for a staged upgrade records the image and reboots
+// the upgrade sequence, or for a staged upgrade records the image on META and reboots
 // (v1alpha1_server.go, Upgrade).
 func (c *configured) Upgrade(ctx context.Context, in *machine.UpgradeRequest) (*machine.UpgradeResponse, error) {
 	actorID := uuid.New().String()
@@ -317,10 +384,14 @@ func (c *configured) Upgrade(ctx context.Context, in *machine.UpgradeRequest) (*
 	}
 
 	if in.GetStage() {
-		return nil, errors.New("staged upgrades are not modelled by the box's twins: upgrade without --stage")
-	}
+		if err = c.stage(in.GetImage()); err != nil {
+			return nil, err
+		}
 
-	c.runAfterAnswer("upgrade", actorID, c.upgradePhases(target))
+		c.runAfterAnswer("stageUpgrade", actorID, c.stageUpgradePhases(in.GetRebootMode() == machine.UpgradeRequest_DEFAULT))
+	} else {
+		c.runAfterAnswer("upgrade", actorID, c.upgradePhases(target))
+	}
 
 	return &machine.UpgradeResponse{Messages: []*machine.Upgrade{{Metadata: c.metadata(), Ack: "Upgrade request received", ActorId: actorID}}}, nil
 }
@@ -432,18 +503,70 @@ func (c *configured) upgradePhases(target bootEntry) []phase {
 	return append(phases, phase{name: "reboot", tasks: []task{{name: "reboot", run: c.goDown(true)}}})
 }
 
-// install runs the target release's installer: its preflight judges this host's release by
-// the target's own tables, then it writes the other boot entry and META's fallback
-// (internal/pkg/install/install.go; cmd/installer/pkg/install).
+// stage records a staged upgrade's image on META for the next boot (v1alpha1_server.go,
+// Upgrade with Stage).
+func (c *configured) stage(image string) error {
+	machineDisk := disk{filepath.Dir(c.configFile)}
+
+	tags, err := machineDisk.meta()
+	if err != nil {
+		return fmt.Errorf("error reading meta: %w", err)
+	}
+
+	tags.StagedImage = image
+
+	if err = machineDisk.writeMeta(tags); err != nil {
+		return fmt.Errorf("error adding staged upgrade image ref tag: %w", err)
+	}
+
+	return nil
+}
+
+// stageUpgradePhases is Talos's StageUpgrade sequence (v1alpha1_sequencer.go): no drain and no
+// install, the pods and services stopped, the mounts taken down as a reboot takes them
+// (a mount that stays busy no longer matters: the machine reboots regardless), and the reboot
+// whose boot installs the staged image.
+func (c *configured) stageUpgradePhases(kexec bool) []phase {
+	phases := []phase{
+		{name: "cleanup", tasks: []task{{name: "stopAllPods", run: c.stopAllPods}}},
+		{name: "dbus", tasks: []task{noop("stopDBus")}},
+	}
+	phases = append(phases, c.stopAll(kexec)...)
+
+	return append(phases, phase{name: "reboot", tasks: []task{{name: "reboot", run: c.goDown(true)}}})
+}
+
+// install runs the target release's installer over this machine (installUpgrade).
 func (c *configured) install(target bootEntry) error {
-	installer := filepath.Join(c.registry.images, target.Tag, imageTwin)
+	return installUpgrade(c.registry.images, filepath.Dir(c.configFile), target)
+}
+
+// installUpgrade runs the target release's installer: its preflight judges the running
+// release by the target's own tables, then it writes the other boot entry and META's fallback
+// (internal/pkg/install/install.go; cmd/installer/pkg/install).
+func installUpgrade(images, dir string, target bootEntry) error {
+	installer := filepath.Join(images, target.Tag, imageTwin)
 
 	output, err := exec.Command(installer, "preflight", "--host-version="+version.Tag).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("pre-flight checks failed: %s", strings.TrimSpace(string(output)))
 	}
 
-	return disk{filepath.Dir(c.configFile)}.install(target, true)
+	return disk{dir}.install(target, true)
+}
+
+// unmountPodMounts takes down what is mounted under /var before an upgrade rewrites the disk;
+// one still held open fails the task, and with it the upgrade, which leaves the machine with
+// its services stopped (v1alpha1_sequencer_tasks.go, UnmountPodMounts: SafeUnmount's error).
+func (c *configured) unmountPodMounts() error {
+	busy := disk{filepath.Dir(c.configFile)}.busyMounts()
+	if len(busy) == 0 {
+		return nil
+	}
+
+	log.Printf("unmounting %s", busy[0])
+
+	return fmt.Errorf("error unmounting %s: %w", busy[0], syscall.EBUSY)
 }
 
 // Rollback boots the other entry: the bootloader flips its default and the machine reboots

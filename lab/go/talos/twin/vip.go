@@ -55,13 +55,6 @@ func (v *vip) electionKey() string {
 
 // run campaigns until ctx ends (the machine goes down).
 func (v *vip) run(ctx context.Context) {
-	// A machine boots with no address on its links. The twin's network namespace outlives a
-	// twin that was killed (a power cut) while it held the VIP, so the address it left there is
-	// taken off first: otherwise two machines would answer ARP for the VIP.
-	if err := v.release(); err != nil {
-		log.Printf("vip %s: dropping an address left from before this boot: %v", v.address, err)
-	}
-
 	for ctx.Err() == nil {
 		if err := v.campaign(ctx); err != nil && !errors.Is(err, context.Canceled) {
 			log.Printf("vip %s: campaign: %v", v.address, err)

@@ -1,0 +1,84 @@
+//! What a rolling operation costs the cluster while it runs, sampled every second from inside
+//! the box: how many etcd members are healthy (each control plane asked about its own member,
+//! as stage 01's check asks) and how long the Kubernetes API goes unanswered through the VIP
+//! (the cluster's own kubeconfig, as a user's kubectl reaches it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use kit::config::ClusterConfig;
+
+/// How often each question is asked.
+const PERIOD: Duration = Duration::from_secs(1);
+
+/// A watch running on a thread of its own in the box's workstation namespace.
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<anyhow::Result<Watched>>,
+}
+
+/// What the watch saw.
+#[derive(Debug)]
+pub struct Watched {
+    pub samples: usize,
+    /// The fewest etcd members healthy at one sample.
+    pub fewest_healthy: usize,
+    /// The longest time between two answers of the API through the VIP, and how long after the
+    /// watch started that time began.
+    pub longest_unanswered: Duration,
+    pub longest_unanswered_from: Duration,
+}
+
+impl Watch {
+    /// Starts watching the box of `config` (its in-box config: the box's talosconfig and the
+    /// cluster's kubeconfig).
+    pub fn start(config: &ClusterConfig) -> Watch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (config, stopped) = (config.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            kit::lab::enter_box(&config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(watch(&config, &stopped))
+        });
+        Watch { stop, thread }
+    }
+
+    /// Stops the watch and says what it saw.
+    pub fn stop(self) -> anyhow::Result<Watched> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().map_err(|_| anyhow::anyhow!("the watch panicked"))?
+    }
+}
+
+async fn watch(config: &ClusterConfig, stop: &AtomicBool) -> anyhow::Result<Watched> {
+    let talosctl = kit::talos::Talosctl::find(config).await?;
+    let kubeconfig = kit::context::cluster_kubeconfig_path(&config.state_dir());
+    let client = kit::client::client_from_kubeconfig(&kubeconfig).await?;
+    let mut watched = Watched {
+        samples: 0,
+        fewest_healthy: usize::MAX,
+        longest_unanswered: Duration::ZERO,
+        longest_unanswered_from: Duration::ZERO,
+    };
+    let started = Instant::now();
+    let mut last_answer = started;
+    while !stop.load(Ordering::Relaxed) {
+        let tick = Instant::now();
+        let (health, answer) = tokio::join!(
+            kit::talos::etcd_health(&talosctl, config),
+            tokio::time::timeout(PERIOD, client.apiserver_version())
+        );
+        watched.samples += 1;
+        watched.fewest_healthy = watched.fewest_healthy.min(kit::talos::healthy_members(&health).len());
+        if answer.is_ok_and(|answered| answered.is_ok()) {
+            last_answer = Instant::now();
+        }
+        if last_answer.elapsed() > watched.longest_unanswered {
+            watched.longest_unanswered = last_answer.elapsed();
+            watched.longest_unanswered_from = last_answer - started;
+        }
+        tokio::time::sleep(PERIOD.saturating_sub(tick.elapsed())).await;
+    }
+    Ok(watched)
+}
