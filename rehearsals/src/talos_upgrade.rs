@@ -67,15 +67,19 @@ impl OwnBox {
     }
 }
 
-/// Waits until `node` answers with `release` and its Node is Ready and schedulable again.
+/// Waits until `node` answers with `release` and its Node is Ready and schedulable again. The
+/// Node (one cheap read) is watched until it reports that release; the machine is asked (a
+/// talosctl process) only then.
 async fn settled(own: &OwnBox, node: &str, release: &str) -> anyhow::Result<()> {
     let client = kit::client::client_from_kubeconfig(&own.lab.kubeconfig).await?;
     let nodes: kube::Api<KubeNode> = kube::Api::all(client);
+    let os_image = format!("Talos ({release})");
     let state = || async {
-        let answers = own.release(node).ok();
         let object = nodes.get(node).await.ok()?;
+        let reported = object.status.as_ref()?.node_info.as_ref()?.os_image == os_image;
         let schedulable = !object.spec.as_ref().and_then(|spec| spec.unschedulable).unwrap_or(false);
-        (answers.as_deref() == Some(release) && kit::client::is_ready(&object) && schedulable).then_some(())
+        let settled = reported && kit::client::is_ready(&object) && schedulable;
+        (settled && own.release(node).ok().as_deref() == Some(release)).then_some(())
     };
     tests::eventually(std::time::Duration::from_secs(180), &format!("{node} back at {release}"), || async {
         anyhow::Ok(state().await)

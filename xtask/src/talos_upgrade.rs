@@ -359,6 +359,9 @@ async fn drain(client: &kube::Client, node: &str, timeout: Duration) -> anyhow::
                 Err(error) => return Err(error).with_context(|| format!("evicting {namespace}/{name}")),
             }
         }
+        // A budget's refusal is asked again every 5 s, as Talos's drain does; pods that are only
+        // terminating are looked at again each second.
+        let pause = if held.is_empty() { Duration::from_secs(1) } else { Duration::from_secs(5) };
         if held.is_empty() {
             held = leaving
                 .iter()
@@ -372,7 +375,7 @@ async fn drain(client: &kube::Client, node: &str, timeout: Duration) -> anyhow::
             timeout.as_secs(),
             held.join("; ")
         );
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(pause).await;
     }
 }
 
