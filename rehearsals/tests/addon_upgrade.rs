@@ -49,6 +49,33 @@ fn read_lines(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<St
     lines
 }
 
+/// The `upgrade rehearse` child and its box's config. A test that fails while the rehearsal
+/// runs stops it and takes its box down: the child's own teardown never runs then, and the box
+/// would outlive the test.
+struct Rehearsal {
+    child: std::process::Child,
+    config: std::path::PathBuf,
+}
+
+impl Drop for Rehearsal {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // cargo and the xtask it runs: the whole group.
+        if let Ok(id) = i32::try_from(self.child.id()) {
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(id), nix::sys::signal::Signal::SIGKILL).ok();
+        }
+        self.child.wait().ok();
+        let down = xtask::cargo()
+            .current_dir(xtask::workspace_root())
+            .args(["xtask", "lab", "down", "--purge", "--config"])
+            .arg(&self.config)
+            .status();
+        eprintln!("the unfinished rehearsal's box taken down: {down:?}");
+    }
+}
+
 /// Cordons (or uncordons) `nodes`: the scheduler places no new pod on an unschedulable node.
 async fn set_unschedulable(client: &kube::Client, nodes: &[String], unschedulable: bool) -> anyhow::Result<()> {
     let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
@@ -132,9 +159,16 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
     let rehearsed = own.xtask_as_real(&["upgrade", "plan"]).output()?;
     assert!(stdout(&rehearsed).contains("rehearsal: none of this upgrade yet"), "{}", stdout(&rehearsed));
     let rehearsal_started = Instant::now();
-    let mut rehearsal =
-        own.xtask_as_real(&["upgrade", "rehearse"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let lines = read_lines(rehearsal.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
+    let mut rehearsal = Rehearsal {
+        child: own
+            .xtask_as_real(&["upgrade", "rehearse"])
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?,
+        config: own.config.state_dir().join("rehearsal").join("cluster.yaml"),
+    };
+    let lines = read_lines(rehearsal.child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
     let mut rehearsal_log = Vec::new();
     loop {
         let line = lines.recv().map_err(|_| anyhow::anyhow!("rehearse ended early: {rehearsal_log:#?}"))?;
@@ -212,7 +246,7 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
     // The rehearsal's box ran beside all of the above; its report now.
     rehearsal_log.extend(lines.iter());
     let rehearsal_log = rehearsal_log.join("\n");
-    assert!(rehearsal.wait()?.success(), "{rehearsal_log}");
+    assert!(rehearsal.child.wait()?.success(), "{rehearsal_log}");
     assert!(rehearsal_log.contains("longhorn v1.9.2 → v1.10.2: done in"), "{rehearsal_log}");
     assert!(rehearsal_log.contains("rehearsal: passed, 15 hop(s)"), "{rehearsal_log}");
     tests::shown(&format!(
