@@ -86,7 +86,7 @@ async fn generate_into_state(ctx: &Context) -> anyhow::Result<(Tool, Vec<NodeCon
     talosctl.redact_secrets(secrets.values.iter().cloned());
     let mut changes = vec![file_change(&paths.secrets, if created { Action::Created } else { Action::Unchanged })];
     let before: Vec<Option<String>> =
-        config.nodes.iter().map(|node| std::fs::read_to_string(node_config_path(&paths, node)).ok()).collect();
+        config.nodes.iter().map(|node| std::fs::read_to_string(paths.node_config(node)).ok()).collect();
     private_dir(&paths.machine_configs)?;
     let configs = machine_configs::generate(&talosctl, config, &inline, &secrets, &paths.machine_configs).await?;
     for (generated, old) in configs.iter().zip(before) {
@@ -94,10 +94,6 @@ async fn generate_into_state(ctx: &Context) -> anyhow::Result<(Tool, Vec<NodeCon
     }
     changes.push(ensure_talosconfig(&talosctl, config, &secrets, &paths.talosconfig).await?);
     Ok((talosctl, configs, changes))
-}
-
-fn node_config_path(paths: &StatePaths, node: &kit::config::Node) -> PathBuf {
-    paths.node_config(node)
 }
 
 fn file_change(path: &Path, action: Action) -> Change {
@@ -212,7 +208,7 @@ async fn running_config_checks(ctx: &Context, mut talosctl: Tool) -> Vec<Check> 
                         "stage 01 leaves configured nodes alone: `talos-bootstrap plan` shows the whole diff; after \
                          `talos-bootstrap apply` wrote the new config, `talosctl -n {} apply-config --file {}` applies it",
                         node.ip,
-                        node_config_path(&paths, node).display()
+                        paths.node_config(node).display()
                     ),
                 )
             }
@@ -309,7 +305,7 @@ impl Stage for TalosBootstrap {
         let action = if regenerated.secrets_created { Action::Created } else { Action::Unchanged };
         let mut changes = vec![file_change(&paths.secrets, action)];
         for generated in configs {
-            let old = std::fs::read_to_string(node_config_path(&paths, &generated.node)).ok();
+            let old = std::fs::read_to_string(paths.node_config(&generated.node)).ok();
             changes.push(config_change(&talosctl, generated, old.as_deref()));
         }
         let edge = Talosctl { tool: talosctl, talosconfig: paths.talosconfig.clone() };

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use kit::config::{ClusterConfig, Node, Version};
-use kit::talos::upgrade::{Install, Machine, Step, UNMOUNT_FAILED};
+use kit::talos::upgrade::{Install, Machine, Step, unmount_failed};
 use kube::api::{Api, EvictParams, ListParams, Patch, PatchParams};
 
 /// How long an upgraded machine's Node may take to be Ready again.
@@ -243,7 +243,7 @@ pub fn apply(
         let drained_after = started.elapsed();
         eprintln!("{name}: drained; upgrading with {image}");
         install(config, node, &image, how.install).map_err(|error| match how.install {
-            Install::Live if format!("{error:#}").contains(UNMOUNT_FAILED) => error.context(format!(
+            Install::Live if unmount_failed(&error) => error.context(format!(
                 "{name}: a mount would not come down, so Talos stopped the upgrade there: {} still runs {}, its \
                  services stopped until it reboots, and it stays cordoned. Resume with `cargo xtask upgrade apply \
                  --stage`: the installer is recorded on META and runs at the next boot, before anything is mounted",
@@ -386,7 +386,10 @@ pub fn apply_configs(config: &ClusterConfig) -> anyhow::Result<()> {
     let paths = talos_bootstrap::StatePaths::new(config);
     let files: Vec<(Node, String)> = in_order(config)
         .into_iter()
-        .map(|node| (node.clone(), paths.node_config(&node).display().to_string()))
+        .map(|node| {
+            let file = paths.node_config(&node).display().to_string();
+            (node, file)
+        })
         .collect();
     crate::machines::with_talosctl(config, move |talosctl, _| async move {
         for (node, file) in &files {
@@ -408,7 +411,7 @@ fn install(config: &ClusterConfig, node: &Node, image: &str, install: Install) -
         let mut progress = |line: &str| eprintln!("  {line}");
         let upgraded = kit::talos::upgrade::upgrade(&talosctl, &node, &image, install, &mut progress).await;
         match upgraded {
-            Err(error) if install == Install::Staged && format!("{error:#}").contains(UNMOUNT_FAILED) => {
+            Err(error) if install == Install::Staged && unmount_failed(&error) => {
                 eprintln!(
                     "  {}: the staged upgrade's reboot stopped on a mount that would not come down; rebooting it \
                      with --mode force, which skips the unmounts (its pods are drained, its services stopped)",

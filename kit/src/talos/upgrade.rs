@@ -160,9 +160,11 @@ pub enum Install {
     Staged,
 }
 
-/// What Talos says when a mount under /var cannot be taken down (UnmountPodMounts,
-/// v1alpha1_sequencer_tasks.go): the upgrade stops there.
-pub const UNMOUNT_FAILED: &str = "error unmounting ";
+/// Whether an upgrade stopped because a mount under /var could not be taken down: Talos says
+/// "error unmounting …" (UnmountPodMounts, v1alpha1_sequencer_tasks.go).
+pub fn unmount_failed(error: &anyhow::Error) -> bool {
+    format!("{error:#}").contains("error unmounting ")
+}
 
 /// `talosctl upgrade` of one machine, aimed at it alone (`-e`/`-n` = the node, never the VIP:
 /// the VIP moves when its holder reboots, and the call would hang; siderolabs/talos#11830), with
@@ -174,13 +176,11 @@ pub async fn upgrade(
     install: Install,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> anyhow::Result<()> {
-    let timeout = format!("{}s", UPGRADE_TIMEOUT.as_secs());
-    let mut args = vec!["upgrade", "--image", image, "--wait", "--timeout", &timeout];
+    let mut args = vec!["upgrade", "--image", image];
     if install == Install::Staged {
         args.push("--stage");
     }
-    let output = api.talosctl(node, &args, UPGRADE_TIMEOUT + PROBE_TIMEOUT, progress).await?;
-    output.ok(format!("talosctl upgrade on {} ({})", node.name, node.ip)).map(drop)
+    waited(api, node, &args, progress).await
 }
 
 /// `talosctl reboot --mode force`: the one reboot that does not stop services and take down
@@ -190,10 +190,21 @@ pub async fn force_reboot(
     node: &Node,
     progress: &mut (dyn FnMut(&str) + Send),
 ) -> anyhow::Result<()> {
+    waited(api, node, &["reboot", "--mode", "force"], progress).await
+}
+
+/// A talosctl action with talosctl's own wait (its events until the machine is running and
+/// ready again, and a changed boot ID), for as long as Talos allows an upgrade.
+async fn waited(
+    api: &impl TalosApi,
+    node: &Node,
+    action: &[&str],
+    progress: &mut (dyn FnMut(&str) + Send),
+) -> anyhow::Result<()> {
     let timeout = format!("{}s", UPGRADE_TIMEOUT.as_secs());
-    let args = ["reboot", "--mode", "force", "--wait", "--timeout", &timeout];
+    let args = [action, &["--wait", "--timeout", &timeout]].concat();
     let output = api.talosctl(node, &args, UPGRADE_TIMEOUT + PROBE_TIMEOUT, progress).await?;
-    output.ok(format!("talosctl reboot --mode force on {} ({})", node.name, node.ip)).map(drop)
+    output.ok(format!("talosctl {} on {} ({})", action.join(" "), node.name, node.ip)).map(drop)
 }
 
 #[cfg(test)]
