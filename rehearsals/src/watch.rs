@@ -1,12 +1,15 @@
 //! What a rolling operation costs the cluster while it runs, sampled every second from inside
-//! the box: how many etcd members are healthy (each control plane asked about its own member,
-//! as stage 01's check asks) and how long the Kubernetes API goes unanswered through the VIP
-//! (the cluster's own kubeconfig, as a user's kubectl reaches it).
+//! the box: how many etcd members vote and how many are healthy (each control plane asked about
+//! its own member, as stage 01's check asks), and how long the Kubernetes API goes unanswered
+//! through the VIP (the cluster's own kubeconfig, as a user's kubectl reaches it). The API is
+//! asked for an object it reads from etcd with a quorum read, so an answer also says etcd had a
+//! leader and a majority behind it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Namespace;
 use kit::config::ClusterConfig;
 
 /// How often each question is asked.
@@ -22,8 +25,12 @@ pub struct Watch {
 #[derive(Debug)]
 pub struct Watched {
     pub samples: usize,
-    /// The fewest etcd members healthy at one sample.
+    /// The fewest etcd members voting at one sample: quorum is a majority of them.
+    pub fewest_voting: usize,
+    /// The fewest etcd members healthy at one sample (a member between leaders is not), and
+    /// what each member said then.
     pub fewest_healthy: usize,
+    pub least_healthy_said: String,
     /// The longest time between two answers of the API through the VIP, and how long after the
     /// watch started that time began.
     pub longest_unanswered: Duration,
@@ -55,9 +62,14 @@ async fn watch(config: &ClusterConfig, stop: &AtomicBool) -> anyhow::Result<Watc
     let talosctl = kit::talos::Talosctl::find(config).await?;
     let kubeconfig = kit::context::cluster_kubeconfig_path(&config.state_dir());
     let client = kit::client::client_from_kubeconfig(&kubeconfig).await?;
+    // A get without a resourceVersion is not served from the API server's cache but read from
+    // etcd (k8s.io/apiserver pkg/storage/cacher/delegator.go, Get), linearizably.
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client);
     let mut watched = Watched {
         samples: 0,
+        fewest_voting: usize::MAX,
         fewest_healthy: usize::MAX,
+        least_healthy_said: String::new(),
         longest_unanswered: Duration::ZERO,
         longest_unanswered_from: Duration::ZERO,
     };
@@ -67,10 +79,15 @@ async fn watch(config: &ClusterConfig, stop: &AtomicBool) -> anyhow::Result<Watc
         let tick = Instant::now();
         let (health, answer) = tokio::join!(
             kit::talos::etcd_health(&talosctl, config),
-            tokio::time::timeout(PERIOD, client.apiserver_version())
+            tokio::time::timeout(PERIOD, namespaces.get("default"))
         );
         watched.samples += 1;
-        watched.fewest_healthy = watched.fewest_healthy.min(kit::talos::healthy_members(&health).len());
+        watched.fewest_voting = watched.fewest_voting.min(kit::talos::voting_members(&health).len());
+        let healthy = kit::talos::healthy_members(&health).len();
+        if healthy < watched.fewest_healthy {
+            watched.fewest_healthy = healthy;
+            watched.least_healthy_said = kit::talos::describe_health(&health);
+        }
         if answer.is_ok_and(|answered| answered.is_ok()) {
             last_answer = Instant::now();
         }

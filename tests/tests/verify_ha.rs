@@ -38,7 +38,7 @@ fn drills_reboot_twins_through_talosctl_and_measure_the_failover() -> anyhow::Re
     // Under load a sample can miss the member's few seconds away (the report says so); quorum
     // is what must hold.
     assert!(
-        ["2 of 3 healthy)", "3 of 3 healthy; no sample caught"]
+        ["2 of 3 voting)", "3 of 3 voting; no sample caught"]
             .iter()
             .any(|seen| drill.contains(&format!("etcd kept its quorum throughout (never fewer than {seen}"))),
         "{report}"

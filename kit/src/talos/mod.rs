@@ -527,11 +527,22 @@ pub async fn etcd_check(api: &impl TalosApi, config: &ClusterConfig) -> (Check, 
 
 /// The names of the control planes whose etcd member is healthy.
 pub fn healthy_members(health: &[(&Node, anyhow::Result<EtcdMemberStatus>)]) -> Vec<String> {
-    health
-        .iter()
-        .filter(|(_, status)| status.as_ref().is_ok_and(EtcdMemberStatus::healthy))
-        .map(|(node, _)| node.name.clone())
-        .collect()
+    members_where(health, EtcdMemberStatus::healthy)
+}
+
+/// The names of the control planes whose etcd member answers as a voter, errors or not: what
+/// quorum counts. A member between leaders reports "no leader" (etcd's Status,
+/// etcdserver/api/v3rpc/maintenance.go) and is not healthy for that moment, yet it still
+/// votes: a leader's hand-over when it reboots costs no quorum.
+pub fn voting_members(health: &[(&Node, anyhow::Result<EtcdMemberStatus>)]) -> Vec<String> {
+    members_where(health, |status| !status.learner)
+}
+
+fn members_where(
+    health: &[(&Node, anyhow::Result<EtcdMemberStatus>)],
+    keep: impl Fn(&EtcdMemberStatus) -> bool,
+) -> Vec<String> {
+    health.iter().filter(|(_, status)| status.as_ref().is_ok_and(&keep)).map(|(node, _)| node.name.clone()).collect()
 }
 
 /// One line per control plane: healthy, or why not.
@@ -686,6 +697,29 @@ mod tests {
         );
         assert!(!parse_etcd_status(&learner).expect("a row").healthy(), "a learner is not yet a voting member");
         assert_eq!(parse_etcd_status(header), None, "no row");
+    }
+
+    #[test]
+    fn quorum_counts_voters_and_health_asks_for_no_error() -> anyhow::Result<()> {
+        let config = ClusterConfig::parse(include_str!("../../../cluster.yaml"), std::path::Path::new("cluster.yaml"))?;
+        let nodes: Vec<&Node> = config.control_planes().collect();
+        let member = |learner: bool, errors: &str| {
+            Ok(EtcdMemberStatus { member: "11aa".into(), learner, errors: errors.into(), applied_index: 10 })
+        };
+        let health = vec![
+            (nodes[0], member(false, "")),
+            (nodes[1], member(false, "etcdserver: no leader")),
+            (nodes[2], member(true, "")),
+        ];
+        assert_eq!(healthy_members(&health), [nodes[0].name.clone()]);
+        assert_eq!(
+            voting_members(&health),
+            [nodes[0].name.clone(), nodes[1].name.clone()],
+            "between leaders, it votes"
+        );
+        let off = vec![(nodes[0], member(false, "")), (nodes[1], Err(anyhow::anyhow!("connection refused")))];
+        assert_eq!(voting_members(&off), [nodes[0].name.clone()], "a member that does not answer does not vote");
+        Ok(())
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The drill: one node rebooted through talosctl (a shutdown it comes back from by itself;
 //! talosctl cannot power a machine on), and what the users of the cluster saw meanwhile. Every
 //! second it asks the API through the VIP (and, on a real cluster, every Quick Access URL),
-//! who holds the VIP and how many etcd members are healthy, and keeps for each the longest time
+//! who holds the VIP and how many etcd members vote (quorum's count), and keeps for each the longest time
 //! it did not answer. A worker's pods are replaced on the other nodes: the drill runs a probe
 //! Deployment on the workers and times the replacement of the probe pod the node ran. Once the
 //! node is back (a new boot, Ready) and everything answers, it waits for etcd to have every
@@ -18,7 +18,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kit::config::{ClusterConfig, Role};
 use kit::report::Check;
-use kit::talos::{TalosApi, Talosctl, etcd_health, healthy_members, vip_holders};
+use kit::talos::{TalosApi, Talosctl, etcd_health, healthy_members, vip_holders, voting_members};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use xtask::docs::Path;
 
@@ -88,8 +88,9 @@ struct ControlPlaneWatch {
     holder_before: Option<String>,
     /// When another control plane first held it.
     moved_after: Option<(Duration, String)>,
-    /// The fewest healthy etcd members in any sample.
-    fewest_healthy: Option<usize>,
+    /// The fewest voting etcd members in any sample (quorum counts them; a member between
+    /// leaders votes though it is not healthy for that moment).
+    fewest_voting: Option<usize>,
 }
 
 /// Reboots `node` and measures the outage it causes, then waits for etcd (and Longhorn) to heal.
@@ -206,9 +207,9 @@ pub(super) async fn reboot(
     let control_planes = config.control_planes().count();
     if control_plane {
         let quorum = kit::talos::quorum(control_planes);
-        match etcd_watch.fewest_healthy {
+        match etcd_watch.fewest_voting {
             Some(fewest) if fewest >= quorum => measured.push(format!(
-                "etcd kept its quorum throughout (never fewer than {fewest} of {control_planes} healthy{})",
+                "etcd kept its quorum throughout (never fewer than {fewest} of {control_planes} voting{})",
                 if fewest == control_planes {
                     // A sample takes a second or two, and one that outlasts its 3 s is dropped.
                     format!("; no sample caught {}'s member away: its reboot fell between them", node.name)
@@ -217,7 +218,7 @@ pub(super) async fn reboot(
                 }
             )),
             Some(fewest) => {
-                failures.push(format!("etcd lost its quorum ({fewest} of {control_planes} healthy at worst)"))
+                failures.push(format!("etcd lost its quorum ({fewest} of {control_planes} voting at worst)"))
             }
             None => failures.push("etcd's health was never read during the drill".to_owned()),
         }
@@ -272,7 +273,7 @@ pub(super) async fn reboot(
 }
 
 /// One sample of the control planes while one is away: the VIP's holder, and how many etcd
-/// members answer healthy (each asked about its own).
+/// members answer as voters (each asked about its own).
 async fn sample_control_planes(
     talosctl: &Talosctl,
     config: &ClusterConfig,
@@ -281,8 +282,8 @@ async fn sample_control_planes(
     watch: &mut ControlPlaneWatch,
 ) {
     let (holders, health) = futures::join!(vip_holders(talosctl, config), etcd_health(talosctl, config));
-    let healthy = healthy_members(&health).len();
-    watch.fewest_healthy = Some(watch.fewest_healthy.map_or(healthy, |fewest| fewest.min(healthy)));
+    let voting = voting_members(&health).len();
+    watch.fewest_voting = Some(watch.fewest_voting.map_or(voting, |fewest| fewest.min(voting)));
     if watch.moved_after.is_none()
         && watch.holder_before.as_deref() == Some(node.name.as_str())
         && let [holder] = holders.as_slice()

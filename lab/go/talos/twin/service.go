@@ -111,8 +111,12 @@ func (s *service) running() bool {
 	return s.process != nil
 }
 
-// stopGrace is how long a service may take to exit after SIGTERM before it is killed.
-const stopGrace = 5 * time.Second
+// stopGrace is how long a service may take to exit after SIGTERM before it is killed: Talos's
+// runner default (internal/app/machined/pkg/system/runner/runner.go, DefaultOptions), which
+// etcd's service keeps. etcd needs it: on SIGTERM it first closes its client servers (up to its
+// request timeout, 7 s by default) and only then hands its leadership to a peer
+// (etcdserver/server.go, Stop); killed before that, its peers elect a leader the slow way.
+const stopGrace = 10 * time.Second
 
 // stop ends the service for good (until start): SIGTERM, then SIGKILL after stopGrace.
 func (s *service) stop() {
