@@ -4,6 +4,8 @@
 //! - etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl come from the
 //!   wrapper module `lab/go/kubernetes` (k8s.io/kubernetes cannot be `go install`ed: its
 //!   go.mod replaces staging modules with local paths; the wrapper points them at releases).
+//!   The control-plane components of every other Kubernetes release the box runs
+//!   (`KUBERNETES_RELEASES`) come from a scratch module made the same way for that release.
 //! - kwok and MetalLB's controller are plain modules: `go install <package>@<version>`.
 //! - cert-manager's controller is talos-ha's own main over cert-manager's packages
 //!   (`lab/go/cert-manager`: upstream's main is a module the proxy does not serve).
@@ -38,8 +40,18 @@ const KWOK_STAGES: &[&str] = &[
     "kustomize/stage/pod/fast/pod-complete.yaml",
     "kustomize/stage/pod/fast/pod-delete.yaml",
 ];
-/// The Kubernetes release the committed wrapper module builds.
+/// The Kubernetes release the committed wrapper module builds: the box's etcd and kubectl, and
+/// that release's control-plane components.
 const WRAPPER_KUBERNETES: &str = "v1.35.0";
+/// Every Kubernetes release whose control plane the box can run: the wrapper's, then the others,
+/// each built on first use from that release's own module (its go.mod's staging modules pinned
+/// at the matching v0.x release) and cached by release. A control plane runs the build its
+/// component's image names; an image of a release with no build cannot be pulled. Talos v1.12
+/// upgrades from 1.34 to 1.35 (`../shared/design/talos-day2.md` §1): the path rehearsed.
+pub const KUBERNETES_RELEASES: [&str; 2] = [WRAPPER_KUBERNETES, "v1.34.4"];
+/// The control-plane components a Kubernetes release's build holds: the static pods Talos runs
+/// on a control plane.
+pub const CONTROL_PLANE_COMPONENTS: [&str; 3] = ["kube-apiserver", "kube-controller-manager", "kube-scheduler"];
 /// The node twin's binary (`lab/go/talos/twin`), beside talosctl.
 pub const TWIN: &str = "talos-twin";
 /// Talos's discovery service (`discovery.rs`), in a folder of its release.
@@ -82,6 +94,7 @@ pub fn host_controller_role(name: &str) -> Option<&'static str> {
 
 /// Where every lab binary lives once built.
 pub struct Binaries {
+    /// The wrapper's Kubernetes build: etcd and kubectl, and that release's components.
     pub kubernetes_dir: PathBuf,
     pub kwok_dir: PathBuf,
     /// talosctl, the wrapper release's twin and the workstation services, in the folder where
@@ -123,6 +136,29 @@ impl Binaries {
         self.twin(self.iso)
     }
 
+    /// The folder of Kubernetes `release`'s control-plane components.
+    pub fn kubernetes_release(&self, release: Version) -> PathBuf {
+        if release.to_string() == WRAPPER_KUBERNETES {
+            self.kubernetes_dir.clone()
+        } else {
+            kubernetes_release_dir(release)
+        }
+    }
+
+    /// The Kubernetes releases whose control planes are built: the component images the box can
+    /// pull.
+    pub fn built_kubernetes_releases(&self) -> Vec<Version> {
+        KUBERNETES_RELEASES
+            .iter()
+            .filter_map(|release| release.parse().ok())
+            .filter(|release| {
+                CONTROL_PLANE_COMPONENTS
+                    .iter()
+                    .all(|component| self.kubernetes_release(*release).join(component).exists())
+            })
+            .collect()
+    }
+
     /// The releases whose twins are built: the images the box can install.
     pub fn built_releases(&self) -> Vec<Version> {
         TWIN_RELEASES
@@ -133,6 +169,11 @@ impl Binaries {
     }
 }
 
+/// Where the control plane of a Kubernetes release other than the wrapper's is kept.
+fn kubernetes_release_dir(release: Version) -> PathBuf {
+    kit::lab::binaries_dir().join(format!("kubernetes-{release}"))
+}
+
 /// Where the twin of a release other than the wrapper's is kept.
 fn twin_release_dir(release: Version) -> PathBuf {
     kit::lab::binaries_dir().join(format!("{TWIN}-{release}"))
@@ -141,7 +182,7 @@ fn twin_release_dir(release: Version) -> PathBuf {
 pub fn binaries(versions: &Versions) -> Binaries {
     let lab = kit::lab::binaries_dir();
     Binaries {
-        kubernetes_dir: lab.join(format!("kubernetes-{}", versions.kubernetes)),
+        kubernetes_dir: lab.join(format!("kubernetes-{WRAPPER_KUBERNETES}")),
         kwok_dir: lab.join(format!("kwok-{KWOK_VERSION}")),
         talos_dir: kit::tool::talosctl_cache_dir(WRAPPER_TALOS.parse().expect("WRAPPER_TALOS is a version")),
         iso: versions.talos,
@@ -165,8 +206,15 @@ const KUBERNETES_COMMANDS: &[&str] =
 /// returns where the binaries are.
 pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
     let kubernetes = versions.kubernetes;
+    anyhow::ensure!(
+        KUBERNETES_RELEASES.contains(&kubernetes.to_string().as_str()),
+        "versions.kubernetes is {kubernetes}, but the box runs the control planes of Kubernetes {} only \
+         (lab/src/build.rs, KUBERNETES_RELEASES): set one of them, or add the release as that list says",
+        KUBERNETES_RELEASES.join(" and ")
+    );
     let binaries = binaries(versions);
     let missing_kubernetes = KUBERNETES_COMMANDS.iter().any(|name| !binaries.path(name).exists());
+    let missing_release = !binaries.built_kubernetes_releases().contains(&kubernetes);
     let missing_kwok = !binaries.path("kwok").exists() || binaries.kwok_stages().iter().any(|stage| !stage.exists());
     let missing_discovery = !binaries.path(DISCOVERY_SERVICE).exists();
     let missing_controllers: Vec<(Component, Version)> = HOST_CONTROLLERS
@@ -184,6 +232,7 @@ pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
     let missing_talos = ["talosctl", TWIN, WORKSTATION].iter().any(|name| !binaries.path(name).exists());
     let missing_iso = !binaries.iso_twin().exists();
     if !missing_kubernetes
+        && !missing_release
         && !missing_kwok
         && !missing_discovery
         && missing_controllers.is_empty()
@@ -198,12 +247,12 @@ pub fn ensure_binaries(versions: &Versions) -> anyhow::Result<Binaries> {
     )?;
     let sh = Shell::new()?;
     if missing_kubernetes {
-        anyhow::ensure!(
-            kubernetes.to_string() == WRAPPER_KUBERNETES,
-            "versions.kubernetes is {kubernetes}, but the lab's wrapper module (lab/go/kubernetes/go.mod) builds \
-             {WRAPPER_KUBERNETES}; set versions.kubernetes: {WRAPPER_KUBERNETES}, or update the wrapper as its header says"
-        );
-        build_kubernetes(&sh, &go, kubernetes, &go_module("kubernetes"), &binaries.kubernetes_dir)?;
+        let wrapper = WRAPPER_KUBERNETES.parse().map_err(|()| anyhow::anyhow!("WRAPPER_KUBERNETES is a version"))?;
+        let packages = KUBERNETES_COMMANDS.iter().map(|command| kubernetes_package(command)).collect();
+        build_kubernetes(&sh, &go, wrapper, &go_module("kubernetes"), packages, &binaries.kubernetes_dir)?;
+    }
+    if !binaries.built_kubernetes_releases().contains(&kubernetes) {
+        build_kubernetes_release(&sh, &go, kubernetes)?;
     }
     if missing_kwok {
         build_kwok(&sh, &go, &binaries.kwok_dir)?;
@@ -406,7 +455,23 @@ fn build_traefik(sh: &Shell, go: &Path, version: Version, staging: &Path) -> any
     std::fs::remove_dir_all(&module).context("removing the scratch module")
 }
 
-fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out: &Path) -> anyhow::Result<()> {
+/// The Go package each Kubernetes command is built from.
+fn kubernetes_package(command: &str) -> String {
+    match command {
+        "etcd" => "go.etcd.io/etcd/server/v3".to_owned(),
+        command => format!("k8s.io/kubernetes/cmd/{command}"),
+    }
+}
+
+/// `packages` of `module` built as Kubernetes `version` into `out`.
+fn build_kubernetes(
+    sh: &Shell,
+    go: &Path,
+    version: Version,
+    module: &Path,
+    packages: Vec<String>,
+    out: &Path,
+) -> anyhow::Result<()> {
     // Unstamped builds say v0.0.0-master, and kubectl refuses to talk to such a server.
     let mut ldflags = vec!["-s".to_owned(), "-w".to_owned()];
     for package in ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"] {
@@ -422,23 +487,73 @@ fn build_kubernetes(sh: &Shell, go: &Path, version: Version, module: &Path, out:
     let ldflags = ldflags.join(" ");
     let staging = staging_dir(out)?;
     let _dir = sh.push_dir(module);
-    let packages = [
-        "go.etcd.io/etcd/server/v3",
-        "k8s.io/kubernetes/cmd/kube-apiserver",
-        "k8s.io/kubernetes/cmd/kube-controller-manager",
-        "k8s.io/kubernetes/cmd/kube-scheduler",
-        "k8s.io/kubernetes/cmd/kubectl",
-    ];
     let staging_arg = format!("{}/", staging.display());
     // No VCS stamping: the wrapper sits inside this git checkout, which says nothing about Kubernetes.
+    let what = format!(
+        "building Kubernetes {version} from Go modules: {} (cold: about 7–10 minutes, once)",
+        packages.join(" ")
+    );
     let command = cmd!(sh, "{go} build -trimpath -buildvcs=false -ldflags {ldflags} -o {staging_arg} {packages...}");
-    with_heartbeat(
-        &format!("building Kubernetes {version} and etcd from Go modules (cold: about 7–10 minutes, once)"),
-        || command.quiet().run().context("go build of the Kubernetes wrapper module failed (output above)"),
-    )?;
+    with_heartbeat(&what, || {
+        command.quiet().run().with_context(|| format!("go build of Kubernetes {version} failed (output above)"))
+    })?;
     // `go build` names go.etcd.io/etcd/server/v3 after its parent folder.
-    std::fs::rename(staging.join("server"), staging.join("etcd"))?;
+    if staging.join("server").exists() {
+        std::fs::rename(staging.join("server"), staging.join("etcd"))?;
+    }
     publish(&staging, out)
+}
+
+/// The control-plane components of Kubernetes `release`, from a scratch module that requires
+/// k8s.io/kubernetes at the release and replaces each staging module its go.mod names
+/// (`./staging/src/k8s.io/<name>`) with the published `v0.<minor>.<patch>` of the same release,
+/// as the committed wrapper does; `go mod tidy` resolves that release's own dependencies.
+fn build_kubernetes_release(sh: &Shell, go: &Path, release: Version) -> anyhow::Result<()> {
+    let out = kubernetes_release_dir(release);
+    // Not staging_dir's: that folder's name comes from `out`'s, and the build below uses it.
+    let scratch = kit::lab::binaries_dir().join(format!("kubernetes-{release}-module"));
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)?;
+    }
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let _dir = sh.push_dir(&scratch);
+    let kubernetes = format!("k8s.io/kubernetes@{release}");
+    let download = cmd!(sh, "{go} mod download -json {kubernetes}")
+        .quiet()
+        .read()
+        .with_context(|| format!("downloading {kubernetes} from the Go module proxy"))?;
+    let go_mod: serde_json::Value = serde_json::from_str(&download).context("reading `go mod download -json`")?;
+    let go_mod = go_mod["GoMod"].as_str().with_context(|| format!("no go.mod for {kubernetes}: {download}"))?;
+    let staging_modules = staging_modules(&std::fs::read_to_string(go_mod)?);
+    anyhow::ensure!(!staging_modules.is_empty(), "{kubernetes}'s go.mod replaces no staging module ({go_mod})");
+    let staging_version = format!("v0.{}.{}", release.minor, release.patch);
+    let replaces: String =
+        staging_modules.iter().map(|module| format!("\t{module} => {module} {staging_version}\n")).collect();
+    std::fs::write(
+        scratch.join("go.mod"),
+        format!(
+            "module talos-ha/lab/kubernetes\n\ngo 1.25.0\n\nrequire k8s.io/kubernetes {release}\n\nreplace (\n{replaces})\n"
+        ),
+    )?;
+    let packages: Vec<String> =
+        CONTROL_PLANE_COMPONENTS.iter().map(|component| kubernetes_package(component)).collect();
+    let imports: String = packages.iter().map(|package| format!("\t_ \"{package}\"\n")).collect();
+    std::fs::write(scratch.join("tools.go"), format!("//go:build tools\n\npackage tools\n\nimport (\n{imports})\n"))?;
+    with_heartbeat(&format!("resolving Kubernetes {release}'s modules"), || {
+        cmd!(sh, "{go} mod tidy").quiet().run().with_context(|| format!("resolving Kubernetes {release}"))
+    })?;
+    build_kubernetes(sh, go, release, &scratch, packages, &out)?;
+    drop(_dir);
+    std::fs::remove_dir_all(&scratch).context("removing the scratch module")
+}
+
+/// The staging modules a Kubernetes go.mod replaces with local paths.
+fn staging_modules(go_mod: &str) -> Vec<String> {
+    go_mod
+        .lines()
+        .filter_map(|line| line.trim().split_once(" => ./staging/"))
+        .map(|(module, _)| module.trim().to_owned())
+        .collect()
 }
 
 /// talosctl, the node twin (`lab/go/talos/twin`) and the workstation services
@@ -659,4 +774,17 @@ fn with_heartbeat<T>(what: &str, step: impl FnOnce() -> anyhow::Result<T>) -> an
     let _ = ticker.join();
     tracing::info!("  done in {}s", started.elapsed().as_secs());
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_go_mod_names_its_staging_modules() {
+        let go_mod = "module k8s.io/kubernetes\n\nrequire (\n\tk8s.io/api v0.0.0\n)\n\nreplace (\n\
+                      \tk8s.io/api => ./staging/src/k8s.io/api\n\tk8s.io/kubectl => ./staging/src/k8s.io/kubectl\n\
+                      \tgithub.com/other/fork => github.com/other/fork v1.0.0\n)\n";
+        assert_eq!(staging_modules(go_mod), ["k8s.io/api", "k8s.io/kubectl"]);
+    }
 }

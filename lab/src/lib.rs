@@ -39,7 +39,7 @@ use kit::config::ClusterConfig;
 pub use kit::lab::Ports;
 use serde::Serialize;
 
-pub use build::{KWOK_VERSION, ensure_binaries, ensure_talos_suite};
+pub use build::{CONTROL_PLANE_COMPONENTS, KWOK_VERSION, ensure_binaries, ensure_talos_suite};
 use process::Process;
 
 /// A kwok stage of our own: a returning kubelet re-reports its running pods as Ready. When a
@@ -221,8 +221,9 @@ impl Lab {
         let control_planes: Vec<_> = self.config.control_planes().map(|node| node.ip).collect();
         let (kwok, kwok_config) = (self.binaries.path("kwok"), self.dir.join("kwok.yaml"));
         let image_factory_dir = self.image_factory_dir();
+        let etcd = self.binaries.path("etcd");
         let peers = twin::Peers {
-            kubernetes_bin: &self.binaries.kubernetes_dir,
+            etcd: &etcd,
             kwok: &kwok,
             kwok_config: &kwok_config,
             image_factory_dir: &image_factory_dir,
@@ -430,20 +431,31 @@ impl Lab {
         self.write_images()
     }
 
-    /// The Talos images the box can install: `images/<release>/talos-twin`, a link to that
-    /// release's twin, for each release built. An installer image whose release is not here
-    /// cannot be pulled (the twin says so as Talos does); a machine booting a release execs
-    /// that release's twin.
+    /// The images the box can pull, each a link to the build that plays it:
+    /// - `images/<release>/talos-twin`, for each Talos release built: an installer image whose
+    ///   release is not here cannot be pulled (the twin says so as Talos does); a machine booting
+    ///   a release execs that release's twin;
+    /// - `images/kubernetes/<release>/<component>`, for each Kubernetes release built: a control
+    ///   plane runs the build its component's image tag names, and without one the image cannot
+    ///   be pulled (the twin leaves that static pod pending).
     fn write_images(&self) -> anyhow::Result<()> {
         let images = self.images_dir();
         if images.exists() {
             std::fs::remove_dir_all(&images).with_context(|| format!("clearing {}", images.display()))?;
         }
-        for release in self.binaries.built_releases() {
-            let dir = images.join(release.to_string());
+        let link = |target: PathBuf, dir: PathBuf, name: &str| -> anyhow::Result<()> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            std::os::unix::fs::symlink(self.binaries.twin(release), dir.join(build::TWIN))
-                .with_context(|| format!("linking Talos {release}'s twin into {}", dir.display()))?;
+            std::os::unix::fs::symlink(&target, dir.join(name))
+                .with_context(|| format!("linking {} into {}", target.display(), dir.display()))
+        };
+        for release in self.binaries.built_releases() {
+            link(self.binaries.twin(release), images.join(release.to_string()), build::TWIN)?;
+        }
+        for release in self.binaries.built_kubernetes_releases() {
+            for component in build::CONTROL_PLANE_COMPONENTS {
+                let dir = images.join("kubernetes").join(release.to_string());
+                link(self.binaries.kubernetes_release(release).join(component), dir, component)?;
+            }
         }
         Ok(())
     }

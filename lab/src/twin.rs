@@ -110,17 +110,18 @@ pub fn ensure_hardware(lab_dir: &Path, node: &str, index: usize) -> anyhow::Resu
     Ok(file)
 }
 
-/// What a twin runs besides itself: the folder of the binaries a control plane starts from its
-/// config (etcd, kube-apiserver, kube-controller-manager, kube-scheduler), kwok and its
-/// stages (the stand-in for the kubelet's containers), and the control planes' addresses (a
-/// stand-in for Talos's discovery of its peers).
+/// What a twin runs besides itself: the etcd binary a control plane runs (Talos pins etcd apart
+/// from Kubernetes; the box has one build), kwok and its stages (the stand-in for the kubelet's
+/// containers), the images it can pull, and the control planes' addresses (a stand-in for
+/// Talos's discovery of its peers).
 pub struct Peers<'a> {
-    pub kubernetes_bin: &'a Path,
+    pub etcd: &'a Path,
     pub kwok: &'a Path,
     pub kwok_config: &'a Path,
     /// Where the Image Factory stand-in keeps the schematics (what an installer image carries).
     pub image_factory_dir: &'a Path,
-    /// The Talos images the box can pull, one folder per release with its twin (`Lab::write_images`).
+    /// The images the box can pull (`Lab::write_images`): one folder per Talos release with its
+    /// twin, and `kubernetes/<release>/` with that release's control-plane components.
     pub images_dir: &'a Path,
     /// The Talos release of the ISO the machine boots while its disk holds no Talos.
     pub iso: &'a str,
@@ -153,7 +154,7 @@ pub fn process(lab_dir: &Path, twin: &Path, member: &Member, lease: &Lease, peer
             format!("--router={}", lease.router),
             format!("--hardware={}", dir.join(HARDWARE_FILE).display()),
             format!("--state={}", dir.display()),
-            format!("--kubernetes-bin={}", peers.kubernetes_bin.display()),
+            format!("--etcd={}", peers.etcd.display()),
             format!("--kwok={}", peers.kwok.display()),
             format!("--kwok-config={}", peers.kwok_config.display()),
             format!("--image-factory-dir={}", peers.image_factory_dir.display()),

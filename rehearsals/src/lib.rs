@@ -19,6 +19,8 @@ pub mod drill;
 pub mod talos_upgrade;
 pub mod watch;
 
+use std::collections::BTreeMap;
+
 use kit::config::ClusterConfig;
 use lab::Lab;
 
@@ -84,6 +86,42 @@ impl OwnBox {
             .arg(tests::upstream_mirror());
         command
     }
+
+    /// The Kubernetes build each control-plane component of `node` runs, asked of its process
+    /// (not of a pod's label): the folder of the file its `/proc/<pid>/exe` names, e.g.
+    /// `kube-apiserver` → `kubernetes-v1.34.4`. A component's process is the one whose flags
+    /// name the node's own files (`<twin>/kubernetes/`).
+    pub fn control_plane_builds(&self, node: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let files = format!("{}/kubernetes/", lab::twin::twin_dir(&self.lab.dir, node).display());
+        let mut builds = BTreeMap::new();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            if !String::from_utf8_lossy(&cmdline).split('\0').any(|arg| arg.contains(&files)) {
+                continue;
+            }
+            let Ok(exe) = std::fs::read_link(entry.path().join("exe")) else { continue };
+            let name = |path: Option<&std::path::Path>| {
+                path.and_then(std::path::Path::file_name).map(|name| name.to_string_lossy().into_owned())
+            };
+            if let (Some(component), Some(build)) = (name(Some(&exe)), name(exe.parent())) {
+                builds.insert(component, build);
+            }
+        }
+        Ok(builds)
+    }
+}
+
+/// The kubelet version each Node reports (`status.nodeInfo.kubeletVersion`), by node name.
+pub async fn kubelet_versions(kubeconfig: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
+    let client = kit::client::client_from_kubeconfig(kubeconfig).await?;
+    let nodes = kube::Api::<k8s_openapi::api::core::v1::Node>::all(client).list(&Default::default()).await?;
+    Ok(nodes
+        .into_iter()
+        .map(|node| {
+            let version = node.status.and_then(|status| status.node_info).map(|info| info.kubelet_version);
+            (node.metadata.name.unwrap_or_default(), version.unwrap_or_default())
+        })
+        .collect())
 }
 
 impl Drop for OwnBox {

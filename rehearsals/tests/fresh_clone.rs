@@ -25,6 +25,11 @@ use lab::Lab;
 use rehearsals::OwnBox;
 use rehearsals::talos_upgrade::{FROM, TO};
 
+/// The Kubernetes release the box is installed at: the one before talos-ha's, which issue 28's
+/// Kubernetes upgrade takes it from.
+const KUBERNETES_FROM: &str = "v1.34.4";
+const KUBERNETES_TO: &str = "v1.35.0";
+
 /// What a run through a power cut printed, and when the API answered again after the cut.
 struct Survived {
     output: std::process::Output,
@@ -100,7 +105,10 @@ async fn speakers_exist(kubeconfig: &Path) -> anyhow::Result<()> {
 
 #[test]
 fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow::Result<()> {
-    let pin = |text: &str| text.replace(&format!("talos: {TO}"), &format!("talos: {FROM}"));
+    let pin = |text: &str| {
+        text.replace(&format!("talos: {TO}"), &format!("talos: {FROM}"))
+            .replace(&format!("kubernetes: {KUBERNETES_TO}"), &format!("kubernetes: {KUBERNETES_FROM}"))
+    };
     let own = OwnBox::edited("fresh-clone", 18443, pin)?;
     let (config, fresh, port_base) = (own.config.clone(), &own.lab, own.lab.ports.base.to_string());
     anyhow::ensure!(!fresh.installed() && fresh.running_pids().is_empty(), "a new state folder has no box");
@@ -138,6 +146,16 @@ fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow
         kit::client::nodes_not_ready(&client, &config).await
     })?;
     assert!(not_ready.is_empty(), "not Ready: {not_ready:?}");
+    // Every control plane runs the release's own control plane (the box built it for the pin),
+    // and every kubelet says that release.
+    for node in config.control_planes() {
+        let builds = own.control_plane_builds(&node.name)?;
+        let expected = lab::CONTROL_PLANE_COMPONENTS
+            .map(|component| (component.to_owned(), format!("kubernetes-{KUBERNETES_FROM}")));
+        assert_eq!(builds, expected.into_iter().collect(), "{}", node.name);
+    }
+    let kubelets = runtime.block_on(rehearsals::kubelet_versions(&fresh.kubeconfig))?;
+    assert!(kubelets.values().all(|version| version == KUBERNETES_FROM), "{kubelets:?}");
     // What the machines' kubelet stand-ins did about the outage: kwok's status patches that
     // failed and were dropped, and the restarts that played them again (lab/go/talos/twin/
     // status_sync.go). Shown, not asserted: whether a patch lands in the outage is timing.

@@ -13,7 +13,9 @@ package main
 //   - config files: internal/app/machined/pkg/controllers/k8s/render_config_static_pods.go
 //     and k8stemplates/apiserver.go (the encryption config);
 //   - flags: internal/app/machined/pkg/controllers/k8s/control_plane_static_pod.go, with the
-//     config's extraArgs merged by Talos's own argsbuilder.
+//     config's extraArgs merged by Talos's own argsbuilder;
+//   - binaries: the build of the release each component's image names (`kubernetesImage`), as
+//     the kubelet runs the image the static pod names.
 
 import (
 	"bytes"
@@ -32,6 +34,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	talosx509 "github.com/siderolabs/crypto/x509"
 
 	"github.com/siderolabs/talos/pkg/argsbuilder"
@@ -61,9 +64,38 @@ func localEndpoint(provider config.Provider) string {
 	return fmt.Sprintf("https://localhost:%d", provider.Cluster().LocalAPIServerPort())
 }
 
+// kubernetesImage is the build of a control-plane component that its image names, from the
+// box's images (`images/kubernetes/<tag>/<component>`, written by the lab): the box's stand-in
+// for pulling the image. A release the box has no build of cannot be pulled, as on a node
+// whose registry lacks the tag; the kubelet then leaves that static pod pending.
+func kubernetesImage(imagesDir, component, image string) (string, error) {
+	ref, err := name.NewTag(image)
+	if err != nil {
+		return "", fmt.Errorf("image %q: %w", image, err)
+	}
+
+	binary := filepath.Join(imagesDir, "kubernetes", ref.TagStr(), component)
+	if _, err = os.Stat(binary); err != nil {
+		return "", fmt.Errorf("failed to pull image %q: not found (the box has no build of Kubernetes %s)", image, ref.TagStr())
+	}
+
+	return binary, nil
+}
+
+// controlPlaneImages is each component's image, as the config names it.
+func controlPlaneImages(provider config.Provider) map[string]string {
+	cluster := provider.Cluster()
+
+	return map[string]string{
+		"kube-apiserver":          cluster.APIServer().Image(),
+		"kube-controller-manager": cluster.ControllerManager().Image(),
+		"kube-scheduler":          cluster.Scheduler().Image(),
+	}
+}
+
 // newControlPlane writes what the three components read into <state>/kubernetes and returns
-// them, not yet started.
-func newControlPlane(provider config.Provider, binDir, address, stateDir string) (*controlPlane, error) {
+// them, not yet started; a component whose image cannot be pulled has no service.
+func newControlPlane(provider config.Provider, imagesDir, address, stateDir string) (*controlPlane, error) {
 	dir := filepath.Join(stateDir, "kubernetes")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -125,11 +157,23 @@ func newControlPlane(provider config.Provider, binDir, address, stateDir string)
 		return nil, fmt.Errorf("cluster.scheduler.extraArgs: %w", err)
 	}
 
+	images := controlPlaneImages(provider)
+	component := func(component string, args []string) *service {
+		binary, pullErr := kubernetesImage(imagesDir, component, images[component])
+		if pullErr != nil {
+			log.Printf("%s: %v", component, pullErr)
+
+			return nil
+		}
+
+		return newService(component, binary, dir, args)
+	}
+
 	return &controlPlane{
-		apiserver: newService("kube-apiserver", filepath.Join(binDir, "kube-apiserver"), dir, apiserverArgs),
-		controllerManager: newService("kube-controller-manager", filepath.Join(binDir, "kube-controller-manager"), dir,
+		apiserver: component("kube-apiserver", apiserverArgs),
+		controllerManager: component("kube-controller-manager",
 			append([]string{"--use-service-account-credentials"}, controllerManager.Args()...)),
-		scheduler: newService("kube-scheduler", filepath.Join(binDir, "kube-scheduler"), dir, scheduler.Args()),
+		scheduler: component("kube-scheduler", scheduler.Args()),
 	}, nil
 }
 
@@ -442,17 +486,24 @@ func (cp *controlPlane) run(ctx context.Context, etcd *etcdMember) {
 		time.Sleep(time.Second)
 	}
 
-	for _, component := range []*service{cp.apiserver, cp.controllerManager, cp.scheduler} {
+	for _, component := range cp.components() {
 		if err := component.start(); err != nil {
 			log.Printf("%v", err)
 		}
 	}
 }
 
+// components are the services that run: those whose image was pulled.
+func (cp *controlPlane) components() []*service {
+	return slices.DeleteFunc([]*service{cp.apiserver, cp.controllerManager, cp.scheduler}, func(component *service) bool {
+		return component == nil
+	})
+}
+
 // stop takes the three components down together.
 func (cp *controlPlane) stop() {
 	var stopping sync.WaitGroup
-	for _, component := range []*service{cp.scheduler, cp.controllerManager, cp.apiserver} {
+	for _, component := range cp.components() {
 		stopping.Go(component.stop)
 	}
 

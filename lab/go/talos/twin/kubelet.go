@@ -45,6 +45,7 @@ import (
 	"k8s.io/client-go/util/certificate/csr"
 
 	"github.com/cosi-project/runtime/pkg/state"
+	"github.com/google/go-containerregistry/pkg/name"
 	talosx509 "github.com/siderolabs/crypto/x509"
 
 	"github.com/siderolabs/talos/pkg/machinery/config"
@@ -62,6 +63,8 @@ type kubelet struct {
 	// kwok and the stages it plays (written by the lab).
 	kwokBinary string
 	kwokConfig string
+	// The box's images: the builds the static pods' images name (controlplane.go).
+	images string
 
 	// The machine's resources: the kubelet-csr diagnostic and the static pods' status.
 	resources state.State
@@ -161,52 +164,68 @@ func (k *kubelet) mirrorStaticPods(ctx context.Context) error {
 		return err
 	}
 
-	cluster := k.config.Cluster()
-	images := map[string]string{
-		"kube-apiserver":          cluster.APIServer().Image(),
-		"kube-controller-manager": cluster.ControllerManager().Image(),
-		"kube-scheduler":          cluster.Scheduler().Image(),
-	}
-
-	for component, image := range images {
-		name := component + "-" + k.hostname
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{
-				Name:      name,
-				Namespace: "kube-system",
-				Labels: map[string]string{
-					"tier": "control-plane", "k8s-app": component, "component": component,
-					"app.kubernetes.io/component": "control-plane", "app.kubernetes.io/managed-by": "Talos",
-				},
-				Annotations: map[string]string{
-					"kubernetes.io/config.mirror": name, "kubernetes.io/config.hash": name, "kubernetes.io/config.source": "file",
-				},
-				OwnerReferences: []metav1.OwnerReference{{
-					APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID, Controller: ptr(true),
-				}},
-			},
-			Spec: corev1.PodSpec{
-				NodeName:          k.hostname,
-				HostNetwork:       true,
-				PriorityClassName: "system-cluster-critical",
-				Containers:        []corev1.Container{{Name: component, Image: image}},
-				Tolerations:       []corev1.Toleration{{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute}},
-			},
-		}
-
-		if _, err = client.CoreV1().Pods("kube-system").Create(ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("mirror pod %s: %w", name, err)
-		}
-
-		podStatus := k8s.NewStaticPodStatus(k8s.NamespaceName, "kube-system/"+name)
-		podStatus.TypedSpec().PodStatus = map[string]any{
+	for component, image := range controlPlaneImages(k.config) {
+		podName := component + "-" + k.hostname
+		status := map[string]any{
 			"phase":      "Running",
 			"conditions": []any{map[string]any{"type": "Ready", "status": "True"}},
 		}
 
+		// An image that cannot be pulled leaves the static pod waiting, its container never
+		// started (the kubelet's ErrImagePull). The box makes no mirror pod for it: kwok would
+		// mark one running, which it is not.
+		if _, pullErr := kubernetesImage(k.images, component, image); pullErr != nil {
+			status = map[string]any{
+				"phase":      "Pending",
+				"conditions": []any{map[string]any{"type": "Ready", "status": "False"}},
+				"containerStatuses": []any{map[string]any{
+					"name": component, "image": image, "ready": false,
+					"state": map[string]any{"waiting": map[string]any{"reason": "ErrImagePull", "message": pullErr.Error()}},
+				}},
+			}
+		} else if err = k.mirror(ctx, client, node, podName, component, image); err != nil {
+			return err
+		}
+
+		podStatus := k8s.NewStaticPodStatus(k8s.NamespaceName, "kube-system/"+podName)
+		podStatus.TypedSpec().PodStatus = status
+
 		if err = k.resources.Create(ctx, podStatus); err != nil && !state.IsConflictError(err) {
 			return err
 		}
+	}
+
+	return nil
+}
+
+// mirror creates the mirror pod `podName` of a static pod, bound to its Node.
+func (k *kubelet) mirror(ctx context.Context, client *kubernetes.Clientset, node *corev1.Node, podName, component, image string) error {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Name:      podName,
+			Namespace: "kube-system",
+			Labels: map[string]string{
+				"tier": "control-plane", "k8s-app": component, "component": component,
+				"app.kubernetes.io/component": "control-plane", "app.kubernetes.io/managed-by": "Talos",
+			},
+			Annotations: map[string]string{
+				"kubernetes.io/config.mirror": podName, "kubernetes.io/config.hash": podName, "kubernetes.io/config.source": "file",
+			},
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID, Controller: ptr(true),
+			}},
+		},
+		Spec: corev1.PodSpec{
+			NodeName:          k.hostname,
+			HostNetwork:       true,
+			PriorityClassName: "system-cluster-critical",
+			Containers:        []corev1.Container{{Name: component, Image: image}},
+			Tolerations:       []corev1.Toleration{{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute}},
+		},
+	}
+
+	if _, err := client.CoreV1().Pods("kube-system").Create(ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("mirror pod %s: %w", podName, err)
 	}
 
 	return nil
@@ -396,10 +415,18 @@ func (k *kubelet) register(ctx context.Context) error {
 	}
 
 	// Each boot has its own boot ID, which the kubelet reports (/proc/sys/kernel/random/boot_id):
-	// how a client tells a rebooted node from one that never went away; and the OS image, the
+	// how a client tells a rebooted node from one that never went away; the OS image, the
 	// PRETTY_NAME of the release's /etc/os-release (version/osrelease.go: "Talos (v1.12.1)"),
-	// which a new release changes. kwok keeps both.
-	nodeInfo := fmt.Sprintf(`{"status":{"nodeInfo":{"bootID":%q,"osImage":%q}}}`, k.bootID, fmt.Sprintf("%s (%s)", version.Name, version.Tag))
+	// which a new release changes; and the kubelet's version, which the real kubelet compiles
+	// in: here a label, the tag of the kubelet image the config names (kwok runs no kubelet).
+	// kwok keeps all three.
+	kubeletVersion := ""
+	if ref, tagErr := name.NewTag(k.config.Machine().Kubelet().Image()); tagErr == nil {
+		kubeletVersion = ref.TagStr()
+	}
+
+	nodeInfo := fmt.Sprintf(`{"status":{"nodeInfo":{"bootID":%q,"osImage":%q,"kubeletVersion":%q}}}`,
+		k.bootID, fmt.Sprintf("%s (%s)", version.Name, version.Tag), kubeletVersion)
 	if _, err = client.CoreV1().Nodes().PatchStatus(ctx, k.hostname, []byte(nodeInfo)); err != nil {
 		return err
 	}

@@ -134,7 +134,7 @@ func main() {
 	router := flag.String("router", "", "the router the DHCP lease names")
 	hardwareFile := flag.String("hardware", "", "a JSON file describing the node's links and disks")
 	stateDir := flag.String("state", "", "where the node keeps what it is sent (its config)")
-	kubernetesBin := flag.String("kubernetes-bin", "", "the folder of the etcd, kube-apiserver, kube-controller-manager and kube-scheduler binaries a control plane runs")
+	etcd := flag.String("etcd", "etcd", "the etcd binary a control plane runs (Talos pins etcd apart from Kubernetes; the box has one build)")
 	kwok := flag.String("kwok", "kwok", "the kwok binary that stands in for the kubelet's container runtime")
 	kwokConfig := flag.String("kwok-config", "", "the stages kwok plays for the pods")
 	factoryDir := flag.String("image-factory-dir", "", "where the box's Image Factory stand-in keeps the schematics uploaded to it")
@@ -148,7 +148,7 @@ func main() {
 		log.Fatalf("talos-twin: %v", err)
 	}
 
-	node := nodeFlags{lease: lease, stateDir: *stateDir, kubernetesBin: *kubernetesBin, kwok: *kwok, kwokConfig: *kwokConfig, factoryDir: *factoryDir,
+	node := nodeFlags{lease: lease, stateDir: *stateDir, etcd: *etcd, kwok: *kwok, kwokConfig: *kwokConfig, factoryDir: *factoryDir,
 		controlPlanes: strings.Split(*controlPlanes, ","), images: *images, iso: *iso,
 	}
 	stopOnSignal()
@@ -169,13 +169,14 @@ type nodeFlags struct {
 	address       string
 	lease         lease
 	stateDir      string
-	kubernetesBin string
+	etcd          string
 	kwok          string
 	kwokConfig    string
 	factoryDir    string
 	controlPlanes []string
 	hardware      Hardware
-	// The box's images folder, and the release the machine boots from the ISO (upgrade.go).
+	// The box's images folder (Talos releases, upgrade.go; Kubernetes control planes,
+	// controlplane.go), and the release the machine boots from the ISO.
 	images string
 	iso    string
 }

@@ -70,7 +70,7 @@ func startServices(parent context.Context, provider config.Provider, node nodeFl
 	kubelet := &kubelet{
 		bootID: string(uuid.NewUUID()),
 		config: provider, address: node.address, hostname: name, dir: filepath.Join(node.stateDir, "kubelet"),
-		kwokBinary: node.kwok, kwokConfig: node.kwokConfig, resources: resources,
+		kwokBinary: node.kwok, kwokConfig: node.kwokConfig, images: node.images, resources: resources,
 	}
 	running.kubelet = kubelet
 
@@ -81,14 +81,13 @@ func startServices(parent context.Context, provider config.Provider, node nodeFl
 	}
 
 	if provider.Machine().Type().IsControlPlane() {
-		etcdBinary := filepath.Join(node.kubernetesBin, "etcd")
-		if running.etcd, err = newEtcdMember(provider, etcdBinary, node.address, name, node.stateDir, node.controlPlanes); err != nil {
+		if running.etcd, err = newEtcdMember(provider, node.etcd, node.address, name, node.stateDir, node.controlPlanes); err != nil {
 			cancel()
 
 			return nil, err
 		}
 
-		if running.controlPlane, err = newControlPlane(provider, node.kubernetesBin, node.address, node.stateDir); err != nil {
+		if running.controlPlane, err = newControlPlane(provider, node.images, node.address, node.stateDir); err != nil {
 			cancel()
 
 			return nil, err
