@@ -8,14 +8,16 @@
 //! - `twins.rs`: stage 01 one step at a time against the node twins.
 //! - `fresh_clone.rs`: README's first command from nothing, on a box pinned at Talos v1.12.0;
 //!   the box then takes the Talos upgrade to v1.12.1 (`talos_upgrade.rs`: by talosctl, then by
-//!   `cargo xtask upgrade` through its faults, watched by `watch.rs`), and a second install-all
-//!   changes nothing.
+//!   `cargo xtask upgrade` through its faults, watched by `watch.rs`), then the Kubernetes
+//!   changes (`kubernetes_upgrade.rs`, by hand so far), and a second install-all changes
+//!   nothing.
 //! - `interrupted_install.rs`: a first install killed at three points, and a wiped cluster.
 //! - `addon_upgrade.rs`: a box at the seed's add-ons upgraded hop by hop to the defaults.
 //!   Its box, at every stage's default release, then runs the restore drill (`drill.rs`): it
 //!   loses etcd's quorum and is restored from a backup.
 
 pub mod drill;
+pub mod kubernetes_upgrade;
 pub mod talos_upgrade;
 pub mod watch;
 
@@ -85,6 +87,17 @@ impl OwnBox {
             .arg("--mirror")
             .arg(tests::upstream_mirror());
         command
+    }
+
+    fn ip(&self, node: &str) -> String {
+        self.config.nodes.iter().find(|n| n.name == node).map(|n| n.ip.to_string()).unwrap_or_default()
+    }
+
+    /// talosctl aimed at `node` alone.
+    pub fn talosctl_at(&self, node: &str, args: &[&str]) -> anyhow::Result<(bool, String)> {
+        let ip = self.ip(node);
+        let aimed: Vec<&str> = ["-n", &ip, "-e", &ip].into_iter().chain(args.iter().copied()).collect();
+        self.talosctl(&aimed)
     }
 
     /// The Kubernetes build each control-plane component of `node` runs, asked of its process

@@ -46,17 +46,6 @@ fn server_tags(said: &str) -> Vec<(String, String)> {
 }
 
 impl OwnBox {
-    fn ip(&self, node: &str) -> String {
-        self.config.nodes.iter().find(|n| n.name == node).map(|n| n.ip.to_string()).unwrap_or_default()
-    }
-
-    /// talosctl aimed at `node` alone.
-    fn talosctl_at(&self, node: &str, args: &[&str]) -> anyhow::Result<(bool, String)> {
-        let ip = self.ip(node);
-        let aimed: Vec<&str> = ["-n", &ip, "-e", &ip].into_iter().chain(args.iter().copied()).collect();
-        self.talosctl(&aimed)
-    }
-
     /// The release `node` answers `version` with.
     fn release(&self, node: &str) -> anyhow::Result<String> {
         let (ok, said) = self.talosctl_at(node, &["version"])?;

@@ -2,10 +2,12 @@
 //! exists yet builds the box, installs the cluster on its twins with stage 01 and converges
 //! every stage; it writes nothing where a real cluster's files live; and `lab down --purge`
 //! leaves nothing of the box. It runs on a second box (another cluster name, state folder and
-//! port base) beside the test lab, whose cluster.yaml pins the Talos release before talos-ha's
-//! (v1.12.0): once installed, the box is the one issue 27's Talos upgrade is rehearsed on
-//! (`rehearsals::talos_upgrade`), with every add-on and workload running; a second install-all
-//! after it changes nothing.
+//! port base) beside the test lab, whose cluster.yaml pins the Talos and Kubernetes releases
+//! before talos-ha's (v1.12.0, v1.34.4; every control plane runs v1.34.4's own build): once
+//! installed, the box is the one issue 27's Talos upgrade is rehearsed on
+//! (`rehearsals::talos_upgrade`), with every add-on and workload running, then issue 28's
+//! Kubernetes changes (`rehearsals::kubernetes_upgrade`); a second install-all after it
+//! changes nothing.
 //!
 //! Issue 24: on the way, the control plane holding the VIP loses its power (SIGKILL of its twin:
 //! no resignation, no goodbye to etcd) in the middle of MetalLB's apply, once the speakers'
@@ -23,12 +25,8 @@ use std::time::Instant;
 
 use lab::Lab;
 use rehearsals::OwnBox;
+use rehearsals::kubernetes_upgrade::{FROM as KUBERNETES_FROM, TO as KUBERNETES_TO};
 use rehearsals::talos_upgrade::{FROM, TO};
-
-/// The Kubernetes release the box is installed at: the one before talos-ha's, which issue 28's
-/// Kubernetes upgrade takes it from.
-const KUBERNETES_FROM: &str = "v1.34.4";
-const KUBERNETES_TO: &str = "v1.35.0";
 
 /// What a run through a power cut printed, and when the API answered again after the cut.
 struct Survived {
@@ -171,6 +169,11 @@ fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow
     let upgrade_started = Instant::now();
     runtime.block_on(rehearsals::talos_upgrade::rehearse(&own))?;
     tests::shown(&format!("talos upgrade: the rehearsal took {:.1}s", upgrade_started.elapsed().as_secs_f64()));
+
+    // Issue 28: the control plane's images changed live, by hand.
+    let by_hand = Instant::now();
+    runtime.block_on(rehearsals::kubernetes_upgrade::by_hand(&own))?;
+    tests::shown(&format!("kubernetes by hand: {:.1}s", by_hand.elapsed().as_secs_f64()));
 
     // Every stage, after all that: nothing to change, every verify passes.
     let again = install_all().output()?;

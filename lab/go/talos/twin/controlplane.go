@@ -36,9 +36,12 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	talosx509 "github.com/siderolabs/crypto/x509"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/siderolabs/talos/pkg/argsbuilder"
 	"github.com/siderolabs/talos/pkg/kubeconfig"
+	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	configtypes "github.com/siderolabs/talos/pkg/machinery/config/config"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
@@ -48,10 +51,30 @@ import (
 // before then: KubernetesCertificateValidityDuration).
 const certLifetime = 365 * 24 * time.Hour
 
+// staticPod is one control-plane component as Talos renders it for the kubelet
+// (control_plane_static_pod.go): its image and its flags. The box runs the build the image
+// names as a service; none when the image cannot be pulled.
+type staticPod struct {
+	component string
+	image     string
+	args      []string
+	service   *service
+	pullErr   error
+}
+
+// same: the kubelet leaves a static pod whose manifest did not change running as it is.
+func (p *staticPod) same(other *staticPod) bool {
+	return p.image == other.image && slices.Equal(p.args, other.args)
+}
+
 type controlPlane struct {
-	apiserver         *service
-	controllerManager *service
-	scheduler         *service
+	imagesDir string
+	address   string
+	dir       string
+
+	mu sync.Mutex
+	// kube-apiserver, kube-controller-manager and kube-scheduler.
+	pods []*staticPod
 }
 
 // localEndpoint is where this machine's own components reach the API: KubePrism when it is
@@ -82,6 +105,32 @@ func kubernetesImage(imagesDir, component, image string) (string, error) {
 	return binary, nil
 }
 
+// kubernetesReleaseImages are the images of a Kubernetes release by their repository's name:
+// the control plane's, which the box runs from its builds, and the kubelet's and kube-proxy's,
+// which kwok and its fake pods stand in for.
+var kubernetesReleaseImages = []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "kubelet"}
+
+// ImagePull pulls an image into a containerd namespace (v1alpha1_images.go, ImagePull): a
+// Kubernetes release's image is there when the box has a build of that release, and NotFound
+// otherwise, as from a registry that lacks the tag. The box models no other image: anything
+// else is answered as pulled.
+func (c *configured) ImagePull(_ context.Context, in *machine.ImagePullRequest) (*machine.ImagePullResponse, error) {
+	ref, err := name.NewTag(in.GetReference())
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "error parsing image reference %q: %s", in.GetReference(), err)
+	}
+
+	repository := ref.Context().RepositoryStr()
+	if slices.Contains(kubernetesReleaseImages, repository[strings.LastIndex(repository, "/")+1:]) {
+		if _, err = os.Stat(filepath.Join(c.registry.images, "kubernetes", ref.TagStr())); err != nil {
+			return nil, status.Errorf(codes.NotFound, "error pulling image: failed to resolve reference %q: %s: not found",
+				in.GetReference(), in.GetReference())
+		}
+	}
+
+	return &machine.ImagePullResponse{Messages: []*machine.ImagePull{{Metadata: c.metadata()}}}, nil
+}
+
 // controlPlaneImages is each component's image, as the config names it.
 func controlPlaneImages(provider config.Provider) map[string]string {
 	cluster := provider.Cluster()
@@ -94,29 +143,37 @@ func controlPlaneImages(provider config.Provider) map[string]string {
 }
 
 // newControlPlane writes what the three components read into <state>/kubernetes and returns
-// them, not yet started; a component whose image cannot be pulled has no service.
+// them, not yet started.
 func newControlPlane(provider config.Provider, imagesDir, address, stateDir string) (*controlPlane, error) {
-	dir := filepath.Join(stateDir, "kubernetes")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	cp := &controlPlane{imagesDir: imagesDir, address: address, dir: filepath.Join(stateDir, "kubernetes")}
+	if err := os.MkdirAll(cp.dir, 0o700); err != nil {
 		return nil, err
 	}
 
-	path := func(name string) string { return filepath.Join(dir, name) }
-
-	files, err := controlPlaneFiles(provider, address, path)
+	files, err := controlPlaneFiles(provider, address, cp.path)
 	if err != nil {
 		return nil, err
 	}
 
 	for name, data := range files {
-		if err = os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+		if err = os.WriteFile(cp.path(name), data, 0o600); err != nil {
 			return nil, err
 		}
 	}
 
+	cp.pods, err = cp.render(provider)
+
+	return cp, err
+}
+
+func (cp *controlPlane) path(name string) string { return filepath.Join(cp.dir, name) }
+
+// render is the three static pods the config asks for: each component's image, and the flags
+// Talos derives from the config; a component whose image cannot be pulled gets no service.
+func (cp *controlPlane) render(provider config.Provider) ([]*staticPod, error) {
 	cluster := provider.Cluster()
 
-	apiserverArgs, err := apiServerArgs(provider, address, path)
+	apiserverArgs, err := apiServerArgs(provider, cp.address, cp.path)
 	if err != nil {
 		return nil, err
 	}
@@ -126,16 +183,16 @@ func newControlPlane(provider config.Provider, imagesDir, address, stateDir stri
 		"bind-address":                     "127.0.0.1",
 		"cluster-cidr":                     strings.Join(cluster.Network().PodCIDRs(), ","),
 		"service-cluster-ip-range":         strings.Join(cluster.Network().ServiceCIDRs(), ","),
-		"cluster-signing-cert-file":        path("ca.crt"),
-		"cluster-signing-key-file":         path("ca.key"),
+		"cluster-signing-cert-file":        cp.path("ca.crt"),
+		"cluster-signing-key-file":         cp.path("ca.key"),
 		"controllers":                      "*,tokencleaner",
 		"configure-cloud-routes":           "false",
-		"kubeconfig":                       path("controller-manager.kubeconfig"),
-		"authentication-kubeconfig":        path("controller-manager.kubeconfig"),
-		"authorization-kubeconfig":         path("controller-manager.kubeconfig"),
+		"kubeconfig":                       cp.path("controller-manager.kubeconfig"),
+		"authentication-kubeconfig":        cp.path("controller-manager.kubeconfig"),
+		"authorization-kubeconfig":         cp.path("controller-manager.kubeconfig"),
 		"leader-elect":                     "true",
-		"root-ca-file":                     path("ca.crt"),
-		"service-account-private-key-file": path("service-account.key"),
+		"root-ca-file":                     cp.path("ca.crt"),
+		"service-account-private-key-file": cp.path("service-account.key"),
 		"profiling":                        "false",
 		"tls-min-version":                  "VersionTLS13",
 	}
@@ -144,10 +201,10 @@ func newControlPlane(provider config.Provider, imagesDir, address, stateDir stri
 	}
 
 	scheduler := argsbuilder.Args{
-		"config":                                 path("scheduler-config.yaml"),
+		"config":                                 cp.path("scheduler-config.yaml"),
 		"authentication-tolerate-lookup-failure": "false",
-		"authentication-kubeconfig":              path("scheduler.kubeconfig"),
-		"authorization-kubeconfig":               path("scheduler.kubeconfig"),
+		"authentication-kubeconfig":              cp.path("scheduler.kubeconfig"),
+		"authorization-kubeconfig":               cp.path("scheduler.kubeconfig"),
 		"bind-address":                           "127.0.0.1",
 		"leader-elect":                           "true",
 		"profiling":                              "false",
@@ -158,23 +215,26 @@ func newControlPlane(provider config.Provider, imagesDir, address, stateDir stri
 	}
 
 	images := controlPlaneImages(provider)
-	component := func(component string, args []string) *service {
-		binary, pullErr := kubernetesImage(imagesDir, component, images[component])
-		if pullErr != nil {
-			log.Printf("%s: %v", component, pullErr)
-
-			return nil
-		}
-
-		return newService(component, binary, dir, args)
+	pods := []*staticPod{
+		{component: "kube-apiserver", args: apiserverArgs},
+		{component: "kube-controller-manager", args: append([]string{"--use-service-account-credentials"}, controllerManager.Args()...)},
+		{component: "kube-scheduler", args: scheduler.Args()},
 	}
 
-	return &controlPlane{
-		apiserver: component("kube-apiserver", apiserverArgs),
-		controllerManager: component("kube-controller-manager",
-			append([]string{"--use-service-account-credentials"}, controllerManager.Args()...)),
-		scheduler: component("kube-scheduler", scheduler.Args()),
-	}, nil
+	for _, pod := range pods {
+		pod.image = images[pod.component]
+
+		var binary string
+		if binary, pod.pullErr = kubernetesImage(cp.imagesDir, pod.component, pod.image); pod.pullErr != nil {
+			log.Printf("%s: %v", pod.component, pod.pullErr)
+
+			continue
+		}
+
+		pod.service = newService(pod.component, binary, cp.dir, pod.args)
+	}
+
+	return pods, nil
 }
 
 // apiServerArgs are the API server's flags as Talos sets them, with cluster.apiServer.extraArgs
@@ -227,7 +287,8 @@ func apiServerArgs(provider config.Provider, address string, path func(string) s
 		"tls-private-key-file":               path("apiserver.key"),
 		"kubelet-preferred-address-types":    "InternalIP,ExternalIP,Hostname",
 		"advertise-address":                  address,
-		// Kubernetes 1.35 reads the authorizers from a file (handleKubeAPIServerAuthorizationFlags).
+		// Kubernetes 1.29 and newer read the authorizers from a file
+		// (handleKubeAPIServerAuthorizationFlags).
 		"authorization-config": path("authorization-config.yaml"),
 	}
 
@@ -486,25 +547,78 @@ func (cp *controlPlane) run(ctx context.Context, etcd *etcdMember) {
 		time.Sleep(time.Second)
 	}
 
-	for _, component := range cp.components() {
-		if err := component.start(); err != nil {
-			log.Printf("%v", err)
-		}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+
+	for _, pod := range cp.pods {
+		pod.start()
 	}
 }
 
-// components are the services that run: those whose image was pulled.
-func (cp *controlPlane) components() []*service {
-	return slices.DeleteFunc([]*service{cp.apiserver, cp.controllerManager, cp.scheduler}, func(component *service) bool {
-		return component == nil
-	})
+func (p *staticPod) start() {
+	if p.service == nil {
+		return
+	}
+
+	if err := p.service.start(); err != nil {
+		log.Printf("%v", err)
+	}
+}
+
+// reconcile takes a config applied without a reboot: each static pod whose image or flags
+// changed is replaced (the old process stopped, the new image's build started), as the kubelet
+// replaces a pod whose manifest changed; the others run on. Returns the pods that replaced
+// others.
+// The files the components read (certificates, kubeconfigs, config files) stay those rendered
+// at boot.
+func (cp *controlPlane) reconcile(provider config.Provider) ([]*staticPod, error) {
+	wanted, err := cp.render(provider)
+	if err != nil {
+		return nil, err
+	}
+
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+
+	var replaced []*staticPod
+
+	for i, pod := range cp.pods {
+		if pod.same(wanted[i]) {
+			continue
+		}
+
+		if pod.service != nil {
+			pod.service.stop()
+		}
+
+		log.Printf("%s: replaced, now %s", pod.component, wanted[i].image)
+		wanted[i].start()
+		cp.pods[i] = wanted[i]
+		replaced = append(replaced, wanted[i])
+	}
+
+	return replaced, nil
+}
+
+// current is the static pods as they run now.
+func (cp *controlPlane) current() []*staticPod {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+
+	return slices.Clone(cp.pods)
 }
 
 // stop takes the three components down together.
 func (cp *controlPlane) stop() {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+
 	var stopping sync.WaitGroup
-	for _, component := range cp.components() {
-		stopping.Go(component.stop)
+
+	for _, pod := range cp.pods {
+		if pod.service != nil {
+			stopping.Go(pod.service.stop)
+		}
 	}
 
 	stopping.Wait()

@@ -22,6 +22,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
@@ -29,6 +30,7 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -45,7 +47,6 @@ import (
 	"k8s.io/client-go/util/certificate/csr"
 
 	"github.com/cosi-project/runtime/pkg/state"
-	"github.com/google/go-containerregistry/pkg/name"
 	talosx509 "github.com/siderolabs/crypto/x509"
 
 	"github.com/siderolabs/talos/pkg/machinery/config"
@@ -63,8 +64,8 @@ type kubelet struct {
 	// kwok and the stages it plays (written by the lab).
 	kwokBinary string
 	kwokConfig string
-	// The box's images: the builds the static pods' images name (controlplane.go).
-	images string
+	// A control plane's static pods (nil on a worker).
+	controlPlane *controlPlane
 
 	// The machine's resources: the kubelet-csr diagnostic and the static pods' status.
 	resources state.State
@@ -73,6 +74,8 @@ type kubelet struct {
 
 	mu      sync.Mutex
 	runtime *service
+	// The kubelet image it runs as (machine.kubelet.image; it changes with a restart).
+	image string
 }
 
 // restConfig is a client of the local endpoint (KubePrism) trusting the cluster CA.
@@ -116,6 +119,11 @@ func (k *kubelet) run(ctx context.Context) {
 		what string
 		do   func(context.Context) error
 	}{
+		{"spec", func(ctx context.Context) error {
+			_, err := k.publishSpec(ctx, k.config)
+
+			return err
+		}},
 		{"client certificate (TLS bootstrap)", k.bootstrapCredentials},
 		{"node registration", k.register},
 		{"serving certificate request", k.requestServingCertificate},
@@ -151,12 +159,23 @@ func (k *kubelet) ready() bool {
 
 // mirrorStaticPods: a control plane's kubelet runs kube-apiserver, kube-controller-manager and
 // kube-scheduler as static pods and mirrors each into the API as a pod of kube-system bound to
-// its Node (what `kubectl get pods -n kube-system` and health's control-plane checks see), and
-// machined records their status (k8s/static_pod_status.go). The twin runs them as services
-// (controlplane.go); these pods are their mirrors, run by kwok.
+// its Node (what `kubectl get pods -n kube-system`, health's control-plane checks and
+// upgrade-k8s see), and machined records their status (k8s/static_pod_status.go). The twin
+// runs them as services (controlplane.go); these pods are their mirrors, run by kwok.
 func (k *kubelet) mirrorStaticPods(ctx context.Context) error {
-	if !k.config.Machine().Type().IsControlPlane() {
+	return k.syncStaticPods(ctx, k.config)
+}
+
+// syncStaticPods publishes the static pods `provider` asks for and brings each mirror pod in
+// line with its static pod: a changed pod's mirror is replaced, as the kubelet replaces the pod.
+func (k *kubelet) syncStaticPods(ctx context.Context, provider config.Provider) error {
+	if k.controlPlane == nil {
 		return nil
+	}
+
+	versions, err := k.controlPlane.publish(ctx, k.resources, provider)
+	if err != nil {
+		return err
 	}
 
 	client, node, err := k.ownNode(ctx)
@@ -164,8 +183,8 @@ func (k *kubelet) mirrorStaticPods(ctx context.Context) error {
 		return err
 	}
 
-	for component, image := range controlPlaneImages(k.config) {
-		podName := component + "-" + k.hostname
+	for _, pod := range k.controlPlane.current() {
+		podName := pod.component + "-" + k.hostname
 		status := map[string]any{
 			"phase":      "Running",
 			"conditions": []any{map[string]any{"type": "Ready", "status": "True"}},
@@ -174,23 +193,29 @@ func (k *kubelet) mirrorStaticPods(ctx context.Context) error {
 		// An image that cannot be pulled leaves the static pod waiting, its container never
 		// started (the kubelet's ErrImagePull). The box makes no mirror pod for it: kwok would
 		// mark one running, which it is not.
-		if _, pullErr := kubernetesImage(k.images, component, image); pullErr != nil {
+		if pod.pullErr != nil {
 			status = map[string]any{
 				"phase":      "Pending",
 				"conditions": []any{map[string]any{"type": "Ready", "status": "False"}},
 				"containerStatuses": []any{map[string]any{
-					"name": component, "image": image, "ready": false,
-					"state": map[string]any{"waiting": map[string]any{"reason": "ErrImagePull", "message": pullErr.Error()}},
+					"name": pod.component, "image": pod.image, "ready": false,
+					"state": map[string]any{"waiting": map[string]any{"reason": "ErrImagePull", "message": pod.pullErr.Error()}},
 				}},
 			}
-		} else if err = k.mirror(ctx, client, node, podName, component, image); err != nil {
+
+			err = k.dropMirror(ctx, client, podName)
+		} else {
+			err = k.mirror(ctx, client, node, podName, pod, versions[pod.component])
+		}
+
+		if err != nil {
 			return err
 		}
 
 		podStatus := k8s.NewStaticPodStatus(k8s.NamespaceName, "kube-system/"+podName)
 		podStatus.TypedSpec().PodStatus = status
 
-		if err = k.resources.Create(ctx, podStatus); err != nil && !state.IsConflictError(err) {
+		if err = putResource(ctx, k.resources, podStatus); err != nil {
 			return err
 		}
 	}
@@ -198,18 +223,17 @@ func (k *kubelet) mirrorStaticPods(ctx context.Context) error {
 	return nil
 }
 
-// mirror creates the mirror pod `podName` of a static pod, bound to its Node.
-func (k *kubelet) mirror(ctx context.Context, client *kubernetes.Clientset, node *corev1.Node, podName, component, image string) error {
-	pod := &corev1.Pod{
+// mirror makes the mirror pod `podName` of a static pod, bound to its Node, carrying the
+// static pod's labels and config version; one that mirrors an older manifest is replaced.
+func (k *kubelet) mirror(ctx context.Context, client *kubernetes.Clientset, node *corev1.Node, podName string, pod *staticPod, configVersion string) error {
+	mirror := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      podName,
 			Namespace: "kube-system",
-			Labels: map[string]string{
-				"tier": "control-plane", "k8s-app": component, "component": component,
-				"app.kubernetes.io/component": "control-plane", "app.kubernetes.io/managed-by": "Talos",
-			},
+			Labels:    pod.labels(),
 			Annotations: map[string]string{
 				"kubernetes.io/config.mirror": podName, "kubernetes.io/config.hash": podName, "kubernetes.io/config.source": "file",
+				constants.AnnotationStaticPodConfigVersion: configVersion,
 			},
 			OwnerReferences: []metav1.OwnerReference{{
 				APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID, Controller: ptr(true),
@@ -219,12 +243,36 @@ func (k *kubelet) mirror(ctx context.Context, client *kubernetes.Clientset, node
 			NodeName:          k.hostname,
 			HostNetwork:       true,
 			PriorityClassName: "system-cluster-critical",
-			Containers:        []corev1.Container{{Name: component, Image: image}},
+			Containers:        []corev1.Container{{Name: pod.component, Image: pod.image}},
 			Tolerations:       []corev1.Toleration{{Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoExecute}},
 		},
 	}
 
-	if _, err := client.CoreV1().Pods("kube-system").Create(ctx, pod, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	current, err := client.CoreV1().Pods("kube-system").Get(ctx, podName, metav1.GetOptions{})
+	if err == nil && current.Annotations[constants.AnnotationStaticPodConfigVersion] == configVersion &&
+		len(current.Spec.Containers) == 1 && current.Spec.Containers[0].Image == pod.image {
+		return nil
+	}
+
+	if err == nil {
+		if err = k.dropMirror(ctx, client, podName); err != nil {
+			return err
+		}
+	} else if !apierrors.IsNotFound(err) {
+		return err
+	}
+
+	if _, err = client.CoreV1().Pods("kube-system").Create(ctx, mirror, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("mirror pod %s: %w", podName, err)
+	}
+
+	return nil
+}
+
+// dropMirror deletes a mirror pod at once, as the kubelet does when its static pod goes.
+func (k *kubelet) dropMirror(ctx context.Context, client *kubernetes.Clientset, podName string) error {
+	err := client.CoreV1().Pods("kube-system").Delete(ctx, podName, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))})
+	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("mirror pod %s: %w", podName, err)
 	}
 
@@ -417,16 +465,14 @@ func (k *kubelet) register(ctx context.Context) error {
 	// Each boot has its own boot ID, which the kubelet reports (/proc/sys/kernel/random/boot_id):
 	// how a client tells a rebooted node from one that never went away; the OS image, the
 	// PRETTY_NAME of the release's /etc/os-release (version/osrelease.go: "Talos (v1.12.1)"),
-	// which a new release changes; and the kubelet's version, which the real kubelet compiles
-	// in: here a label, the tag of the kubelet image the config names (kwok runs no kubelet).
-	// kwok keeps all three.
-	kubeletVersion := ""
-	if ref, tagErr := name.NewTag(k.config.Machine().Kubelet().Image()); tagErr == nil {
-		kubeletVersion = ref.TagStr()
-	}
+	// which a new release changes; and the kubelet's version (kubeletVersion: a label in the
+	// box). kwok keeps all three.
+	k.mu.Lock()
+	image := k.image
+	k.mu.Unlock()
 
 	nodeInfo := fmt.Sprintf(`{"status":{"nodeInfo":{"bootID":%q,"osImage":%q,"kubeletVersion":%q}}}`,
-		k.bootID, fmt.Sprintf("%s (%s)", version.Name, version.Tag), kubeletVersion)
+		k.bootID, fmt.Sprintf("%s (%s)", version.Name, version.Tag), kubeletVersion(image))
 	if _, err = client.CoreV1().Nodes().PatchStatus(ctx, k.hostname, []byte(nodeInfo)); err != nil {
 		return err
 	}
@@ -667,4 +713,74 @@ func (k *kubelet) tainted(ctx context.Context, client *kubernetes.Clientset, key
 	}
 
 	return false
+}
+
+// readyWithin is how long a replaced static pod may take to answer before its mirror is made
+// anyway (then it shows the pod as it is: the kubelet's probes would mark it).
+const readyWithin = 2 * time.Minute
+
+// waitReady waits until a static pod's process answers on its own port, as the kubelet's
+// probes ask: the API server's /readyz (asked with the machine's admin credentials, since it
+// refuses anonymous requests), the controller-manager's and scheduler's /healthz on their
+// secure ports (10257, 10259), which they serve to anyone.
+func (k *kubelet) waitReady(ctx context.Context, pod *staticPod) {
+	if pod.service == nil {
+		return
+	}
+
+	client, err := k.probeClient(pod.component)
+	if err != nil {
+		log.Printf("kubelet: probing %s: %v", pod.component, err)
+
+		return
+	}
+
+	deadline := time.Now().Add(readyWithin)
+	for ctx.Err() == nil && time.Now().Before(deadline) {
+		if response, err := client.Get(probeURL(pod.component, k.config.Cluster().LocalAPIServerPort())); err == nil {
+			response.Body.Close() //nolint:errcheck
+
+			if response.StatusCode == http.StatusOK {
+				return
+			}
+		}
+
+		time.Sleep(time.Second)
+	}
+
+	log.Printf("kubelet: %s did not answer ready within %s", pod.component, readyWithin)
+}
+
+func probeURL(component string, apiServerPort int) string {
+	switch component {
+	case "kube-apiserver":
+		return fmt.Sprintf("https://localhost:%d/readyz", apiServerPort)
+	case "kube-controller-manager":
+		return "https://127.0.0.1:10257/healthz"
+	default:
+		return "https://127.0.0.1:10259/healthz"
+	}
+}
+
+// probeClient asks a component on this machine: the API server with the admin's client
+// certificate, trusting the cluster CA; the others without credentials (their serving
+// certificates are self-signed, which the kubelet's probes do not check either).
+func (k *kubelet) probeClient(component string) (*http.Client, error) {
+	if component != "kube-apiserver" {
+		return &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // a probe, as the kubelet's
+		}}, nil
+	}
+
+	admin, err := k.admin()
+	if err != nil {
+		return nil, err
+	}
+
+	transport, err := rest.TransportFor(admin)
+	if err != nil {
+		return nil, err
+	}
+
+	return &http.Client{Timeout: 3 * time.Second, Transport: transport}, nil
 }

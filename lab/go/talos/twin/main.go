@@ -65,7 +65,6 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/api/machine"
 	"github.com/siderolabs/talos/pkg/machinery/api/storage"
 	"github.com/siderolabs/talos/pkg/machinery/config"
-	"github.com/siderolabs/talos/pkg/machinery/config/configdiff"
 	"github.com/siderolabs/talos/pkg/machinery/config/configloader"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 	"github.com/siderolabs/talos/pkg/machinery/imager/quirks"
@@ -689,6 +688,11 @@ func boot(ctx context.Context, st state.State, hw Hardware) error {
 		cluster.AffiliateExtension{},
 		cluster.MemberExtension{},
 		k8s.StaticPodStatusExtension{},
+		k8s.StaticPodExtension{},
+		k8s.APIServerConfigExtension{},
+		k8s.ControllerManagerConfigExtension{},
+		k8s.SchedulerConfigExtension{},
+		k8s.KubeletSpecExtension{},
 		talosv1alpha1.ServiceExtension{},
 	}
 
@@ -1051,64 +1055,6 @@ func (*configured) Version(context.Context, *emptypb.Empty) (*machine.VersionRes
 	return &machine.VersionResponse{Messages: []*machine.Version{{
 		Version:  version.NewVersion(),
 		Platform: &machine.PlatformInfo{Name: "metal", Mode: "metal"},
-	}}}, nil
-}
-
-// ApplyConfiguration on a configured node: with --dry-run, Talos's own diff of the running
-// config against the new one ("No changes." when equal), as the summary talosctl prints on
-// stderr (internal/app/machined/internal/server/v1alpha1/v1alpha1_server.go, ApplyConfiguration
-// and generateDiff). Whether a change could apply without a reboot (Talos's CanApplyImmediate)
-// is not modelled: the twin says "with a reboot". Without --dry-run the new config is kept.
-func (c *configured) ApplyConfiguration(_ context.Context, in *machine.ApplyConfigurationRequest) (*machine.ApplyConfigurationResponse, error) {
-	provider, err := configloader.NewFromBytes(in.GetData())
-	if err != nil {
-		return nil, status.Error(codes.InvalidArgument, err.Error())
-	}
-
-	// A configured machine always keeps a v1alpha1 document; Talos refuses a config without one
-	// rather than guess that a patch was meant.
-	if provider.RawV1Alpha1() == nil {
-		return nil, status.Error(codes.InvalidArgument,
-			"the applied machine configuration doesn't contain v1alpha1 config, did you mean to patch the machine config instead?")
-	}
-
-	if _, err = provider.Validate(metal{}); err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "configuration validation failed: %s", err)
-	}
-
-	// The twin keeps the config and reboots for none of it. NO_REBOOT is answered as Talos
-	// answers it; Talos also refuses it when a change cannot be made live (CanApplyImmediate),
-	// which the twin does not judge yet.
-	mode, modeDetails := machine.ApplyConfigurationRequest_REBOOT, "Applied configuration with a reboot"
-	if in.GetMode() == machine.ApplyConfigurationRequest_NO_REBOOT {
-		mode, modeDetails = machine.ApplyConfigurationRequest_NO_REBOOT, "Applied configuration without a reboot"
-	}
-
-	if in.DryRun {
-		diff, err := configdiff.DiffToString(c.config, provider)
-		if err != nil {
-			return nil, fmt.Errorf("failed to generate diff: %w", err)
-		}
-
-		if diff == "" {
-			diff = "No changes."
-		}
-
-		return &machine.ApplyConfigurationResponse{Messages: []*machine.ApplyConfiguration{{
-			Mode:        mode,
-			ModeDetails: fmt.Sprintf("Dry run summary:\n%s (skipped in dry-run).\nConfig diff:\n\n%s", modeDetails, diff),
-		}}}, nil
-	}
-
-	if err = os.WriteFile(c.configFile, in.GetData(), 0o600); err != nil {
-		return nil, status.Errorf(codes.Internal, "keeping the config: %s", err)
-	}
-
-	c.config = provider
-
-	return &machine.ApplyConfigurationResponse{Messages: []*machine.ApplyConfiguration{{
-		Mode:        mode,
-		ModeDetails: modeDetails,
 	}}}, nil
 }
 

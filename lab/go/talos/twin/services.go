@@ -25,6 +25,7 @@ import (
 )
 
 type services struct {
+	ctx    context.Context //nolint:containedctx // the machine's life: what follow runs within
 	cancel context.CancelFunc
 	// The VIP elections run until the kubelet lifecycle is torn down, which comes first in a
 	// shutdown (see endCampaigns).
@@ -49,7 +50,7 @@ func hostname(provider config.Provider, address string) string {
 
 func startServices(parent context.Context, provider config.Provider, node nodeFlags, resources state.State) (*services, error) {
 	ctx, cancel := context.WithCancel(parent)
-	running := &services{cancel: cancel}
+	running := &services{ctx: ctx, cancel: cancel}
 
 	var err error
 
@@ -70,7 +71,7 @@ func startServices(parent context.Context, provider config.Provider, node nodeFl
 	kubelet := &kubelet{
 		bootID: string(uuid.NewUUID()),
 		config: provider, address: node.address, hostname: name, dir: filepath.Join(node.stateDir, "kubelet"),
-		kwokBinary: node.kwok, kwokConfig: node.kwokConfig, images: node.images, resources: resources,
+		kwokBinary: node.kwok, kwokConfig: node.kwokConfig, resources: resources, image: provider.Machine().Kubelet().Image(),
 	}
 	running.kubelet = kubelet
 
@@ -93,6 +94,8 @@ func startServices(parent context.Context, provider config.Provider, node nodeFl
 			return nil, err
 		}
 
+		kubelet.controlPlane = running.controlPlane
+
 		running.etcd.run(ctx)
 
 		go running.controlPlane.run(ctx, running.etcd)
@@ -113,6 +116,47 @@ func startServices(parent context.Context, provider config.Provider, node nodeFl
 	go kubelet.run(ctx)
 
 	return running, nil
+}
+
+// follow brings a control plane's static pods in line with a config applied without a reboot,
+// as Talos's controllers do: the components' config resources are rendered again at once (a
+// changed one gets a new version), the static pods whose image or flags changed are replaced,
+// and once each new one answers, their mirror pods follow (carrying that version). The kubelet
+// follows first (configured.follow, applyconfig.go).
+func (s *services) follow(provider config.Provider) {
+	if s.controlPlane == nil {
+		return
+	}
+
+	// The config resources move at once, as Talos's controllers render them from the config;
+	// the static pods once replaced, their mirror pods once the new processes answer.
+	if _, err := publishConfigs(s.ctx, s.kubelet.resources, provider, s.controlPlane.address); err != nil {
+		log.Printf("following the applied config: %v", err)
+	}
+
+	replaced, err := s.controlPlane.reconcile(provider)
+	if err != nil {
+		log.Printf("following the applied config: %v", err)
+
+		return
+	}
+
+	if _, err = s.controlPlane.publish(s.ctx, s.kubelet.resources, provider); err != nil {
+		log.Printf("following the applied config: %v", err)
+	}
+
+	for _, pod := range replaced {
+		s.kubelet.waitReady(s.ctx, pod)
+	}
+
+	for s.ctx.Err() == nil {
+		if err = s.kubelet.syncStaticPods(s.ctx, provider); err == nil {
+			return
+		}
+
+		log.Printf("kubelet: static pods: %v", err)
+		time.Sleep(3 * time.Second)
+	}
 }
 
 // kubeletLifecycleTimeout is how long Talos waits for the kubelet lifecycle's finalizers
