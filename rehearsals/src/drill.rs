@@ -11,25 +11,15 @@
 //! that has quorum.
 
 use std::collections::BTreeMap;
-use std::process::Output;
 use std::time::Instant;
 
-use crate::OwnBox;
+use crate::{OwnBox, output_of, printed};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use kube::api::{Api, ListParams, PostParams};
 use lab::twin::twin_dir;
 
 /// The label on every object the drill writes.
 const DRILL: &str = "talos-ha.dev/drill";
-
-fn log(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// Runs `command` off the async runtime.
-async fn output(mut command: std::process::Command) -> anyhow::Result<Output> {
-    Ok(tokio::task::spawn_blocking(move || command.output()).await??)
-}
 
 fn meta(name: String, phase: &str) -> kube::api::ObjectMeta {
     kube::api::ObjectMeta {
@@ -100,8 +90,8 @@ pub async fn restore_after_losing_quorum(own: &OwnBox) -> anyhow::Result<(f64, f
     let port_base = own.lab.ports.base.to_string();
     let client = kit::client::client_from_kubeconfig(&own.lab.kubeconfig).await?;
     let before = write_objects(&client, "before", 12).await?;
-    let backed_up = output(own.xtask(&["backup"])).await?;
-    anyhow::ensure!(backed_up.status.success(), "backup: {}", log(&backed_up));
+    let backed_up = output_of(own.xtask(&["backup"])).await?;
+    anyhow::ensure!(backed_up.status.success(), "backup: {}", printed(&backed_up));
     let folder = String::from_utf8(backed_up.stdout)?.trim().to_owned();
     let after = write_objects(&client, "after", 6).await?;
 
@@ -112,10 +102,14 @@ pub async fn restore_after_losing_quorum(own: &OwnBox) -> anyhow::Result<(f64, f
     std::fs::remove_dir_all(twin_dir(&own.lab.dir, "cp01").join("etcd"))?;
     own.lab.power_on("cp01").await?;
 
-    let refused = output(own.xtask(&["backup"])).await?;
-    anyhow::ensure!(!refused.status.success(), "no healthy member to back up from: {}", log(&refused));
+    let refused = output_of(own.xtask(&["backup"])).await?;
+    anyhow::ensure!(!refused.status.success(), "no healthy member to back up from: {}", printed(&refused));
     for node in ["cp01", "cp02", "cp03"] {
-        anyhow::ensure!(log(&refused).contains(node), "backup names every control plane it asked: {}", log(&refused));
+        anyhow::ensure!(
+            printed(&refused).contains(node),
+            "backup names every control plane it asked: {}",
+            printed(&refused)
+        );
     }
 
     // A snapshot changed after the backup is refused before anything is wiped (the kubelet's
@@ -129,38 +123,38 @@ pub async fn restore_after_losing_quorum(own: &OwnBox) -> anyhow::Result<(f64, f
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&snapshot, bytes)?;
-    let tampered_run = output(own.xtask(&["restore", "--from", &tampered.display().to_string()])).await?;
-    anyhow::ensure!(!tampered_run.status.success(), "{}", log(&tampered_run));
+    let tampered_run = output_of(own.xtask(&["restore", "--from", &tampered.display().to_string()])).await?;
+    anyhow::ensure!(!tampered_run.status.success(), "{}", printed(&tampered_run));
     anyhow::ensure!(
-        log(&tampered_run).contains("refusing before any machine is touched"),
+        printed(&tampered_run).contains("refusing before any machine is touched"),
         "the damaged file is named before anything is done: {}",
-        log(&tampered_run)
+        printed(&tampered_run)
     );
     anyhow::ensure!(twin_dir(&own.lab.dir, "cp01").join("kubelet").exists(), "cp01 was not wiped");
 
     // The restore, with two control planes still off: cp01 is restored alone and the run
     // names the two it could not reach.
     let started = Instant::now();
-    let first = output(own.xtask(&["restore", "--from", &folder])).await?;
+    let first = output_of(own.xtask(&["restore", "--from", &folder])).await?;
     let first_took = started.elapsed();
-    anyhow::ensure!(!first.status.success(), "two control planes are still off: {}", log(&first));
+    anyhow::ensure!(!first.status.success(), "two control planes are still off: {}", printed(&first));
     anyhow::ensure!(
-        log(&first).contains("cp02, cp03 did not answer"),
+        printed(&first).contains("cp02, cp03 did not answer"),
         "the run names who is missing and what to run: {}",
-        log(&first)
+        printed(&first)
     );
 
     // Power comes back: cp02 and cp03 boot with the old cluster's data; the second run wipes
     // them (they are no members of the restored cluster) and they join it.
     own.lab.power_on("cp02").await?;
     own.lab.power_on("cp03").await?;
-    let second = output(own.xtask(&["restore", "--from", &folder])).await?;
+    let second = output_of(own.xtask(&["restore", "--from", &folder])).await?;
     let recovered = started.elapsed();
-    anyhow::ensure!(second.status.success(), "the second run completes it: {}", log(&second));
+    anyhow::ensure!(second.status.success(), "the second run completes it: {}", printed(&second));
     anyhow::ensure!(
-        log(&second).contains("members kept: cp01"),
+        printed(&second).contains("members kept: cp01"),
         "the restored member is never wiped: {}",
-        log(&second)
+        printed(&second)
     );
 
     let client = kit::client::client_from_kubeconfig(&own.lab.kubeconfig).await?;
@@ -175,17 +169,17 @@ pub async fn restore_after_losing_quorum(own: &OwnBox) -> anyhow::Result<(f64, f
     })?;
     anyhow::ensure!(health.1 == 3, "three healthy voting members: {}", health.0);
 
-    let again = output(own.xtask(&["install-all", "--port-base", &port_base])).await?;
-    anyhow::ensure!(again.status.success(), "{}", log(&again));
+    let again = output_of(own.xtask(&["install-all", "--port-base", &port_base])).await?;
+    anyhow::ensure!(again.status.success(), "{}", printed(&again));
     anyhow::ensure!(
-        log(&again).contains("nothing changed: the cluster was already converged"),
+        printed(&again).contains("nothing changed: the cluster was already converged"),
         "every stage's objects came back with the snapshot: {}",
-        log(&again)
+        printed(&again)
     );
 
-    let healthy = output(own.xtask(&["restore", "--from", &folder])).await?;
-    anyhow::ensure!(!healthy.status.success(), "{}", log(&healthy));
-    anyhow::ensure!(log(&healthy).contains("the cluster has quorum and needs no restore"), "{}", log(&healthy));
+    let healthy = output_of(own.xtask(&["restore", "--from", &folder])).await?;
+    anyhow::ensure!(!healthy.status.success(), "{}", printed(&healthy));
+    anyhow::ensure!(printed(&healthy).contains("the cluster has quorum and needs no restore"), "{}", printed(&healthy));
 
     Ok((first_took.as_secs_f64(), recovered.as_secs_f64()))
 }

@@ -11,10 +11,14 @@
 //! - `talosctl image pull` (upgrade-k8s's pre-pull) finds a release the box has a build of, and
 //!   not one it has none of;
 //! - a new kubelet image restarts the kubelet, whose Node then reports that release.
+//!
+//! Then `cargo xtask upgrade` with cluster.yaml asking for v1.35.0: `plan` lists the phase
+//! (every control plane, kube-proxy, every kubelet, the images), and `apply`, which does not
+//! take the phase yet, stops before anything changes.
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::OwnBox;
+use crate::{OwnBox, output_of, printed};
 
 pub const FROM: &str = "v1.34.4";
 pub const TO: &str = "v1.35.0";
@@ -151,5 +155,25 @@ pub async fn by_hand(own: &OwnBox) -> anyhow::Result<()> {
     }
     let (ok, said) = own.talosctl_at("wk01", &["get", "kubeletspecs", "kubelet", "--output", "json"])?;
     assert!(ok && said.contains(&format!("ghcr.io/siderolabs/kubelet:{FROM}")), "{said}");
+    Ok(())
+}
+
+/// `cargo xtask upgrade` plans the Kubernetes phase; `apply` does not take it yet and changes
+/// nothing. cluster.yaml is put back as it was.
+pub async fn planned(own: &OwnBox) -> anyhow::Result<()> {
+    let source = std::fs::read_to_string(&own.config.source)?;
+    std::fs::write(&own.config.source, source.replace(&format!("kubernetes: {FROM}"), &format!("kubernetes: {TO}")))?;
+    let plan = output_of(own.xtask(&["upgrade", "plan"])).await?;
+    let shown = printed(&plan);
+    assert_eq!(plan.status.code(), Some(2), "a phase to take: {shown}");
+    let phase = format!(
+        "kubernetes     {FROM} → {TO}: control planes cp01 cp02 cp03, one at a time, then kube-proxy, then the kubelets \
+         of cp01 cp02 cp03 wk01 wk02 wk03, one at a time"
+    );
+    assert!(shown.contains(&phase), "{shown}");
+    assert!(shown.contains(&format!("registry.k8s.io/kube-apiserver:{TO}")) && !shown.contains("refused:"), "{shown}");
+    let refused = output_of(own.xtask(&["upgrade", "apply", "--no-backup"])).await?;
+    assert!(!refused.status.success() && printed(&refused).contains("does not take it yet"), "{}", printed(&refused));
+    std::fs::write(&own.config.source, source)?;
     Ok(())
 }

@@ -124,6 +124,16 @@ impl OwnBox {
     }
 }
 
+/// Runs `command` off the async runtime (a rehearsal's `cargo xtask` runs for minutes).
+pub async fn output_of(mut command: std::process::Command) -> anyhow::Result<std::process::Output> {
+    Ok(tokio::task::spawn_blocking(move || command.output()).await??)
+}
+
+/// What a command printed: stdout, then stderr.
+pub fn printed(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
 /// The kubelet version each Node reports (`status.nodeInfo.kubeletVersion`), by node name.
 pub async fn kubelet_versions(kubeconfig: &std::path::Path) -> anyhow::Result<BTreeMap<String, String>> {
     let client = kit::client::client_from_kubeconfig(kubeconfig).await?;

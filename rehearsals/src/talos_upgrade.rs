@@ -18,15 +18,15 @@
 //! stops it; the last run finishes. Etcd never has fewer than two healthy members, every
 //! machine runs v1.12.1 with its schematic, and nothing is left to upgrade.
 
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use lab::twin::Fault;
 
-use crate::OwnBox;
 use crate::watch::Watch;
+use crate::{OwnBox, output_of, printed};
 
 pub const FROM: &str = "v1.12.0";
 pub const TO: &str = "v1.12.1";
@@ -74,15 +74,6 @@ async fn settled(own: &OwnBox, node: &str, release: &str) -> anyhow::Result<()> 
         anyhow::Ok(state().await)
     })
     .await
-}
-
-/// Runs a command off the async runtime.
-async fn run(mut command: Command) -> anyhow::Result<Output> {
-    Ok(tokio::task::spawn_blocking(move || command.output()).await??)
-}
-
-fn log(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 /// The per-machine times `apply` printed, shown in CI's log (the note's measurements).
@@ -138,31 +129,31 @@ async fn by_hand(own: &OwnBox, target: &str) -> anyhow::Result<()> {
 
 /// `cargo xtask upgrade` takes every machine, gate by gate.
 async fn with_the_upgrade_command(own: &OwnBox, target: &str) -> anyhow::Result<()> {
-    let plan = run(own.xtask(&["upgrade", "plan"])).await?;
-    assert_eq!(plan.status.code(), Some(2), "machines to upgrade: {}", log(&plan));
+    let plan = output_of(own.xtask(&["upgrade", "plan"])).await?;
+    assert_eq!(plan.status.code(), Some(2), "machines to upgrade: {}", printed(&plan));
     let shown = String::from_utf8_lossy(&plan.stdout).into_owned();
     assert!(shown.contains("talos          5 machine(s) to upgrade"), "cp03 is done: {shown}");
     for node in ["cp01", "cp02", "wk01", "wk02", "wk03"] {
         assert!(shown.contains(&format!("{node:<8} {FROM} → {TO}: with {target}")), "{shown}");
     }
 
-    let refused = run(own.xtask(&["upgrade", "apply"])).await?;
-    assert!(!refused.status.success() && log(&refused).contains("no backup of"), "{}", log(&refused));
-    assert!(log(&refused).contains("cargo xtask backup"), "{}", log(&refused));
-    let backup = run(own.xtask(&["backup"])).await?;
-    assert!(backup.status.success(), "{}", log(&backup));
+    let refused = output_of(own.xtask(&["upgrade", "apply"])).await?;
+    assert!(!refused.status.success() && printed(&refused).contains("no backup of"), "{}", printed(&refused));
+    assert!(printed(&refused).contains("cargo xtask backup"), "{}", printed(&refused));
+    let backup = output_of(own.xtask(&["backup"])).await?;
+    assert!(backup.status.success(), "{}", printed(&backup));
 
     // A control plane off (one already upgraded: the plan does not need to ask it), and the
     // first machine's etcd gate refuses: nothing is sent to any machine.
     own.lab.power_cut("cp03")?;
     let cut = std::time::Instant::now();
-    let gated = run(own.xtask(&["upgrade", "apply"])).await?;
+    let gated = output_of(own.xtask(&["upgrade", "apply"])).await?;
     own.lab.power_on("cp03").await?;
-    assert!(!gated.status.success(), "{}", log(&gated));
+    assert!(!gated.status.success(), "{}", printed(&gated));
     assert!(
-        log(&gated).contains("refused before any call") && log(&gated).contains("etcd is not healthy"),
+        printed(&gated).contains("refused before any call") && printed(&gated).contains("etcd is not healthy"),
         "{}",
-        log(&gated)
+        printed(&gated)
     );
     assert_eq!(own.release("cp01")?, FROM, "nothing was upgraded");
     settled(own, "cp03", TO).await?;
@@ -206,20 +197,20 @@ async fn with_the_upgrade_command(own: &OwnBox, target: &str) -> anyhow::Result<
         ));
         assert!(extensions.contains(&schematic), "{} kept its schematic: {extensions}", node.name);
     }
-    let done = run(own.xtask(&["upgrade", "plan"])).await?;
-    assert_eq!(done.status.code(), Some(0), "{}", log(&done));
+    let done = output_of(own.xtask(&["upgrade", "plan"])).await?;
+    assert_eq!(done.status.code(), Some(0), "{}", printed(&done));
     assert!(
         String::from_utf8_lossy(&done.stdout).contains(&format!("every machine runs {TO}: nothing to do")),
         "{}",
-        log(&done)
+        printed(&done)
     );
     Ok(())
 }
 
 /// The upgrade through its stops, each re-run continuing where the last one stopped.
 async fn faults_on_the_way(own: &OwnBox, client: &kube::Client) -> anyhow::Result<()> {
-    let held = run(own.xtask(&["upgrade", "apply", "--drain-timeout", "10"])).await?;
-    let said = log(&held);
+    let held = output_of(own.xtask(&["upgrade", "apply", "--drain-timeout", "10"])).await?;
+    let said = printed(&held);
     show_times(&said);
     assert!(!held.status.success(), "{said}");
     for node in ["cp01", "cp02"] {
@@ -245,8 +236,8 @@ async fn faults_on_the_way(own: &OwnBox, client: &kube::Client) -> anyhow::Resul
     show_times(&before_kill.join("\n"));
 
     // The re-run goes on with wk02, whose mount stops Talos's upgrade: --stage is offered.
-    let busy = run(own.xtask(&["upgrade", "apply"])).await?;
-    let said = log(&busy);
+    let busy = output_of(own.xtask(&["upgrade", "apply"])).await?;
+    let said = printed(&busy);
     assert!(!busy.status.success(), "{said}");
     assert!(!said.contains("talos wk01"), "wk01 is done: {said}");
     assert!(said.contains("error unmounting /var/lib/longhorn"), "{said}");
@@ -255,8 +246,8 @@ async fn faults_on_the_way(own: &OwnBox, client: &kube::Client) -> anyhow::Resul
 
     // Staged: the image waits on META, the forced reboot skips the mount, the boot installs it.
     // wk03 then boots v1.12.1, fails, and is back at v1.12.0: reported, and the run stops.
-    let staged = run(own.xtask(&["upgrade", "apply", "--stage"])).await?;
-    let said = log(&staged);
+    let staged = output_of(own.xtask(&["upgrade", "apply", "--stage"])).await?;
+    let said = printed(&staged);
     show_times(&said);
     assert!(!staged.status.success(), "{said}");
     assert!(said.contains("rebooting it with --mode force"), "{said}");
@@ -266,8 +257,8 @@ async fn faults_on_the_way(own: &OwnBox, client: &kube::Client) -> anyhow::Resul
 
     lab::twin::set_fault(&own.lab.dir, "wk02", Fault::BusyMounts, &[])?;
     lab::twin::set_fault(&own.lab.dir, "wk03", Fault::FailsToBoot, &[])?;
-    let resumed = run(own.xtask(&["upgrade", "apply"])).await?;
-    let said = log(&resumed);
+    let resumed = output_of(own.xtask(&["upgrade", "apply"])).await?;
+    let said = printed(&resumed);
     show_times(&said);
     assert!(resumed.status.success(), "{said}");
     assert!(said.contains(&format!("talos wk03 {FROM} → {TO}: done in")), "{said}");

@@ -135,7 +135,7 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
     let plan = own.xtask(&["upgrade", "plan"]).output()?;
     assert_eq!(plan.status.code(), Some(2), "something to do: {}", log(&plan));
     let shown = stdout(&plan);
-    assert!(shown.contains("15 hop(s) to take"), "{shown}");
+    assert!(shown.contains("15 add-on hop(s) to take"), "{shown}");
     assert!(shown.contains("longhorn       v1.7.3 → v1.12.1: to upgrade"), "{shown}");
     assert!(shown.contains("migrate every longhorn.io object still stored at another version to v1beta2"), "{shown}");
     // The same for a script: one JSON object per add-on.

@@ -173,6 +173,7 @@ fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow
     // Issue 28: the control plane's images changed live, by hand.
     let by_hand = Instant::now();
     runtime.block_on(rehearsals::kubernetes_upgrade::by_hand(&own))?;
+    runtime.block_on(rehearsals::kubernetes_upgrade::planned(&own))?;
     tests::shown(&format!("kubernetes by hand: {:.1}s", by_hand.elapsed().as_secs_f64()));
 
     // Every stage, after all that: nothing to change, every verify passes.

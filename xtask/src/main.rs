@@ -3,6 +3,7 @@
 mod backup;
 mod bench;
 mod install_all;
+mod kubernetes_upgrade;
 mod lab_cmd;
 mod machines;
 mod mirror;

@@ -133,11 +133,14 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
         anyhow::Ok((client, plan))
     }))?;
     let talos = crate::talos_upgrade::plan(&config, &client, &runtime)?;
+    let kubernetes = runtime.block_on(crate::kubernetes_upgrade::plan(&client, &config))?;
     let machines = talos.iter().filter(|step| step.to_do()).count();
-    let hops: usize = plan.iter().map(|upgrade| upgrade.hops.len()).sum::<usize>() + machines;
+    let hops: usize =
+        plan.iter().map(|upgrade| upgrade.hops.len()).sum::<usize>() + machines + usize::from(kubernetes.to_do());
+    let phases = Phases { talos: &talos, kubernetes: &kubernetes, addons: &plan };
     match action {
         UpgradeAction::Plan => {
-            write_plan(&plan, &talos, global.output, &mut stdout)?;
+            write_plan(&phases, global.output, &mut stdout)?;
             if hops > 0 && !global.lab && global.output == Output::Text {
                 let line = match rehearsed(&config, &plan, &talos)? {
                     Some(record) => format!("rehearsal: passed at {} in {:.0}s", record.at, record.seconds),
@@ -149,16 +152,26 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
             Ok(if hops == 0 { ExitCode::SUCCESS } else { ExitCode::from(exit::WOULD_CHANGE) })
         }
         UpgradeAction::Rehearse { port_base } => {
-            write_plan(&plan, &talos, Output::Text, &mut std::io::stderr())?;
+            write_plan(&phases, Output::Text, &mut std::io::stderr())?;
             if hops == 0 {
                 return Ok(ExitCode::SUCCESS);
             }
             rehearse(global, &config, &plan, &talos, *port_base)
         }
         UpgradeAction::Apply { skip_rehearsal, no_backup, drain_timeout, stage } => {
-            write_plan(&plan, &talos, Output::Text, &mut std::io::stderr())?;
+            write_plan(&phases, Output::Text, &mut std::io::stderr())?;
             if hops == 0 {
                 return Ok(ExitCode::SUCCESS);
+            }
+            if kubernetes.to_do() {
+                let running = kubernetes.running.map_or_else(|| "what runs".to_owned(), |version| version.to_string());
+                anyhow::bail!(
+                    "nothing was changed: the Kubernetes phase ({running} → {}) is planned, and `upgrade apply` does not \
+                     take it yet. Set versions.kubernetes: {running} to take the other phases now; `talosctl upgrade-k8s \
+                     --to {}` upgrades Kubernetes meanwhile",
+                    kubernetes.wanted,
+                    kubernetes.wanted.to_string().trim_start_matches('v')
+                );
             }
             if machines > 0 {
                 crate::talos_upgrade::preconditions(&config, &talos, *no_backup)?;
@@ -421,18 +434,30 @@ impl Walker<'_> {
 
 /// The plan for people (Talos's machines, then a block per add-on) or for scripts (one JSON
 /// object per machine to upgrade, `{"talos": …}`, then one per add-on).
-fn write_plan(plan: &[Upgrade], talos: &[Step], output: Output, out: &mut impl Write) -> anyhow::Result<()> {
+/// What `upgrade` plans, phase by phase in the order it takes them.
+struct Phases<'a> {
+    talos: &'a [Step],
+    kubernetes: &'a crate::kubernetes_upgrade::Plan,
+    addons: &'a [Upgrade],
+}
+
+fn write_plan(phases: &Phases<'_>, output: Output, out: &mut impl Write) -> anyhow::Result<()> {
+    let Phases { talos, kubernetes, addons: plan } = phases;
     if output == Output::Json {
         for step in talos.iter().filter(|step| step.to_do()) {
             writeln!(out, "{}", serde_json::json!({ TALOS: step }))?;
         }
-        for upgrade in plan {
+        if kubernetes.to_do() {
+            writeln!(out, "{}", serde_json::json!({ "kubernetes": kubernetes }))?;
+        }
+        for upgrade in *plan {
             writeln!(out, "{}", serde_json::to_string(upgrade)?)?;
         }
         return Ok(());
     }
     crate::talos_upgrade::write_plan(talos, out)?;
-    for upgrade in plan {
+    crate::kubernetes_upgrade::write_plan(kubernetes, out)?;
+    for upgrade in *plan {
         let running = upgrade.running.map_or_else(|| "not installed".to_owned(), |version| version.to_string());
         let state = if upgrade.hops.is_empty() { "nothing to do" } else { "to upgrade" };
         writeln!(
@@ -448,6 +473,6 @@ fn write_plan(plan: &[Upgrade], talos: &[Step], output: Output, out: &mut impl W
         }
     }
     let hops: usize = plan.iter().map(|upgrade| upgrade.hops.len()).sum();
-    writeln!(out, "{hops} hop(s) to take")?;
+    writeln!(out, "{hops} add-on hop(s) to take")?;
     Ok(())
 }

@@ -8,6 +8,7 @@
 //!
 //! Each rule names the Talos v1.12.1 source it follows.
 
+pub mod kubernetes;
 pub mod recovery;
 pub mod snapshot;
 pub mod talosconfig;

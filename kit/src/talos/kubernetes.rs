@@ -1,0 +1,160 @@
+//! The Kubernetes a Talos cluster runs, and the path to another release, as `talosctl
+//! upgrade-k8s` judges it (siderolabs/go-kubernetes v0.2.28, which Talos v1.12.1 pins):
+//! - what runs is the lowest version among the control-plane components and kube-proxy, read
+//!   from the tag of each pod's container named after its `k8s-app` (kubernetes/upgrade's
+//!   DetectLowestVersion, `detect.go:20-74`); the kubelets are read from their Nodes;
+//! - the path is one minor at a time, never down (`upgrade/path.go:57-98`: `1.34->1.35`,
+//!   `1.35->1.35`, …);
+//! - each path lists what the new release removes (`upgrade/checks.go:75-303`): kubelet and
+//!   control-plane flags, feature gates, API resources. A flag or gate still set in a machine
+//!   config stops the upgrade before it starts, as an object of a removed API still stored does.
+
+use std::collections::BTreeSet;
+
+use crate::config::Version;
+
+/// The components whose pods say which Kubernetes the control plane runs.
+pub const COMPONENTS: [&str; 4] = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"];
+
+/// What one release path removes, for the releases Talos v1.12 runs up to (checks.go, the rows
+/// `1.33->1.34` and `1.34->1.35`; older rows are left to an older talosctl).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub kubelet_flags: &'static [&'static str],
+    pub api_server_flags: &'static [&'static str],
+    pub feature_gates: &'static [&'static str],
+    /// `<resource>.<version>.<group>`, as checks.go names them.
+    pub api_resources: &'static [&'static str],
+}
+
+/// What moving from minor `from` to `from + 1` removes.
+pub fn removed_on(from: (u32, u32)) -> Removed {
+    match from {
+        (1, 31) => Removed { api_resources: &["podschedulingcontexts.v1alpha3.resource.k8s.io"], ..Removed::default() },
+        (1, 32) => Removed { api_server_flags: &["cloud-config"], ..Removed::default() },
+        (1, 33) => Removed {
+            kubelet_flags: &["cloud-config"],
+            feature_gates: &["DevicePluginCDIDevices", "LegacySidecarContainers", "PodDisruptionConditions"],
+            ..Removed::default()
+        },
+        (1, 34) => Removed {
+            kubelet_flags: &["pod-infra-container-image"],
+            feature_gates: &["SizeMemoryBackedVolumes", "UserNamespacesHostNetworkSupport"],
+            ..Removed::default()
+        },
+        _ => Removed::default(),
+    }
+}
+
+/// Why `from` → `to` is not a path upgrade-k8s takes, if it is not.
+pub fn path_refusal(from: Version, to: Version) -> Option<String> {
+    if from.major != 1 || to.major != 1 {
+        return Some(format!("{from} → {to}: talosctl upgrade-k8s knows Kubernetes 1.x only"));
+    }
+    if to < from {
+        return Some(format!("{from} → {to} is a downgrade, which upgrade-k8s does not take"));
+    }
+    if to.minor > from.minor + 1 {
+        return Some(format!(
+            "{from} → {to} skips a minor: Kubernetes moves one minor at a time (upgrade-k8s's path table); \
+             set versions.kubernetes to the newest v1.{}.x first",
+            from.minor + 1
+        ));
+    }
+    None
+}
+
+/// The flags a component is given in a machine config (`extraArgs` keys), and the feature gates
+/// its `feature-gates` flag sets.
+#[derive(Debug, Default)]
+pub struct Configured {
+    pub kubelet_flags: BTreeSet<String>,
+    pub api_server_flags: BTreeSet<String>,
+    pub feature_gates: BTreeSet<String>,
+}
+
+impl Configured {
+    /// Reads a Talos machine config (YAML, its v1alpha1 document among others).
+    pub fn read(machine_config: &str) -> anyhow::Result<Configured> {
+        let mut configured = Configured::default();
+        let documents: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(machine_config)?;
+        for document in documents {
+            let args = |path: &[&str]| {
+                let mut value = &document;
+                for key in path {
+                    value = &value[*key];
+                }
+                value.as_object().cloned().unwrap_or_default()
+            };
+            let kubelet = args(&["machine", "kubelet", "extraArgs"]);
+            let api_server = args(&["cluster", "apiServer", "extraArgs"]);
+            let others =
+                [args(&["cluster", "controllerManager", "extraArgs"]), args(&["cluster", "scheduler", "extraArgs"])];
+            configured.kubelet_flags.extend(kubelet.keys().cloned());
+            configured.api_server_flags.extend(api_server.keys().cloned());
+            for flags in [&kubelet, &api_server].into_iter().chain(&others) {
+                let gates = flags.get("feature-gates").and_then(serde_json::Value::as_str).unwrap_or_default();
+                let names = gates.split(',').filter_map(|gate| gate.split('=').next()).map(str::trim);
+                configured.feature_gates.extend(names.filter(|name| !name.is_empty()).map(str::to_owned));
+            }
+        }
+        Ok(configured)
+    }
+
+    /// What of `removed` this config still sets, each said with where.
+    pub fn still_set(&self, removed: &Removed) -> Vec<String> {
+        let found = |what: &str, names: &[&str], set: &BTreeSet<String>| -> Vec<String> {
+            names.iter().filter(|name| set.contains(**name)).map(|name| format!("{what} {name}")).collect()
+        };
+        [
+            found("kubelet flag", removed.kubelet_flags, &self.kubelet_flags),
+            found("API server flag", removed.api_server_flags, &self.api_server_flags),
+            found("feature gate", removed.feature_gates, &self.feature_gates),
+        ]
+        .concat()
+    }
+}
+
+/// The image tag of `image` as a version (`registry.k8s.io/kube-apiserver:v1.35.0` → v1.35.0).
+pub fn tag_version(image: &str) -> Option<Version> {
+    let (_, tag) = image.rsplit_once(':')?;
+    tag.split(['@', '-']).next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(text: &str) -> Version {
+        text.parse().expect("a version")
+    }
+
+    #[test]
+    fn the_path_is_one_minor_at_a_time_and_never_down() {
+        assert_eq!(path_refusal(v("v1.34.4"), v("v1.35.0")), None);
+        assert_eq!(path_refusal(v("v1.35.0"), v("v1.35.2")), None, "a patch within the minor");
+        assert!(path_refusal(v("v1.33.7"), v("v1.35.0")).is_some_and(|why| why.contains("v1.34.x first")));
+        assert!(path_refusal(v("v1.35.0"), v("v1.34.4")).is_some_and(|why| why.contains("downgrade")));
+    }
+
+    #[test]
+    fn a_removed_flag_or_gate_still_set_is_named() -> anyhow::Result<()> {
+        let config = "version: v1alpha1\nmachine:\n  kubelet:\n    extraArgs:\n      pod-infra-container-image: pause:3.10\n      \
+                      feature-gates: SizeMemoryBackedVolumes=true,Other=false\ncluster:\n  apiServer:\n    extraArgs: {}\n\
+                      ---\napiVersion: v1alpha1\nkind: HostnameConfig\nhostname: cp01\n";
+        let configured = Configured::read(config)?;
+        assert_eq!(
+            configured.still_set(&removed_on((1, 34))),
+            ["kubelet flag pod-infra-container-image", "feature gate SizeMemoryBackedVolumes"]
+        );
+        assert!(configured.still_set(&removed_on((1, 35))).is_empty(), "nothing known beyond 1.35");
+        Ok(())
+    }
+
+    #[test]
+    fn a_tag_reads_as_its_release() {
+        assert_eq!(tag_version("registry.k8s.io/kube-apiserver:v1.35.0"), Some(v("v1.35.0")));
+        assert_eq!(tag_version("ghcr.io/siderolabs/kubelet:v1.34.4-fat"), Some(v("v1.34.4")));
+        assert_eq!(tag_version("kube-proxy"), None);
+    }
+}
