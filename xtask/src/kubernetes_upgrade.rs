@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use kit::config::{ClusterConfig, Version};
-use kit::talos::kubernetes::{COMPONENTS, Configured, path_refusal, removed_on, tag_version};
+use kit::talos::kubernetes::{COMPONENTS, Configured, in_use, path_refusal, removed_on, tag_version};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde::Serialize;
 
@@ -101,28 +101,19 @@ pub async fn plan(client: &kube::Client, config: &ClusterConfig) -> anyhow::Resu
 /// What moving on from `from`'s minor removes that the cluster still uses: flags and feature
 /// gates set in the machine configs stage 01 renders, and stored objects of removed APIs.
 async fn removed_in_use(client: &kube::Client, config: &ClusterConfig, from: Version) -> anyhow::Result<Vec<String>> {
-    let removed = removed_on((from.major, from.minor));
-    let mut in_use = Vec::new();
     let paths = talos_bootstrap::StatePaths::new(config);
+    let mut configs = Vec::new();
     for node in &config.nodes {
         let file = paths.node_config(node);
         let Ok(text) = std::fs::read_to_string(&file) else { continue };
-        let configured = Configured::read(&text).with_context(|| format!("reading {}", file.display()))?;
-        in_use.extend(configured.still_set(&removed).into_iter().map(|what| {
-            format!("{}: {what}, which Kubernetes v1.{} removes, is set in its machine config: remove it from cluster.yaml's patches first", node.name, from.minor + 1)
-        }));
+        configs
+            .push((node.name.clone(), Configured::read(&text).with_context(|| format!("reading {}", file.display()))?));
     }
-    for resource in removed.api_resources {
-        let stored = stored_objects(client, resource).await?;
-        if !stored.is_empty() {
-            in_use.push(format!(
-                "{resource}, which Kubernetes v1.{} no longer serves, still holds {}: migrate or delete them first",
-                from.minor + 1,
-                stored.join(", ")
-            ));
-        }
+    let mut stored = Vec::new();
+    for resource in removed_on((from.major, from.minor)).api_resources {
+        stored.push((*resource, stored_objects(client, resource).await?));
     }
-    Ok(in_use)
+    Ok(in_use((from.major, from.minor), &configs, &stored))
 }
 
 /// The objects stored under `<plural>.<version>.<group>` (none when it is not served).

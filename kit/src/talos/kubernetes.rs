@@ -115,6 +115,30 @@ impl Configured {
     }
 }
 
+/// What moving on from minor `from` removes that the cluster still uses, each said with its
+/// fix: a flag or gate a machine's config still sets (`configs`: by node name), and objects
+/// still stored under a removed API resource (`stored`: by resource, as checks.go names it).
+pub fn in_use(from: (u32, u32), configs: &[(String, Configured)], stored: &[(&str, Vec<String>)]) -> Vec<String> {
+    let removed = removed_on(from);
+    let next = format!("v{}.{}", from.0, from.1 + 1);
+    let mut in_use = Vec::new();
+    for (node, configured) in configs {
+        for what in configured.still_set(&removed) {
+            in_use.push(format!(
+                "{node}: {what}, which Kubernetes {next} removes, is set in its machine config: remove it from \
+                 cluster.yaml's patches first"
+            ));
+        }
+    }
+    for (resource, names) in stored.iter().filter(|(_, names)| !names.is_empty()) {
+        in_use.push(format!(
+            "{resource}, which Kubernetes {next} no longer serves, still holds {}: migrate or delete them first",
+            names.join(", ")
+        ));
+    }
+    in_use
+}
+
 /// The image tag of `image` as a version (`registry.k8s.io/kube-apiserver:v1.35.0` → v1.35.0).
 pub fn tag_version(image: &str) -> Option<Version> {
     let (_, tag) = image.rsplit_once(':')?;
@@ -149,6 +173,16 @@ mod tests {
         );
         assert!(configured.still_set(&removed_on((1, 35))).is_empty(), "nothing known beyond 1.35");
         Ok(())
+    }
+
+    #[test]
+    fn objects_of_a_removed_api_refuse_the_path_by_name() {
+        let resource = "podschedulingcontexts.v1alpha3.resource.k8s.io";
+        assert_eq!(removed_on((1, 31)).api_resources, [resource]);
+        let refused = in_use((1, 31), &[], &[(resource, vec!["gpu-claim-ctx".to_owned()])]);
+        assert_eq!(refused.len(), 1);
+        assert!(refused[0].contains("v1.32 no longer serves") && refused[0].contains("gpu-claim-ctx"), "{refused:?}");
+        assert!(in_use((1, 31), &[], &[(resource, Vec::new())]).is_empty(), "nothing stored: nothing refused");
     }
 
     #[test]
