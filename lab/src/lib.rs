@@ -452,9 +452,10 @@ impl Lab {
             link(self.binaries.twin(release), images.join(release.to_string()), build::TWIN)?;
         }
         for release in self.binaries.built_kubernetes_releases() {
+            let (built, dir) =
+                (self.binaries.kubernetes_release(release), images.join("kubernetes").join(release.to_string()));
             for component in build::CONTROL_PLANE_COMPONENTS {
-                let dir = images.join("kubernetes").join(release.to_string());
-                link(self.binaries.kubernetes_release(release).join(component), dir, component)?;
+                link(built.join(component), dir.clone(), component)?;
             }
         }
         Ok(())

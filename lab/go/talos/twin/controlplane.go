@@ -97,12 +97,17 @@ func kubernetesImage(imagesDir, component, image string) (string, error) {
 		return "", fmt.Errorf("image %q: %w", image, err)
 	}
 
-	binary := filepath.Join(imagesDir, "kubernetes", ref.TagStr(), component)
+	binary := filepath.Join(kubernetesBuild(imagesDir, ref.TagStr()), component)
 	if _, err = os.Stat(binary); err != nil {
 		return "", fmt.Errorf("failed to pull image %q: not found (the box has no build of Kubernetes %s)", image, ref.TagStr())
 	}
 
 	return binary, nil
+}
+
+// kubernetesBuild is where the box keeps Kubernetes release `tag`'s images (its builds).
+func kubernetesBuild(imagesDir, tag string) string {
+	return filepath.Join(imagesDir, "kubernetes", tag)
 }
 
 // kubernetesReleaseImages are the images of a Kubernetes release by their repository's name:
@@ -122,24 +127,13 @@ func (c *configured) ImagePull(_ context.Context, in *machine.ImagePullRequest) 
 
 	repository := ref.Context().RepositoryStr()
 	if slices.Contains(kubernetesReleaseImages, repository[strings.LastIndex(repository, "/")+1:]) {
-		if _, err = os.Stat(filepath.Join(c.registry.images, "kubernetes", ref.TagStr())); err != nil {
+		if _, err = os.Stat(kubernetesBuild(c.registry.images, ref.TagStr())); err != nil {
 			return nil, status.Errorf(codes.NotFound, "error pulling image: failed to resolve reference %q: %s: not found",
 				in.GetReference(), in.GetReference())
 		}
 	}
 
 	return &machine.ImagePullResponse{Messages: []*machine.ImagePull{{Metadata: c.metadata()}}}, nil
-}
-
-// controlPlaneImages is each component's image, as the config names it.
-func controlPlaneImages(provider config.Provider) map[string]string {
-	cluster := provider.Cluster()
-
-	return map[string]string{
-		"kube-apiserver":          cluster.APIServer().Image(),
-		"kube-controller-manager": cluster.ControllerManager().Image(),
-		"kube-scheduler":          cluster.Scheduler().Image(),
-	}
 }
 
 // newControlPlane writes what the three components read into <state>/kubernetes and returns
@@ -214,24 +208,20 @@ func (cp *controlPlane) render(provider config.Provider) ([]*staticPod, error) {
 		return nil, fmt.Errorf("cluster.scheduler.extraArgs: %w", err)
 	}
 
-	images := controlPlaneImages(provider)
 	pods := []*staticPod{
-		{component: "kube-apiserver", args: apiserverArgs},
-		{component: "kube-controller-manager", args: append([]string{"--use-service-account-credentials"}, controllerManager.Args()...)},
-		{component: "kube-scheduler", args: scheduler.Args()},
+		{component: "kube-apiserver", image: cluster.APIServer().Image(), args: apiserverArgs},
+		{
+			component: "kube-controller-manager", image: cluster.ControllerManager().Image(),
+			args: append([]string{"--use-service-account-credentials"}, controllerManager.Args()...),
+		},
+		{component: "kube-scheduler", image: cluster.Scheduler().Image(), args: scheduler.Args()},
 	}
 
 	for _, pod := range pods {
-		pod.image = images[pod.component]
-
 		var binary string
-		if binary, pod.pullErr = kubernetesImage(cp.imagesDir, pod.component, pod.image); pod.pullErr != nil {
-			log.Printf("%s: %v", pod.component, pod.pullErr)
-
-			continue
+		if binary, pod.pullErr = kubernetesImage(cp.imagesDir, pod.component, pod.image); pod.pullErr == nil {
+			pod.service = newService(pod.component, binary, cp.dir, pod.args)
 		}
-
-		pod.service = newService(pod.component, binary, cp.dir, pod.args)
 	}
 
 	return pods, nil
@@ -555,8 +545,11 @@ func (cp *controlPlane) run(ctx context.Context, etcd *etcdMember) {
 	}
 }
 
+// start runs the pod's process; one whose image could not be pulled stays waiting, and says why.
 func (p *staticPod) start() {
 	if p.service == nil {
+		log.Printf("%s: %v", p.component, p.pullErr)
+
 		return
 	}
 
