@@ -82,6 +82,8 @@ pub struct GlobalArgs {
     /// Apply another release of an add-on than cluster.yaml pins, for this run only
     /// (`--pin certManager=v1.17.4`; repeatable): what `cargo xtask upgrade apply` passes each
     /// hop. An apply refuses a pin that skips a release its upstream says not to skip.
+    /// `--pin kubernetes=v1.35.0` on `upgrade apply` upgrades Kubernetes, then writes the
+    /// release into cluster.yaml.
     #[arg(long = "pin", global = true, value_name = "KEY=VERSION")]
     pub pins: Vec<String>,
     /// How long `apply` waits for each workload it rolled out to become ready before it stops

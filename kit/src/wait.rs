@@ -87,7 +87,15 @@ pub async fn daemonset_ready(
         let Some(daemonset) = api.get_opt(name).await? else {
             return Ok(Err(format!("DaemonSet {namespace}/{name} does not exist")));
         };
+        let generation = daemonset.metadata.generation.unwrap_or_default();
         let status = daemonset.status.unwrap_or_default();
+        if status.observed_generation.unwrap_or_default() < generation {
+            // Right after a change the counts are still the old spec's.
+            return Ok(Err(format!(
+                "DaemonSet {namespace}/{name} has a newer spec (generation {generation}) than its controller has \
+                 seen; is kube-controller-manager running?"
+            )));
+        }
         let desired = status.desired_number_scheduled;
         let ready = status.number_ready;
         let updated = status.updated_number_scheduled.unwrap_or_default();
@@ -148,7 +156,7 @@ pub async fn condition_true(
 
 /// Runs `probe` every 250 ms until it returns `Ok(Ok(value))`; on timeout fails with the last
 /// reason it gave. An API error ends the wait at once.
-async fn poll<T, F, Fut>(timeout: Duration, mut probe: F) -> anyhow::Result<T>
+pub async fn poll<T, F, Fut>(timeout: Duration, mut probe: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Result<T, String>>>,

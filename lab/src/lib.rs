@@ -39,7 +39,7 @@ use kit::config::ClusterConfig;
 pub use kit::lab::Ports;
 use serde::Serialize;
 
-pub use build::{CONTROL_PLANE_COMPONENTS, KWOK_VERSION, ensure_binaries, ensure_talos_suite};
+pub use build::{CONTROL_PLANE_COMPONENTS, KUBERNETES_RELEASES, KWOK_VERSION, ensure_binaries, ensure_talos_suite};
 use process::Process;
 
 /// A kwok stage of our own: a returning kubelet re-reports its running pods as Ready. When a

@@ -12,12 +12,15 @@
 //!   not one it has none of;
 //! - a new kubelet image restarts the kubelet, whose Node then reports that release.
 //!
-//! Then `cargo xtask upgrade` with cluster.yaml asking for v1.35.0: `plan` lists the phase
-//! (every control plane, kube-proxy, every kubelet, the images), and `apply`, which does not
-//! take the phase yet, stops before anything changes.
+//! Then `cargo xtask upgrade --pin kubernetes=v1.35.0` (`upgraded`): the plan, a dry run and an
+//! unpullable release that change no machine's config, and the upgrade itself, killed on the
+//! way and resumed, under a watch of etcd and of the API through the VIP; then every control
+//! plane's processes run v1.35.0's build, every Node reports it, the objects are all there,
+//! cluster.yaml says it, and a second apply has nothing to do.
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::watch::Watch;
 use crate::{OwnBox, output_of, printed};
 
 pub const FROM: &str = "v1.34.4";
@@ -158,12 +161,18 @@ pub async fn by_hand(own: &OwnBox) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cargo xtask upgrade` plans the Kubernetes phase; `apply` does not take it yet and changes
-/// nothing. cluster.yaml is put back as it was.
-pub async fn planned(own: &OwnBox) -> anyhow::Result<()> {
-    let source = std::fs::read_to_string(&own.config.source)?;
-    std::fs::write(&own.config.source, source.replace(&format!("kubernetes: {FROM}"), &format!("kubernetes: {TO}")))?;
-    let plan = output_of(own.xtask(&["upgrade", "plan"])).await?;
+/// `cargo xtask upgrade` from v1.34.4 to v1.35.0, asked for with `--pin kubernetes=v1.35.0`
+/// (cluster.yaml is left at v1.34.4 for the run to write): the plan; a dry run and a release
+/// the machines cannot pull, each leaving every machine's config where it was; the upgrade
+/// killed after its first control plane and run again, watched each second; then what runs.
+pub async fn upgraded(own: &OwnBox) -> anyhow::Result<()> {
+    let pin = format!("kubernetes={TO}");
+    let pinned = |args: &[&str]| {
+        let mut command = own.xtask(args);
+        command.args(["--pin", &pin]);
+        command
+    };
+    let plan = output_of(pinned(&["upgrade", "plan"])).await?;
     let shown = printed(&plan);
     assert_eq!(plan.status.code(), Some(2), "a phase to take: {shown}");
     let phase = format!(
@@ -172,8 +181,144 @@ pub async fn planned(own: &OwnBox) -> anyhow::Result<()> {
     );
     assert!(shown.contains(&phase), "{shown}");
     assert!(shown.contains(&format!("registry.k8s.io/kube-apiserver:{TO}")) && !shown.contains("refused:"), "{shown}");
-    let refused = output_of(own.xtask(&["upgrade", "apply", "--no-backup"])).await?;
-    assert!(!refused.status.success() && printed(&refused).contains("does not take it yet"), "{}", printed(&refused));
-    std::fs::write(&own.config.source, source)?;
+    assert!(shown.contains(&format!("cluster.yaml's versions.kubernetes becomes {TO}")), "{shown}");
+
+    // A dry run shows Talos's diff of each patch and changes no machine's config.
+    let configs = machine_config_versions(own)?;
+    let dry = output_of(pinned(&["upgrade", "apply", "--dry-run"])).await?;
+    let said = printed(&dry);
+    assert!(dry.status.success() && said.contains("dry run: nothing was changed"), "{said}");
+    assert!(said.contains(&format!("+        image: ghcr.io/siderolabs/kubelet:{TO}")), "{said}");
+    assert_eq!(machine_config_versions(own)?, configs, "the dry run changed a machine's config");
+
+    // A release the machines cannot pull stops at the pre-pull, before any change.
+    let unpullable =
+        output_of(own.xtask(&["upgrade", "apply", "--no-backup", "--pin", &format!("kubernetes={UNPULLABLE}")]))
+            .await?;
+    let said = printed(&unpullable);
+    assert!(!unpullable.status.success(), "{said}");
+    assert!(
+        said.contains("nothing was changed: cp01 (")
+            && said.contains(&format!("cannot pull registry.k8s.io/kube-apiserver:{UNPULLABLE}")),
+        "{said}"
+    );
+    assert_eq!(machine_config_versions(own)?, configs, "a refused upgrade changed a machine's config");
+
+    let client = kit::client::client_from_kubeconfig(&own.lab.kubeconfig).await?;
+    let objects = object_names(&client).await?;
+    let source = std::fs::read_to_string(&own.config.source)?;
+    // Killed while its second control plane is upgraded, then run again: the watch sees both.
+    let watch = Watch::start(&own.config.clone().in_box());
+    let started = std::time::Instant::now();
+    let second = format!("kubernetes cp02 control plane → {TO}: starting");
+    let (before_kill, reached) =
+        crate::killed_at(pinned(&["upgrade", "apply", "--no-backup"]), |line| line.starts_with(&second))?;
+    assert!(reached, "the upgrade reached cp02: {before_kill:?}");
+    let resumed = output_of(pinned(&["upgrade", "apply", "--no-backup"])).await?;
+    let took = started.elapsed();
+    let watched = watch.stop()?;
+    let said = printed(&resumed);
+    assert!(resumed.status.success(), "{said}");
+    assert!(!said.contains("kubernetes cp01 control plane"), "cp01 was done: {said}");
+    assert!(said.contains(&format!("kubernetes cp03 control plane → {TO}: done")), "{said}");
+    for line in before_kill
+        .iter()
+        .map(String::as_str)
+        .chain(said.lines())
+        .filter(|line| line.contains(": done in ") || line.starts_with("kubernetes: pre-pulled"))
+    {
+        tests::shown(&format!("kubernetes upgrade: {line}"));
+    }
+    tests::shown(&format!(
+        "kubernetes upgrade: {:.1}s in all (killed once, resumed); over {} one-second samples etcd had at least {} voting \
+         member(s); the API through the VIP (a quorum read) went at most {:.1}s unanswered ({:.0}s in)",
+        took.as_secs_f64(),
+        watched.samples,
+        watched.fewest_voting,
+        watched.longest_unanswered.as_secs_f64(),
+        watched.longest_unanswered_from.as_secs_f64()
+    ));
+    assert!(watched.fewest_voting >= 3, "etcd is not restarted by a Kubernetes upgrade: {watched:?}");
+    assert!(watched.longest_unanswered.as_secs() <= API_AWAY, "the API was never away for long: {watched:?}");
+
+    // What runs: the release's own build in every control plane's processes, every kubelet,
+    // the same objects, and cluster.yaml saying it with everything else as it was.
+    for node in own.config.control_planes() {
+        let builds = own.control_plane_builds(&node.name)?;
+        let expected =
+            lab::CONTROL_PLANE_COMPONENTS.map(|component| (component.to_owned(), format!("kubernetes-{TO}")));
+        assert_eq!(builds, expected.into_iter().collect(), "{}", node.name);
+    }
+    let kubelets = crate::kubelet_versions(&own.lab.kubeconfig).await?;
+    assert!(kubelets.values().all(|version| version == TO), "{kubelets:?}");
+    assert_eq!(object_names(&client).await?, objects, "the cluster's objects are all there");
+    let written = std::fs::read_to_string(&own.config.source)?;
+    assert_eq!(
+        Some(written),
+        kit::config::with_version(&source, "kubernetes", TO.parse().map_err(|()| anyhow::anyhow!("a version"))?)
+    );
+
+    // Nothing left to do: a second apply (cluster.yaml now says the release) changes nothing.
+    let again = output_of(own.xtask(&["upgrade", "apply"])).await?;
+    let said = printed(&again);
+    assert!(again.status.success() && said.contains(&format!("kubernetes     {TO}: nothing to do")), "{said}");
+    assert!(!said.contains("patch"), "{said}");
     Ok(())
+}
+
+/// How long the API through the VIP may go unanswered while the control planes' API servers
+/// are replaced one at a time. Talos keeps the VIP where it is while its holder's API server
+/// restarts: the holder gives the VIP up when that pod's StaticPodStatus is destroyed
+/// (network/operator/vip.go:344-350), and a replaced static pod keeps its status, which is
+/// keyed by the pod's name and refreshed from the kubelet's pod list every 15 s
+/// (k8s/kubelet_static_pod.go:80, 207-228). So the API through the VIP is away for as long as
+/// the holder's API server takes to stop and to answer again. The old one does not exit within
+/// the 10 s the twin gives it before it kills it (a kubelet gives a pod 30 s, and starts a
+/// static pod's successor only once it has stopped): 10–17 s measured in the box (the most while the whole suite loads the machine).
+const API_AWAY: u64 = 30;
+
+/// Every machine's `MachineConfig` version, which moves on every config Talos applies.
+fn machine_config_versions(own: &OwnBox) -> anyhow::Result<Vec<(String, u64)>> {
+    own.config
+        .nodes
+        .iter()
+        .map(|node| {
+            let (ok, said) = own.talosctl_at(&node.name, &["get", "machineconfig", "v1alpha1", "--output", "json"])?;
+            anyhow::ensure!(ok, "talosctl get machineconfig on {}: {said}", node.name);
+            let resource: serde_json::Value = serde_json::from_str(&said)?;
+            Ok((node.name.clone(), resource["metadata"]["version"].as_u64().unwrap_or_default()))
+        })
+        .collect()
+}
+
+/// The names of the cluster's workloads, Services, claims and namespaces, by kind.
+async fn object_names(client: &kube::Client) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+    use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Service};
+    async fn names<K>(client: &kube::Client) -> anyhow::Result<Vec<String>>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + k8s_openapi::serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let listed = kube::Api::<K>::all(client.clone()).list_metadata(&Default::default()).await?;
+        Ok(listed
+            .items
+            .into_iter()
+            .map(|item| {
+                format!(
+                    "{} {}/{}",
+                    K::kind(&()),
+                    item.metadata.namespace.unwrap_or_default(),
+                    item.metadata.name.unwrap_or_default()
+                )
+            })
+            .collect())
+    }
+    let mut all = std::collections::BTreeSet::new();
+    all.extend(names::<Deployment>(client).await?);
+    all.extend(names::<DaemonSet>(client).await?);
+    all.extend(names::<StatefulSet>(client).await?);
+    all.extend(names::<Service>(client).await?);
+    all.extend(names::<PersistentVolumeClaim>(client).await?);
+    all.extend(names::<Namespace>(client).await?);
+    Ok(all)
 }

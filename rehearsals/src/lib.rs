@@ -129,6 +129,20 @@ pub async fn output_of(mut command: std::process::Command) -> anyhow::Result<std
     Ok(tokio::task::spawn_blocking(move || command.output()).await??)
 }
 
+/// Runs `command` in a process group of its own and, once a line it writes on stderr satisfies
+/// `at`, kills the whole group (cargo, the xtask and what that started), as a person's Ctrl-C
+/// or a lost session would: the lines read, and whether such a line came.
+pub fn killed_at(mut command: std::process::Command, at: impl Fn(&str) -> bool) -> anyhow::Result<(Vec<String>, bool)> {
+    use std::os::unix::process::CommandExt as _;
+    let mut child =
+        command.process_group(0).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
+    let group = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
+    let (lines, reached) = tests::stderr_until(&mut child, at)?;
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL)?;
+    child.wait()?;
+    Ok((lines, reached))
+}
+
 /// What a command printed: stdout, then stderr.
 pub fn printed(output: &std::process::Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))

@@ -18,15 +18,13 @@
 //! stops it; the last run finishes. Etcd never has fewer than two healthy members, every
 //! machine runs v1.12.1 with its schematic, and nothing is left to upgrade.
 
-use std::process::Stdio;
-
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node as KubeNode;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use lab::twin::Fault;
 
 use crate::watch::Watch;
-use crate::{OwnBox, output_of, printed};
+use crate::{OwnBox, killed_at, output_of, printed};
 
 pub const FROM: &str = "v1.12.0";
 pub const TO: &str = "v1.12.1";
@@ -224,14 +222,9 @@ async fn faults_on_the_way(own: &OwnBox, client: &kube::Client) -> anyhow::Resul
     // Killed (the whole process group) once wk01 is done and wk02 starts.
     let budgets: kube::Api<PodDisruptionBudget> = kube::Api::namespaced(client.clone(), "default");
     budgets.delete("held", &Default::default()).await?;
-    let mut killed = own.xtask(&["upgrade", "apply"]);
-    std::os::unix::process::CommandExt::process_group(&mut killed, 0);
-    let mut killed = killed.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let group = nix::unistd::Pid::from_raw(i32::try_from(killed.id())?);
-    let (before_kill, reached) =
-        tests::stderr_until(&mut killed, |line| line.starts_with(&format!("talos wk02 {FROM} → {TO}: starting")))?;
-    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL)?;
-    killed.wait()?;
+    let (before_kill, reached) = killed_at(own.xtask(&["upgrade", "apply"]), |line| {
+        line.starts_with(&format!("talos wk02 {FROM} → {TO}: starting"))
+    })?;
     assert!(reached, "the upgrade reached wk02: {before_kill:?}");
     show_times(&before_kill.join("\n"));
 

@@ -180,13 +180,9 @@ async fn the_seeds_add_ons_are_upgraded_hop_by_hop_to_the_defaults() -> anyhow::
     }
 
     // Killed (the whole process group) as a Longhorn hop starts, then run again.
-    let mut killed =
-        own.xtask(&["upgrade", "apply"]).process_group(0).stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?;
-    let group = nix::unistd::Pid::from_raw(i32::try_from(killed.id())?);
-    let (before_kill, reached) =
-        tests::stderr_until(&mut killed, |line| line.starts_with("longhorn v1.8.2 → v1.9.2: starting"))?;
-    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL)?;
-    killed.wait()?;
+    let (before_kill, reached) = rehearsals::killed_at(own.xtask(&["upgrade", "apply"]), |line| {
+        line.starts_with("longhorn v1.8.2 → v1.9.2: starting")
+    })?;
     assert!(reached, "the upgrade reached Longhorn's second hop: {before_kill:?}");
 
     // A hop whose workloads never become ready stops with what failed, what was done and the

@@ -170,11 +170,14 @@ fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow
     runtime.block_on(rehearsals::talos_upgrade::rehearse(&own))?;
     tests::shown(&format!("talos upgrade: the rehearsal took {:.1}s", upgrade_started.elapsed().as_secs_f64()));
 
-    // Issue 28: the control plane's images changed live, by hand.
+    // Issue 28: the control plane's images changed live, by hand, then the whole cluster's
+    // Kubernetes upgraded by `cargo xtask upgrade`.
     let by_hand = Instant::now();
     runtime.block_on(rehearsals::kubernetes_upgrade::by_hand(&own))?;
-    runtime.block_on(rehearsals::kubernetes_upgrade::planned(&own))?;
     tests::shown(&format!("kubernetes by hand: {:.1}s", by_hand.elapsed().as_secs_f64()));
+    let upgrade_started = Instant::now();
+    runtime.block_on(rehearsals::kubernetes_upgrade::upgraded(&own))?;
+    tests::shown(&format!("kubernetes upgrade: the rehearsal took {:.1}s", upgrade_started.elapsed().as_secs_f64()));
 
     // Every stage, after all that: nothing to change, every verify passes.
     let again = install_all().output()?;

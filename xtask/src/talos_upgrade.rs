@@ -146,25 +146,34 @@ pub fn preconditions(config: &ClusterConfig, steps: &[Step], no_backup: bool) ->
             "nothing was changed: versions.kubernetes {kubernetes} {why}; upgrade Talos and Kubernetes in steps Talos supports"
         );
     }
+    backup_gate(
+        config,
+        no_backup,
+        "an upgrade reboots every control plane; etcd keeps quorum only while the others stay healthy",
+    )
+}
+
+/// A backup of the cluster from the last hour, or `no_backup` (warned about); `why` says what
+/// the phase risks.
+pub fn backup_gate(config: &ClusterConfig, no_backup: bool, why: &str) -> anyhow::Result<()> {
     let dir = kit::talos::snapshot::default_dir(config);
     let newest = kit::talos::snapshot::backups(&dir, &config.name)?.pop();
     let fresh = newest.as_ref().and_then(|(_, backup)| kit::talos::snapshot::age(&backup.taken_at).ok());
     match fresh {
         Some(age) if age <= BACKUP_MAX_AGE => {
-            eprintln!("talos: the newest backup is {} minutes old", age.as_secs() / 60);
+            eprintln!("backup: the newest is {} minutes old", age.as_secs() / 60);
             Ok(())
         }
         _ if no_backup => {
             tracing::warn!(
-                "--no-backup: upgrading Talos with no backup from the last hour; if etcd is lost on the way there is \
-                 nothing to restore from (`cargo xtask backup` takes one in seconds)"
+                "--no-backup: upgrading with no backup from the last hour ({why}); `cargo xtask backup` takes one in \
+                 seconds"
             );
             Ok(())
         }
         _ => anyhow::bail!(
-            "nothing was changed: no backup of {} from the last hour in {} (an upgrade reboots every control plane; \
-             etcd keeps quorum only while the others stay healthy). Take one with `cargo xtask backup`, then apply \
-             again; --no-backup goes ahead without",
+            "nothing was changed: no backup of {} from the last hour in {} ({why}). Take one with `cargo xtask \
+             backup`, then apply again; --no-backup goes ahead without",
             config.name,
             dir.display()
         ),
@@ -182,7 +191,7 @@ pub struct KubeApi<'a> {
 }
 
 impl KubeApi<'_> {
-    fn ride_out<T, F, Fut>(&self, attempt: F) -> anyhow::Result<T>
+    pub fn ride_out<T, F, Fut>(&self, attempt: F) -> anyhow::Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<T>>,
@@ -274,7 +283,7 @@ pub fn apply(
 
 /// Every control plane's etcd member healthy: an upgrade takes one member down for its reboot,
 /// so one already down would cost quorum.
-fn etcd_gate(config: &ClusterConfig, node: &Node) -> anyhow::Result<()> {
+pub fn etcd_gate(config: &ClusterConfig, node: &Node) -> anyhow::Result<()> {
     let check = crate::machines::etcd_check(config)?;
     anyhow::ensure!(
         check.status == kit::report::Status::Pass,
@@ -380,7 +389,8 @@ async fn drain(client: &kube::Client, node: &str, timeout: Duration) -> anyhow::
 }
 
 /// Each machine gets the config stage 01 rendered for it, without a reboot: after an upgrade
-/// only its installer image differs, which Talos changes live; anything else pending in
+/// only its installer image (Talos) or nothing but the layout (Kubernetes: the phase patched
+/// the images in) differs, which Talos changes live; anything else pending in
 /// cluster.yaml that needs a reboot makes Talos refuse, and nothing is changed on that machine.
 pub fn apply_configs(config: &ClusterConfig) -> anyhow::Result<()> {
     let paths = talos_bootstrap::StatePaths::new(config);
@@ -394,7 +404,7 @@ pub fn apply_configs(config: &ClusterConfig) -> anyhow::Result<()> {
     crate::machines::with_talosctl(config, move |talosctl, _| async move {
         for (node, file) in &files {
             kit::talos::apply_config_live(&talosctl, node, file).await?;
-            eprintln!("  {}: its config now names the installer it booted (applied without a reboot)", node.name);
+            eprintln!("  {}: runs the config stage 01 rendered (applied without a reboot)", node.name);
         }
         anyhow::Ok(())
     })

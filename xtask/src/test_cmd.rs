@@ -90,6 +90,10 @@ pub fn run(global: &GlobalArgs, cargo_args: &[String]) -> anyhow::Result<ExitCod
             command
         }
     };
+    // The binaries the shared box and every rehearsal box run (the shared config's releases)
+    // are built once, here, before any runner starts: two rehearsals that found them missing
+    // at the same moment would each build them into the same staging folder.
+    lab::ensure_binaries(&config.versions).context("building the lab's binaries")?;
     let logs = lab.dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     let queue: Queue = std::sync::Arc::new(std::sync::Mutex::new(rehearsal_files(&root)?.into()));

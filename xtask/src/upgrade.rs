@@ -52,6 +52,10 @@ pub enum UpgradeAction {
         /// mount that would not come down (apply says so); slower, one more reboot per machine.
         #[arg(long)]
         stage: bool,
+        /// Change nothing: show the plan, and what Talos says each Kubernetes patch would change
+        /// on each machine (Talos's own dry run of the config, asked machine by machine).
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Before a real cluster is touched: a box at the releases it runs (read from it) is
     /// installed, takes this same upgrade, and is taken down with its data; each hop's result
@@ -82,7 +86,11 @@ struct Rehearsal {
 
 /// What runs and what is pinned, for every installed add-on and for Talos (the oldest release
 /// a machine runs): what a rehearsal is of.
-fn from_to(plan: &[Upgrade], talos: &[Step]) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+fn from_to(
+    plan: &[Upgrade],
+    talos: &[Step],
+    kubernetes: &crate::kubernetes_upgrade::Plan,
+) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
     let installed = plan.iter().filter_map(|upgrade| Some((upgrade, upgrade.running?)));
     let mut from: BTreeMap<String, String> =
         installed.clone().map(|(upgrade, running)| (upgrade.component.to_owned(), running.to_string())).collect();
@@ -96,18 +104,24 @@ fn from_to(plan: &[Upgrade], talos: &[Step]) -> (BTreeMap<String, String>, BTree
         from.insert(TALOS.to_owned(), running.to_string());
         to.insert(TALOS.to_owned(), step.wanted.clone());
     }
+    if let (Some(running), true) = (kubernetes.running, kubernetes.to_upgrade()) {
+        from.insert(KUBERNETES.to_owned(), running.to_string());
+        to.insert(KUBERNETES.to_owned(), kubernetes.wanted.to_string());
+    }
     (from, to)
 }
 
 /// Talos's key in a rehearsal's record (`versions.talos`).
 const TALOS: &str = "talos";
+/// Kubernetes's key in a rehearsal's record, and its pin (`versions.kubernetes`).
+const KUBERNETES: &str = "kubernetes";
 
 fn rehearsal_path(config: &ClusterConfig) -> PathBuf {
     config.state_dir().join("upgrade-rehearsal.json")
 }
 
 /// The recorded rehearsal, when it passed and is of this very upgrade.
-fn rehearsed(config: &ClusterConfig, plan: &[Upgrade], talos: &[Step]) -> anyhow::Result<Option<Rehearsal>> {
+fn rehearsed(config: &ClusterConfig, phases: &Phases<'_>) -> anyhow::Result<Option<Rehearsal>> {
     let path = rehearsal_path(config);
     let text = match std::fs::read_to_string(&path) {
         Ok(text) => text,
@@ -115,7 +129,7 @@ fn rehearsed(config: &ClusterConfig, plan: &[Upgrade], talos: &[Step]) -> anyhow
         Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
     };
     let record: Rehearsal = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-    let (from, to) = from_to(plan, talos);
+    let (from, to) = from_to(phases.addons, phases.talos, phases.kubernetes);
     Ok((record.passed && record.from == from && record.to == to).then_some(record))
 }
 
@@ -142,7 +156,7 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
         UpgradeAction::Plan => {
             write_plan(&phases, global.output, &mut stdout)?;
             if hops > 0 && !global.lab && global.output == Output::Text {
-                let line = match rehearsed(&config, &plan, &talos)? {
+                let line = match rehearsed(&config, &phases)? {
                     Some(record) => format!("rehearsal: passed at {} in {:.0}s", record.at, record.seconds),
                     None => "rehearsal: none of this upgrade yet: `cargo xtask upgrade rehearse` (apply asks for one)"
                         .to_owned(),
@@ -156,28 +170,33 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
             if hops == 0 {
                 return Ok(ExitCode::SUCCESS);
             }
-            rehearse(global, &config, &plan, &talos, *port_base)
+            rehearse(global, &config, &phases, *port_base)
         }
-        UpgradeAction::Apply { skip_rehearsal, no_backup, drain_timeout, stage } => {
+        UpgradeAction::Apply { skip_rehearsal, no_backup, drain_timeout, stage, dry_run } => {
             write_plan(&phases, Output::Text, &mut std::io::stderr())?;
             if hops == 0 {
                 return Ok(ExitCode::SUCCESS);
             }
-            if kubernetes.to_do() {
-                let running = kubernetes.running.map_or_else(|| "what runs".to_owned(), |version| version.to_string());
-                anyhow::bail!(
-                    "nothing was changed: the Kubernetes phase ({running} → {}) is planned, and `upgrade apply` does not \
-                     take it yet. Set versions.kubernetes: {running} to take the other phases now; `talosctl upgrade-k8s \
-                     --to {}` upgrades Kubernetes meanwhile",
-                    kubernetes.wanted,
-                    kubernetes.wanted.to_string().trim_start_matches('v')
-                );
+            let kube_api = crate::talos_upgrade::KubeApi {
+                client: &client,
+                kubeconfig: &kubeconfig,
+                wait: api_wait,
+                runtime: &runtime,
+            };
+            if *dry_run {
+                // Talos and the add-ons are shown by the plan; the Kubernetes patches by Talos.
+                crate::kubernetes_upgrade::apply(&config, &kube_api, &kubernetes, true, &mut Vec::new())?;
+                eprintln!("dry run: nothing was changed");
+                return Ok(ExitCode::SUCCESS);
             }
             if machines > 0 {
                 crate::talos_upgrade::preconditions(&config, &talos, *no_backup)?;
             }
+            if kubernetes.to_do() {
+                crate::kubernetes_upgrade::preconditions(&config, &kubernetes, *no_backup)?;
+            }
             if !global.lab {
-                match (rehearsed(&config, &plan, &talos)?, skip_rehearsal) {
+                match (rehearsed(&config, &phases)?, skip_rehearsal) {
                     (Some(record), _) => eprintln!("rehearsed: this upgrade passed in a box at {}", record.at),
                     (None, true) => tracing::warn!(
                         "--skip-rehearsal: upgrading a real cluster that no rehearsal of this upgrade passed on; \
@@ -192,22 +211,24 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
             }
             if global.lab {
                 // The box runs each add-on controller it has a build of, at the release the
-                // cluster runs: the pins' builds must exist before the hops reach them.
-                lab::ensure_binaries(&config.versions)?;
+                // cluster runs: the pins' builds must exist before the hops reach them. So must
+                // the wanted Kubernetes release's; one the box cannot build stays unbuilt, and
+                // the pre-pull stops on it as on a machine whose registry lacks the image.
+                let mut versions = config.versions.clone();
+                let buildable = lab::KUBERNETES_RELEASES.contains(&versions.kubernetes.to_string().as_str());
+                if let (false, Some(running)) = (buildable, kubernetes.running) {
+                    versions.kubernetes = running;
+                }
+                lab::ensure_binaries(&versions)?;
             }
             let root = xtask::workspace_root();
             let mut stages: Vec<&str> = plan.iter().filter(|upgrade| !upgrade.hops.is_empty()).map(stage_of).collect();
-            if machines > 0 {
+            let machine_configs = machines > 0 || kubernetes.to_do();
+            if machine_configs {
                 stages.push(kit::names::TALOS_BOOTSTRAP_STAGE);
             }
             let bin_dir = crate::stages::build(&root, &stages)?;
             let mut walker = Walker { global, bin_dir: &bin_dir, client: &client, runtime: &runtime, done: Vec::new() };
-            let kube_api = crate::talos_upgrade::KubeApi {
-                client: &client,
-                kubeconfig: &kubeconfig,
-                wait: api_wait,
-                runtime: &runtime,
-            };
             if let Err(error) = crate::talos_upgrade::apply(
                 &config,
                 &kube_api,
@@ -218,7 +239,9 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
                 },
                 &mut walker.done,
             )
-            .and_then(|()| if machines > 0 { walker.machine_configs(&config) } else { Ok(()) })
+            .and_then(|()| crate::kubernetes_upgrade::apply(&config, &kube_api, &kubernetes, false, &mut walker.done))
+            .and_then(|()| if machine_configs { walker.machine_configs(&config) } else { Ok(()) })
+            .and_then(|()| if kubernetes.to_record { record_kubernetes(&config, kubernetes.wanted) } else { Ok(()) })
             {
                 walker.stopped(&error)?;
                 return Ok(ExitCode::from(exit::FAILED));
@@ -242,11 +265,10 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
 fn rehearse(
     global: &GlobalArgs,
     config: &ClusterConfig,
-    plan: &[Upgrade],
-    talos: &[Step],
+    phases: &Phases<'_>,
     port_base: u16,
 ) -> anyhow::Result<ExitCode> {
-    let (from, to) = from_to(plan, talos);
+    let (from, to) = from_to(phases.addons, phases.talos, phases.kubernetes);
     let dir = config.state_dir().join("rehearsal");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -261,15 +283,10 @@ fn rehearse(
     let lab = lab::Lab::new(&box_config, port_base);
     eprintln!("rehearsal: a box ({name}) at what runs: {}", shown(&from));
     let started = Instant::now();
-    // The box's flags: the rehearsal box's config on the lab target, this run's mirror and API
-    // wait, never the real cluster's kubeconfig.
-    let in_box = GlobalArgs {
-        lab: true,
-        config: box_config.source.clone(),
-        kubeconfig: None,
-        pins: Vec::new(),
-        ..global.clone()
-    };
+    // The box's flags: the rehearsal box's config on the lab target, this run's mirror, API
+    // wait and pins (a Kubernetes release named with --pin among them), never the real
+    // cluster's kubeconfig.
+    let in_box = GlobalArgs { lab: true, config: box_config.source.clone(), kubeconfig: None, ..global.clone() };
     let xtask = |args: &[&str], global: &GlobalArgs| -> anyhow::Result<std::process::Command> {
         let mut command = std::process::Command::new(std::env::current_exe().context("locating this xtask")?);
         command.args(args).args(global.to_args());
@@ -340,6 +357,20 @@ fn rehearse(
     }
 }
 
+/// Writes `versions.kubernetes` into cluster.yaml, its comments and layout kept, once the
+/// cluster runs the release a `--pin` asked for: stage 01 then renders what runs, and a later
+/// apply does not take the cluster back.
+fn record_kubernetes(config: &ClusterConfig, version: kit::config::Version) -> anyhow::Result<()> {
+    let path = &config.source;
+    let source = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let written = kit::config::with_version(&source, KUBERNETES, version).with_context(|| {
+        format!("{} has no versions.kubernetes line to write {version} into: add it by hand", path.display())
+    })?;
+    kit::fsutil::write(path, written)?;
+    eprintln!("kubernetes: {} now says versions.kubernetes: {version}", path.display());
+    Ok(())
+}
+
 fn shown(versions: &BTreeMap<String, String>) -> String {
     versions.iter().map(|(key, version)| format!("{key} {version}")).collect::<Vec<_>>().join(", ")
 }
@@ -381,14 +412,16 @@ impl Walker<'_> {
         Ok(())
     }
 
-    /// After machines were upgraded: stage 01 renders the machine configs again, now naming the
-    /// installer of the release they boot (`talosctl upgrade` leaves a machine's config as it
-    /// was), each machine gets its own (stage 01 leaves configured machines alone), and stage
-    /// 01 verifies: a reinstall or reset boots that release, and stage 01 finds no drift.
+    /// After machines were upgraded (Talos or Kubernetes): stage 01 renders the machine configs
+    /// again, now naming the installer of the release they boot (`talosctl upgrade` leaves a
+    /// machine's config as it was) and the Kubernetes images they run (the live configs carry
+    /// them since the Kubernetes phase patched them), each machine gets its own (stage 01 leaves
+    /// configured machines alone), and stage 01 verifies: a reinstall or reset boots those
+    /// releases, a later apply does not take them back, and stage 01 finds no drift.
     fn machine_configs(&mut self, config: &ClusterConfig) -> anyhow::Result<()> {
         let started = Instant::now();
         let name = "talos machine configs".to_owned();
-        eprintln!("{name}: rendered again by stage 01, their installer image at the release the machines boot");
+        eprintln!("{name}: rendered again by stage 01, at the releases the machines run");
         let runner =
             StageRunner { bin_dir: self.bin_dir, stage: kit::names::TALOS_BOOTSTRAP_STAGE, global: self.global };
         self.apply_then_verify(&name, &runner, || crate::talos_upgrade::apply_configs(config))?;

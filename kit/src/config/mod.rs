@@ -19,6 +19,7 @@ use serde::Serialize;
 pub use range::IpRange;
 pub use versions::{
     PINS, Pin, Version, Versions, default_pin, seed_pin_lines, seed_versions_block, talos_kubernetes_mismatch,
+    with_version,
 };
 
 /// A validated cluster. Construct it with [`ClusterConfig::load`] or [`ClusterConfig::parse`].

@@ -142,6 +142,9 @@ impl Versions {
             "longhorn" => &mut self.longhorn,
             "headlamp" => &mut self.headlamp,
             "envoyGateway" => &mut self.envoy_gateway,
+            // Kubernetes is pinned like an add-on for one run: `upgrade apply --pin
+            // kubernetes=…` upgrades to it and then writes it into cluster.yaml.
+            "kubernetes" => &mut self.kubernetes,
             _ => {
                 let keys: Vec<&str> = PINS.iter().map(|pin| pin.key).collect();
                 anyhow::bail!("{key} is not an add-on pin; the keys are {}", keys.join(", "))
@@ -152,12 +155,59 @@ impl Versions {
     }
 }
 
+/// `source` (cluster.yaml's text) with `versions.<key>` set to `version`, everything else (its
+/// comments among it) as it was; `None` when no such line is found under `versions:`.
+pub fn with_version(source: &str, key: &str, version: Version) -> Option<String> {
+    let mut in_versions = false;
+    let mut found = false;
+    let lines: Vec<String> = source
+        .split_inclusive('\n')
+        .map(|line| {
+            let indented = line.starts_with([' ', '\t']);
+            if !indented && !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+                in_versions = line.trim_end() == "versions:";
+            }
+            let trimmed = line.trim_start();
+            let Some(rest) = trimmed.strip_prefix(key).and_then(|rest| rest.strip_prefix(':')) else {
+                return line.to_owned();
+            };
+            if !in_versions || !indented || found {
+                return line.to_owned();
+            }
+            found = true;
+            let indent = &line[..line.len() - trimmed.len()];
+            let value = rest.trim_start();
+            let value_end = value.find([' ', '\t', '\n', '\r']).unwrap_or(value.len());
+            let tail = &value[value_end..];
+            format!("{indent}{key}: {version}{tail}")
+        })
+        .collect();
+    found.then(|| lines.concat())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn v(text: &str) -> Version {
         text.parse().unwrap_or_else(|()| panic!("{text} should parse"))
+    }
+
+    #[test]
+    fn a_version_is_rewritten_in_place_with_its_comment() {
+        let source = "name: home\nversions:\n  talos: v1.12.1   # Talos 1.12\n  kubernetes: v1.34.4 # the minor\n  # kubernetes: v1.0.0\nlabels:\n  kubernetes: v9\n";
+        let rewritten = with_version(source, "kubernetes", v("v1.35.0"));
+        assert_eq!(
+            rewritten.as_deref(),
+            Some(
+                "name: home\nversions:\n  talos: v1.12.1   # Talos 1.12\n  kubernetes: v1.35.0 # the minor\n  # kubernetes: v1.0.0\nlabels:\n  kubernetes: v9\n"
+            )
+        );
+        assert_eq!(
+            with_version("versions:\n  talos: v1.12.1\n", "kubernetes", v("v1.35.0")),
+            None,
+            "no line to rewrite"
+        );
     }
 
     #[test]

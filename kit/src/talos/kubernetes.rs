@@ -9,9 +9,13 @@
 //!   control-plane flags, feature gates, API resources. A flag or gate still set in a machine
 //!   config stops the upgrade before it starts, as an object of a removed API still stored does.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
-use crate::config::Version;
+use anyhow::Context as _;
+
+use super::{PROBE_TIMEOUT, TalosApi};
+use crate::config::{Node, Version};
 
 /// The components whose pods say which Kubernetes the control plane runs.
 pub const COMPONENTS: [&str; 4] = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"];
@@ -139,6 +143,130 @@ pub fn in_use(from: (u32, u32), configs: &[(String, Configured)], stored: &[(&st
     in_use
 }
 
+/// The image Talos runs `component` (a control-plane component, `kube-proxy` or `kubelet`)
+/// from at `version`: `talosctl gen config`'s defaults, which stage 01 renders.
+pub fn image(component: &str, version: Version) -> String {
+    match component {
+        "kubelet" => format!("ghcr.io/siderolabs/kubelet:{version}"),
+        _ => format!("registry.k8s.io/{component}:{version}"),
+    }
+}
+
+/// The control-plane components, each with its key under the machine config's `cluster` and
+/// the COSI config resource Talos renders it from (the resource's ID is the component).
+pub const CONTROL_PLANE: [(&str, &str, &str); 3] = [
+    ("kube-apiserver", "apiServer", "apiserverconfigs"),
+    ("kube-controller-manager", "controllerManager", "controllermanagerconfigs"),
+    ("kube-scheduler", "scheduler", "schedulerconfigs"),
+];
+
+/// The machine-config patch that moves a control plane's components and kube-proxy to
+/// `version`: the fields `talosctl upgrade-k8s` patches (`cluster.<component>.image`,
+/// `cluster.proxy.image`; talos_managed.go). Strategic merge, as talosctl takes no JSON patch of
+/// a config of several documents; talosctl encodes the result without docs or examples.
+pub fn control_plane_patch(version: Version) -> String {
+    let mut cluster = serde_json::Map::new();
+    for (component, key, _) in CONTROL_PLANE {
+        cluster.insert(key.to_owned(), serde_json::json!({ "image": image(component, version) }));
+    }
+    cluster.insert("proxy".to_owned(), serde_json::json!({ "image": image("kube-proxy", version) }));
+    serde_json::json!({ "cluster": cluster }).to_string()
+}
+
+/// The machine-config patch that moves a machine's kubelet to `version`.
+pub fn kubelet_patch(version: Version) -> String {
+    serde_json::json!({ "machine": { "kubelet": { "image": image("kubelet", version) } } }).to_string()
+}
+
+/// How long one config change or image pull may take to be answered.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// `talosctl patch machineconfig --mode no-reboot`: Talos applies the patched config at once
+/// when every change can be made live (images and kubelet settings can), and refuses it
+/// otherwise, changing nothing. With `dry_run`, nothing is applied and what would change is
+/// returned (talosctl prints the diff on stderr).
+pub async fn patch_live(api: &impl TalosApi, node: &Node, patch: &str, dry_run: bool) -> anyhow::Result<String> {
+    let mut args = vec!["patch", "machineconfig", "--mode", "no-reboot", "--patch", patch];
+    if dry_run {
+        args.push("--dry-run");
+    }
+    let output = api.talosctl(node, &args, CALL_TIMEOUT, &mut |_| {}).await?;
+    let said = output.stderr.clone();
+    output.ok(format!("talosctl patch machineconfig --mode no-reboot on {} ({})", node.name, node.ip))?;
+    Ok(said)
+}
+
+/// Whether `node` can pull `image` (`talosctl image pull`, what upgrade-k8s's pre-pull asks):
+/// `Err` with what the node said when it cannot; a node that does not implement the call
+/// counts as able (as upgrade-k8s skips it).
+pub async fn pull(
+    api: &impl TalosApi,
+    node: &Node,
+    namespace: &str,
+    image: &str,
+) -> anyhow::Result<Result<(), String>> {
+    let output =
+        api.talosctl(node, &["image", "pull", "--namespace", namespace, image], CALL_TIMEOUT, &mut |_| {}).await?;
+    let said = format!("{}{}", output.stderr, output.stdout).trim().to_owned();
+    Ok(if output.success || said.contains("Unimplemented") { Ok(()) } else { Err(said) })
+}
+
+/// The version of each control-plane component's config resource on `node`: a mirror pod whose
+/// `talos.dev/config-version` says it runs the config's latest render.
+pub async fn config_versions(api: &impl TalosApi, node: &Node) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut versions = BTreeMap::new();
+    for (component, _, kind) in CONTROL_PLANE {
+        let printed = api.ask(node, &["get", kind, component, "-o", "json"], PROBE_TIMEOUT).await?;
+        let resource = super::parse_resources::<serde_json::Value>(&printed)?
+            .pop()
+            .with_context(|| format!("{} has no {kind} {component}", node.name))?;
+        versions.insert(component.to_owned(), resource.metadata.version);
+    }
+    Ok(versions)
+}
+
+/// The Manifests a control plane renders (`controlplane` namespace, by ID in apply order: the
+/// bootstrap RBAC, kube-proxy, CoreDNS, Flannel, the inline manifests as `99-<name>`), each
+/// with its objects: what upgrade-k8s applies again after the control plane.
+pub async fn manifests(api: &impl TalosApi, node: &Node) -> anyhow::Result<Vec<(String, Vec<serde_json::Value>)>> {
+    let printed = api.ask(node, &["get", "manifests", "-o", "json"], PROBE_TIMEOUT).await?;
+    let mut manifests: Vec<(String, Vec<serde_json::Value>)> =
+        super::parse_resources::<Vec<serde_json::Value>>(&printed)?
+            .into_iter()
+            .map(|resource| (resource.metadata.id, resource.spec))
+            .collect();
+    manifests.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(manifests)
+}
+
+/// A machine config's inline manifests, by name (the `cluster.inlineManifests` of its v1alpha1
+/// document).
+pub fn inline_manifests(machine_config: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(machine_config)?;
+    Ok(documents
+        .iter()
+        .flat_map(|document| document["cluster"]["inlineManifests"].as_array().cloned().unwrap_or_default())
+        .filter_map(|manifest| {
+            Some((manifest["name"].as_str()?.to_owned(), manifest["contents"].as_str().unwrap_or_default().to_owned()))
+        })
+        .collect())
+}
+
+/// The kubelet image a machine config names (`machine.kubelet.image`).
+pub fn kubelet_image(machine_config: &str) -> anyhow::Result<Option<String>> {
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_str_multiple(machine_config)?;
+    Ok(documents.iter().find_map(|document| document["machine"]["kubelet"]["image"].as_str().map(str::to_owned)))
+}
+
+/// The machine config `node` runs (its `MachineConfig` resource, whose spec is the YAML).
+pub async fn live_config(api: &impl TalosApi, node: &Node) -> anyhow::Result<String> {
+    let printed = api.ask(node, &["get", "machineconfig", "v1alpha1", "-o", "json"], PROBE_TIMEOUT).await?;
+    super::parse_resources::<String>(&printed)?
+        .pop()
+        .map(|resource| resource.spec)
+        .with_context(|| format!("{} printed no machine config", node.name))
+}
+
 /// The image tag of `image` as a version (`registry.k8s.io/kube-apiserver:v1.35.0` → v1.35.0).
 pub fn tag_version(image: &str) -> Option<Version> {
     let (_, tag) = image.rsplit_once(':')?;
@@ -183,6 +311,33 @@ mod tests {
         assert_eq!(refused.len(), 1);
         assert!(refused[0].contains("v1.32 no longer serves") && refused[0].contains("gpu-claim-ctx"), "{refused:?}");
         assert!(in_use((1, 31), &[], &[(resource, Vec::new())]).is_empty(), "nothing stored: nothing refused");
+    }
+
+    #[test]
+    fn the_patches_set_what_upgrade_k8s_sets() -> anyhow::Result<()> {
+        let patch: serde_json::Value = serde_json::from_str(&control_plane_patch(v("v1.35.0")))?;
+        assert_eq!(patch["cluster"]["apiServer"]["image"], "registry.k8s.io/kube-apiserver:v1.35.0");
+        assert_eq!(patch["cluster"]["controllerManager"]["image"], "registry.k8s.io/kube-controller-manager:v1.35.0");
+        assert_eq!(patch["cluster"]["scheduler"]["image"], "registry.k8s.io/kube-scheduler:v1.35.0");
+        assert_eq!(patch["cluster"]["proxy"]["image"], "registry.k8s.io/kube-proxy:v1.35.0");
+        assert_eq!(patch.as_object().map(serde_json::Map::len), Some(1), "nothing but the cluster's images");
+        let kubelet: serde_json::Value = serde_json::from_str(&kubelet_patch(v("v1.35.0")))?;
+        assert_eq!(
+            kubelet,
+            serde_json::json!({ "machine": { "kubelet": { "image": "ghcr.io/siderolabs/kubelet:v1.35.0" } } })
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn inline_manifests_are_read_by_name() -> anyhow::Result<()> {
+        let config = "version: v1alpha1\ncluster:\n  inlineManifests:\n    - name: approver\n      contents: |\n        kind: Namespace\n\
+                      ---\napiVersion: v1alpha1\nkind: HostnameConfig\nhostname: cp01\n";
+        assert_eq!(kubelet_image(config)?, None);
+        let inline = inline_manifests(config)?;
+        assert_eq!(inline.into_iter().collect::<Vec<_>>(), [("approver".to_owned(), "kind: Namespace\n".to_owned())]);
+        assert!(inline_manifests("version: v1alpha1\ncluster: {}\n")?.is_empty());
+        Ok(())
     }
 
     #[test]

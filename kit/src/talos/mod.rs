@@ -157,6 +157,9 @@ pub struct Resource<T> {
 pub struct Metadata {
     #[serde(deserialize_with = "id_text")]
     pub id: String,
+    /// Moves on every change of the resource (a controller leaves an unchanged one alone).
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A resource's ID as text. talosctl's JSON goes through YAML into untyped values
@@ -738,7 +741,7 @@ mod tests {
 
     fn link(id: &str, mac: &str, kind: &str, bus: &str, carrier: bool) -> Resource<LinkStatus> {
         Resource {
-            metadata: Metadata { id: id.into() },
+            metadata: Metadata { id: id.into(), version: 1 },
             spec: LinkStatus {
                 link_type: "ether".into(),
                 kind: kind.into(),

@@ -17,15 +17,12 @@ import (
 	"github.com/siderolabs/talos/pkg/machinery/constants"
 )
 
-// addonManifests are the objects of the add-ons the config leaves on, as YAML documents.
-func addonManifests(provider config.Provider) ([]string, error) {
+// addonManifests are the Manifests of the add-ons the config leaves on, with Talos's IDs
+// (manifest.go, render).
+func addonManifests(provider config.Provider) ([]renderedManifest, error) {
 	cluster := provider.Cluster()
 
-	var documents []string
-
-	if cluster.Proxy().Enabled() {
-		documents = append(documents, kubeProxy(cluster.Proxy().Image(), cluster.Proxy().Mode(), localEndpoint(provider)))
-	}
+	var manifests []renderedManifest
 
 	if cluster.CoreDNS().Enabled() {
 		addresses, err := cluster.Network().DNSServiceIPs()
@@ -37,14 +34,21 @@ func addonManifests(provider config.Provider) ([]string, error) {
 			return nil, fmt.Errorf("cluster.network.serviceSubnets: no address for the DNS Service")
 		}
 
-		documents = append(documents, coreDNS(cluster.CoreDNS().Image(), addresses[0].String(), cluster.Network().DNSDomain()))
+		manifests = append(manifests,
+			renderedManifest{"11-core-dns", coreDNS(cluster.CoreDNS().Image(), cluster.Network().DNSDomain())},
+			renderedManifest{"11-core-dns-svc", coreDNSService(addresses[0].String())},
+		)
 	}
 
 	if cluster.Network().CNI().Name() == constants.FlannelCNI {
-		documents = append(documents, flannel(images.List(provider).Flannel, strings.Join(cluster.Network().PodCIDRs(), ",")))
+		manifests = append(manifests, renderedManifest{"05-flannel", flannel(images.List(provider).Flannel, strings.Join(cluster.Network().PodCIDRs(), ","))})
 	}
 
-	return documents, nil
+	if cluster.Proxy().Enabled() {
+		manifests = append(manifests, renderedManifest{"10-kube-proxy", kubeProxy(cluster.Proxy().Image(), cluster.Proxy().Mode())})
+	}
+
+	return manifests, nil
 }
 
 // binding is a ClusterRoleBinding of a kube-system ServiceAccount to a ClusterRole.
@@ -62,26 +66,14 @@ func serviceAccount(name string) string {
 }
 
 // kubeProxy: on every node, reaching the API through the node's local endpoint with its
-// ServiceAccount (the kubeconfig-in-cluster ConfigMap).
-func kubeProxy(image, mode, endpoint string) string {
+// ServiceAccount (the kubeconfig-in-cluster ConfigMap, kubeconfigInCluster).
+func kubeProxy(image, mode string) string {
 	if mode == "" {
 		mode = "iptables"
 	}
 
 	return serviceAccount("kube-proxy") + "---\n" + binding("kube-proxy", "system:node-proxier", "kube-proxy") + "---\n" +
-		fmt.Sprintf(`apiVersion: v1
-kind: ConfigMap
-metadata: {name: kubeconfig-in-cluster, namespace: kube-system}
-data:
-  kubeconfig: |
-    apiVersion: v1
-    kind: Config
-    clusters: [{name: local, cluster: {server: %s, certificate-authority: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt}}]
-    users: [{name: service-account, user: {tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token}}]
-    contexts: [{name: local, context: {cluster: local, user: service-account}}]
-    current-context: local
----
-apiVersion: apps/v1
+		fmt.Sprintf(`apiVersion: apps/v1
 kind: DaemonSet
 metadata:
   name: kube-proxy
@@ -105,11 +97,28 @@ spec:
         securityContext: {privileged: true}
         volumeMounts: [{name: kubeconfig, mountPath: /etc/kubernetes, readOnly: true}]
       volumes: [{name: kubeconfig, configMap: {name: kubeconfig-in-cluster}}]
-`, endpoint, image, mode)
+`, image, mode)
 }
 
-// coreDNS: two replicas, allowed on control planes, behind the Service at the DNS address.
-func coreDNS(image, address, domain string) string {
+// kubeconfigInCluster is the kubeconfig kube-proxy reads: the node's local API endpoint with
+// the pod's ServiceAccount (Talos renders it whether or not kube-proxy runs).
+func kubeconfigInCluster(endpoint string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: ConfigMap
+metadata: {name: kubeconfig-in-cluster, namespace: kube-system}
+data:
+  kubeconfig: |
+    apiVersion: v1
+    kind: Config
+    clusters: [{name: local, cluster: {server: %s, certificate-authority: /var/run/secrets/kubernetes.io/serviceaccount/ca.crt}}]
+    users: [{name: service-account, user: {tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token}}]
+    contexts: [{name: local, context: {cluster: local, user: service-account}}]
+    current-context: local
+`, endpoint)
+}
+
+// coreDNS: two replicas, allowed on control planes (its Service is coreDNSService).
+func coreDNS(image, domain string) string {
 	return serviceAccount("coredns") + "---\n" + `apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
 metadata: {name: "system:coredns"}
@@ -168,8 +177,12 @@ spec:
         ports: [{name: dns, containerPort: 53, protocol: UDP}, {name: dns-tcp, containerPort: 53, protocol: TCP}, {name: metrics, containerPort: 9153, protocol: TCP}]
         volumeMounts: [{name: config-volume, mountPath: /etc/coredns, readOnly: true}]
       volumes: [{name: config-volume, configMap: {name: coredns, items: [{key: Corefile, path: Corefile}]}}]
----
-apiVersion: v1
+`, domain, image)
+}
+
+// coreDNSService: CoreDNS behind the cluster's DNS address.
+func coreDNSService(address string) string {
+	return fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata:
   name: kube-dns
@@ -182,7 +195,7 @@ spec:
   - {name: dns, port: 53, protocol: UDP, targetPort: 53}
   - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}
   - {name: metrics, port: 9153, protocol: TCP, targetPort: 9153}
-`, domain, image, address)
+`, address)
 }
 
 // flannel: on every node, with the pod network the nodes' ranges come from (VXLAN on 4789).

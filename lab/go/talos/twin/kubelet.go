@@ -146,6 +146,7 @@ func (k *kubelet) run(ctx context.Context) {
 	}
 
 	go k.syncStatuses(ctx)
+	go k.keepMirrors(ctx)
 	k.reportServingCertificate(ctx)
 }
 
@@ -262,11 +263,73 @@ func (k *kubelet) mirror(ctx context.Context, client *kubernetes.Clientset, node
 		return err
 	}
 
-	if _, err = client.CoreV1().Pods("kube-system").Create(ctx, mirror, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	// An AlreadyExists here is the old mirror not gone yet, or another pass's new one: the
+	// caller's next pass looks again (it must not count as done).
+	if _, err = client.CoreV1().Pods("kube-system").Create(ctx, mirror, metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("mirror pod %s: %w", podName, err)
 	}
 
+	log.Printf("kubelet: mirror pod %s at config version %s", podName, configVersion)
+
 	return nil
+}
+
+// mirrorCheckPeriod is how often the kubelet makes sure each static pod has its mirror pod.
+const mirrorCheckPeriod = 10 * time.Second
+
+// keepMirrors makes a static pod's mirror pod again when it is missing, as the kubelet's pod
+// sync does (kubernetes pkg/kubelet/kubelet.go, SyncPod: "Create Mirror Pod for Static Pod if
+// it doesn't already exist"): a mirror deleted by a person, or lost between its deletion and
+// the creation of its successor, comes back with the static pod's config version.
+func (k *kubelet) keepMirrors(ctx context.Context) {
+	if k.controlPlane == nil {
+		return
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(mirrorCheckPeriod):
+		}
+
+		client, node, err := k.ownNode(ctx)
+		if err != nil {
+			continue
+		}
+
+		for _, pod := range k.controlPlane.current() {
+			podName := pod.component + "-" + k.hostname
+			if _, err = client.CoreV1().Pods("kube-system").Get(ctx, podName, metav1.GetOptions{}); pod.pullErr != nil || !apierrors.IsNotFound(err) {
+				continue
+			}
+
+			published, err := k.resources.Get(ctx, k8s.NewStaticPod(k8s.NamespaceName, pod.component).Metadata())
+			if err != nil {
+				continue
+			}
+
+			static, ok := published.(*k8s.StaticPod)
+			if !ok {
+				continue
+			}
+
+			log.Printf("kubelet: mirror pod %s is missing; making it again", podName)
+
+			if err = k.mirror(ctx, client, node, podName, pod, configVersionOf(static)); err != nil {
+				log.Printf("kubelet: %v", err)
+			}
+		}
+	}
+}
+
+// configVersionOf is the config version a StaticPod resource's pod is annotated with.
+func configVersionOf(static *k8s.StaticPod) string {
+	metadata, _ := static.TypedSpec().Pod["metadata"].(map[string]any) //nolint:errcheck // absent: no version
+	annotations, _ := metadata["annotations"].(map[string]any)         //nolint:errcheck
+	version, _ := annotations[constants.AnnotationStaticPodConfigVersion].(string)
+
+	return version
 }
 
 // dropMirror deletes a mirror pod at once, as the kubelet does when its static pod goes.

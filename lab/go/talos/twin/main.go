@@ -693,6 +693,7 @@ func boot(ctx context.Context, st state.State, hw Hardware) error {
 		k8s.ControllerManagerConfigExtension{},
 		k8s.SchedulerConfigExtension{},
 		k8s.KubeletSpecExtension{},
+		k8s.ManifestExtension{},
 		talosv1alpha1.ServiceExtension{},
 	}
 

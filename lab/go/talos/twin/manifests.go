@@ -4,7 +4,8 @@ package main
 // (internal/app/machined/pkg/controllers/k8s/manifest.go lists them, manifest_apply.go
 // applies them): the kubelets' bootstrap token and the RBAC that lets a kubelet holding it ask
 // for, get and renew its client certificate, kube-proxy, CoreDNS and Flannel (addons.go), then
-// the config's inline manifests. Every control
+// the config's inline manifests. Each is also a Manifest resource, which is what
+// `talosctl upgrade-k8s` reads and applies again. Every control
 // plane tries, one at a time under an etcd lock; an object that exists is left as it is
 // (Talos creates, it never updates: changing an inline manifest later changes nothing in the
 // cluster).
@@ -33,15 +34,56 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 	sigsyaml "sigs.k8s.io/yaml"
 
+	"github.com/cosi-project/runtime/pkg/safe"
+	"github.com/cosi-project/runtime/pkg/state"
+
 	"github.com/siderolabs/talos/pkg/machinery/config"
 	"github.com/siderolabs/talos/pkg/machinery/constants"
+	"github.com/siderolabs/talos/pkg/machinery/resources/k8s"
 )
+
+// renderedManifest is one of Talos's Manifest resources: its ID (the order of apply: Talos
+// applies them sorted by it) and its objects as YAML documents.
+type renderedManifest struct {
+	id        string
+	documents string
+}
+
+// talosManifests are the Manifests a control plane renders from its config
+// (controllers/k8s/manifest.go, render, with Talos's IDs) and the inline manifests as
+// `99-<name>` (extra_manifest.go: an inline manifest's priority is 99). `talosctl upgrade-k8s`
+// lists them and applies each object that differs, so an upgrade re-applies them all.
+func talosManifests(provider config.Provider) ([]renderedManifest, error) {
+	bootstrap, err := bootstrapManifests(provider)
+	if err != nil {
+		return nil, err
+	}
+
+	addons, err := addonManifests(provider)
+	if err != nil {
+		return nil, err
+	}
+
+	manifests := append(bootstrap,
+		renderedManifest{"11-kube-config-in-cluster", kubeconfigInCluster(localEndpoint(provider))},
+		renderedManifest{"11-talos-node-rbac-template", talosNodesRBAC},
+	)
+	manifests = append(manifests, addons...)
+
+	for _, inline := range provider.Cluster().InlineManifests() {
+		manifests = append(manifests, renderedManifest{"99-" + inline.Name(), inline.Contents()})
+	}
+
+	sort.SliceStable(manifests, func(i, j int) bool { return manifests[i].id < manifests[j].id })
+
+	return manifests, nil
+}
 
 // bootstrapManifests are the token and the three bindings (k8stemplates/kubelet.go, csr.go and
 // talos.go). The token's Secret is a typed object marshalled as Talos builds it: a token ID
 // such as "9929e5" written into YAML by hand reads back as a number, and the API server refuses
 // the Secret (the interrupted-install rehearsal met one).
-func bootstrapManifests(provider config.Provider) (string, error) {
+func bootstrapManifests(provider config.Provider) ([]renderedManifest, error) {
 	token := provider.Cluster().Token()
 
 	secret, err := sigsyaml.Marshal(&corev1.Secret{
@@ -56,7 +98,7 @@ func bootstrapManifests(provider config.Provider) (string, error) {
 		},
 	})
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 
 	binding := func(name, role string, groups ...string) string {
@@ -69,10 +111,77 @@ func bootstrapManifests(provider config.Provider) (string, error) {
 		return text
 	}
 
-	return string(secret) +
-		"---\n" + binding("system-bootstrap-node-bootstrapper", "system:node-bootstrapper", "system:bootstrappers:nodes", "system:nodes") +
-		"---\n" + binding("system-bootstrap-approve-node-client-csr", "system:certificates.k8s.io:certificatesigningrequests:nodeclient", "system:bootstrappers:nodes") +
-		"---\n" + binding("system-bootstrap-node-renewal", "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes"), nil
+	return []renderedManifest{
+		{"00-kubelet-bootstrapping-token", string(secret)},
+		{"01-csr-node-bootstrap", binding("system-bootstrap-node-bootstrapper", "system:node-bootstrapper", "system:bootstrappers:nodes", "system:nodes")},
+		{"01-csr-approver-role-binding", binding("system-bootstrap-approve-node-client-csr", "system:certificates.k8s.io:certificatesigningrequests:nodeclient", "system:bootstrappers:nodes")},
+		{"01-csr-renewal-role-binding", binding("system-bootstrap-node-renewal", "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient", "system:nodes")},
+	}, nil
+}
+
+// talosNodesRBAC lets the nodes read EndpointSlices, where Talos finds the API servers'
+// endpoints (k8stemplates/talos.go).
+const talosNodesRBAC = `apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: system:talos-nodes
+  labels: {kubernetes.io/bootstrapping: rbac-defaults}
+rules:
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: system:talos-nodes
+  labels: {kubernetes.io/bootstrapping: rbac-defaults}
+  annotations: {rbac.authorization.kubernetes.io/autoupdate: "true"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: system:talos-nodes}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: system:nodes}]
+`
+
+// publishManifests records the Manifests as resources (controlplane namespace), each changed
+// only when its objects do, and removes those the config no longer renders, as Talos's
+// ManifestController does whenever the config changes.
+func publishManifests(ctx context.Context, resources state.State, provider config.Provider) error {
+	manifests, err := talosManifests(provider)
+	if err != nil {
+		return err
+	}
+
+	rendered := map[string]bool{}
+
+	for _, manifest := range manifests {
+		objects, err := parseObjects(manifest.documents)
+		if err != nil {
+			return fmt.Errorf("manifest %s: %w", manifest.id, err)
+		}
+
+		res := k8s.NewManifest(k8s.ControlPlaneNamespaceName, manifest.id)
+		for _, object := range objects {
+			res.TypedSpec().Items = append(res.TypedSpec().Items, k8s.SingleManifest{Object: object.Object})
+		}
+
+		if err = putResource(ctx, resources, res); err != nil {
+			return err
+		}
+
+		rendered[manifest.id] = true
+	}
+
+	published, err := safe.StateListAll[*k8s.Manifest](ctx, resources)
+	if err != nil {
+		return err
+	}
+
+	for res := range published.All() {
+		if !rendered[res.Metadata().ID()] {
+			if err = resources.Destroy(ctx, res.Metadata()); err != nil {
+				return err
+			}
+		}
+	}
+
+	return nil
 }
 
 // kwokStandIn is not Talos's: it lets each node's kwok (the stand-in for its kubelet's
@@ -126,19 +235,14 @@ func deployManifests(ctx context.Context, k *kubelet, etcd *etcdMember) {
 }
 
 func deployOnce(ctx context.Context, k *kubelet, etcd *etcdMember) error {
-	addons, err := addonManifests(k.config)
+	manifests, err := talosManifests(k.config)
 	if err != nil {
 		return err
 	}
 
-	bootstrap, err := bootstrapManifests(k.config)
-	if err != nil {
-		return err
-	}
-
-	documents := append([]string{bootstrap, kwokStandIn}, addons...)
-	for _, manifest := range k.config.Cluster().InlineManifests() {
-		documents = append(documents, manifest.Contents())
+	documents := []string{kwokStandIn}
+	for _, manifest := range manifests {
+		documents = append(documents, manifest.documents)
 	}
 
 	var objects []*unstructured.Unstructured

@@ -68,8 +68,9 @@ func controlPlaneConfig(provider config.Provider, address, component string) res
 	}
 }
 
-// publishConfigs records each component's config resource, as Talos's controller renders them
-// from the config the moment it changes, and returns their versions.
+// publishConfigs records each component's config resource and the Manifests, as Talos's
+// controllers render them from the config the moment it changes, and returns the components'
+// versions.
 func publishConfigs(ctx context.Context, resources state.State, provider config.Provider, address string) (map[string]string, error) {
 	versions := map[string]string{}
 
@@ -87,7 +88,7 @@ func publishConfigs(ctx context.Context, resources state.State, provider config.
 		versions[component] = published.Metadata().Version().String()
 	}
 
-	return versions, nil
+	return versions, publishManifests(ctx, resources, provider)
 }
 
 // publish records the config resources and the StaticPod of each component as it runs, and
