@@ -122,11 +122,19 @@ pub async fn plan(client: &kube::Client, config: &ClusterConfig) -> anyhow::Resu
         .filter_map(|node| node.metadata.name)
         .collect();
     let mut refusals = Vec::new();
-    if let Some(from) = running {
-        refusals.extend(path_refusal(from, wanted));
-        if from.minor < wanted.minor {
-            refusals.extend(removed_in_use(client, config, from).await?);
+    match running {
+        Some(from) => {
+            refusals.extend(path_refusal(from, wanted));
+            if from.minor < wanted.minor {
+                refusals.extend(removed_in_use(client, config, from).await?);
+            }
         }
+        // Nothing says what runs, so no path can be judged (upgrade-k8s stops the same way).
+        None => refusals.push(format!(
+            "no pod of {} in kube-system says which release runs (`kubectl -n kube-system get pods -l k8s-app` \
+             shows them): is this a Talos cluster whose control plane is up?",
+            COMPONENTS.join(", ")
+        )),
     }
     if let Some(why) = kit::config::talos_kubernetes_mismatch(config.versions.talos, wanted) {
         refusals.push(format!("Talos {} {why}", config.versions.talos));
@@ -539,4 +547,62 @@ fn kubelet_runs(api: &KubeApi<'_>, node: &str, wanted: Version) -> anyhow::Resul
         })
     });
     api.runtime.block_on(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn mirror(component: &str, tag: &str, config_version: &str, ready: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                labels: Some([("k8s-app".to_owned(), component.to_owned())].into()),
+                annotations: Some([("talos.dev/config-version".to_owned(), config_version.to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: component.to_owned(),
+                    image: Some(format!("registry.k8s.io/{component}:{tag}")),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".to_owned(),
+                    status: if ready { "True" } else { "False" }.to_owned(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_control_plane_is_done_once_its_pod_runs_the_release_from_the_latest_config_and_is_ready() {
+        let wanted: Version = "v1.35.0".parse().expect("a version");
+        let versions: BTreeMap<String, u64> = [("kube-apiserver".to_owned(), 2)].into();
+        let behind = |pods: &[Pod]| pod_behind(pods, "kube-apiserver", wanted, &versions);
+        assert_eq!(behind(&[]).as_deref(), Some("kube-apiserver has no mirror pod"));
+        assert_eq!(
+            behind(&[mirror("kube-apiserver", "v1.34.4", "1", true)]).as_deref(),
+            Some("kube-apiserver runs v1.34.4")
+        );
+        assert!(
+            behind(&[mirror("kube-apiserver", "v1.35.0", "1", true)]).is_some_and(|why| why.contains("config version")),
+            "the pod of the config before the patch"
+        );
+        assert_eq!(
+            behind(&[mirror("kube-apiserver", "v1.35.0", "2", false)]).as_deref(),
+            Some("kube-apiserver is not Ready")
+        );
+        assert_eq!(
+            behind(&[mirror("kube-scheduler", "v1.34.4", "1", true), mirror("kube-apiserver", "v1.35.0", "2", true)]),
+            None
+        );
+    }
 }
