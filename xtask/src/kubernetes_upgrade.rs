@@ -121,12 +121,13 @@ pub async fn plan(client: &kube::Client, config: &ClusterConfig) -> anyhow::Resu
         })
         .filter_map(|node| node.metadata.name)
         .collect();
+    let rendered = rendered_configs(config);
     let mut refusals = Vec::new();
     match running {
         Some(from) => {
             refusals.extend(path_refusal(from, wanted));
             if from.minor < wanted.minor {
-                refusals.extend(removed_in_use(client, config, from).await?);
+                refusals.extend(removed_in_use(client, &rendered, from).await?);
             }
         }
         // Nothing says what runs, so no path can be judged (upgrade-k8s stops the same way).
@@ -143,7 +144,7 @@ pub async fn plan(client: &kube::Client, config: &ClusterConfig) -> anyhow::Resu
     let source =
         std::fs::read_to_string(&config.source).with_context(|| format!("reading {}", config.source.display()))?;
     let to_record = kit::config::with_version(&source, "kubernetes", wanted).is_none_or(|written| written != source);
-    let to_render = rendered_behind(config, wanted)?;
+    let to_render = rendered_behind(&rendered, wanted)?;
     Ok(Plan {
         running,
         wanted,
@@ -156,18 +157,29 @@ pub async fn plan(client: &kube::Client, config: &ClusterConfig) -> anyhow::Resu
     })
 }
 
-/// The machines whose rendered config (stage 01's, in state/talos) names another kubelet
-/// release than `wanted`; a machine with no rendered config yet is not counted.
-fn rendered_behind(config: &ClusterConfig, wanted: Version) -> anyhow::Result<Vec<String>> {
+/// Each machine's config as stage 01 last rendered it (state/talos): its node's name, the file
+/// and the text. A machine with none yet is left out.
+fn rendered_configs(config: &ClusterConfig) -> Vec<(String, std::path::PathBuf, String)> {
     let paths = talos_bootstrap::StatePaths::new(config);
+    config
+        .nodes
+        .iter()
+        .filter_map(|node| {
+            let file = paths.node_config(node);
+            let text = std::fs::read_to_string(&file).ok()?;
+            Some((node.name.clone(), file, text))
+        })
+        .collect()
+}
+
+/// The machines whose rendered config names another kubelet release than `wanted`.
+fn rendered_behind(rendered: &[(String, std::path::PathBuf, String)], wanted: Version) -> anyhow::Result<Vec<String>> {
     let mut behind = Vec::new();
-    for node in &config.nodes {
-        let file = paths.node_config(node);
-        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+    for (node, file, text) in rendered {
         let image =
-            kit::talos::kubernetes::kubelet_image(&text).with_context(|| format!("reading {}", file.display()))?;
+            kit::talos::kubernetes::kubelet_image(text).with_context(|| format!("reading {}", file.display()))?;
         if image.as_deref().and_then(tag_version) != Some(wanted) {
-            behind.push(node.name.clone());
+            behind.push(node.clone());
         }
     }
     Ok(behind)
@@ -175,14 +187,14 @@ fn rendered_behind(config: &ClusterConfig, wanted: Version) -> anyhow::Result<Ve
 
 /// What moving on from `from`'s minor removes that the cluster still uses: flags and feature
 /// gates set in the machine configs stage 01 renders, and stored objects of removed APIs.
-async fn removed_in_use(client: &kube::Client, config: &ClusterConfig, from: Version) -> anyhow::Result<Vec<String>> {
-    let paths = talos_bootstrap::StatePaths::new(config);
+async fn removed_in_use(
+    client: &kube::Client,
+    rendered: &[(String, std::path::PathBuf, String)],
+    from: Version,
+) -> anyhow::Result<Vec<String>> {
     let mut configs = Vec::new();
-    for node in &config.nodes {
-        let file = paths.node_config(node);
-        let Ok(text) = std::fs::read_to_string(&file) else { continue };
-        configs
-            .push((node.name.clone(), Configured::read(&text).with_context(|| format!("reading {}", file.display()))?));
+    for (node, file, text) in rendered {
+        configs.push((node.clone(), Configured::read(text).with_context(|| format!("reading {}", file.display()))?));
     }
     let mut stored = Vec::new();
     for resource in removed_on((from.major, from.minor)).api_resources {
@@ -266,24 +278,14 @@ fn named<'a>(config: &'a ClusterConfig, names: &[String]) -> Vec<&'a Node> {
     config.control_planes().chain(config.workers()).filter(|node| names.contains(&node.name)).collect()
 }
 
-/// Takes the phase (see the module's doc); the steps done go to `done`. With `dry_run`, asks
-/// Talos what each patch would change and prints it, changing nothing.
-pub fn apply(
-    config: &ClusterConfig,
-    api: &KubeApi<'_>,
-    plan: &Plan,
-    dry_run: bool,
-    done: &mut Vec<String>,
-) -> anyhow::Result<()> {
+/// Takes the phase (see the module's doc); the steps done go to `done`.
+pub fn apply(config: &ClusterConfig, api: &KubeApi<'_>, plan: &Plan, done: &mut Vec<String>) -> anyhow::Result<()> {
     if !plan.to_upgrade() {
         return Ok(());
     }
     let wanted = plan.wanted;
     let control_planes = named(config, &plan.control_planes);
     let kubelets = named(config, &plan.kubelets);
-    if dry_run {
-        return show_diffs(config, &control_planes, &kubelets, wanted);
-    }
     let started = Instant::now();
     inline_manifests_are_rendered(config)?;
     pre_pull(config, &control_planes, &kubelets, wanted)?;
@@ -346,17 +348,17 @@ where
     crate::machines::with_talosctl(config, move |talosctl, _| call(talosctl, node))
 }
 
-/// `--dry-run`: what Talos says each patch would change, machine by machine.
-fn show_diffs(
-    config: &ClusterConfig,
-    control_planes: &[&Node],
-    kubelets: &[&Node],
-    wanted: Version,
-) -> anyhow::Result<()> {
-    let patches = control_planes
-        .iter()
-        .map(|node| ((*node).clone(), control_plane_patch(wanted)))
-        .chain(kubelets.iter().map(|node| ((*node).clone(), kubelet_patch(wanted))));
+/// `--dry-run`: what Talos says each of the phase's patches would change, machine by machine;
+/// nothing is changed.
+pub fn show_diffs(config: &ClusterConfig, plan: &Plan) -> anyhow::Result<()> {
+    if !plan.to_upgrade() {
+        return Ok(());
+    }
+    let wanted = plan.wanted;
+    let patches = named(config, &plan.control_planes)
+        .into_iter()
+        .map(|node| (node.clone(), control_plane_patch(wanted)))
+        .chain(named(config, &plan.kubelets).into_iter().map(|node| (node.clone(), kubelet_patch(wanted))));
     let patches: Vec<(Node, String)> = patches.collect();
     crate::machines::with_talosctl(config, move |talosctl, _| async move {
         for (node, patch) in &patches {

@@ -84,13 +84,10 @@ struct Rehearsal {
     hops: Vec<String>,
 }
 
-/// What runs and what is pinned, for every installed add-on and for Talos (the oldest release
-/// a machine runs): what a rehearsal is of.
-fn from_to(
-    plan: &[Upgrade],
-    talos: &[Step],
-    kubernetes: &crate::kubernetes_upgrade::Plan,
-) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+/// What runs and what is pinned, for every installed add-on, for Talos (the oldest release a
+/// machine runs) and for Kubernetes (when it is to be upgraded): what a rehearsal is of.
+fn from_to(phases: &Phases<'_>) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
+    let Phases { talos, kubernetes, addons: plan } = phases;
     let installed = plan.iter().filter_map(|upgrade| Some((upgrade, upgrade.running?)));
     let mut from: BTreeMap<String, String> =
         installed.clone().map(|(upgrade, running)| (upgrade.component.to_owned(), running.to_string())).collect();
@@ -129,7 +126,7 @@ fn rehearsed(config: &ClusterConfig, phases: &Phases<'_>) -> anyhow::Result<Opti
         Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
     };
     let record: Rehearsal = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
-    let (from, to) = from_to(phases.addons, phases.talos, phases.kubernetes);
+    let (from, to) = from_to(phases);
     Ok((record.passed && record.from == from && record.to == to).then_some(record))
 }
 
@@ -185,7 +182,7 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
             };
             if *dry_run {
                 // Talos and the add-ons are shown by the plan; the Kubernetes patches by Talos.
-                crate::kubernetes_upgrade::apply(&config, &kube_api, &kubernetes, true, &mut Vec::new())?;
+                crate::kubernetes_upgrade::show_diffs(&config, &kubernetes)?;
                 eprintln!("dry run: nothing was changed");
                 return Ok(ExitCode::SUCCESS);
             }
@@ -239,7 +236,7 @@ pub fn run(global: &GlobalArgs, action: &UpgradeAction) -> anyhow::Result<ExitCo
                 },
                 &mut walker.done,
             )
-            .and_then(|()| crate::kubernetes_upgrade::apply(&config, &kube_api, &kubernetes, false, &mut walker.done))
+            .and_then(|()| crate::kubernetes_upgrade::apply(&config, &kube_api, &kubernetes, &mut walker.done))
             .and_then(|()| if machine_configs { walker.machine_configs(&config) } else { Ok(()) })
             .and_then(|()| if kubernetes.to_record { record_kubernetes(&config, kubernetes.wanted) } else { Ok(()) })
             {
@@ -268,7 +265,7 @@ fn rehearse(
     phases: &Phases<'_>,
     port_base: u16,
 ) -> anyhow::Result<ExitCode> {
-    let (from, to) = from_to(phases.addons, phases.talos, phases.kubernetes);
+    let (from, to) = from_to(phases);
     let dir = config.state_dir().join("rehearsal");
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
@@ -465,8 +462,6 @@ impl Walker<'_> {
     }
 }
 
-/// The plan for people (Talos's machines, then a block per add-on) or for scripts (one JSON
-/// object per machine to upgrade, `{"talos": …}`, then one per add-on).
 /// What `upgrade` plans, phase by phase in the order it takes them.
 struct Phases<'a> {
     talos: &'a [Step],
@@ -474,6 +469,9 @@ struct Phases<'a> {
     addons: &'a [Upgrade],
 }
 
+/// The plan for people (Talos's machines, Kubernetes's line, then a block per add-on) or for
+/// scripts (one JSON object per machine to upgrade, `{"talos": …}`, then `{"kubernetes": …}`
+/// when that phase has work, then one per add-on).
 fn write_plan(phases: &Phases<'_>, output: Output, out: &mut impl Write) -> anyhow::Result<()> {
     let Phases { talos, kubernetes, addons: plan } = phases;
     if output == Output::Json {
@@ -481,7 +479,7 @@ fn write_plan(phases: &Phases<'_>, output: Output, out: &mut impl Write) -> anyh
             writeln!(out, "{}", serde_json::json!({ TALOS: step }))?;
         }
         if kubernetes.to_do() {
-            writeln!(out, "{}", serde_json::json!({ "kubernetes": kubernetes }))?;
+            writeln!(out, "{}", serde_json::json!({ KUBERNETES: kubernetes }))?;
         }
         for upgrade in *plan {
             writeln!(out, "{}", serde_json::to_string(upgrade)?)?;

@@ -299,8 +299,13 @@ func (k *kubelet) keepMirrors(ctx context.Context) {
 		}
 
 		for _, pod := range k.controlPlane.current() {
+			// A pod whose image could not be pulled has no mirror to keep (syncStaticPods).
+			if pod.pullErr != nil {
+				continue
+			}
+
 			podName := pod.component + "-" + k.hostname
-			if _, err = client.CoreV1().Pods("kube-system").Get(ctx, podName, metav1.GetOptions{}); pod.pullErr != nil || !apierrors.IsNotFound(err) {
+			if _, err = client.CoreV1().Pods("kube-system").Get(ctx, podName, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 				continue
 			}
 
