@@ -79,10 +79,12 @@ fn hosts_dir(namespace: &str) -> PathBuf {
     Path::new("/etc/netns").join(namespace)
 }
 
-/// Removes the namespaces' files for /etc (when the box comes down).
-pub fn remove_files(lan: &Lan) -> anyhow::Result<()> {
-    for namespace in lan.namespaces() {
-        let etc = hosts_dir(namespace);
+/// Removes the namespaces' files for /etc (when the box comes down), those of `retired`
+/// machines (removed from the config) too.
+pub fn remove_files(lan: &Lan, retired: &[String]) -> anyhow::Result<()> {
+    let retired = retired.iter().map(|name| crate::lan::machine_namespace(&lan.cluster, name));
+    for namespace in lan.namespaces().into_iter().map(str::to_owned).chain(retired) {
+        let etc = hosts_dir(&namespace);
         if etc.exists() {
             std::fs::remove_dir_all(&etc).with_context(|| format!("removing {}", etc.display()))?;
         }

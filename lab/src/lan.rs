@@ -51,6 +51,8 @@ pub struct Lease {
 /// The box for one cluster config.
 #[derive(Debug, Clone)]
 pub struct Lan {
+    /// The cluster's name, which every namespace of its box starts with.
+    pub cluster: String,
     /// The switch namespace.
     pub switch: String,
     pub gateway: Ipv4Addr,
@@ -61,7 +63,7 @@ pub struct Lan {
 
 impl Lan {
     pub fn new(config: &ClusterConfig) -> Lan {
-        let namespace = |who: &str| format!("{}-{who}", config.name);
+        let namespace = |who: &str| machine_namespace(&config.name, who);
         let admin = Member {
             name: "admin".to_owned(),
             namespace: kit::lab::workstation_namespace(&config.name),
@@ -75,6 +77,7 @@ impl Lan {
             port: format!("port{}", index + 1),
         });
         Lan {
+            cluster: config.name.clone(),
             switch: namespace("lan"),
             gateway: config.network.gateway,
             prefix_len: config.network.subnet.prefix_len(),
@@ -173,6 +176,19 @@ impl Lan {
         Ok(removed)
     }
 
+    /// Unplugs a machine the config no longer names (its namespace and its port go), if it is
+    /// there; whether it was.
+    pub fn unplug_retired(&self, name: &str) -> anyhow::Result<bool> {
+        let namespace = machine_namespace(&self.cluster, name);
+        let sh = Shell::new()?;
+        if !existing_namespaces(&sh)?.contains(&namespace) {
+            return Ok(false);
+        }
+        ensure_root()?;
+        cmd!(sh, "ip netns delete {namespace}").quiet().run()?;
+        Ok(true)
+    }
+
     /// Which namespaces of the box exist now.
     pub fn present(&self) -> anyhow::Result<Vec<String>> {
         let existing = existing_namespaces(&Shell::new()?)?;
@@ -189,8 +205,10 @@ impl Lan {
                 serde_json::from_str(&cmd!(sh, "ip -n {namespace} -j link show").quiet().read()?)?;
             for link in &links {
                 let name = link["ifname"].as_str().unwrap_or_default();
+                // A port of the switch leads to a machine of the box, one the config names or one
+                // that was removed from it and still sits on the LAN, powered off.
                 let allowed = if namespace == self.switch {
-                    name == "lo" || name == BRIDGE || self.members.iter().any(|m| m.port == name)
+                    name == "lo" || name == BRIDGE || is_port(name)
                 } else {
                     name == "lo" || name == INTERFACE
                 };
@@ -230,6 +248,16 @@ pub fn admin_address(config: &ClusterConfig) -> Ipv4Addr {
             || config.metallb_pool.contains(ip)
     };
     subnet.hosts().rev().find(|ip| !used(*ip)).unwrap_or(subnet.network())
+}
+
+/// The namespace of one machine (or of the switch, `lan`) of a cluster's box.
+pub fn machine_namespace(cluster: &str, who: &str) -> String {
+    format!("{cluster}-{who}")
+}
+
+/// Whether an interface of the switch is one of its ports (`port<N>`, one per machine).
+fn is_port(name: &str) -> bool {
+    name.strip_prefix("port").is_some_and(|number| !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn existing_namespaces(sh: &Shell) -> anyhow::Result<Vec<String>> {

@@ -272,6 +272,39 @@ impl Lab {
         self.wait_for_twin(node, &process).await
     }
 
+    /// Swaps one machine's disk for a blank one, as when a disk died or a new machine takes the
+    /// old one's place at its address: the machine must be off (`power_cut`); its disk is
+    /// blanked (`twin::blank_disk`: its config and data go, its hardware stays) and it boots
+    /// from the ISO, into maintenance mode, at the same address.
+    pub async fn swap_disk(&self, node: &str) -> anyhow::Result<()> {
+        let process = self.twin(node)?;
+        anyhow::ensure!(
+            process.running_pid().is_none(),
+            "{node} is running: a disk is swapped with the power off (`cargo xtask lab power-cut {node}` first)"
+        );
+        twin::blank_disk(&self.dir, node)?;
+        self.power_on(node).await
+    }
+
+    /// The machines the box has that the config no longer names (removed from cluster.yaml):
+    /// each still has its folder in `twins/` and may still be plugged in, powered off.
+    fn retired(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("twins")) else { return Vec::new() };
+        let mut retired: Vec<String> = entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str().map(str::to_owned))
+            .filter(|name| !self.config.nodes.iter().any(|node| &node.name == name))
+            .collect();
+        retired.sort();
+        retired
+    }
+
+    /// The twins of the retired machines, by their pid files (one that took a reset and
+    /// powered off is not running).
+    fn retired_twins(&self) -> Vec<Process> {
+        self.retired().iter().map(|name| self.process(&format!("twin-{name}"), PathBuf::new(), Vec::new())).collect()
+    }
+
     /// `node`'s switch port down (its power is cut) or up.
     fn set_port(&self, node: &str, up: bool) -> anyhow::Result<()> {
         let lan = self.lan();
@@ -399,12 +432,18 @@ impl Lab {
         std::fs::write(&file, self.dir.display().to_string()).with_context(|| format!("writing {}", file.display()))
     }
 
-    /// The cluster through the forward: every node of the config Ready.
+    /// The cluster through the forward: every configured machine's Node Ready. A machine in
+    /// maintenance mode (one added to the config, or given a blank disk) has no Node until
+    /// stage 01 or `node replace` sends it its config.
     async fn cluster_ready(&self) -> anyhow::Result<String> {
         let client = kit::client::client_from_kubeconfig(&self.kubeconfig).await?;
-        let waiting = kit::client::nodes_not_ready(&client, &self.config).await?;
+        let mut configured = self.config.clone();
+        configured.nodes.retain(|node| twin::twin_dir(&self.dir, &node.name).join("config.yaml").exists());
+        let waiting = kit::client::nodes_not_ready(&client, &configured).await?;
         anyhow::ensure!(waiting.is_empty(), "not Ready: {}", waiting.join(", "));
-        Ok(format!("{} nodes Ready through {}", self.config.nodes.len(), self.api_url()))
+        let maintenance = self.config.nodes.len() - configured.nodes.len();
+        let waiting = if maintenance > 0 { format!(" ({maintenance} in maintenance mode)") } else { String::new() };
+        Ok(format!("{} nodes Ready through {}{waiting}", configured.nodes.len(), self.api_url()))
     }
 
     /// Writes what the processes read: the ports, and the stages kwok plays.
@@ -595,13 +634,25 @@ impl Lab {
                 Err(error) => failed = failed.or(Some(error)),
             }
         }
+        // A machine removed from the config is still in the box until the box goes.
+        let retired = self.retired();
+        for (name, twin) in retired.iter().zip(self.retired_twins()) {
+            match twin.stop(TWIN_SHUTDOWN) {
+                Ok(true) => stopped.push(twin.name.clone()),
+                Ok(false) => {}
+                Err(error) => failed = failed.or(Some(error)),
+            }
+            if let Err(error) = self.lan().unplug_retired(name) {
+                failed = failed.or(Some(error));
+            }
+        }
         if let Some(error) = failed {
             return Err(error);
         }
         if self.lan().down()? > 0 {
             stopped.push(format!("the box ({})", self.lan().switch));
         }
-        discovery::remove_files(&self.lan())?;
+        discovery::remove_files(&self.lan(), &retired)?;
         let owner = box_owner_file(&self.config.name);
         if std::fs::read_to_string(&owner).is_ok_and(|dir| Path::new(dir.trim()) == self.dir) {
             std::fs::remove_file(&owner).with_context(|| format!("removing {}", owner.display()))?;
@@ -614,7 +665,8 @@ impl Lab {
 
     /// The PIDs of every process still running (empty after a clean `down`).
     pub fn running_pids(&self) -> Vec<(String, i32)> {
-        self.processes().iter().filter_map(|p| p.running_pid().map(|pid| (p.name.clone(), pid))).collect()
+        let all = self.processes().into_iter().chain(self.retired_twins());
+        all.filter_map(|p| p.running_pid().map(|pid| (p.name.clone(), pid))).collect()
     }
 }
 

@@ -182,12 +182,34 @@ pub enum Fault {
 }
 
 impl Fault {
+    const ALL: [Fault; 2] = [Fault::FailsToBoot, Fault::BusyMounts];
+
     fn file(self) -> &'static str {
         match self {
             Fault::FailsToBoot => "fails-to-boot",
             Fault::BusyMounts => "busy-mounts",
         }
     }
+}
+
+/// A blank disk in `node`'s machine, as a new disk or a new machine has: everything the twin
+/// wrote goes (its config, its node identity, etcd's and the kubelet's data, its boot entries,
+/// META), while what is not on its disk stays: its hardware and its named faults. The machine
+/// must be off; it then boots from the ISO into maintenance mode.
+pub fn blank_disk(lab_dir: &Path, node: &str) -> anyhow::Result<()> {
+    let dir = twin_dir(lab_dir, node);
+    let kept: Vec<&str> = std::iter::once(HARDWARE_FILE).chain(Fault::ALL.map(Fault::file)).collect();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.file_name().and_then(|name| name.to_str()).is_some_and(|name| kept.contains(&name)) {
+            continue;
+        }
+        let removed =
+            if entry.file_type()?.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        removed.with_context(|| format!("wiping {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Gives `node` the `fault` for each of `entries` (none: the fault is cleared).

@@ -309,6 +309,7 @@ impl Stage for TalosBootstrap {
             changes.push(config_change(&talosctl, generated, old.as_deref()));
         }
         let edge = Talosctl { tool: talosctl, talosconfig: paths.talosconfig.clone() };
+        let bootstrapped = converge::bootstrapped(&edge, &ctx.config).await;
         for (node, state) in converge::survey(&edge, &ctx.config, None).await? {
             let object = format!("TalosNode {}", node.name);
             let generated = &configs.iter().find(|c| c.node.name == node.name).context("no config generated")?.path;
@@ -324,15 +325,19 @@ impl Stage for TalosBootstrap {
                         }
                     }
                 }
-                _ => Change {
-                    object,
-                    action: Action::Created,
-                    diff: Some("apply-config --insecure, install, reboot".into()),
-                },
+                _ => {
+                    let joins = if bootstrapped.is_some() { "new node: " } else { "" };
+                    let diff = format!("{joins}apply-config --insecure, install, reboot");
+                    let diff =
+                        if bootstrapped.is_some() { format!("{diff}; it joins the running cluster") } else { diff };
+                    Change { object, action: Action::Created, diff: Some(diff) }
+                }
             });
         }
+        if bootstrapped.is_some() {
+            changes.extend(no_longer_in_the_config(ctx).await?);
+        }
         let first = ctx.config.control_planes().next().context("the config has no control plane")?;
-        let bootstrapped = converge::bootstrapped(&edge, &ctx.config).await;
         let action = if bootstrapped.is_some() { Action::Unchanged } else { Action::Created };
         changes.push(Change { object: format!("EtcdBootstrap {}", first.name), action, diff: bootstrapped });
         Ok(changes)
@@ -403,6 +408,29 @@ impl Stage for TalosBootstrap {
         }
         Ok(files.into_iter().map(|(path, _)| path).collect())
     }
+}
+
+/// The machines the cluster has (its Nodes) that cluster.yaml no longer names: each a
+/// leftover, with the command that takes it out (`apply` leaves it: removing a machine is a
+/// person's choice, and a drain and a reset).
+async fn no_longer_in_the_config(ctx: &Context) -> anyhow::Result<Vec<Change>> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(ctx.client().await?);
+    let listed = nodes.list(&Default::default()).await.context("listing the Nodes")?;
+    let lab = if ctx.target == Target::Lab { " --lab" } else { "" };
+    Ok(listed
+        .items
+        .into_iter()
+        .filter_map(|node| node.metadata.name)
+        .filter(|name| !ctx.config.nodes.iter().any(|node| &node.name == name))
+        .map(|name| Change {
+            object: format!("TalosNode {name}"),
+            action: Action::Leftover,
+            diff: Some(format!(
+                "no longer in the config: `cargo xtask node remove {name}{lab}` drains it, resets it (a control plane \
+                 leaves etcd first) and deletes its Node"
+            )),
+        })
+        .collect())
 }
 
 /// One node before stage 01 touches it: configured, or in maintenance mode and fit for its

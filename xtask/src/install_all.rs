@@ -94,6 +94,14 @@ pub fn run(global: &GlobalArgs, args: &InstallArgs) -> anyhow::Result<ExitCode> 
             let outcome = runner.run(step)?;
             let seconds = step_started.elapsed().as_secs_f64();
             writeln!(stderr, "{stage:<16} {step:<7} {seconds:>6.1}s  {}", outcome.summary())?;
+            // A plan shows what it would change (and what it found left over), not only how much.
+            if let Outcome::Changes(changes) = &outcome
+                && *step == "plan"
+            {
+                for change in changes.iter().filter(|change| change.action != Action::Unchanged) {
+                    writeln!(stderr, "  {change}")?;
+                }
+            }
             // In the lab, stage 01's apply installs the cluster: `lab up` then waits until its
             // every node is Ready through the forward, before the next stage's check.
             let installed = *stage == kit::names::TALOS_BOOTSTRAP_STAGE && *step == "apply";
@@ -298,4 +306,64 @@ fn is_warning(line: &str) -> bool {
 
 fn parse_all<T: serde::de::DeserializeOwned>(lines: Vec<serde_json::Value>) -> serde_json::Result<Vec<T>> {
     lines.into_iter().map(serde_json::from_value).collect()
+}
+
+/// Every stage the cluster has (`stage_installed`) verified, in order, each outcome shown after
+/// `who`; returns the stages whose verify failed. A verify that could not run at all stops it.
+pub(crate) fn verify_installed(
+    global: &GlobalArgs,
+    config: &kit::config::ClusterConfig,
+    who: &str,
+) -> anyhow::Result<Vec<String>> {
+    let root = xtask::workspace_root();
+    let kubeconfig = global.kubeconfig(config);
+    let present = crate::stages::present(&root);
+    let stages = tokio::runtime::Runtime::new()?.block_on(async {
+        let client = kit::client::client_from_kubeconfig(&kubeconfig).await?;
+        let api_wait = std::time::Duration::from_secs(global.api_wait);
+        let mut stages = Vec::new();
+        for stage in present {
+            // This machine's way to the API (a forward, on the box) may lag the VIP's.
+            if kit::client::ride_out(&kubeconfig, api_wait, || stage_installed(&client, stage)).await? {
+                stages.push(stage);
+            } else {
+                eprintln!("{who}: {stage:<16} not installed: nothing to verify");
+            }
+        }
+        anyhow::Ok(stages)
+    })?;
+    let bin_dir = crate::stages::build(&root, &stages)?;
+    let mut failed = Vec::new();
+    for stage in stages {
+        let outcome = StageRunner { bin_dir: &bin_dir, stage, global }.run("verify")?;
+        eprintln!("{who}: {stage:<16} verify  {}", outcome.summary());
+        if let Some(failure) = outcome.failure() {
+            eprintln!("{failure}");
+            failed.push(format!("{stage} verify"));
+        }
+        if matches!(outcome, Outcome::Failed(_)) {
+            break;
+        }
+    }
+    Ok(failed)
+}
+
+/// Whether the cluster has `stage`: its main Deployment is there (stage 01 always is). A
+/// cluster installed part-way, or a box with only stage 01, is verified for what it has.
+async fn stage_installed(client: &kube::Client, stage: &str) -> anyhow::Result<bool> {
+    let (namespace, name) = match stage {
+        "metallb" => ("metallb-system", "controller"),
+        "metrics-server" => ("kube-system", "metrics-server"),
+        "traefik" => ("traefik", "traefik"),
+        "cert-manager" => ("cert-manager", "cert-manager"),
+        "longhorn" => ("longhorn-system", "longhorn-ui"),
+        "headlamp" => ("kube-system", "headlamp"),
+        "envoy-gateway" => ("envoy-gateway-system", "envoy-gateway"),
+        "workloads" => ("whoami", "whoami"),
+        _ => return Ok(true),
+    };
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let found = deployments.get_opt(name).await.with_context(|| format!("reading Deployment {namespace}/{name}"))?;
+    Ok(found.is_some())
 }

@@ -1,5 +1,6 @@
-//! `cargo xtask lab build | up | status | shell | power-cut | power-on | talos-suite | down`: the command-line
-//! face of `lab`.
+//! `cargo xtask lab build | up | status | shell | power-cut | power-on | swap-disk | talos-suite | down`: the
+//! command-line face of `lab`. `power-cut`, `power-on` and `swap-disk` are physical acts on the
+//! box's machines, for rehearsing what happens to real ones; on a real site a person does them.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -42,17 +43,25 @@ pub enum LabAction {
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Cut one machine's power, as a failing power supply would: its twin and everything it
-    /// runs are killed (SIGKILL, no orderly shutdown: a VIP holder does not resign) and its
-    /// switch port goes dark. Try it while `install-all --lab` runs, or watch `cargo xtask
+    /// A physical act, the lab's only: cut one machine's power, as a failing power supply would:
+    /// its twin and everything it runs are killed (SIGKILL, no orderly shutdown: a VIP holder
+    /// does not resign, its etcd member does not leave) and its switch port goes dark. Try it while `install-all --lab` runs, or watch `cargo xtask
     /// status --lab` as the VIP moves (within about a minute, when its etcd lease runs out).
     PowerCut {
         /// The machine, by its name in cluster.yaml (e.g. cp01).
         node: String,
     },
-    /// Power one machine on again (after `power-cut`): its port comes up and it boots into its
-    /// config. `up` does the same for every machine that is off.
+    /// A physical act, the lab's only: power one machine on again (after `power-cut`): its port
+    /// comes up and it boots into its config. `up` does the same for every machine that is off.
     PowerOn {
+        /// The machine, by its name in cluster.yaml.
+        node: String,
+    },
+    /// A physical act, the lab's only: swap the disk of a machine that is off (`power-cut` it
+    /// first) for a blank one, as when its disk died or a new machine takes its place at its
+    /// address, and power it on: it boots from the Talos ISO into maintenance mode, at the same
+    /// address, waiting for its config. Then rehearse `cargo xtask node replace NODE --lab`.
+    SwapDisk {
         /// The machine, by its name in cluster.yaml.
         node: String,
     },
@@ -149,6 +158,12 @@ pub fn run(global: &GlobalArgs, action: LabAction) -> anyhow::Result<ExitCode> {
         LabAction::PowerOn { node } => {
             runtime.block_on(lab.power_on(&node))?;
             writeln!(stdout, "{node} is on and answers on its Talos API.")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        LabAction::SwapDisk { node } => {
+            runtime.block_on(lab.swap_disk(&node))?;
+            writeln!(stdout, "{node} has a blank disk and waits in maintenance mode at its address.")?;
+            writeln!(stdout, "Put it back in the cluster: cargo xtask node replace {node} --lab")?;
             Ok(ExitCode::SUCCESS)
         }
         LabAction::TalosSuite => {

@@ -7,6 +7,7 @@ mod kubernetes_upgrade;
 mod lab_cmd;
 mod machines;
 mod mirror;
+mod node;
 mod render;
 mod restore;
 use xtask::stages;
@@ -82,6 +83,13 @@ enum Command {
         #[command(subcommand)]
         action: upgrade::UpgradeAction,
     },
+    /// Machines in and out: `node replace NAME` puts a new machine (booted from the ISO at the
+    /// same address) in a dead one's place; `node remove NAME` takes out one removed from
+    /// cluster.yaml. Each shows its steps, keeps etcd's quorum, checks every step, and resumes.
+    Node {
+        #[command(subcommand)]
+        action: node::NodeAction,
+    },
     /// Back the cluster up: an etcd snapshot from the most up-to-date healthy control plane,
     /// with what a rebuild needs (secrets bundle, talosconfig, machine configs, cluster.yaml,
     /// talos-ha.lock), in a dated folder (0700, files 0600); prints its path. Optionally
@@ -133,6 +141,7 @@ fn main() -> ExitCode {
         Command::VerifyHa(args) => verify_ha::run(&cli.global, &args),
         Command::Test { cargo_args } => test_cmd::run(&cli.global, &cargo_args),
         Command::Upgrade { action } => upgrade::run(&cli.global, &action),
+        Command::Node { action } => node::run(&cli.global, &action),
     };
     match result {
         Ok(code) => code,

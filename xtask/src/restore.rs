@@ -38,8 +38,6 @@ use kit::talos::{BootstrapAnswer, EtcdMemberStatus, NodeState, Talosctl, etcd_he
 use serde::Deserialize;
 use talos_bootstrap::evidence::Evidence;
 
-use crate::install_all::{Outcome, StageRunner};
-
 /// How a bootstrap record says a cluster was restored (stage 01's `bootstrap.json`).
 const RESTORED: &str = "restored from ";
 
@@ -505,8 +503,8 @@ where
     }
 }
 
-/// The checks after the restore: etcd on every control plane, then each stage's `verify`;
-/// returns what failed.
+/// The checks after the restore: etcd on every control plane, then each installed stage's
+/// `verify`; returns what failed.
 fn verify(global: &GlobalArgs, config: &ClusterConfig) -> anyhow::Result<Vec<String>> {
     let check = crate::machines::etcd_check(config)?;
     eprintln!("restore: {check}");
@@ -514,56 +512,8 @@ fn verify(global: &GlobalArgs, config: &ClusterConfig) -> anyhow::Result<Vec<Str
     if check.status == kit::report::Status::Fail {
         failed.push("etcd".to_owned());
     }
-    let root = xtask::workspace_root();
-    let kubeconfig = global.kubeconfig(config);
-    let present = crate::stages::present(&root);
-    let stages = tokio::runtime::Runtime::new()?.block_on(async {
-        let client = kit::client::client_from_kubeconfig(&kubeconfig).await?;
-        let api_wait = Duration::from_secs(global.api_wait);
-        let mut stages = Vec::new();
-        for stage in present {
-            // This machine's way to the API (a forward, on the box) may lag the VIP's.
-            if kit::client::ride_out(&kubeconfig, api_wait, || stage_installed(&client, stage)).await? {
-                stages.push(stage);
-            } else {
-                eprintln!("restore: {stage:<16} not installed in the restored cluster: nothing to verify");
-            }
-        }
-        anyhow::Ok(stages)
-    })?;
-    let bin_dir = crate::stages::build(&root, &stages)?;
-    for stage in stages {
-        let outcome = StageRunner { bin_dir: &bin_dir, stage, global }.run("verify")?;
-        eprintln!("restore: {stage:<16} verify  {}", outcome.summary());
-        if let Some(failure) = outcome.failure() {
-            eprintln!("{failure}");
-            failed.push(format!("{stage} verify"));
-        }
-        if matches!(outcome, Outcome::Failed(_)) {
-            break;
-        }
-    }
+    failed.extend(crate::install_all::verify_installed(global, config, "restore")?);
     Ok(failed)
-}
-
-/// Whether the restored cluster has `stage`: its main Deployment is there (stage 01 always is).
-/// A cluster installed part-way, or a box with only stage 01, is verified for what it has.
-async fn stage_installed(client: &kube::Client, stage: &str) -> anyhow::Result<bool> {
-    let (namespace, name) = match stage {
-        "metallb" => ("metallb-system", "controller"),
-        "metrics-server" => ("kube-system", "metrics-server"),
-        "traefik" => ("traefik", "traefik"),
-        "cert-manager" => ("cert-manager", "cert-manager"),
-        "longhorn" => ("longhorn-system", "longhorn-ui"),
-        "headlamp" => ("kube-system", "headlamp"),
-        "envoy-gateway" => ("envoy-gateway-system", "envoy-gateway"),
-        "workloads" => ("whoami", "whoami"),
-        _ => return Ok(true),
-    };
-    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-        kube::Api::namespaced(client.clone(), namespace);
-    let found = deployments.get_opt(name).await.with_context(|| format!("reading Deployment {namespace}/{name}"))?;
-    Ok(found.is_some())
 }
 
 /// `3h12m`, `4m05s`, `12s`.

@@ -300,7 +300,7 @@ pub fn etcd_gate(config: &ClusterConfig, node: &Node) -> anyhow::Result<()> {
 const CORDONED: &str = "talos-ha.dev/cordoned-for-upgrade";
 
 /// Marks the Node unschedulable, as this upgrade's doing (or schedulable again).
-async fn cordon(client: &kube::Client, node: &str, unschedulable: bool) -> anyhow::Result<()> {
+pub(crate) async fn cordon(client: &kube::Client, node: &str, unschedulable: bool) -> anyhow::Result<()> {
     let nodes: Api<KubeNode> = Api::all(client.clone());
     let mark = unschedulable.then_some("true");
     let patch = serde_json::json!({ "metadata": { "annotations": { CORDONED: mark } }, "spec": { "unschedulable": unschedulable } });
@@ -337,7 +337,7 @@ fn stays(pod: &Pod) -> bool {
 /// Evicts every pod of the node that must go, retrying the ones a PodDisruptionBudget holds
 /// back every 5 s for up to `timeout`, then waits until they are gone. A pod still held back then
 /// stops the drain, with the API server's reason (which names the budget).
-async fn drain(client: &kube::Client, node: &str, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) async fn drain(client: &kube::Client, node: &str, timeout: Duration) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::all(client.clone());
     let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
     let deadline = Instant::now() + timeout;
@@ -480,7 +480,7 @@ fn verify(config: &ClusterConfig, api: &KubeApi<'_>, node: &Node, wanted: Versio
 
 /// Waits for the Node's Ready condition; an API that does not answer meanwhile (the VIP
 /// moving) is waited out the same way.
-async fn node_ready(client: &kube::Client, node: &str) -> anyhow::Result<()> {
+pub(crate) async fn node_ready(client: &kube::Client, node: &str) -> anyhow::Result<()> {
     let nodes: Api<KubeNode> = Api::all(client.clone());
     let started = Instant::now();
     loop {

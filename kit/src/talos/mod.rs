@@ -9,6 +9,7 @@
 //! Each rule names the Talos v1.12.1 source it follows.
 
 pub mod kubernetes;
+pub mod membership;
 pub mod recovery;
 pub mod snapshot;
 pub mod talosconfig;
@@ -569,15 +570,9 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
-/// The hostnames of etcd's members as `node` lists them (`etcd members`: NODE ID HOSTNAME …).
+/// The hostnames of etcd's members as `node` lists them.
 pub async fn etcd_members(api: &impl TalosApi, node: &Node) -> anyhow::Result<Vec<String>> {
-    let table = api.ask(node, &["etcd", "members"], PROBE_TIMEOUT).await?;
-    Ok(member_column(&table, 2))
-}
-
-/// One column of the `etcd members` table, row by row.
-fn member_column(table: &str, column: usize) -> Vec<String> {
-    table.lines().skip(1).filter_map(|line| line.split_whitespace().nth(column)).map(str::to_owned).collect()
+    Ok(membership::members(api, node).await?.into_iter().map(|member| member.hostname).collect())
 }
 
 /// The control planes that have the VIP among their addresses: exactly one when healthy.

@@ -41,10 +41,9 @@ pub async fn bootstrap_from(api: &impl TalosApi, node: &Node, snapshot: &Path) -
     bootstrap_with(api, node, &["bootstrap", &from], Duration::from_secs(600)).await
 }
 
-/// The IDs of etcd's members as `node` lists them (`etcd members`: NODE ID HOSTNAME …).
+/// The IDs of etcd's members as `node` lists them.
 pub async fn etcd_member_ids(api: &impl TalosApi, node: &Node) -> anyhow::Result<Vec<String>> {
-    let table = api.ask(node, &["etcd", "members"], PROBE_TIMEOUT).await?;
-    Ok(super::member_column(&table, 1))
+    Ok(super::membership::members(api, node).await?.into_iter().map(|member| member.id).collect())
 }
 
 #[cfg(test)]
