@@ -12,6 +12,8 @@
 //!   changes (`kubernetes_upgrade.rs`, by hand so far), and a second install-all changes
 //!   nothing.
 //! - `interrupted_install.rs`: a first install killed at three points, and a wiped cluster.
+//! - `machines.rs`: dead machines replaced (`node replace`), a worker added through
+//!   `cluster.yaml` and removed (`node remove`), on a box with every stage.
 //! - `addon_upgrade.rs`: a box at the seed's add-ons upgraded hop by hop to the defaults.
 //!   Its box, at every stage's default release, then runs the restore drill (`drill.rs`): it
 //!   loses etcd's quorum and is restored from a backup.

@@ -38,7 +38,8 @@ async fn nodes(own: &OwnBox) -> anyhow::Result<Vec<(String, bool)>> {
         .collect())
 }
 
-/// The pods bound to `node`, by namespace/name.
+/// The pods bound to `node`, as `namespace/name uid` (a StatefulSet's pod made again keeps its
+/// name, not its UID).
 async fn pods_on(own: &OwnBox, node: &str) -> anyhow::Result<BTreeSet<String>> {
     let client = kit::client::client_from_kubeconfig(&own.lab.kubeconfig).await?;
     let on_node = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
@@ -47,11 +48,9 @@ async fn pods_on(own: &OwnBox, node: &str) -> anyhow::Result<BTreeSet<String>> {
         .items
         .iter()
         .map(|pod| {
-            format!(
-                "{}/{}",
-                pod.metadata.namespace.as_deref().unwrap_or(""),
-                pod.metadata.name.as_deref().unwrap_or("")
-            )
+            let meta = &pod.metadata;
+            let (namespace, name) = (meta.namespace.as_deref().unwrap_or(""), meta.name.as_deref().unwrap_or(""));
+            format!("{namespace}/{name} {}", meta.uid.as_deref().unwrap_or(""))
         })
         .collect())
 }
@@ -64,15 +63,17 @@ async fn node_command(own: &OwnBox, args: &[&str]) -> anyhow::Result<(bool, Stri
 }
 
 /// A machine that is off given a blank disk, then `node replace`: what it printed, how long it
-/// took, and the longest the API through the VIP went unanswered meanwhile.
-async fn replaced(own: &OwnBox, name: &str) -> anyhow::Result<(String, f64, std::time::Duration)> {
+/// took, and what the watch saw meanwhile (the API through the VIP, asked each second).
+async fn replaced(own: &OwnBox, name: &str) -> anyhow::Result<(String, f64, rehearsals::watch::Watched)> {
     own.lab.swap_disk(name).await?;
     let watch = rehearsals::watch::Watch::start(&own.config.clone().in_box());
     let (ok, said, took) = node_command(own, &["replace", name]).await?;
     let watched = watch.stop()?;
     anyhow::ensure!(ok, "node replace {name}: {said}");
     anyhow::ensure!(said.contains(&format!("{name} replaced in")), "{said}");
-    Ok((said, took, watched.longest_unanswered))
+    // Asked about once a second (each sample waits for every control plane's answer too).
+    anyhow::ensure!(watched.samples as f64 >= took / 3.0, "the watch sampled {} times in {took:.1}s", watched.samples);
+    Ok((said, took, watched))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,7 +101,8 @@ async fn dead_machines_are_replaced_and_a_worker_is_added_and_removed() -> anyho
     assert!(!ok && said.contains("add --yes"), "{said}");
 
     // cp02 given a blank disk and replaced.
-    let (said, took, unanswered) = replaced(&own, "cp02").await?;
+    let (said, took, watched) = replaced(&own, "cp02").await?;
+    let unanswered = watched.longest_unanswered;
     assert!(said.contains(&format!("remove etcd member {dead}")), "the dead member is shown before it goes: {said}");
     let after = members(&own, "cp01")?;
     let ids: BTreeSet<&str> = after.iter().map(|member| member.id.as_str()).collect();
@@ -116,23 +118,27 @@ async fn dead_machines_are_replaced_and_a_worker_is_added_and_removed() -> anyho
         "the API through the VIP went away for {unanswered:?} while cp02 was replaced"
     );
     tests::shown(&format!(
-        "node replace cp02: {took:.1}s; the API through the VIP unanswered at most {:.1}s",
-        unanswered.as_secs_f64()
+        "node replace cp02: {took:.1}s; the API through the VIP unanswered at most {:.1}s ({} samples)",
+        unanswered.as_secs_f64(),
+        watched.samples
     ));
 
     // wk02: its pods go elsewhere and come back to a full cluster; Longhorn's checks pass (the
     // replacement's last step runs every stage's verify).
     let had = pods_on(&own, "wk02").await?;
     own.lab.power_cut("wk02")?;
-    let (_, took, unanswered) = replaced(&own, "wk02").await?;
+    let (said, took, watched) = replaced(&own, "wk02").await?;
+    let longhorn = said.lines().find(|line| line.contains("longhorn") && line.contains(" verify "));
+    assert!(longhorn.is_some_and(|line| line.contains(" 0 failed")), "Longhorn's verify after wk02: {said}");
     let still: BTreeSet<String> = pods_on(&own, "wk02").await?.intersection(&had).cloned().collect();
     assert!(still.is_empty(), "the old machine's pods are gone from it: {still:?}");
     let ready = nodes(&own).await?;
     assert_eq!(ready.iter().filter(|(_, ready)| *ready).count(), 6, "{ready:?}");
     tests::shown(&format!(
-        "node replace wk02: {took:.1}s ({} pods were on it); the API unanswered at most {:.1}s",
+        "node replace wk02: {took:.1}s ({} pods were on it); the API unanswered at most {:.1}s ({} samples)",
         had.len(),
-        unanswered.as_secs_f64()
+        watched.longest_unanswered.as_secs_f64(),
+        watched.samples
     ));
 
     // wk04 added to cluster.yaml: plan calls it a new node, install-all joins it.

@@ -211,7 +211,17 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
          `cargo xtask restore --from <backup>`: it refuses while etcd has quorum, wipes etcd on the \
          control planes, bootstraps one from the snapshot, lets the others join and verifies. \
          README.md, \"Backups and disaster recovery\", says what it stores, how often, and what restore \
-         will and will not do.\n",
+         will and will not do.\n\n\
+         ## 7. When a machine dies: replace it\n\n\
+         A machine that does not come back (a dead disk, a dead board) is replaced, not waited for: boot \
+         the new one from the Talos ISO at the dead one's address and run `cargo xtask node replace \
+         <name>`. For a control plane it first checks that the other {other_cps} members are healthy (with \
+         one down already, removing another could cost quorum), removes the dead member by the ID they report for that \
+         name and address, deletes the Node, sends the new machine its config and waits until it is a \
+         healthy voter, its Node Ready, the VIP held and every stage verified. Adding or retiring a \
+         machine is an edit of `cluster.yaml` (`cargo xtask plan` says what changes; `cargo xtask node \
+         remove <name>` takes a retired one out). README.md, \"Replacing and adding machines\", says \
+         what to do with the new machine and what `node replace` will and will not do.\n",
         control_planes.join(", "),
         config.control_planes().count(),
         vip = config.network.vip,
@@ -221,6 +231,7 @@ pub fn ha_verification(config: &ClusterConfig) -> String {
         workers = workers.join(", "),
         cp_count = config.control_planes().count(),
         quorum_loss = config.control_planes().count() + 1 - quorum,
+        other_cps = config.control_planes().count().saturating_sub(1),
     );
     text.push_str(
         "\n## In the lab\n\n\

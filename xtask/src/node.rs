@@ -14,7 +14,8 @@
 //! - a control plane's member left behind is removed by the ID the healthy members report for
 //!   its name *and* address (never a guess: a wrong ID is a healthy member, and two of three
 //!   members gone is lost quorum; k0sctl#714);
-//! - its Node is deleted (Talos never deletes Nodes; the pods bound to it are then rescheduled);
+//! - its Node is deleted (Talos never deletes Nodes), and the pods bound to it, so that their
+//!   controllers make them again elsewhere (`delete_node`);
 //! - the new machine is waited for in maintenance mode, pre-flighted as stage 01 does (one link
 //!   for its address, an install disk that is not the boot stick), sent the config stage 01
 //!   rendered for it, and waited for: installed, its etcd member a healthy voter (Talos's join
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use k8s_openapi::api::core::v1::Node as KubeNode;
+use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
 use kit::config::{ClusterConfig, Node, Role};
 use kit::stage::{GlobalArgs, exit};
 use kit::talos::membership::{self, EtcdMember};
@@ -195,7 +196,7 @@ impl Step {
             Step::RemoveMember { seen: None, via } => {
                 format!("remove {}'s etcd member if one is left (none is now), through {}", node.name, via.name)
             }
-            Step::DeleteNode => format!("delete the Node {}", node.name),
+            Step::DeleteNode => format!("delete the Node {} and the pods bound to it", node.name),
             Step::AwaitMaintenance => format!(
                 "wait for the new machine in maintenance mode at {} (booted from the Talos {} ISO)",
                 node.ip, config.versions.talos
@@ -446,15 +447,7 @@ impl Cluster<'_> {
                     })
                 })
             }
-            Step::DeleteNode => {
-                let nodes: Api<KubeNode> = Api::all(client.clone());
-                let deleted = runtime.block_on(nodes.delete(&node.name, &DeleteParams::default()));
-                match deleted {
-                    Ok(_) => Ok("deleted".to_owned()),
-                    Err(kube::Error::Api(answer)) if answer.code == 404 => Ok("there was none".to_owned()),
-                    Err(error) => Err(error).context("deleting the Node"),
-                }
-            }
+            Step::DeleteNode => runtime.block_on(delete_node(client, &node.name)),
             Step::AwaitMaintenance => {
                 let (asked, talos) = (node.clone(), self.config.versions.talos);
                 crate::machines::with_talosctl(self.config, move |talosctl, _| async move {
@@ -678,6 +671,37 @@ impl Cluster<'_> {
         );
         Ok(())
     }
+}
+
+/// Deletes the Node, then the pods still bound to it, at once (grace 0: their machine is gone,
+/// nothing runs them): their controllers make them again where the scheduler puts them.
+/// Kubernetes's pod garbage collector does the same for pods of a Node that is gone, but only
+/// after 40 s without it (pkg/controller/podgc/gc_controller.go, quarantineTime and gcOrphaned);
+/// a new machine registers its Node again sooner, and would otherwise inherit the pods bound
+/// to the old one's name as if they had never stopped.
+async fn delete_node(client: &kube::Client, name: &str) -> anyhow::Result<String> {
+    let nodes: Api<KubeNode> = Api::all(client.clone());
+    let said = match nodes.delete(name, &DeleteParams::default()).await {
+        Ok(_) => "deleted",
+        Err(kube::Error::Api(answer)) if answer.code == 404 => "there was none",
+        Err(error) => return Err(error).context("deleting the Node"),
+    };
+    let pods: Api<Pod> = Api::all(client.clone());
+    let bound = pods
+        .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
+        .await
+        .context("listing the pods bound to it")?;
+    let now = DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() };
+    for pod in &bound.items {
+        let (namespace, pod_name) =
+            (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+        match Api::<Pod>::namespaced(client.clone(), &namespace).delete(&pod_name, &now).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(answer)) if answer.code == 404 => {}
+            Err(error) => return Err(error).with_context(|| format!("deleting the pod {namespace}/{pod_name}")),
+        }
+    }
+    Ok(format!("{said}; {} pod(s) bound to it deleted", bound.items.len()))
 }
 
 /// How long a joining control plane's member may take to be a healthy voter.
