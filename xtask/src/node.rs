@@ -658,19 +658,26 @@ impl Cluster<'_> {
         let (control_planes, workers): (Vec<&KubeNode>, Vec<&KubeNode>) = listed.items.iter().partition(|live| {
             live.metadata.labels.as_ref().is_some_and(|labels| labels.contains_key(kit::client::CONTROL_PLANE_ROLE))
         });
-        let (left, least, what) = match node.role {
-            Role::ControlPlane => {
-                (control_planes.len().saturating_sub(1), 3, "control planes (etcd then tolerates no failure)")
-            }
-            Role::Worker => (workers.len().saturating_sub(1), 1, "workers (nothing left to run the apps)"),
+        let left = match node.role {
+            Role::ControlPlane => control_planes.len(),
+            Role::Worker => workers.len(),
         };
-        anyhow::ensure!(
-            left >= least || yes,
-            "removing {} leaves {left} {what}, fewer than {least}: add --yes to remove it anyway",
-            node.name
-        );
-        Ok(())
+        match too_few_after_removal(node.role, left) {
+            Some(why) if !yes => anyhow::bail!("removing {} {why}: add --yes to remove it anyway", node.name),
+            _ => Ok(()),
+        }
     }
+}
+
+/// Why removing one machine of `role` from `now` such machines leaves too few: fewer than three
+/// control planes (etcd then tolerates no failure) or no worker.
+fn too_few_after_removal(role: Role, now: usize) -> Option<String> {
+    let left = now.saturating_sub(1);
+    let (least, what) = match role {
+        Role::ControlPlane => (3, "control planes (etcd then tolerates no failure)"),
+        Role::Worker => (1, "workers (nothing left to run the apps)"),
+    };
+    (left < least).then(|| format!("leaves {left} {what}, fewer than {least}"))
 }
 
 /// Deletes the Node, then the pods still bound to it, at once (grace 0: their machine is gone,
@@ -706,3 +713,18 @@ async fn delete_node(client: &kube::Client, name: &str) -> anyhow::Result<String
 
 /// How long a joining control plane's member may take to be a healthy voter.
 const MEMBER_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removal_keeps_three_control_planes_and_one_worker() {
+        assert_eq!(too_few_after_removal(Role::ControlPlane, 4), None);
+        let three = too_few_after_removal(Role::ControlPlane, 3).unwrap_or_default();
+        assert!(three.contains("leaves 2 control planes"), "{three}");
+        assert_eq!(too_few_after_removal(Role::Worker, 2), None);
+        let last = too_few_after_removal(Role::Worker, 1).unwrap_or_default();
+        assert!(last.contains("leaves 0 workers"), "{last}");
+    }
+}
