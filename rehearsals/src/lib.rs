@@ -9,17 +9,16 @@
 //! - `fresh_clone.rs`: README's first command from nothing, on a box pinned at Talos v1.12.0;
 //!   the box then takes the Talos upgrade to v1.12.1 (`talos_upgrade.rs`: by talosctl, then by
 //!   `cargo xtask upgrade` through its faults, watched by `watch.rs`), then the Kubernetes
-//!   changes (`kubernetes_upgrade.rs`, by hand so far), and a second install-all changes
-//!   nothing.
+//!   changes (`kubernetes_upgrade.rs`), then machines replaced, added and removed
+//!   (`machines.rs`), and a second install-all changes nothing.
 //! - `interrupted_install.rs`: a first install killed at three points, and a wiped cluster.
-//! - `machines.rs`: dead machines replaced (`node replace`), a worker added through
-//!   `cluster.yaml` and removed (`node remove`), on a box with every stage.
 //! - `addon_upgrade.rs`: a box at the seed's add-ons upgraded hop by hop to the defaults.
 //!   Its box, at every stage's default release, then runs the restore drill (`drill.rs`): it
 //!   loses etcd's quorum and is restored from a backup.
 
 pub mod drill;
 pub mod kubernetes_upgrade;
+pub mod machines;
 pub mod talos_upgrade;
 pub mod watch;
 

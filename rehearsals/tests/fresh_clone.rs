@@ -6,8 +6,8 @@
 //! before talos-ha's (v1.12.0, v1.34.4; every control plane runs v1.34.4's own build): once
 //! installed, the box is the one issue 27's Talos upgrade is rehearsed on
 //! (`rehearsals::talos_upgrade`), with every add-on and workload running, then issue 28's
-//! Kubernetes changes (`rehearsals::kubernetes_upgrade`); a second install-all after it
-//! changes nothing.
+//! Kubernetes changes (`rehearsals::kubernetes_upgrade`), then issue 29's machines replaced,
+//! added and removed (`rehearsals::machines`); a second install-all after it changes nothing.
 //!
 //! Issue 24: on the way, the control plane holding the VIP loses its power (SIGKILL of its twin:
 //! no resignation, no goodbye to etcd) in the middle of MetalLB's apply, once the speakers'
@@ -178,6 +178,11 @@ fn install_all_lab_builds_the_box_and_the_whole_cluster_from_nothing() -> anyhow
     let upgrade_started = Instant::now();
     runtime.block_on(rehearsals::kubernetes_upgrade::upgraded(&own))?;
     tests::shown(&format!("kubernetes upgrade: the rehearsal took {:.1}s", upgrade_started.elapsed().as_secs_f64()));
+
+    // Issue 29: machines replaced (cp02, wk02), added and removed (wk04).
+    let machines_started = Instant::now();
+    runtime.block_on(rehearsals::machines::rehearse(&own))?;
+    tests::shown(&format!("machines: the rehearsal took {:.1}s", machines_started.elapsed().as_secs_f64()));
 
     // Every stage, after all that: nothing to change, every verify passes.
     let again = install_all().output()?;

@@ -335,7 +335,14 @@ impl Stage for TalosBootstrap {
             });
         }
         if bootstrapped.is_some() {
-            changes.extend(no_longer_in_the_config(ctx).await?);
+            // Without the cluster's API (no kubeconfig here yet, say) the rest of the plan stands.
+            match no_longer_in_the_config(ctx).await {
+                Ok(leftovers) => changes.extend(leftovers),
+                Err(error) => tracing::warn!(
+                    "machines no longer in the config are not shown: the cluster's Nodes could not be listed \
+                     ({error:#})"
+                ),
+            }
         }
         let first = ctx.config.control_planes().next().context("the config has no control plane")?;
         let action = if bootstrapped.is_some() { Action::Unchanged } else { Action::Created };

@@ -278,7 +278,11 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
-/// Where a replacement under way is recorded: from its first change until it is done.
+/// What the record of a replacement says once the new machine was sent its config.
+const CONFIG_SENT: &str = "config sent";
+
+/// Where a replacement under way is recorded: from its first change until it is done, and
+/// whether the new machine was sent its config (a re-run then waits for it to join).
 fn record_path(config: &ClusterConfig, node: &str) -> PathBuf {
     config.state_dir().join("replacing").join(node)
 }
@@ -299,7 +303,8 @@ impl Cluster<'_> {
     fn replace(&self, name: &str, how: &Replace) -> Result<String, Stop> {
         let node = self.node_named(name)?;
         let record = record_path(self.config, &node.name);
-        let resuming = record.exists();
+        // A machine that answers with its config is the new one only once this replacement sent it.
+        let resuming = std::fs::read_to_string(&record).is_ok_and(|text| text.contains(CONFIG_SENT));
         let control_planes: Vec<Node> = self.config.control_planes().cloned().collect();
         let survey = Survey::of(self.config, &node, control_planes).map_err(Stop::Refused)?;
         let steps = self.replace_steps(&node, &survey, resuming, how.yes).map_err(Stop::Refused)?;
@@ -314,11 +319,13 @@ impl Cluster<'_> {
             eprintln!("  {}. {}", index + 1, step.describe(&node, self.config));
         }
         let started = Instant::now();
-        if let Some(parent) = record.parent() {
-            std::fs::create_dir_all(parent).map_err(|error| Stop::Failed(error.into()))?;
+        if !resuming {
+            if let Some(parent) = record.parent() {
+                std::fs::create_dir_all(parent).map_err(|error| Stop::Failed(error.into()))?;
+            }
+            std::fs::write(&record, format!("started at {}\n", k8s_openapi::jiff::Timestamp::now()))
+                .map_err(|error| Stop::Failed(error.into()))?;
         }
-        std::fs::write(&record, k8s_openapi::jiff::Timestamp::now().to_string())
-            .map_err(|error| Stop::Failed(error.into()))?;
         self.take(&node, &steps, how.drain_timeout, how.wait_for_machine)?;
         std::fs::remove_file(&record).map_err(|error| Stop::Failed(error.into()))?;
         Ok(format!("{} replaced in {:.1}s: every check passes", node.name, started.elapsed().as_secs_f64()))
@@ -496,6 +503,10 @@ impl Cluster<'_> {
                     let evidence = talos_bootstrap::evidence::Evidence::for_secrets(&paths.secrets, paths.evidence)?;
                     evidence.config_sent(&asked.name)?;
                     talos_bootstrap::nodes::apply_config_insecure(&talosctl, &asked, &file).await?;
+                    let record = record_path(&config, &asked.name);
+                    let now = k8s_openapi::jiff::Timestamp::now();
+                    std::fs::write(&record, format!("{CONFIG_SENT} at {now}\n"))
+                        .with_context(|| format!("writing {}", record.display()))?;
                     anyhow::Ok("sent; it installs and reboots".to_owned())
                 })
             }
