@@ -24,6 +24,7 @@ pub struct Watch {
 /// What the watch saw.
 #[derive(Debug)]
 pub struct Watched {
+    /// How many times the API was asked (about once a second).
     pub samples: usize,
     /// The fewest etcd members voting at one sample: quorum is a majority of them.
     pub fewest_voting: usize,
@@ -65,37 +66,53 @@ async fn watch(config: &ClusterConfig, stop: &AtomicBool) -> anyhow::Result<Watc
     // A get without a resourceVersion is not served from the API server's cache but read from
     // etcd (k8s.io/apiserver pkg/storage/cacher/delegator.go, Get), linearizably.
     let namespaces: kube::Api<Namespace> = kube::Api::all(client);
-    let mut watched = Watched {
-        samples: 0,
-        fewest_voting: usize::MAX,
-        fewest_healthy: usize::MAX,
-        least_healthy_said: String::new(),
-        longest_unanswered: Duration::ZERO,
-        longest_unanswered_from: Duration::ZERO,
-    };
     let started = Instant::now();
-    let mut last_answer = started;
-    while !stop.load(Ordering::Relaxed) {
-        let tick = Instant::now();
-        let (health, answer) = tokio::join!(
-            kit::talos::etcd_health(&talosctl, config),
-            tokio::time::timeout(PERIOD, namespaces.get("default"))
-        );
-        watched.samples += 1;
-        watched.fewest_voting = watched.fewest_voting.min(kit::talos::voting_members(&health).len());
-        let healthy = kit::talos::healthy_members(&health).len();
-        if healthy < watched.fewest_healthy {
-            watched.fewest_healthy = healthy;
-            watched.least_healthy_said = kit::talos::describe_health(&health);
+    // Two clocks: etcd's questions wait for every control plane (one that is rebooting costs its
+    // question the whole timeout), and the API must still be asked each second meanwhile, or
+    // that wait would count as the API's silence.
+    let (fewest, api) = tokio::join!(
+        async {
+            let mut fewest = (usize::MAX, usize::MAX, String::new());
+            while !stop.load(Ordering::Relaxed) {
+                let tick = Instant::now();
+                let health = kit::talos::etcd_health(&talosctl, config).await;
+                fewest.0 = fewest.0.min(kit::talos::voting_members(&health).len());
+                let healthy = kit::talos::healthy_members(&health).len();
+                if healthy < fewest.1 {
+                    fewest.1 = healthy;
+                    fewest.2 = kit::talos::describe_health(&health);
+                }
+                tokio::time::sleep(PERIOD.saturating_sub(tick.elapsed())).await;
+            }
+            fewest
+        },
+        async {
+            let (mut samples, mut last_answer) = (0, started);
+            let (mut longest, mut longest_from) = (Duration::ZERO, Duration::ZERO);
+            while !stop.load(Ordering::Relaxed) {
+                let tick = Instant::now();
+                let answer = tokio::time::timeout(PERIOD, namespaces.get("default")).await;
+                samples += 1;
+                if answer.is_ok_and(|answered| answered.is_ok()) {
+                    last_answer = Instant::now();
+                }
+                if last_answer.elapsed() > longest {
+                    longest = last_answer.elapsed();
+                    longest_from = last_answer - started;
+                }
+                tokio::time::sleep(PERIOD.saturating_sub(tick.elapsed())).await;
+            }
+            (samples, longest, longest_from)
         }
-        if answer.is_ok_and(|answered| answered.is_ok()) {
-            last_answer = Instant::now();
-        }
-        if last_answer.elapsed() > watched.longest_unanswered {
-            watched.longest_unanswered = last_answer.elapsed();
-            watched.longest_unanswered_from = last_answer - started;
-        }
-        tokio::time::sleep(PERIOD.saturating_sub(tick.elapsed())).await;
-    }
-    Ok(watched)
+    );
+    let ((fewest_voting, fewest_healthy, least_healthy_said), (samples, longest_unanswered, longest_unanswered_from)) =
+        (fewest, api);
+    Ok(Watched {
+        samples,
+        fewest_voting,
+        fewest_healthy,
+        least_healthy_said,
+        longest_unanswered,
+        longest_unanswered_from,
+    })
 }
