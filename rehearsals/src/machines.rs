@@ -7,7 +7,9 @@
 //!   `node replace cp03` while cp02 is down is refused with nothing changed, a machine that runs
 //!   is refused without `--yes`, and a name cluster.yaml does not have is refused with the names
 //!   it has.
-//! - wk02 the same, its pods gone from it and Longhorn's verify passing after.
+//! - wk02 the same, its `node replace` killed once the new machine was sent its config and run
+//!   again (it waits for the install, sends nothing twice), its pods gone from it and Longhorn's
+//!   verify passing after.
 //! - wk04 added to cluster.yaml at a free address joins through `install-all` (plan says "new
 //!   node"); removed from the file, plan says "no longer in the config", and `node remove wk04`
 //!   leaves the six Ready Nodes of before and no trace of it.
@@ -64,16 +66,15 @@ async fn node_command(own: &OwnBox, args: &[&str]) -> anyhow::Result<(bool, Stri
     Ok((output.status.success(), printed(&output), started.elapsed().as_secs_f64()))
 }
 
-/// A machine that is off given a blank disk, then `node replace`: what it printed, how long it
-/// took, and what the watch saw meanwhile (the API through the VIP, asked each second).
+/// `node replace`, watched: what it printed, how long it took, and what the watch saw meanwhile
+/// (the API through the VIP, asked each second).
 async fn replaced(own: &OwnBox, name: &str) -> anyhow::Result<(String, f64, crate::watch::Watched)> {
-    own.lab.swap_disk(name).await?;
     let watch = crate::watch::Watch::start(&own.config.clone().in_box());
     let (ok, said, took) = node_command(own, &["replace", name]).await?;
     let watched = watch.stop()?;
     anyhow::ensure!(ok, "node replace {name}: {said}");
     anyhow::ensure!(said.contains(&format!("{name} replaced in")), "{said}");
-    // Asked about once a second (each sample waits for every control plane's answer too).
+    // Asked about once a second.
     anyhow::ensure!(watched.samples as f64 >= took / 3.0, "the watch sampled {} times in {took:.1}s", watched.samples);
     Ok((said, took, watched))
 }
@@ -104,6 +105,7 @@ pub async fn rehearse(own: &OwnBox) -> anyhow::Result<()> {
         Ok(nodes(own).await.map_err(|error| format!("the API after cp02's power cut: {error:#}")))
     })
     .await?;
+    own.lab.swap_disk("cp02").await?;
     let (said, took, watched) = replaced(own, "cp02").await?;
     let unanswered = watched.longest_unanswered;
     assert!(said.contains(&format!("remove etcd member {dead}")), "the dead member is shown before it goes: {said}");
@@ -130,10 +132,19 @@ pub async fn rehearse(own: &OwnBox) -> anyhow::Result<()> {
     ));
 
     // wk02: its pods go elsewhere and come back to a full cluster; Longhorn's checks pass (the
-    // replacement's last step runs every stage's verify).
+    // replacement's last step runs every stage's verify). The first run is killed (its process
+    // group) as soon as the new machine was sent its config; the second waits for its install.
     let had = pods_on(own, "wk02").await?;
     own.lab.power_cut("wk02")?;
+    own.lab.swap_disk("wk02").await?;
+    let command = own.xtask(&["node", "replace", "wk02"]);
+    let (lines, reached) =
+        tokio::task::spawn_blocking(move || crate::killed_at(command, |line| line.contains("step 4/7: sent")))
+            .await??;
+    assert!(reached, "killed once the config was sent: {lines:?}");
     let (said, took, watched) = replaced(own, "wk02").await?;
+    assert!(said.contains("the new machine, installing") || said.contains("the new machine, joining"), "{said}");
+    assert!(!said.contains("send it wk02's machine config"), "a re-run does not send the config again: {said}");
     let longhorn = said.lines().find(|line| line.contains("longhorn") && line.contains(" verify "));
     assert!(longhorn.is_some_and(|line| line.contains(" 0 failed")), "Longhorn's verify after wk02: {said}");
     let still: BTreeSet<String> = pods_on(own, "wk02").await?.intersection(&had).cloned().collect();
@@ -141,7 +152,7 @@ pub async fn rehearse(own: &OwnBox) -> anyhow::Result<()> {
     let ready = nodes(own).await?;
     assert_eq!(ready.iter().filter(|(_, ready)| *ready).count(), 6, "{ready:?}");
     tests::shown(&format!(
-        "node replace wk02: {took:.1}s ({} pods were on it); the API unanswered at most {:.1}s ({} samples)",
+        "node replace wk02 (killed after the send, run again): {took:.1}s ({} pods were on it); the API unanswered at most {:.1}s ({} samples)",
         had.len(),
         watched.longest_unanswered.as_secs_f64(),
         watched.samples

@@ -23,8 +23,9 @@
 //!   Ready, the VIP held once, and every installed stage's verify passing.
 //!
 //! A stop names the step and the command that resumes; the replacement is recorded in the state
-//! folder until it is done, so a re-run takes a machine that answers with its config for the new
-//! one and continues (a member already removed is not looked for again).
+//! folder until it is done (and, before the config goes, that it was sent), so a re-run takes a
+//! machine it sent its config, installing or answering with it, for the new one and waits for it
+//! to join; otherwise it starts again, and a member already removed is not looked for again.
 //!
 //! `remove NAME`, for a machine removed from cluster.yaml (`plan` lists it as no longer in the
 //! config): drained, reset (a control plane leaves etcd), its member removed if it is dead, its
@@ -220,15 +221,29 @@ struct Survey {
     others: Vec<(Node, anyhow::Result<EtcdMemberStatus>)>,
     /// etcd's members, as a healthy other control plane lists them, with it.
     members: Option<(Node, Vec<EtcdMember>)>,
+    /// This replacement sent the machine its config and it is installing (rebooting, or about to
+    /// leave maintenance mode).
+    installing: bool,
 }
 
 impl Survey {
     /// Asks `node` what it is and, unless it is a worker, every other control plane about its
-    /// member, and a healthy one for the member list.
-    fn of(config: &ClusterConfig, node: &Node, control_planes: Vec<Node>) -> anyhow::Result<Survey> {
+    /// member, and a healthy one for the member list. When this replacement sent it its config
+    /// (`sent`), a machine that does not answer is installing, and one in maintenance mode is
+    /// given the minute Talos takes to leave it (stage 01's rule for a machine it sent a config).
+    fn of(config: &ClusterConfig, node: &Node, control_planes: Vec<Node>, sent: bool) -> anyhow::Result<Survey> {
         let asked = node.clone();
         crate::machines::with_talosctl(config, move |talosctl, _| async move {
             let state = kit::talos::probe(&talosctl, &asked).await;
+            let installing = sent
+                && match state {
+                    NodeState::Configured => false,
+                    NodeState::Unreachable(_) => true,
+                    NodeState::Maintenance => {
+                        let wait = talos_bootstrap::nodes::LEAVE_MAINTENANCE;
+                        talos_bootstrap::nodes::left_maintenance(&talosctl, &asked, wait).await
+                    }
+                };
             let others: Vec<Node> = control_planes.into_iter().filter(|other| other.name != asked.name).collect();
             let statuses =
                 futures::future::join_all(others.iter().map(|other| kit::talos::etcd_status(&talosctl, other))).await;
@@ -240,7 +255,7 @@ impl Survey {
                     break;
                 }
             }
-            anyhow::Ok(Survey { state, others, members })
+            anyhow::Ok(Survey { state, others, members, installing })
         })
     }
 
@@ -304,12 +319,14 @@ impl Cluster<'_> {
         let node = self.node_named(name)?;
         let record = record_path(self.config, &node.name);
         // A machine that answers with its config is the new one only once this replacement sent it.
-        let resuming = std::fs::read_to_string(&record).is_ok_and(|text| text.contains(CONFIG_SENT));
+        let sent = std::fs::read_to_string(&record).is_ok_and(|text| text.contains(CONFIG_SENT));
         let control_planes: Vec<Node> = self.config.control_planes().cloned().collect();
-        let survey = Survey::of(self.config, &node, control_planes).map_err(Stop::Refused)?;
-        let steps = self.replace_steps(&node, &survey, resuming, how.yes).map_err(Stop::Refused)?;
+        let survey = Survey::of(self.config, &node, control_planes, sent).map_err(Stop::Refused)?;
+        let joining = sent && (survey.state == NodeState::Configured || survey.installing);
+        let steps = self.replace_steps(&node, &survey, joining, how.yes).map_err(Stop::Refused)?;
         let state = match &survey.state {
-            NodeState::Configured if resuming => "answers with its config: the new machine, joining".to_owned(),
+            NodeState::Configured if joining => "answers with its config: the new machine, joining".to_owned(),
+            _ if joining => "was sent its config by this replacement: the new machine, installing".to_owned(),
             NodeState::Configured => "answers with its config: it still runs".to_owned(),
             NodeState::Maintenance => "answers in maintenance mode: the new machine is there".to_owned(),
             NodeState::Unreachable(why) => format!("does not answer on its Talos API ({})", first_line(why)),
@@ -319,7 +336,7 @@ impl Cluster<'_> {
             eprintln!("  {}. {}", index + 1, step.describe(&node, self.config));
         }
         let started = Instant::now();
-        if !resuming {
+        if !joining {
             if let Some(parent) = record.parent() {
                 std::fs::create_dir_all(parent).map_err(|error| Stop::Failed(error.into()))?;
             }
@@ -331,8 +348,9 @@ impl Cluster<'_> {
         Ok(format!("{} replaced in {:.1}s: every check passes", node.name, started.elapsed().as_secs_f64()))
     }
 
-    /// The steps of a replacement, or why it is refused.
-    fn replace_steps(&self, node: &Node, survey: &Survey, resuming: bool, yes: bool) -> anyhow::Result<Vec<Step>> {
+    /// The steps of a replacement (from the new machine's install on when it is `joining`), or
+    /// why it is refused.
+    fn replace_steps(&self, node: &Node, survey: &Survey, joining: bool, yes: bool) -> anyhow::Result<Vec<Step>> {
         let control_plane = node.role == Role::ControlPlane;
         if control_plane {
             let unhealthy = survey.unhealthy();
@@ -346,7 +364,7 @@ impl Cluster<'_> {
             );
         }
         let answers = survey.state == NodeState::Configured;
-        if answers && resuming {
+        if joining {
             let mut steps = vec![Step::AwaitInstalled];
             if control_plane {
                 steps.push(Step::AwaitMember);
@@ -497,16 +515,19 @@ impl Cluster<'_> {
             Step::SendConfig { file } => {
                 let (asked, file) = (node.clone(), file.clone());
                 crate::machines::with_talosctl(self.config, move |talosctl, config| async move {
-                    // Recorded as stage 01 records it: a stage 01 run meanwhile waits for the
-                    // install instead of taking the machine for a silent one.
-                    let paths = talos_bootstrap::StatePaths::new(&config);
-                    let evidence = talos_bootstrap::evidence::Evidence::for_secrets(&paths.secrets, paths.evidence)?;
-                    evidence.config_sent(&asked.name)?;
-                    talos_bootstrap::nodes::apply_config_insecure(&talosctl, &asked, &file).await?;
+                    // Recorded before it is sent, as stage 01 records it: a run killed between
+                    // Talos taking the config and talosctl's answer must not leave a machine
+                    // installing that no record names (a re-run waits for it; one that stays in
+                    // maintenance mode never took it and is sent it again). Stage 01's own record
+                    // makes a stage 01 run meanwhile wait for the install too.
                     let record = record_path(&config, &asked.name);
                     let now = k8s_openapi::jiff::Timestamp::now();
                     std::fs::write(&record, format!("{CONFIG_SENT} at {now}\n"))
                         .with_context(|| format!("writing {}", record.display()))?;
+                    let paths = talos_bootstrap::StatePaths::new(&config);
+                    let evidence = talos_bootstrap::evidence::Evidence::for_secrets(&paths.secrets, paths.evidence)?;
+                    evidence.config_sent(&asked.name)?;
+                    talos_bootstrap::nodes::apply_config_insecure(&talosctl, &asked, &file).await?;
                     anyhow::Ok("sent; it installs and reboots".to_owned())
                 })
             }
@@ -583,7 +604,7 @@ impl Cluster<'_> {
         };
         self.leaves_enough(&node, yes).map_err(Stop::Refused)?;
         let control_planes: Vec<Node> = self.config.control_planes().cloned().collect();
-        let survey = Survey::of(self.config, &node, control_planes).map_err(Stop::Refused)?;
+        let survey = Survey::of(self.config, &node, control_planes, false).map_err(Stop::Refused)?;
         let mut steps = Vec::new();
         if node.role == Role::ControlPlane {
             let unhealthy = survey.unhealthy();
