@@ -242,8 +242,15 @@ async fn ensure_talosconfig(
         let args = machine_configs::gen_config_args(config, &secrets.path, GenOutput::Talosconfig { file: path });
         talosctl.run(args, std::time::Duration::from_secs(60)).await?.ok("talosctl gen config (talosconfig)")?;
     }
-    for args in talosconfig_args(config, path) {
-        talosctl.run(args, std::time::Duration::from_secs(30)).await?.ok("talosctl config")?;
+    // Rewritten only when it says otherwise: `talosctl config` rewrites the whole file, and a
+    // talosctl started meanwhile (another terminal, a watch) reads it half-written ("failed to
+    // open config file: EOF").
+    let (endpoints, node) = talosconfig_targets(config);
+    let current = kit::talos::talosconfig::endpoints_and_nodes(path).ok();
+    if created || renewed || current != Some((endpoints, node.into_iter().collect())) {
+        for args in talosconfig_args(config, path) {
+            talosctl.run(args, std::time::Duration::from_secs(30)).await?.ok("talosctl config")?;
+        }
     }
     machine_configs::restrict(path)?;
     let action = match (created, renewed) {
@@ -258,12 +265,18 @@ async fn ensure_talosconfig(
 /// the VIP only exists while etcd is healthy and Talos's API must answer when it is not.
 pub fn talosconfig_args(config: &ClusterConfig, path: &Path) -> Vec<Vec<String>> {
     let talosconfig = ["--talosconfig".to_owned(), path.display().to_string()];
-    let control_planes: Vec<String> = config.control_planes().map(|node| node.ip.to_string()).collect();
-    let first = control_planes.first().cloned().unwrap_or_default();
+    let (control_planes, first) = talosconfig_targets(config);
     vec![
         [&talosconfig[..], &["config".to_owned(), "endpoint".to_owned()], &control_planes].concat(),
-        [&talosconfig[..], &["config".to_owned(), "node".to_owned(), first]].concat(),
+        [&talosconfig[..], &["config".to_owned(), "node".to_owned(), first.unwrap_or_default()]].concat(),
     ]
+}
+
+/// The talosconfig's endpoints (every control plane) and default node (the first).
+fn talosconfig_targets(config: &ClusterConfig) -> (Vec<String>, Option<String>) {
+    let control_planes: Vec<String> = config.control_planes().map(|node| node.ip.to_string()).collect();
+    let first = control_planes.first().cloned();
+    (control_planes, first)
 }
 
 fn talosctl_check(found: &anyhow::Result<Tool>) -> Check {

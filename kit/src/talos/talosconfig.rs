@@ -25,17 +25,32 @@ struct TalosConfig {
 struct TalosContext {
     /// The client certificate, PEM, base64-encoded.
     crt: String,
+    #[serde(default)]
+    endpoints: Vec<String>,
+    #[serde(default)]
+    nodes: Vec<String>,
+}
+
+/// The current context of the talosconfig at `path`.
+fn current_context(path: &Path) -> anyhow::Result<TalosContext> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut config: TalosConfig =
+        serde_saphyr::from_str(&text).with_context(|| format!("{} is not a talosconfig", path.display()))?;
+    config
+        .contexts
+        .remove(&config.context)
+        .with_context(|| format!("{} has no context {:?}", path.display(), config.context))
+}
+
+/// The current context's endpoints and default nodes.
+pub fn endpoints_and_nodes(path: &Path) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let context = current_context(path)?;
+    Ok((context.endpoints, context.nodes))
 }
 
 /// When the current context's client certificate stops working.
 pub fn expires(path: &Path) -> anyhow::Result<SystemTime> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let config: TalosConfig =
-        serde_saphyr::from_str(&text).with_context(|| format!("{} is not a talosconfig", path.display()))?;
-    let context = config
-        .contexts
-        .get(&config.context)
-        .with_context(|| format!("{} has no context {:?}", path.display(), config.context))?;
+    let context = current_context(path)?;
     let pem = base64::engine::general_purpose::STANDARD
         .decode(context.crt.trim())
         .with_context(|| format!("{}: the client certificate is not base64", path.display()))?;
@@ -101,6 +116,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let fresh = talosconfig(dir.path(), 200)?;
         assert!(!needs_renewal(&fresh));
+        let (endpoints, nodes) = endpoints_and_nodes(&fresh)?;
+        assert_eq!((endpoints, nodes), (vec!["172.16.16.147".to_owned()], Vec::new()), "no default node yet");
         let check = expiry_check(&fresh);
         assert_eq!(check.status, crate::report::Status::Pass, "{check}");
         assert!(
