@@ -299,10 +299,10 @@ impl Lab {
         retired
     }
 
-    /// The twins of the retired machines, by their pid files (one that took a reset and
-    /// powered off is not running).
-    fn retired_twins(&self) -> Vec<Process> {
-        self.retired().iter().map(|name| self.process(&format!("twin-{name}"), PathBuf::new(), Vec::new())).collect()
+    /// A retired machine's twin, known by its pid file (one that took a reset and powered off
+    /// is not running).
+    fn retired_twin(&self, name: &str) -> Process {
+        self.process(&format!("twin-{name}"), PathBuf::new(), Vec::new())
     }
 
     /// `node`'s switch port down (its power is cut) or up.
@@ -636,7 +636,8 @@ impl Lab {
         }
         // A machine removed from the config is still in the box until the box goes.
         let retired = self.retired();
-        for (name, twin) in retired.iter().zip(self.retired_twins()) {
+        for name in &retired {
+            let twin = self.retired_twin(name);
             match twin.stop(TWIN_SHUTDOWN) {
                 Ok(true) => stopped.push(twin.name.clone()),
                 Ok(false) => {}
@@ -665,7 +666,8 @@ impl Lab {
 
     /// The PIDs of every process still running (empty after a clean `down`).
     pub fn running_pids(&self) -> Vec<(String, i32)> {
-        let all = self.processes().into_iter().chain(self.retired_twins());
+        let retired = self.retired().into_iter().map(|name| self.retired_twin(&name));
+        let all = self.processes().into_iter().chain(retired);
         all.filter_map(|p| p.running_pid().map(|pid| (p.name.clone(), pid))).collect()
     }
 }

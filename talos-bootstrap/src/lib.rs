@@ -339,11 +339,11 @@ impl Stage for TalosBootstrap {
                     }
                 }
                 _ => {
-                    let joins = if bootstrapped.is_some() { "new node: " } else { "" };
-                    let diff = format!("{joins}apply-config --insecure, install, reboot");
-                    let diff =
-                        if bootstrapped.is_some() { format!("{diff}; it joins the running cluster") } else { diff };
-                    Change { object, action: Action::Created, diff: Some(diff) }
+                    let diff = match bootstrapped {
+                        Some(_) => "new node: apply-config --insecure, install, reboot; it joins the running cluster",
+                        None => "apply-config --insecure, install, reboot",
+                    };
+                    Change { object, action: Action::Created, diff: Some(diff.to_owned()) }
                 }
             });
         }

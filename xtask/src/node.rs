@@ -217,8 +217,11 @@ impl Step {
 /// What the machines say before anything is done.
 struct Survey {
     state: NodeState,
-    /// The other control planes' own etcd status.
-    others: Vec<(Node, anyhow::Result<EtcdMemberStatus>)>,
+    /// Why the other control planes' members are not all healthy (`kit::talos::describe_health`
+    /// of those that are not); `None` when they all are.
+    unhealthy: Option<String>,
+    /// The member IDs the other control planes answer for, each asked about its own.
+    answering_ids: Vec<String>,
     /// etcd's members, as a healthy other control plane lists them, with it.
     members: Option<(Node, Vec<EtcdMember>)>,
     /// This replacement sent the machine its config and it is installing (rebooting, or about to
@@ -227,13 +230,14 @@ struct Survey {
 }
 
 impl Survey {
-    /// Asks `node` what it is and, unless it is a worker, every other control plane about its
-    /// member, and a healthy one for the member list. When this replacement sent it its config
-    /// (`sent`), a machine that does not answer is installing, and one in maintenance mode is
-    /// given the minute Talos takes to leave it (stage 01's rule for a machine it sent a config).
-    fn of(config: &ClusterConfig, node: &Node, control_planes: Vec<Node>, sent: bool) -> anyhow::Result<Survey> {
+    /// Asks `node` what it is, every other control plane of the config about its own member
+    /// (`kit::talos::etcd_health`), and a healthy one for the member list. When this replacement
+    /// sent it its config (`sent`), a machine that does not answer is installing, and one in
+    /// maintenance mode is given the minute Talos takes to leave it (stage 01's rule for a
+    /// machine it sent a config).
+    fn of(config: &ClusterConfig, node: &Node, sent: bool) -> anyhow::Result<Survey> {
         let asked = node.clone();
-        crate::machines::with_talosctl(config, move |talosctl, _| async move {
+        crate::machines::with_talosctl(config, move |talosctl, config| async move {
             let state = kit::talos::probe(&talosctl, &asked).await;
             let installing = sent
                 && match state {
@@ -244,53 +248,41 @@ impl Survey {
                         talos_bootstrap::nodes::left_maintenance(&talosctl, &asked, wait).await
                     }
                 };
-            let others: Vec<Node> = control_planes.into_iter().filter(|other| other.name != asked.name).collect();
-            let statuses =
-                futures::future::join_all(others.iter().map(|other| kit::talos::etcd_status(&talosctl, other))).await;
-            let others: Vec<(Node, anyhow::Result<EtcdMemberStatus>)> = others.into_iter().zip(statuses).collect();
-            let mut members = None;
-            for (other, status) in &others {
-                if status.as_ref().is_ok_and(EtcdMemberStatus::healthy) {
-                    members = Some((other.clone(), membership::members(&talosctl, other).await?));
-                    break;
-                }
-            }
-            anyhow::Ok(Survey { state, others, members, installing })
+            let health = kit::talos::etcd_health(&talosctl, &config).await;
+            let others: Vec<_> = health.into_iter().filter(|(other, _)| other.name != asked.name).collect();
+            let answering_ids =
+                others.iter().filter_map(|(_, status)| Some(status.as_ref().ok()?.member.clone())).collect();
+            let (healthy, unhealthy): (Vec<_>, Vec<_>) =
+                others.into_iter().partition(|(_, status)| status.as_ref().is_ok_and(EtcdMemberStatus::healthy));
+            let unhealthy = (!unhealthy.is_empty()).then(|| kit::talos::describe_health(&unhealthy));
+            let members = match healthy.first() {
+                Some((via, _)) => Some(((*via).clone(), membership::members(&talosctl, via).await?)),
+                None => None,
+            };
+            anyhow::Ok(Survey { state, unhealthy, answering_ids, members, installing })
         })
     }
 
-    /// The other control planes whose member is not healthy, with why.
-    fn unhealthy(&self) -> Vec<String> {
-        self.others
-            .iter()
-            .filter(|(_, status)| !status.as_ref().is_ok_and(EtcdMemberStatus::healthy))
-            .map(|(node, status)| match status {
-                Ok(status) if status.learner => format!("{} is a learner (still joining)", node.name),
-                Ok(status) => format!("{} reports {}", node.name, status.errors),
-                Err(error) => format!("{} does not answer ({})", node.name, first_line(&format!("{error:#}"))),
-            })
-            .collect()
+    /// The step that removes the member `node` left behind, through the healthy control plane
+    /// that listed the members.
+    fn remove_member(&self, node: &Node) -> anyhow::Result<Step> {
+        let via = self.members.as_ref().map(|(via, _)| via.clone()).context("no healthy control plane to ask etcd")?;
+        Ok(Step::RemoveMember { seen: self.left_behind(node)?, via })
     }
 
-    /// The member `node` left behind, checked against the healthy members' own IDs: a member
-    /// that answers for another machine is never taken for it.
+    /// The member `node` left behind, checked against the members the other control planes
+    /// answer for: a member that answers for another machine is never taken for it.
     fn left_behind(&self, node: &Node) -> anyhow::Result<Option<EtcdMember>> {
         let Some((_, members)) = &self.members else { return Ok(None) };
         let Some(member) = membership::left_behind(members, node)? else { return Ok(None) };
-        let healthy_ids: Vec<&str> =
-            self.others.iter().filter_map(|(_, status)| status.as_ref().ok()).map(|s| s.member.as_str()).collect();
         anyhow::ensure!(
-            !healthy_ids.contains(&member.id.as_str()),
+            !self.answering_ids.contains(&member.id),
             "etcd member {} looks like {}'s, yet another control plane answers as that member: not removing it",
             member.id,
             node.name
         );
         Ok(Some(member.clone()))
     }
-}
-
-fn first_line(text: &str) -> &str {
-    text.lines().next().unwrap_or_default()
 }
 
 /// What the record of a replacement says once the new machine was sent its config.
@@ -320,8 +312,7 @@ impl Cluster<'_> {
         let record = record_path(self.config, &node.name);
         // A machine that answers with its config is the new one only once this replacement sent it.
         let sent = std::fs::read_to_string(&record).is_ok_and(|text| text.contains(CONFIG_SENT));
-        let control_planes: Vec<Node> = self.config.control_planes().cloned().collect();
-        let survey = Survey::of(self.config, &node, control_planes, sent).map_err(Stop::Refused)?;
+        let survey = Survey::of(self.config, &node, sent).map_err(Stop::Refused)?;
         let joining = sent && (survey.state == NodeState::Configured || survey.installing);
         let steps = self.replace_steps(&node, &survey, joining, how.yes).map_err(Stop::Refused)?;
         let state = match &survey.state {
@@ -329,12 +320,12 @@ impl Cluster<'_> {
             _ if joining => "was sent its config by this replacement: the new machine, installing".to_owned(),
             NodeState::Configured => "answers with its config: it still runs".to_owned(),
             NodeState::Maintenance => "answers in maintenance mode: the new machine is there".to_owned(),
-            NodeState::Unreachable(why) => format!("does not answer on its Talos API ({})", first_line(why)),
+            NodeState::Unreachable(why) => {
+                format!("does not answer on its Talos API ({})", kit::talos::first_line(why))
+            }
         };
         eprintln!("node replace {} ({}, {}): {state}", node.name, node.ip, node.role.as_str());
-        for (index, step) in steps.iter().enumerate() {
-            eprintln!("  {}. {}", index + 1, step.describe(&node, self.config));
-        }
+        self.show(&node, &steps);
         let started = Instant::now();
         if !joining {
             if let Some(parent) = record.parent() {
@@ -352,15 +343,12 @@ impl Cluster<'_> {
     /// why it is refused.
     fn replace_steps(&self, node: &Node, survey: &Survey, joining: bool, yes: bool) -> anyhow::Result<Vec<Step>> {
         let control_plane = node.role == Role::ControlPlane;
-        if control_plane {
-            let unhealthy = survey.unhealthy();
-            anyhow::ensure!(
-                unhealthy.is_empty(),
-                "{} is not replaced while another control plane's etcd member is not healthy ({}): removing its \
-                 member too would leave etcd without quorum. Bring that one back first (`cargo xtask status`), or \
-                 replace it first if it is the dead one",
-                node.name,
-                unhealthy.join("; ")
+        if control_plane && let Some(unhealthy) = &survey.unhealthy {
+            anyhow::bail!(
+                "{} is not replaced while another control plane's etcd member is not healthy ({unhealthy}): removing \
+                 its member too would leave etcd without quorum. Bring that one back first (`cargo xtask status`), \
+                 or replace it first if it is the dead one",
+                node.name
             );
         }
         let answers = survey.state == NodeState::Configured;
@@ -393,8 +381,7 @@ impl Cluster<'_> {
             steps.extend([Step::Drain, Step::Reset]);
         }
         if control_plane {
-            let via = survey.members.as_ref().map(|(via, _)| via.clone()).context("no healthy control plane")?;
-            steps.push(Step::RemoveMember { seen: survey.left_behind(node)?, via });
+            steps.push(survey.remove_member(node)?);
         }
         steps.extend([Step::DeleteNode, Step::AwaitMaintenance, Step::Preflight, Step::SendConfig { file }]);
         steps.push(Step::AwaitInstalled);
@@ -403,6 +390,13 @@ impl Cluster<'_> {
         }
         steps.extend([Step::AwaitReady, Step::Verify]);
         Ok(steps)
+    }
+
+    /// The steps, numbered, before any is taken.
+    fn show(&self, node: &Node, steps: &[Step]) {
+        for (index, step) in steps.iter().enumerate() {
+            eprintln!("  {}. {}", index + 1, step.describe(node, self.config));
+        }
     }
 
     /// Takes the steps in order, each shown with its time; the first failure names its step.
@@ -603,31 +597,24 @@ impl Cluster<'_> {
             return Ok(format!("{name} is neither a Node nor an etcd member: nothing to remove"));
         };
         self.leaves_enough(&node, yes).map_err(Stop::Refused)?;
-        let control_planes: Vec<Node> = self.config.control_planes().cloned().collect();
-        let survey = Survey::of(self.config, &node, control_planes, false).map_err(Stop::Refused)?;
+        let survey = Survey::of(self.config, &node, false).map_err(Stop::Refused)?;
         let mut steps = Vec::new();
-        if node.role == Role::ControlPlane {
-            let unhealthy = survey.unhealthy();
-            if !unhealthy.is_empty() {
-                return Err(Stop::Refused(anyhow::anyhow!(
-                    "{name} is not removed while another control plane's etcd member is not healthy ({})",
-                    unhealthy.join("; ")
-                )));
-            }
+        if node.role == Role::ControlPlane
+            && let Some(unhealthy) = &survey.unhealthy
+        {
+            return Err(Stop::Refused(anyhow::anyhow!(
+                "{name} is not removed while another control plane's etcd member is not healthy ({unhealthy})"
+            )));
         }
         if survey.state == NodeState::Configured {
             steps.extend([Step::Drain, Step::Reset]);
         }
         if node.role == Role::ControlPlane {
-            let via = survey.members.as_ref().map(|(via, _)| via.clone());
-            let via = via.ok_or_else(|| Stop::Refused(anyhow::anyhow!("no healthy control plane to ask etcd")))?;
-            steps.push(Step::RemoveMember { seen: survey.left_behind(&node).map_err(Stop::Refused)?, via });
+            steps.push(survey.remove_member(&node).map_err(Stop::Refused)?);
         }
         steps.push(Step::DeleteNode);
         eprintln!("node remove {name} ({}, {}):", node.ip, node.role.as_str());
-        for (index, step) in steps.iter().enumerate() {
-            eprintln!("  {}. {}", index + 1, step.describe(&node, self.config));
-        }
+        self.show(&node, &steps);
         let started = Instant::now();
         self.take(&node, &steps, drain_timeout, Duration::ZERO)?;
         Ok(format!("{name} removed in {:.1}s", started.elapsed().as_secs_f64()))
@@ -690,11 +677,11 @@ impl Cluster<'_> {
         let (control_planes, workers): (Vec<&KubeNode>, Vec<&KubeNode>) = listed.items.iter().partition(|live| {
             live.metadata.labels.as_ref().is_some_and(|labels| labels.contains_key(kit::client::CONTROL_PLANE_ROLE))
         });
-        let left = match node.role {
+        let now = match node.role {
             Role::ControlPlane => control_planes.len(),
             Role::Worker => workers.len(),
         };
-        match too_few_after_removal(node.role, left) {
+        match too_few_after_removal(node.role, now) {
             Some(why) if !yes => anyhow::bail!("removing {} {why}: add --yes to remove it anyway", node.name),
             _ => Ok(()),
         }

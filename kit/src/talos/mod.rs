@@ -566,7 +566,8 @@ pub fn describe_health(health: &[(&Node, anyhow::Result<EtcdMemberStatus>)]) -> 
         .join("; ")
 }
 
-fn first_line(text: &str) -> &str {
+/// The first line of a message (talosctl's errors run on with their causes).
+pub fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
